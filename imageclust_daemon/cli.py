@@ -1,0 +1,218 @@
+"""The `imageclust` command: the only place that prints for humans and chooses exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from imageclust_daemon import __version__, config, models, pipeline, scan
+from imageclust_daemon.errors import ConfigError, ImageclustError
+from imageclust_daemon.records import ModelSpec, display_path
+from imageclust_daemon.store import Store
+
+log = logging.getLogger("imageclust")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="imageclust",
+        description="Keeps a photo library organized by meaning (CLIP + clustering + local LLM).",
+    )
+    p.add_argument("--version", action="version", version=f"imageclust {__version__}")
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (default: ${config.ENV_CONFIG}, else the user config dir)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much to log on stderr (default WARNING)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ix = sub.add_parser("index", help="scan, hash and embed photos once (with a progress bar)")
+    ix.add_argument("paths", nargs="*", metavar="PATH", help="folders (default: library.roots)")
+    ix.add_argument("--json", action="store_true", help="print the run's counts as JSON")
+    ix.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    st = sub.add_parser("status", help="what is indexed, pending and failed")
+    st.add_argument("--json", action="store_true", help="one JSON object")
+
+    md = sub.add_parser("models", help="list, download or verify CLIP models")
+    msub = md.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    msub.add_parser("list", help="the models imageclust knows")
+    dl = msub.add_parser("download", help="download a model into the data dir and verify it")
+    dl.add_argument("name", nargs="?", help="manifest name (default: model.name)")
+    dl.add_argument("--url", help="download from this URL instead of the manifest's")
+    dl.add_argument("--no-progress", action="store_true")
+    vf = msub.add_parser("verify", help="check a model file's size, checksum and contract")
+    vf.add_argument("name", nargs="?", help="manifest name (default: model.name)")
+    return p
+
+
+def _load_config(args: argparse.Namespace) -> config.Config:
+    return config.load(config.config_path(args.config, os.environ))
+
+
+def _spec(cfg: config.Config, name: str | None = None) -> ModelSpec:
+    manifest = models.load_manifest()
+    wanted = name or cfg["model.name"]
+    if wanted not in manifest:
+        key = "model.name" if name is None else "NAME"
+        raise ConfigError(key, f"unknown model {wanted!r}; known: {', '.join(sorted(manifest))}")
+    return manifest[wanted]
+
+
+def _model_path(cfg: config.Config, spec: ModelSpec) -> Path:
+    configured: Path | None = cfg["model.path"]
+    return configured or models.model_file(cfg.data_dir, spec)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
+    if args.paths:
+        roots = [Path(p).expanduser() for p in args.paths]
+        for root in roots:
+            if not root.is_dir():
+                raise ConfigError("PATH", f"not a folder: {root}")
+    else:
+        roots = cfg.roots
+        if not roots:
+            raise ConfigError("library.roots", "no folders to index; give PATH or set it")
+    spec = _spec(cfg)
+    with Store.open(cfg.state_db_path) as store:
+        model = pipeline.load_model(
+            spec, _model_path(cfg, spec), store, threads=cfg["model.threads"]
+        )
+        bar = None
+        if not args.no_progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=0, unit="file", desc="indexing", disable=None, file=sys.stderr)
+
+        def progress(done: int, total: int) -> None:
+            if bar is not None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+        def scan_error(path: bytes, reason: str) -> None:
+            log.warning("%s: %s", display_path(path), reason)
+
+        try:
+            report = pipeline.index(
+                [os.fsencode(r) for r in roots],
+                store=store,
+                embedder=model.embedder,
+                spec=spec,
+                model=model.id,
+                excluder=scan.Excluder(tuple(cfg["library.exclude"])),
+                workers=cfg["index.workers"],
+                batch_size=cfg["model.batch_size"],
+                progress=progress,
+                on_scan_error=scan_error,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+    if args.json:
+        print(json.dumps(asdict(report)))
+        return 0
+    r = report
+    print(
+        f"{r.scanned} photos under {len(roots)} folder(s) in {r.seconds:.1f} s: "
+        f"{r.unchanged} unchanged, {r.moved} moved, {r.hashed} read "
+        f"({_human_bytes(r.bytes_read)}), {r.embedded} embedded, {r.reused} already known, "
+        f"{r.failed} failed, {r.gone} gone"
+    )
+    if r.failed:
+        print("failed photos and why: imageclust status --json (and the log above)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
+    spec = _spec(cfg)
+    path = _model_path(cfg, spec)
+    with Store.open(cfg.state_db_path) as store:
+        model_id = None
+        if path.is_file():
+            model_id = pipeline.model_id_of(spec, path, store)
+        counts: dict[str, Any] = store.status(model_id)
+    counts["model"] = model_id
+    counts["database"] = str(cfg.state_db_path)
+    if args.json:
+        print(json.dumps(counts))
+        return 0
+    width = max(len(k) for k in counts)
+    for key, value in counts.items():
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, cfg: config.Config) -> int:
+    if args.models_command == "list":
+        manifest = models.load_manifest()
+        for name, spec in manifest.items():
+            path = models.model_file(cfg.data_dir, spec)
+            mark = "*" if name == cfg["model.name"] else " "
+            have = "downloaded" if path.is_file() else ("no download" if not spec.url else "")
+            print(f"{mark} {name:<28} dim {spec.dim:<5} {spec.title}  {have}".rstrip())
+        return 0
+    spec = _spec(cfg, args.name)
+    path = _model_path(cfg, spec) if args.name is None else models.model_file(cfg.data_dir, spec)
+    if args.models_command == "download":
+        from tqdm import tqdm
+
+        bar = tqdm(unit="B", unit_scale=True, desc=spec.name, disable=args.no_progress or None)
+
+        def progress(done: int, total: int | None) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            models.download(spec, path, url=args.url, progress=progress)
+        finally:
+            bar.close()
+        print(f"{spec.name}: downloaded and verified: {path}")
+        return 0
+    result = models.verify(spec, path)
+    for problem in result.problems:
+        print(f"{spec.name}: {problem}")
+    if result.ok:
+        print(f"{spec.name}: ok: {path} (sha256 {result.sha256})")
+        return 0
+    return 1
+
+
+COMMANDS = {"index": cmd_index, "status": cmd_status, "models": cmd_models}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        cfg = _load_config(args)
+        return COMMANDS[args.command](args, cfg)
+    except ImageclustError as exc:
+        print(f"imageclust: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("imageclust: interrupted; finished batches are saved", file=sys.stderr)
+        return 130

@@ -1,0 +1,255 @@
+"""Settings: one table of (key, default, kind, help), one TOML file, validated on load.
+
+The file is chosen by `--config PATH`, else `$IMAGECLUST_CONFIG`, else
+`imageclust.toml` in the platform's user config dir if it exists, else the
+defaults alone. Path values expand `~` and `$VARS`. An unknown key or a bad
+value raises `ConfigError` naming the key and what was expected. Nothing is
+read at import time: callers load a `Config` and pass it on.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from imageclust_daemon.errors import ConfigError
+
+APP = "imageclust"
+ENV_CONFIG = "IMAGECLUST_CONFIG"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    key: str  # "section.name"
+    default: Any
+    kind: str  # one of _VALIDATORS
+    help: str
+    minimum: int | None = None
+    maximum: int | None = None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("library.roots", ["~/Pictures"], "paths", "Folders whose photos are indexed."),
+    Setting(
+        "library.exclude",
+        [],
+        "globs",
+        "Glob patterns to skip. Without '/', a pattern matches any file or folder name "
+        "(e.g. '*.tmp', 'Thumbnails'); with '/', the path relative to its root "
+        "(e.g. 'Archive/2009/*').",
+    ),
+    Setting(
+        "storage.data_dir",
+        "",
+        "path",
+        "Where the state database, the catalog and downloaded models live; "
+        "empty = the platform's user data dir.",
+    ),
+    Setting(
+        "model.name",
+        "clip-vit-b32",
+        "str",
+        "Which entry of the model manifest to use (`imageclust models list`).",
+    ),
+    Setting(
+        "model.path",
+        "",
+        "path",
+        "The ONNX file; empty = <data_dir>/models/<the manifest's file name>.",
+    ),
+    Setting(
+        "model.batch_size",
+        16,
+        "int",
+        "Images per inference call.",
+        minimum=1,
+        maximum=256,
+    ),
+    Setting(
+        "model.threads",
+        0,
+        "int",
+        "ONNX Runtime threads; 0 = one per core.",
+        minimum=0,
+        maximum=256,
+    ),
+    Setting(
+        "index.workers",
+        0,
+        "int",
+        "Threads that read, hash and decode photos ahead of inference; 0 = automatic.",
+        minimum=0,
+        maximum=64,
+    ),
+    Setting(
+        "cluster.min_size",
+        5,
+        "int",
+        "Smallest group of photos worth a title.",
+        minimum=1,
+        maximum=100_000,
+    ),
+    Setting(
+        "cluster.max_size",
+        200,
+        "int",
+        "Largest group; bigger ones are split.",
+        minimum=1,
+        maximum=1_000_000,
+    ),
+    Setting(
+        "ollama.host",
+        "http://127.0.0.1:11434",
+        "url",
+        "Base URL of the Ollama server that writes titles.",
+    ),
+    Setting(
+        "ollama.model",
+        "gemma3:4b",
+        "str",
+        "The Ollama vision model that writes titles.",
+    ),
+)
+
+SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
+
+_ENV_VAR = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
+def _expand(key: str, text: str) -> Path:
+    expanded = os.path.expandvars(os.path.expanduser(text))
+    missing = _ENV_VAR.search(expanded)
+    if missing:
+        raise ConfigError(key, f"environment variable {missing.group(0)} is not set (in {text!r})")
+    return Path(expanded)
+
+
+def _validate(setting: Setting, value: Any) -> Any:
+    key, kind = setting.key, setting.kind
+    if kind in ("str", "url", "path"):
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {type(value).__name__} {value!r}")
+        if kind == "url":
+            if not re.match(r"^https?://[^/\s]+", value):
+                raise ConfigError(key, f"expected an http:// or https:// URL, got {value!r}")
+            return value.rstrip("/")
+        if kind == "str" and not value.strip():
+            raise ConfigError(key, "expected a non-empty string")
+        if kind == "path":
+            return _expand(key, value) if value else None
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {type(value).__name__} {value!r}")
+        if setting.minimum is not None and value < setting.minimum:
+            raise ConfigError(key, f"expected an integer >= {setting.minimum}, got {value}")
+        if setting.maximum is not None and value > setting.maximum:
+            raise ConfigError(key, f"expected an integer <= {setting.maximum}, got {value}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if kind in ("paths", "globs"):
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(key, f"expected a list of non-empty strings, got {value!r}")
+        return [_expand(key, v) for v in value] if kind == "paths" else list(value)
+    raise AssertionError(f"unknown setting kind {kind}")  # a bug in SETTINGS, not user input
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, SETTINGS_BY_KEY, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _flatten(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for section, body in doc.items():
+        if not isinstance(body, dict):
+            raise ConfigError(section, "expected a [section] table, not a top-level value", source=source)
+        for name, value in body.items():
+            key = f"{section}.{name}"
+            if key not in SETTINGS_BY_KEY:
+                raise ConfigError(key, "unknown key" + _suggest(key), source=source)
+            flat[key] = value
+    return flat
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings. `values` holds every key of SETTINGS."""
+
+    values: Mapping[str, Any]
+    source: Path | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    @property
+    def data_dir(self) -> Path:
+        configured: Path | None = self.values["storage.data_dir"]
+        return configured or Path(platformdirs.user_data_dir(APP, appauthor=False))
+
+    @property
+    def state_db_path(self) -> Path:
+        return self.data_dir / "state.sqlite"
+
+    @property
+    def roots(self) -> list[Path]:
+        return list(self.values["library.roots"])
+
+
+def from_mapping(doc: Mapping[str, Any], source: Path | None = None) -> Config:
+    """Validate a parsed TOML document (or any nested mapping) into a Config."""
+    where = str(source) if source else None
+    given = _flatten(doc, where or "<config>")
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = given.get(setting.key, setting.default)
+        try:
+            values[setting.key] = _validate(setting, raw)
+        except ConfigError as exc:
+            raise ConfigError(exc.key, exc.problem, source=where) from None
+    if values["cluster.min_size"] > values["cluster.max_size"]:
+        raise ConfigError(
+            "cluster.min_size",
+            f"must not exceed cluster.max_size ({values['cluster.min_size']} > "
+            f"{values['cluster.max_size']})",
+            source=where,
+        )
+    return Config(values, source)
+
+
+def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path | None:
+    """Which file to read: --config, then $IMAGECLUST_CONFIG, then the user's default if present."""
+    if explicit:
+        return _expand("--config", os.fspath(explicit))
+    if environ.get(ENV_CONFIG):
+        return _expand(ENV_CONFIG, environ[ENV_CONFIG])
+    default = Path(platformdirs.user_config_dir(APP, appauthor=False)) / f"{APP}.toml"
+    return default if default.is_file() else None
+
+
+def load(path: Path | None) -> Config:
+    """Read and validate `path` (None = defaults only)."""
+    if path is None:
+        return from_mapping({})
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("--config", f"file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+    return from_mapping(doc, path)

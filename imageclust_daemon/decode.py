@@ -1,0 +1,147 @@
+"""Bytes of one photo -> what is displayed (metadata) and the model's input tensor.
+
+Every failure becomes a `DecodeError` with a reason a person can act on; the
+pipeline records it and goes on. Pillow's own failure modes are many
+(OSError, SyntaxError, struct.error, ValueError, ...), so anything raised
+while decoding is caught here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from datetime import datetime
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imageclust_daemon.errors import DecodeError
+from imageclust_daemon.preprocess import model_input
+from imageclust_daemon.records import PhotoMeta, Preprocessing
+
+# Pillow warns above this and raises at twice it; indexing treats anything above
+# it as a decompression bomb (~89 MP: a 12k x 7k panorama still passes).
+MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+_EXIF_IFD = 0x8769
+_GPS_IFD = 0x8825
+_DATETIME_ORIGINAL = 0x9003
+_OFFSET_TIME_ORIGINAL = 0x9011
+_DATETIME = 0x0132
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedPhoto:
+    meta: PhotoMeta
+    pixels: np.ndarray  # float32 [3, S, S]
+
+
+def _ratio(value: Any) -> float:
+    if isinstance(value, tuple) and len(value) == 2:  # (num, den) from some writers
+        return float(Fraction(int(value[0]), int(value[1]))) if value[1] else 0.0
+    return float(value)
+
+
+def _gps_degrees(dms: Any, ref: Any) -> float | None:
+    try:
+        d, m, s = (_ratio(v) for v in dms)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    degrees = d + m / 60 + s / 3600
+    if isinstance(ref, bytes):
+        ref = ref.decode("ascii", "replace")
+    if str(ref).strip().upper() in ("S", "W"):
+        degrees = -degrees
+    return degrees
+
+
+def gps_position(gps: dict[int, Any]) -> tuple[float | None, float | None]:
+    """(lat, lon) from an EXIF GPS IFD, or (None, None) when absent or out of range."""
+    if 2 not in gps or 4 not in gps:
+        return None, None
+    lat = _gps_degrees(gps[2], gps.get(1, "N"))
+    lon = _gps_degrees(gps[4], gps.get(3, "E"))
+    if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        return None, None
+    if lat == 0 and lon == 0:  # cameras without a fix often write zeros
+        return None, None
+    return round(lat, 7), round(lon, 7)
+
+
+def capture_time(original: Any, offset: Any) -> str | None:
+    """EXIF "YYYY:MM:DD HH:MM:SS" (+ "+HH:MM" offset) -> ISO 8601, or None if unusable."""
+    if isinstance(original, bytes):
+        original = original.decode("ascii", "replace")
+    if not isinstance(original, str):
+        return None
+    text = original.strip().rstrip("\x00")
+    try:
+        when = datetime.strptime(text[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+    iso = when.isoformat()
+    if isinstance(offset, bytes):
+        offset = offset.decode("ascii", "replace")
+    if isinstance(offset, str):
+        offset = offset.strip().rstrip("\x00")
+        if len(offset) == 6 and offset[0] in "+-" and offset[3] == ":":
+            iso += offset
+    return iso
+
+
+def _metadata(image: Image.Image, width: int, height: int) -> PhotoMeta:
+    try:
+        exif = image.getexif()
+        sub = exif.get_ifd(_EXIF_IFD)
+        taken = capture_time(
+            sub.get(_DATETIME_ORIGINAL) or exif.get(_DATETIME), sub.get(_OFFSET_TIME_ORIGINAL)
+        )
+        lat, lon = gps_position(dict(exif.get_ifd(_GPS_IFD)))
+    except Exception:  # broken EXIF must not cost the photo: metadata is optional
+        taken, lat, lon = None, None, None
+    return PhotoMeta(width, height, taken, lat, lon)
+
+
+def _oriented(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a broken orientation tag: show the stored pixels
+        return image
+
+
+def decode(data: bytes, spec: Preprocessing, *, path: str = "") -> DecodedPhoto:
+    """Decode `data` fully (a truncated file passes `verify()` but fails here) and preprocess it."""
+    if not data:
+        raise DecodeError(path, "empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise DecodeError(
+                    path,
+                    f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
+                    f"{MAX_PIXELS / 1e6:.0f} MP limit for one photo (decompression bomb?)",
+                )
+            image.load()
+            meta_source = image
+            oriented = _oriented(image)
+            meta = _metadata(meta_source, oriented.width, oriented.height)
+            pixels = model_input(oriented, spec)
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise DecodeError(path, "not an image format Pillow can read") from None
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(path, f"decompression bomb: {exc}") from None
+    except Image.DecompressionBombWarning as exc:  # raised when warnings are errors
+        raise DecodeError(path, f"decompression bomb: {exc}") from None
+    except MemoryError:
+        raise DecodeError(path, "not enough memory to decode it") from None
+    except Exception as exc:
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason:
+            reason = f"truncated or incomplete image data ({reason})"
+        raise DecodeError(path, f"cannot decode: {reason}") from None
+    return DecodedPhoto(meta, pixels)

@@ -1,0 +1,108 @@
+"""Every error imageclust raises on purpose.
+
+    ImageclustError                 base: the CLI turns any of these into a message and exit code
+    ├── ConfigError                 a config key is unknown or its value is bad (key, problem)
+    ├── DatabaseError               the state database cannot be used
+    │   └── SchemaTooNewError       the database was written by a newer imageclust (found, supported)
+    ├── ModelError                  a model cannot be used
+    │   ├── ModelNotFoundError      the ONNX file is missing (path, name)
+    │   ├── ModelContractError      the ONNX file lacks the expected input/output (path, reason)
+    │   └── DownloadError           a download failed or did not verify (url, reason)
+    └── PhotoError                  one photo cannot be read or decoded (path, reason)
+        ├── ReadError               the bytes cannot be read (vanished, permission, I/O)
+        └── DecodeError             the bytes are not a usable image
+
+Core code raises these; only `cli` prints them and chooses an exit code.
+A `PhotoError` never stops a run: the pipeline records it against the file or
+content and goes on.
+"""
+
+from __future__ import annotations
+
+
+class ImageclustError(Exception):
+    """Base of every error imageclust raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(ImageclustError):
+    """A config key is unknown or its value is bad."""
+
+    exit_code = 2
+
+    def __init__(self, key: str, problem: str, *, source: str | None = None) -> None:
+        self.key = key
+        self.problem = problem
+        self.source = source
+        where = f" in {source}" if source else ""
+        super().__init__(f"config{where}: {key}: {problem}")
+
+
+class DatabaseError(ImageclustError):
+    """The state database cannot be used."""
+
+
+class SchemaTooNewError(DatabaseError):
+    """The database schema is newer than this version of imageclust understands."""
+
+    def __init__(self, path: str, found: int, supported: int) -> None:
+        self.path = path
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"{path}: database schema version {found} is newer than this imageclust "
+            f"supports ({supported}); upgrade imageclust. The database was not touched."
+        )
+
+
+class ModelError(ImageclustError):
+    """A model cannot be used."""
+
+
+class ModelNotFoundError(ModelError):
+    """The ONNX model file is missing."""
+
+    def __init__(self, path: str, name: str) -> None:
+        self.path = path
+        self.name = name
+        super().__init__(
+            f"model file not found: {path}\n"
+            f"  download it with: imageclust models download {name}\n"
+            f"  or point model.path in the config at an ONNX file you have"
+        )
+
+
+class ModelContractError(ModelError):
+    """The ONNX file does not have the input/output a CLIP vision export has."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: not a usable CLIP vision model: {reason}")
+
+
+class DownloadError(ModelError):
+    """A model download failed or the file did not verify."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"download of {url} failed: {reason}")
+
+
+class PhotoError(ImageclustError):
+    """One photo cannot be used; recorded with its reason, never fatal to a run."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class ReadError(PhotoError):
+    """The file's bytes cannot be read."""
+
+
+class DecodeError(PhotoError):
+    """The bytes are not a usable image."""

@@ -1,0 +1,102 @@
+"""Pixels -> model input tensor: CLIP's reference preprocessing, as pure functions.
+
+Matches transformers' CLIPImageProcessor (PIL backend) step for step: resize the
+shortest side to `resize_shortest` with PIL bicubic (the long side truncated to
+an int, as the reference does), center crop with the top-left offset rounded
+down, scale to [0, 1], subtract the per-channel mean, divide by the std, NCHW.
+
+Two deliberate departures, both for inputs the reference gets wrong:
+- 16-bit images are scaled to 8 bits before conversion; `convert("RGB")`
+  clips them, so a normal 16-bit photo turns white.
+- Transparent images are composited onto white before alpha is dropped;
+  dropping alpha alone shows whatever colour hides under transparent pixels
+  (usually black).
+
+No I/O, no logging: callers pass an already decoded PIL image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from imageclust_daemon.records import Preprocessing
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def resample_filter(name: str) -> Image.Resampling:
+    try:
+        return _RESAMPLE[name]
+    except KeyError:
+        raise ValueError(f"unknown resample filter {name!r}; one of {sorted(_RESAMPLE)}") from None
+
+
+def _wide_to_8bit(image: Image.Image) -> Image.Image:
+    """Grey 16-bit ("I;16*"), 32-bit int ("I") or float ("F") to 8-bit "L" by scaling, not clipping."""
+    a = np.asarray(image)
+    if image.mode in _SIXTEEN_BIT or (image.mode == "I" and a.size and int(a.max()) > 255):
+        scaled = np.clip(a.astype(np.float64) / 257.0, 0, 255)
+    elif image.mode == "F" and a.size and float(np.nanmax(a)) <= 1.0:
+        scaled = np.clip(np.nan_to_num(a) * 255.0, 0, 255)
+    else:
+        scaled = np.clip(np.nan_to_num(a.astype(np.float64)), 0, 255)
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB: CMYK, YCbCr, LAB, palette, greyscale, 16-bit, alpha."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT or image.mode in {"I", "F"}:
+        return _wide_to_8bit(image).convert("RGB")
+    has_alpha = image.mode in {"RGBA", "LA", "La", "RGBa", "PA"} or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def resized_size(width: int, height: int, shortest: int) -> tuple[int, int]:
+    """(w, h) with the shortest side == `shortest`, long side int()-truncated like the reference."""
+    if width <= height:
+        return shortest, int(shortest * height / width)
+    return int(shortest * width / height), shortest
+
+
+def resize_and_crop(image: Image.Image, spec: Preprocessing) -> Image.Image:
+    """Shortest side to spec.resize_shortest, then a centred spec.crop square (RGB in, RGB out)."""
+    w, h = resized_size(image.width, image.height, spec.resize_shortest)
+    if (w, h) != image.size:
+        image = image.resize((w, h), resample=resample_filter(spec.resample))
+    c = spec.crop
+    if w < c or h < c:  # the reference pads with zeros before cropping; only for crop > resize
+        canvas = Image.new("RGB", (max(w, c), max(h, c)))
+        canvas.paste(image, ((max(w, c) - w) // 2, (max(h, c) - h) // 2))
+        image, w, h = canvas, canvas.width, canvas.height
+    top, left = (h - c) // 2, (w - c) // 2
+    return image.crop((left, top, left + c, top + c))
+
+
+def normalize(rgb: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """uint8 HWC -> float32 CHW, rescaled and normalized per channel."""
+    x = rgb.astype(np.float32) * np.float32(spec.rescale)
+    x -= np.asarray(spec.mean, dtype=np.float32)
+    x /= np.asarray(spec.std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def model_input(image: Image.Image, spec: Preprocessing) -> np.ndarray:
+    """A decoded, orientation-corrected image -> float32 [3, crop, crop]."""
+    cropped = resize_and_crop(to_rgb(image), spec)
+    return normalize(np.asarray(cropped, dtype=np.uint8), spec)

@@ -1,0 +1,122 @@
+"""Frozen records passed between the stages of the pipeline.
+
+Paths are `bytes` (``os.fsencode``) everywhere below the CLI: a filename that is
+not valid UTF-8 is legal on Linux and must round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def display_path(path: bytes) -> str:
+    """A printable form of a raw path (undecodable bytes shown as \\xNN escapes)."""
+    return path.decode("utf-8", "backslashreplace")
+
+
+def fs_path(path: bytes) -> str:
+    """The str form the OS accepts for this exact path (surrogate-escaped)."""
+    return os.fsdecode(path)
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """One image-like regular file found under a root, as `stat` saw it."""
+
+    path: bytes
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+
+    @property
+    def signature(self) -> tuple[int, int, int, int]:
+        """(size, mtime_ns, inode, device): unchanged signature => content not read again."""
+        return (self.size, self.mtime_ns, self.inode, self.device)
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoMeta:
+    """What later stages need from a photo, read while it is open for embedding."""
+
+    width: int  # as displayed, after EXIF orientation
+    height: int
+    taken_at: str | None = None  # ISO 8601 local time, with "+HH:MM" offset when EXIF has one
+    lat: float | None = None
+    lon: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Preprocessing:
+    """A model's own input preprocessing, as its manifest entry gives it."""
+
+    resize_shortest: int = 224
+    crop: int = 224
+    resample: str = "bicubic"  # a PIL resampling filter name
+    rescale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One entry of models/manifest.toml."""
+
+    name: str
+    title: str
+    filename: str
+    url: str | None
+    sha256: str | None  # None where no published checksum could be confirmed
+    size_bytes: int | None
+    dim: int
+    input_name: str = "pixel_values"
+    output_name: str = "image_embeds"
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    notes: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexReport:
+    """What one `index` run did, for the summary line and for tests."""
+
+    scanned: int = 0  # image-like files seen under the roots
+    unchanged: int = 0  # signature unchanged: not opened at all
+    moved: int = 0  # a known (device, inode, size, mtime) at a new path: hash reused, not read
+    hashed: int = 0  # files whose bytes were read and hashed
+    bytes_read: int = 0
+    embedded: int = 0  # new embeddings computed
+    reused: int = 0  # hashed files whose content already had an embedding (or a recorded failure)
+    failed: int = 0  # files or contents that failed this run
+    gone: int = 0  # files that disappeared since the last scan
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ContentRow:
+    """A content seen this run. `decoded` False: only its hash and size are known yet."""
+
+    hash: str
+    size: int
+    decoded: bool = False
+    meta: PhotoMeta | None = None
+    error: str | None = None  # why it cannot be decoded (only when decoded is True)
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    """A file's state after this run read (or tried to read) it."""
+
+    stat: FileStat
+    content_hash: str | None
+    error: str | None = None  # why its bytes could not be read
+
+
+@dataclass(frozen=True, slots=True)
+class KnownFile:
+    """What the state database remembers of one path."""
+
+    signature: tuple[int, int, int, int]
+    content_hash: str | None
+    live: bool
+    error: str | None

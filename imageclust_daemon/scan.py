@@ -1,0 +1,117 @@
+"""Walk the roots and list image-like files with their stat signature. Reads no content.
+
+Paths are bytes from end to end, so any filename the OS allows works. Symlinks
+to folders are followed, but a folder (device, inode) is entered once, so a
+symlink loop cannot make the walk revisit anything. Hidden names (leading
+dot) and `library.exclude` matches are skipped; only regular files (or
+symlinks to them) whose extension marks an image are listed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from imageclust_daemon.records import FileStat
+
+BASE_EXTENSIONS = frozenset(
+    {b".jpg", b".jpeg", b".jpe", b".png", b".webp", b".gif", b".bmp", b".tif", b".tiff"}
+)
+HEIF_EXTENSIONS = frozenset({b".heic", b".heif"})
+
+
+def heif_available() -> bool:
+    """True when pillow-heif is installed (then .heic/.heif are images too)."""
+    try:
+        import pillow_heif  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def image_extensions(heif: bool) -> frozenset[bytes]:
+    return BASE_EXTENSIONS | HEIF_EXTENSIONS if heif else BASE_EXTENSIONS
+
+
+@dataclass(frozen=True, slots=True)
+class Excluder:
+    """`library.exclude` globs. No '/' in a pattern: match any name; else the relative path."""
+
+    patterns: tuple[str, ...] = ()
+
+    def excluded(self, name: str, relative: str) -> bool:
+        for pattern in self.patterns:
+            target = relative if "/" in pattern.strip("/") else name
+            if fnmatch.fnmatchcase(target, pattern.strip("/")):
+                return True
+        return False
+
+
+OnError = Callable[[bytes, str], None]
+
+
+def _ignore(path: bytes, reason: str) -> None:
+    pass
+
+
+def walk(
+    root: bytes,
+    extensions: frozenset[bytes],
+    excluder: Excluder = Excluder(),
+    on_error: OnError = _ignore,
+) -> Iterator[FileStat]:
+    """Every image-like file under `root` (depth-first, sorted by name within a folder)."""
+    root = os.path.abspath(root)
+    try:
+        top = os.stat(root)
+    except OSError as exc:
+        on_error(root, f"cannot open root: {exc.strerror or exc}")
+        return
+    visited = {(top.st_dev, top.st_ino)}
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name, reverse=True)
+        except OSError as exc:
+            on_error(folder, f"cannot list folder: {exc.strerror or exc}")
+            continue
+        for entry in entries:
+            name = entry.name
+            if name.startswith(b"."):
+                continue
+            relative = os.fsdecode(os.path.relpath(entry.path, root))
+            if excluder.excluded(os.fsdecode(name), relative):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=True)
+            except FileNotFoundError:
+                continue  # vanished, or a dangling symlink: nothing to index
+            except OSError as exc:
+                on_error(entry.path, f"cannot stat: {exc.strerror or exc}")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) not in visited:
+                    visited.add((st.st_dev, st.st_ino))
+                    stack.append(entry.path)
+            elif stat.S_ISREG(st.st_mode) and os.path.splitext(name)[1].lower() in extensions:
+                yield FileStat(entry.path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def walk_all(
+    roots: Sequence[bytes],
+    extensions: frozenset[bytes],
+    excluder: Excluder = Excluder(),
+    on_error: OnError = _ignore,
+) -> Iterator[FileStat]:
+    """`walk` over several roots; a file reachable from two roots is listed once."""
+    seen: set[bytes] = set()
+    for root in roots:
+        for found in walk(root, extensions, excluder, on_error):
+            if found.path not in seen:
+                seen.add(found.path)
+                yield found

@@ -1,0 +1,264 @@
+"""The state database: the only module that writes it.
+
+SQLite in WAL mode with foreign keys and a busy timeout. The connection runs
+in autocommit mode (`isolation_level=None`) and every write path is one
+explicit `BEGIN IMMEDIATE ... COMMIT` (`Store.transaction`): a deferred
+transaction that reads then writes fails at once with "database is locked",
+ignoring the busy timeout. Each batch of work is committed on its own and is
+idempotent, so a crash redoes at most one batch.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imageclust_daemon import migrate
+from imageclust_daemon.errors import DatabaseError
+from imageclust_daemon.records import ContentRow, FileRow, KnownFile
+
+BUSY_TIMEOUT_MS = 10_000  # a concurrent `status` or catalog publish holds the lock for < 1 s
+
+
+def _under(root: bytes) -> tuple[bytes, bytes]:
+    """[low, high) BLOB range of every path strictly under `root` ("/" + 1 == "0")."""
+    root = root.rstrip(b"/")
+    return root + b"/", root + b"0"
+
+
+def vector_to_blob(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def blob_to_vector(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4")
+
+
+class Store:
+    """One connection to the state database, owned by one thread."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, migrations: list[migrate.Migration] | None = None) -> Store:
+        """Open (creating if needed) and migrate the database at `path`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot open state database {path}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # Refuse a too-new schema before switching journal modes or writing anything.
+            shipped = migrations if migrations is not None else migrate.load_migrations()
+            found = migrate.current_version(conn)
+            if shipped and found > shipped[-1].version:
+                raise migrate.SchemaTooNewError(str(path), found, shipped[-1].version)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across app crashes
+            conn.execute("PRAGMA foreign_keys = ON")
+            migrate.apply(conn, shipped, path=str(path))
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise DatabaseError(f"state database {path} is unusable: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise DatabaseError("the state database is closed")
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def files_under(self, roots: Sequence[bytes]) -> dict[bytes, KnownFile]:
+        """Everything remembered about paths under `roots` (live and gone)."""
+        known: dict[bytes, KnownFile] = {}
+        for root in roots:
+            low, high = _under(root)
+            for path, size, mtime_ns, inode, device, content_hash, state, error in self.conn.execute(
+                "SELECT path, size, mtime_ns, inode, device, content_hash, state, error "
+                "FROM files WHERE path >= ? AND path < ?",
+                (low, high),
+            ):
+                known[path] = KnownFile(
+                    (size, mtime_ns, inode, device), content_hash, state == "live", error
+                )
+        return known
+
+    def record(
+        self,
+        contents: Iterable[ContentRow],
+        files: Iterable[FileRow],
+        embeddings: Iterable[tuple[str, np.ndarray]],
+        model_id: str,
+    ) -> None:
+        """Write one batch of work in one transaction: contents, then embeddings, then files."""
+        now = time.time()
+        with self.transaction() as conn:
+            for c in contents:
+                conn.execute(
+                    "INSERT INTO contents (hash, size, created_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (hash) DO NOTHING",
+                    (c.hash, c.size, now),
+                )
+                if c.decoded:
+                    m = c.meta
+                    conn.execute(
+                        "UPDATE contents SET width = ?, height = ?, taken_at = ?, lat = ?, "
+                        "lon = ?, error = ? WHERE hash = ?",
+                        (
+                            m.width if m else None,
+                            m.height if m else None,
+                            m.taken_at if m else None,
+                            m.lat if m else None,
+                            m.lon if m else None,
+                            c.error,
+                            c.hash,
+                        ),
+                    )
+            conn.executemany(
+                "INSERT OR REPLACE INTO embeddings (content_hash, model_id, dim, vector, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(h, model_id, int(v.shape[0]), vector_to_blob(v), now) for h, v in embeddings],
+            )
+            conn.executemany(
+                "INSERT INTO files (path, size, mtime_ns, inode, device, content_hash, state, "
+                "error, first_seen, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'live', ?, ?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET size = excluded.size, "
+                "mtime_ns = excluded.mtime_ns, inode = excluded.inode, device = excluded.device, "
+                "content_hash = excluded.content_hash, state = 'live', error = excluded.error, "
+                "updated_at = excluded.updated_at, gone_at = NULL",
+                [
+                    (f.stat.path, *f.stat.signature, f.content_hash, f.error, now, now)
+                    for f in files
+                ],
+            )
+
+    def mark_gone(self, paths: Iterable[bytes], reason: str | None = None) -> int:
+        """Files no longer there: kept (their content may come back) but not live."""
+        now = time.time()
+        with self.transaction() as conn:
+            cursor = conn.executemany(
+                "UPDATE files SET state = 'gone', gone_at = ?, updated_at = ?, error = ? "
+                "WHERE path = ? AND state = 'live'",
+                [(now, now, reason, p) for p in paths],
+            )
+            return cursor.rowcount
+
+    # -- contents and embeddings ---------------------------------------------------------------
+
+    def settled_hashes(self, model_id: str) -> set[str]:
+        """Contents that need no more work for this model: embedded, or known to be undecodable."""
+        rows = self.conn.execute(
+            "SELECT content_hash FROM embeddings WHERE model_id = ? "
+            "UNION SELECT hash FROM contents WHERE error IS NOT NULL",
+            (model_id,),
+        )
+        return {h for (h,) in rows}
+
+    def pending_contents(self, model_id: str, roots: Sequence[bytes]) -> dict[str, bytes]:
+        """Contents of live files under `roots` still without an embedding: hash -> one path."""
+        pending: dict[str, bytes] = {}
+        for root in roots:
+            low, high = _under(root)
+            for content_hash, path in self.conn.execute(
+                "SELECT f.content_hash, min(f.path) FROM files f JOIN contents c "
+                "ON c.hash = f.content_hash WHERE f.path >= ? AND f.path < ? "
+                "AND f.state = 'live' AND c.error IS NULL AND NOT EXISTS ("
+                "  SELECT 1 FROM embeddings e WHERE e.content_hash = f.content_hash "
+                "  AND e.model_id = ?) GROUP BY f.content_hash",
+                (low, high, model_id),
+            ):
+                pending.setdefault(content_hash, path)
+        return pending
+
+    def embedding(self, content_hash: str, model_id: str) -> np.ndarray | None:
+        row = self.conn.execute(
+            "SELECT vector FROM embeddings WHERE content_hash = ? AND model_id = ?",
+            (content_hash, model_id),
+        ).fetchone()
+        return blob_to_vector(row[0]) if row else None
+
+    # -- models --------------------------------------------------------------------------------
+
+    def cached_sha256(self, path: bytes, size: int, mtime_ns: int) -> str | None:
+        row = self.conn.execute(
+            "SELECT sha256 FROM model_files WHERE path = ? AND size = ? AND mtime_ns = ?",
+            (path, size, mtime_ns),
+        ).fetchone()
+        return row[0] if row else None
+
+    def remember_sha256(self, path: bytes, size: int, mtime_ns: int, sha256: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO model_files (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)",
+                (path, size, mtime_ns, sha256),
+            )
+
+    # -- status --------------------------------------------------------------------------------
+
+    def status(self, model_id: str | None) -> dict[str, Any]:
+        """Counts over live files; `model_id` None counts nothing as embedded."""
+        one = self.conn.execute
+        files = one("SELECT count(*) FROM files WHERE state = 'live'").fetchone()[0]
+        contents = one(
+            "SELECT count(DISTINCT content_hash) FROM files WHERE state = 'live'"
+        ).fetchone()[0]
+        embedded = one(
+            "SELECT count(*) FROM (SELECT DISTINCT f.content_hash FROM files f JOIN embeddings e "
+            "ON e.content_hash = f.content_hash WHERE f.state = 'live' AND e.model_id = ?)",
+            (model_id,),
+        ).fetchone()[0]
+        undecodable = one(
+            "SELECT count(*) FROM (SELECT DISTINCT f.content_hash FROM files f JOIN contents c "
+            "ON c.hash = f.content_hash WHERE f.state = 'live' AND c.error IS NOT NULL)"
+        ).fetchone()[0]
+        unreadable = one(
+            "SELECT count(*) FROM files WHERE state = 'live' AND content_hash IS NULL"
+        ).fetchone()[0]
+        return {
+            "files": files,
+            "contents": contents,
+            "embedded": embedded,
+            "pending": contents - embedded - undecodable,
+            "failed": undecodable + unreadable,
+            "undecodable": undecodable,
+            "unreadable": unreadable,
+            "clusters": 0,
+            "labeled": 0,
+        }

@@ -1,0 +1,88 @@
+"""Shared fixtures: a real tiny ONNX model, real config files, and a guard against leaked threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves a thread running (every long-lived object must be closed)."""
+    before = set(threading.enumerate())
+    yield
+    leaked = []
+    for thread in set(threading.enumerate()) - before:
+        thread.join(timeout=2.0)
+        if thread.is_alive():
+            leaked.append(thread.name)
+    assert not leaked, f"test leaked threads: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ONNX file with the CLIP vision export's contract: pixel_values -> image_embeds [N,32]."""
+    from tests.onnx_models import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("model") / "tiny-clip.onnx", dim=32)
+
+
+def write_config(path: Path, **sections: dict[str, Any]) -> Path:
+    """Write a TOML config from {section: {key: value}} (strings, ints, bools, lists of strings)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(str(v))
+
+    lines = []
+    for section, body in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{k} = {value(v)}" for k, v in body.items())
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, tiny_model: Path):  # type: ignore[no-untyped-def]
+    """A config pointing at a fresh data dir and the tiny model; extra sections override."""
+
+    def make(roots: list[Path] | None = None, **overrides: dict[str, Any]) -> Path:
+        sections: dict[str, dict[str, Any]] = {
+            "library": {"roots": [str(r) for r in (roots or [])]},
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "model": {"path": str(tiny_model), "batch_size": 4},
+        }
+        for section, body in overrides.items():
+            sections.setdefault(section, {}).update(body)
+        return write_config(tmp_path / "imageclust.toml", **sections)
+
+    return make
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run the real `imageclust` command (as `python -m imageclust_daemon`) in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "imageclust_daemon", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=300,
+        **kwargs,
+    )

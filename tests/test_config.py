@@ -1,0 +1,109 @@
+"""Config: defaults, validation messages that name the key, file selection, documentation."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from imageclust_daemon import config
+from imageclust_daemon.errors import ConfigError
+from tests.conftest import REPO, write_config
+
+
+def test_defaults_load_without_a_file() -> None:
+    cfg = config.load(None)
+    assert cfg["model.name"] == "clip-vit-b32"
+    assert cfg["cluster.min_size"] <= cfg["cluster.max_size"]
+    assert cfg.roots == [Path("~/Pictures").expanduser()]
+    assert cfg.state_db_path.name == "state.sqlite"
+
+
+def test_the_shipped_config_is_valid_and_equals_the_defaults() -> None:
+    shipped = config.load(REPO / "config" / "imageclust.toml")
+    defaults = config.load(None)
+    assert dict(shipped.values) == dict(defaults.values)
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "expected"),
+    [
+        ({"library": {"rootz": ["/x"]}}, "library.rootz", "did you mean 'library.roots'"),
+        ({"nosuch": {"a": 1}}, "nosuch.a", "unknown key"),
+        ({"library": {"roots": "/x"}}, "library.roots", "list of non-empty strings"),
+        ({"model": {"batch_size": 0}}, "model.batch_size", ">= 1"),
+        ({"model": {"batch_size": "8"}}, "model.batch_size", "expected an integer"),
+        ({"model": {"batch_size": True}}, "model.batch_size", "expected an integer"),
+        ({"ollama": {"host": "localhost:11434"}}, "ollama.host", "http:// or https://"),
+        ({"cluster": {"min_size": 50, "max_size": 10}}, "cluster.min_size", "max_size"),
+        ({"storage": {"data_dir": "$IMAGECLUST_TEST_UNSET/x"}}, "storage.data_dir", "not set"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_problem(
+    tmp_path: Path, body: dict[str, dict[str, object]], key: str, expected: str
+) -> None:
+    path = write_config(tmp_path / "c.toml", **body)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert info.value.key == key
+    assert expected in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_top_level_scalar_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('roots = ["/x"]\n')
+    with pytest.raises(ConfigError, match="roots: expected a \\[section\\] table"):
+        config.load(path)
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[library\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(bad)
+    with pytest.raises(ConfigError, match="file not found"):
+        config.load(tmp_path / "missing.toml")
+
+
+def test_paths_expand_home_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PHOTOS_TEST_DIR", str(tmp_path))
+    path = write_config(
+        tmp_path / "c.toml",
+        library={"roots": ["$PHOTOS_TEST_DIR/a", "~/b"]},
+        storage={"data_dir": "${PHOTOS_TEST_DIR}/data"},
+    )
+    cfg = config.load(path)
+    assert cfg.roots == [tmp_path / "a", Path.home() / "b"]
+    assert cfg.data_dir == tmp_path / "data"
+
+
+def test_config_file_selection_order(tmp_path: Path) -> None:
+    explicit = tmp_path / "explicit.toml"
+    from_env = tmp_path / "env.toml"
+    env = {config.ENV_CONFIG: str(from_env)}
+    assert config.config_path(str(explicit), env) == explicit
+    assert config.config_path(None, env) == from_env
+
+
+def test_every_setting_is_documented_in_readme_and_default_config() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    shipped = (REPO / "config" / "imageclust.toml").read_text(encoding="utf-8")
+    sections: dict[str, str] = {}
+    current = None
+    for line in shipped.splitlines():
+        header = re.match(r"^\[(\w+)\]", line)
+        if header:
+            current = header.group(1)
+            sections.setdefault(current, "")
+        elif current:
+            sections[current] += line + "\n"
+    for setting in config.SETTINGS:
+        section, name = setting.key.split(".")
+        body = sections.get(section, "")
+        assert re.search(rf"^{name} = ", body, re.M), f"{setting.key} missing from config file"
+        # the line above the key is a comment explaining it
+        before = body.split(f"\n{name} = ")[0] if f"\n{name} = " in body else ""
+        assert before.rstrip().splitlines()[-1].startswith("#"), f"{setting.key} has no comment"
+        assert f"`{setting.key}`" in readme, f"{setting.key} missing from README.md"
