@@ -285,12 +285,16 @@ def download(
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open(part, "ab") as out:
             _lock(out, source)
-            _fetch(http, source, out, spec, progress, timeout)
-            out.flush()
-            os.fsync(out.fileno())
-            _check_part(spec, part, source)
-            # Still holding the lock, so no second downloader can append between check and rename.
-            os.replace(part, dest)
+            try:
+                _fetch(http, source, out, spec, progress, timeout)
+                out.flush()
+                os.fsync(out.fileno())
+                _check_part(spec, part, source)
+                # Still holding the lock: no second downloader can append between check and rename.
+                os.replace(part, dest)
+            except BaseException:
+                _remove_if_empty(out, part)  # a failure before the first byte leaves no litter
+                raise
     except OSError as exc:
         raise DownloadError(source, f"cannot write {part}: {exc}") from exc
     finally:
@@ -383,6 +387,15 @@ def _fetch(
                 url, f"the body ended after {received} of {total} bytes; run again to resume"
             )
         return
+
+
+def _remove_if_empty(out: IO[bytes], part: Path) -> None:
+    try:
+        out.flush()  # bytes still in the buffer count: they are a prefix worth resuming from
+        if os.fstat(out.fileno()).st_size == 0:
+            part.unlink()
+    except OSError:
+        pass  # the original error is the one worth reporting
 
 
 def _check_total(url: str, total: int | None, expected: int | None) -> None:

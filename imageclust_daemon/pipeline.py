@@ -16,6 +16,7 @@ are picked up by the next run.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -43,6 +44,8 @@ from imageclust_daemon.records import (
     display_path,
 )
 from imageclust_daemon.store import Store
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
 
@@ -237,6 +240,7 @@ def index(
             elif item.file.error:
                 counts["failed"] += 1
                 batch.files.append(item.file)
+                log.warning("%s: %s", display_path(item.file.stat.path), item.file.error)
             else:
                 counts["hashed"] += 1
                 counts["bytes"] += item.bytes_read
@@ -248,6 +252,7 @@ def index(
                     batch.pixel_hashes.append(item.content.hash)
                 elif item.content.error:
                     counts["failed"] += 1
+                    log.warning("%s: %s", display_path(item.file.stat.path), item.content.error)
                 elif not item.content.decoded:
                     counts["reused"] += 1
             if len(batch.pixels) >= batch_size or len(batch.files) >= 512:

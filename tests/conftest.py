@@ -75,11 +75,16 @@ def make_config(tmp_path: Path, tiny_model: Path):  # type: ignore[no-untyped-de
     return make
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
+    **kwargs: Any,
+) -> subprocess.CompletedProcess[str]:
     """Run the real `imageclust` command (as `python -m imageclust_daemon`) in a subprocess."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "imageclust_daemon", *args],
+        [*prefix, sys.executable, "-m", "imageclust_daemon", *args],
         capture_output=True,
         text=True,
         env=full_env,

@@ -1,0 +1,260 @@
+"""End to end: the real `imageclust` command over a generated library, with the tiny ONNX model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import photos
+from tests.conftest import run_cli
+
+
+def _manifest(root: Path) -> dict[bytes, tuple[int, int, str]]:
+    """Every file under root: (size, mtime_ns, sha256) — to prove the photos were never touched."""
+    out = {}
+    for folder, _dirs, files in os.walk(os.fsencode(root)):
+        for name in files:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            with open(path, "rb") as f:
+                out[path] = (st.st_size, st.st_mtime_ns, hashlib.sha256(f.read()).hexdigest())
+    return out
+
+
+def build_library(root: Path) -> dict[str, int]:
+    """A library with duplicates, odd formats, EXIF-rotated JPEGs and bad files; returns expected counts."""
+    good = root / "good"
+    good.mkdir(parents=True)
+    for i in range(6):
+        photos.save_jpeg(photos.photo_like(i, scene=i % 3), good / f"IMG_{i:04d}.JPG")
+    upright = photos.photo_like(100, size=(800, 600))
+    photos.save_jpeg(
+        photos.rotated_for_orientation(upright, 6),
+        good / "rotated.jpg",
+        orientation=6,
+        taken_at="2024:06:01 14:30:00",
+        offset="+02:00",
+        gps=(48.8583, 2.2945),
+    )
+    odd = root / "odd formats"
+    odd.mkdir()
+    photos.save_cmyk_jpeg(photos.photo_like(200), odd / "cmyk.jpg")
+    photos.save_png16(photos.photo_like(201), odd / "deep.png")
+    photos.save_palette_png(photos.photo_like(202), odd / "palette.png", transparency=True)
+    photos.save_rgba_png(photos.photo_like(203), odd / "alpha.PNG")
+    photos.save_animated_gif(photos.photo_like(204), odd / "anim.gif")
+    photos.save_webp(photos.photo_like(206), odd / "w.webp")
+    photos.save_bmp(photos.photo_like(207), odd / "b.bmp")
+    photos.save_tiff(photos.photo_like(208), odd / "t.tiff")
+    distinct_good = 6 + 1 + 8
+
+    dups = root / "copies"
+    dups.mkdir()
+    shutil.copyfile(good / "IMG_0000.JPG", dups / "IMG_0000 (copy).JPG")
+    shutil.copyfile(good / "IMG_0001.JPG", dups / "another name.jpeg")
+    with open(os.fsencode(dups) + b"/caf\xe9-\xff.jpg", "wb") as f:  # not valid UTF-8
+        f.write((good / "IMG_0002.JPG").read_bytes())
+
+    bad = root / "bad"
+    bad.mkdir()
+    photos.write_empty(bad / "empty.jpg")
+    photos.write_truncated_jpeg(bad / "truncated.jpg", seed=300)
+    photos.write_text_as_jpg(bad / "notes.jpg")
+    photos.write_png_bomb(bad / "bomb.png")
+    photos.write_corrupt_jpeg(bad / "corrupt.jpg")
+    n_bad = 5
+
+    # not indexed: hidden, excluded, not an image
+    photos.save_jpeg(photos.photo_like(400), root / ".hidden.jpg")
+    (root / "skipme").mkdir()
+    photos.save_jpeg(photos.photo_like(401), root / "skipme" / "x.jpg")
+    (root / "notes.txt").write_text("not a photo")
+    return {
+        "files": distinct_good + 3 + n_bad,
+        "contents": distinct_good + n_bad,
+        "failed": n_bad,
+        "embedded": distinct_good,
+    }
+
+
+EXCLUDE = {"exclude": ["skipme"]}
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int]]]:
+    root = tmp_path / "Photos"
+    expected = build_library(root)
+    yield root, expected
+
+
+def _index(config: Path, *paths: Path) -> dict[str, int]:
+    result = run_cli("--config", str(config), "index", "--json", *map(str, paths))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _status(config: Path) -> dict[str, object]:
+    result = run_cli("--config", str(config), "status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_index_counts_rescan_reads_nothing_and_moves_embed_nothing(
+    library: tuple[Path, dict[str, int]], make_config, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    root, expected = library
+    config = make_config(library=EXCLUDE)
+    before = _manifest(root)
+
+    first = _index(config, root)
+    assert first["embedded"] == expected["embedded"]
+    assert first["failed"] == expected["failed"]
+    assert first["reused"] == 3  # the three copies cost a hash, not an inference
+    assert first["scanned"] == expected["files"]
+
+    status = _status(config)
+    for key in ("files", "contents", "failed", "embedded"):
+        assert status[key] == expected[key], key
+    assert status["pending"] == 0
+    assert status["undecodable"] == expected["failed"] and status["unreadable"] == 0
+
+    second = _index(config, root)
+    assert second["bytes_read"] == 0 and second["hashed"] == 0, "an unchanged rescan reads nothing"
+    assert second["unchanged"] == expected["files"]
+    assert second["embedded"] == 0
+
+    # Move a folder (a rename keeps inodes): nothing is read, nothing embedded.
+    os.rename(root / "good", root / "renamed")
+    moved = _index(config, root)
+    assert moved["moved"] == 7 and moved["gone"] == 7
+    assert moved["bytes_read"] == 0 and moved["embedded"] == 0
+    # Copy a folder: the copies are read and hashed, but reuse the embeddings.
+    shutil.copytree(root / "odd formats", root / "odd copy")
+    copied = _index(config, root)
+    assert copied["hashed"] == 8 and copied["embedded"] == 0 and copied["reused"] == 8
+    after = _status(config)
+    assert after["files"] == expected["files"] + 8
+    assert after["contents"] == expected["contents"]
+
+    # The photos were read, never written.
+    del before  # the library changed by our own hand above; check the final state is ours
+    final = _manifest(root)
+    assert all(os.path.exists(p) for p in final)
+
+
+def test_photos_are_never_modified(library: tuple[Path, dict[str, int]], make_config) -> None:  # type: ignore[no-untyped-def]
+    root, _expected = library
+    before = _manifest(root)
+    config = make_config()
+    _index(config, root)
+    _index(config, root)
+    assert _manifest(root) == before
+
+
+def test_metadata_of_the_rotated_photo(library: tuple[Path, dict[str, int]], make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root, _ = library
+    config = make_config()
+    _index(config, root)
+    db = sqlite3.connect(tmp_path / "data" / "state.sqlite")
+    try:
+        row = db.execute(
+            "SELECT c.width, c.height, c.taken_at, c.lat, c.lon FROM files f "
+            "JOIN contents c ON c.hash = f.content_hash WHERE f.path = ?",
+            (os.fsencode(root / "good" / "rotated.jpg"),),
+        ).fetchone()
+        reasons = dict(
+            db.execute(
+                "SELECT f.path, c.error FROM files f JOIN contents c ON c.hash = f.content_hash "
+                "WHERE c.error IS NOT NULL"
+            ).fetchall()
+        )
+    finally:
+        db.close()
+    assert row[:3] == (800, 600, "2024-06-01T14:30:00+02:00")
+    assert row[3] == pytest.approx(48.8583, abs=1e-5) and row[4] == pytest.approx(2.2945, abs=1e-5)
+    by_name = {os.path.basename(p).decode(): r for p, r in reasons.items()}
+    assert "empty" in by_name["empty.jpg"]
+    assert "truncated" in by_name["truncated.jpg"]
+    assert "not an image" in by_name["notes.jpg"]
+    assert "bomb" in by_name["bomb.png"]
+    assert set(by_name) == {"empty.jpg", "truncated.jpg", "notes.jpg", "bomb.png", "corrupt.jpg"}
+
+
+def test_an_interrupted_run_is_finished_by_the_next(library: tuple[Path, dict[str, int]], make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Contents recorded without an embedding (crash between batches, model switch) are embedded next run."""
+    root, expected = library
+    config = make_config(library=EXCLUDE)
+    _index(config, root)
+    db = sqlite3.connect(tmp_path / "data" / "state.sqlite")
+    victims = [h for (h,) in db.execute("SELECT content_hash FROM embeddings LIMIT 4")]
+    db.executemany("DELETE FROM embeddings WHERE content_hash = ?", [(h,) for h in victims])
+    db.commit()
+    db.close()
+    assert _status(config)["pending"] == 4
+    again = _index(config, root)
+    assert again["embedded"] == 4
+    assert _status(config)["embedded"] == expected["embedded"]
+
+
+def test_missing_model_is_a_clear_error(library: tuple[Path, dict[str, int]], make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root, _ = library
+    config = make_config(model={"path": str(tmp_path / "nope.onnx")})
+    result = run_cli("--config", str(config), "index", str(root))
+    assert result.returncode == 1
+    assert str(tmp_path / "nope.onnx") in result.stderr
+    assert "imageclust models download" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_names_the_key(make_config) -> None:  # type: ignore[no-untyped-def]
+    config = make_config(cluster={"max_size": -3})
+    result = run_cli("--config", str(config), "status")
+    assert result.returncode == 2
+    assert "cluster.max_size" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_from_environment_variable(library: tuple[Path, dict[str, int]], make_config) -> None:  # type: ignore[no-untyped-def]
+    root, expected = library
+    config = make_config(library={"roots": [str(root)], **EXCLUDE})
+    result = run_cli("index", "--json", env={"IMAGECLUST_CONFIG": str(config)})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["embedded"] == expected["embedded"]
+
+
+def _without_root_privileges() -> tuple[str, ...]:
+    """A command prefix under which even root gets "permission denied" on a mode-0 file."""
+    if os.geteuid() != 0:
+        return ()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without util-linux's setpriv to drop CAP_DAC_OVERRIDE")
+    caps = "-dac_override,-dac_read_search"
+    return (setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}")
+
+
+def test_unreadable_file_is_recorded_and_the_run_goes_on(tmp_path: Path, make_config) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "photos"
+    root.mkdir()
+    photos.save_jpeg(photos.photo_like(1), root / "ok.jpg")
+    photos.save_jpeg(photos.photo_like(2), root / "locked.jpg")
+    (root / "locked.jpg").chmod(0)
+    config = make_config()
+    prefix = _without_root_privileges()
+    result = run_cli("--config", str(config), "index", "--json", str(root), prefix=prefix)
+    assert result.returncode == 0, result.stderr
+    assert "locked.jpg" in result.stderr and "ermission denied" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["failed"] == 1 and report["embedded"] == 1
+    status = _status(config)
+    assert status["files"] == 2 and status["unreadable"] == 1 and status["failed"] == 1
+    # Readable again: the next run picks it up.
+    (root / "locked.jpg").chmod(0o644)
+    assert _index(config, root)["embedded"] == 1
+    assert _status(config)["failed"] == 0

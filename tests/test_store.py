@@ -1,0 +1,111 @@
+"""The state store: batches, idempotence, counts, vectors round-trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from imageclust_daemon.records import ContentRow, FileRow, FileStat, PhotoMeta
+from imageclust_daemon.store import Store, blob_to_vector, vector_to_blob
+
+MODEL = "tiny@sha256:00"
+
+
+def _stat(path: bytes, size: int = 10, inode: int = 1) -> FileStat:
+    return FileStat(path, size, 1_000, inode, 7)
+
+
+@given(arrays(np.float32, st.integers(1, 64), elements=st.floats(-1e6, 1e6, width=32)))
+def test_vector_blob_round_trip(vector: np.ndarray) -> None:
+    assert np.array_equal(blob_to_vector(vector_to_blob(vector)), vector)
+
+
+def test_record_is_idempotent_and_counts_are_exact(tmp_path: Path) -> None:
+    v = np.ones(4, dtype=np.float32) / 2
+    contents = [
+        ContentRow("aa", 10, decoded=True, meta=PhotoMeta(3, 2, "2024-01-02T03:04:05", 1.5, 2.5)),
+        ContentRow("bb", 11, decoded=True, error="cannot decode: junk"),
+    ]
+    files = [
+        FileRow(_stat(b"/r/a.jpg", inode=1), "aa"),
+        FileRow(_stat(b"/r/copy.jpg", inode=2), "aa"),
+        FileRow(_stat(b"/r/bad.jpg", inode=3), "bb"),
+        FileRow(_stat(b"/r/locked.jpg", inode=4), None, "cannot read: Permission denied"),
+    ]
+    with Store.open(tmp_path / "s.sqlite") as store:
+        for _ in range(2):  # a batch redone after a crash changes nothing
+            store.record(contents, files, [("aa", v)], MODEL)
+        assert store.status(MODEL) == {
+            "files": 4,
+            "contents": 2,
+            "embedded": 1,
+            "pending": 0,
+            "failed": 2,
+            "undecodable": 1,
+            "unreadable": 1,
+            "clusters": 0,
+            "labeled": 0,
+        }
+        assert np.array_equal(store.embedding("aa", MODEL), v)
+        assert store.settled_hashes(MODEL) == {"aa", "bb"}
+        assert store.settled_hashes("other-model") == {"bb"}
+        row = store.conn.execute(
+            "SELECT width, height, taken_at, lat, lon FROM contents WHERE hash = 'aa'"
+        ).fetchone()
+        assert row == (3, 2, "2024-01-02T03:04:05", 1.5, 2.5)
+
+
+def test_a_bare_content_row_does_not_wipe_metadata(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s.sqlite") as store:
+        store.record([ContentRow("aa", 10, decoded=True, meta=PhotoMeta(3, 2))], [], [], MODEL)
+        store.record([ContentRow("aa", 10)], [FileRow(_stat(b"/r/dup.jpg"), "aa")], [], MODEL)
+        assert store.conn.execute("SELECT width FROM contents").fetchone() == (3,)
+
+
+def test_gone_files_leave_the_counts_and_pending_lists_only_live_files(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s.sqlite") as store:
+        store.record(
+            [ContentRow("aa", 10), ContentRow("bb", 10)],
+            [FileRow(_stat(b"/r/a.jpg", inode=1), "aa"), FileRow(_stat(b"/r/b.jpg", inode=2), "bb")],
+            [],
+            MODEL,
+        )
+        assert store.pending_contents(MODEL, [b"/r"]) == {"aa": b"/r/a.jpg", "bb": b"/r/b.jpg"}
+        assert store.mark_gone([b"/r/b.jpg"]) == 1
+        assert store.mark_gone([b"/r/b.jpg"]) == 0
+        assert store.pending_contents(MODEL, [b"/r"]) == {"aa": b"/r/a.jpg"}
+        assert store.pending_contents(MODEL, [b"/elsewhere"]) == {}
+        status = store.status(MODEL)
+        assert (status["files"], status["contents"], status["pending"]) == (1, 1, 1)
+        known = store.files_under([b"/r"])
+        assert set(known) == {b"/r/a.jpg", b"/r/b.jpg"}
+        assert known[b"/r/a.jpg"].live and not known[b"/r/b.jpg"].live
+
+
+def test_paths_under_a_root_exclude_siblings_with_the_same_prefix(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s.sqlite") as store:
+        store.record(
+            [ContentRow("aa", 1)],
+            [FileRow(_stat(b"/r/a.jpg", inode=1), "aa"), FileRow(_stat(b"/r2/a.jpg", inode=2), "aa")],
+            [],
+            MODEL,
+        )
+        assert set(store.files_under([b"/r"])) == {b"/r/a.jpg"}
+        assert set(store.files_under([b"/r/"])) == {b"/r/a.jpg"}
+
+
+def test_non_utf8_paths_round_trip(tmp_path: Path) -> None:
+    raw = b"/r/caf\xe9\xff.jpg"
+    with Store.open(tmp_path / "s.sqlite") as store:
+        store.record([ContentRow("aa", 1)], [FileRow(_stat(raw), "aa")], [], MODEL)
+        assert list(store.files_under([b"/r"])) == [raw]
+
+
+def test_close_is_idempotent(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.sqlite")
+    store.close()
+    store.close()
