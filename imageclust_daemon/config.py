@@ -174,7 +174,9 @@ def _flatten(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for section, body in doc.items():
         if not isinstance(body, dict):
-            raise ConfigError(section, "expected a [section] table, not a top-level value", source=source)
+            raise ConfigError(
+                section, "expected a [section] table, not a top-level value", source=source
+            )
         for name, value in body.items():
             key = f"{section}.{name}"
             if key not in SETTINGS_BY_KEY:

@@ -52,8 +52,10 @@ def model_io(
     inp = inputs[0]
     shape = list(inp.shape)
     fixed = [d if isinstance(d, int) else None for d in shape]
-    if len(shape) != 4 or fixed[1] not in (3, None) or any(
-        d not in (image_size, None) for d in fixed[2:]
+    if (
+        len(shape) != 4
+        or fixed[1] not in (3, None)
+        or any(d not in (image_size, None) for d in fixed[2:])
     ):
         raise ModelContractError(
             path, f"input {inp.name!r} has shape {shape}, expected [N,3,{image_size},{image_size}]"
@@ -64,7 +66,9 @@ def model_io(
     if output_name is None:
         candidates = [o for o in outputs.values() if len(o.shape) == 2]
         if len(candidates) != 1:
-            raise ModelContractError(path, f"cannot tell the embedding output among {list(outputs)}")
+            raise ModelContractError(
+                path, f"cannot tell the embedding output among {list(outputs)}"
+            )
         out = candidates[0]
     elif output_name in outputs:
         out = outputs[output_name]
@@ -116,7 +120,8 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (a zero row stays zero)."""
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    out: np.ndarray = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return out
 
 
 class Embedder:
@@ -129,9 +134,13 @@ class Embedder:
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """float32 [N,3,S,S] -> L2-normalized float32 [N,D]."""
         if batch.ndim != 4 or batch.shape[1:] != (3, self.io.image_size, self.io.image_size):
-            raise ValueError(f"batch has shape {batch.shape}, model wants [N,3,{self.io.image_size},...]")
+            raise ValueError(
+                f"batch has shape {batch.shape}, model wants [N,3,{self.io.image_size},...]"
+            )
         (out,) = self._session.run([self.io.output_name], {self.io.input_name: batch})
         out = np.asarray(out, dtype=np.float32)
         if out.shape != (batch.shape[0], self.io.dim):
-            raise ModelContractError("model", f"returned shape {out.shape} for a batch of {batch.shape[0]}")
+            raise ModelContractError(
+                "model", f"returned shape {out.shape} for a batch of {batch.shape[0]}"
+            )
         return l2_normalize(out)

@@ -1,16 +1,15 @@
 """Every error imageclust raises on purpose.
 
-    ImageclustError                 base: the CLI turns any of these into a message and exit code
-    ├── ConfigError                 a config key is unknown or its value is bad (key, problem)
-    ├── DatabaseError               the state database cannot be used
-    │   └── SchemaTooNewError       the database was written by a newer imageclust (found, supported)
-    ├── ModelError                  a model cannot be used
-    │   ├── ModelNotFoundError      the ONNX file is missing (path, name)
-    │   ├── ModelContractError      the ONNX file lacks the expected input/output (path, reason)
-    │   └── DownloadError           a download failed or did not verify (url, reason)
-    └── PhotoError                  one photo cannot be read or decoded (path, reason)
-        ├── ReadError               the bytes cannot be read (vanished, permission, I/O)
-        └── DecodeError             the bytes are not a usable image
+    ImageclustError             base: the CLI turns any of these into a message and exit code
+    ├── ConfigError             a config key is unknown or its value is bad (key, problem)
+    ├── DatabaseError           the state database cannot be used
+    │   └── SchemaTooNewError   written by a newer imageclust (found, supported)
+    ├── ModelError              a model cannot be used
+    │   ├── ModelNotFoundError  the ONNX file is missing (path, name)
+    │   ├── ModelContractError  the ONNX file lacks the expected input/output (path, reason)
+    │   └── DownloadError       a download failed or did not verify (url, reason)
+    └── PhotoError              one photo cannot be used (path, reason)
+        └── DecodeError         its bytes are not a usable image
 
 Core code raises these; only `cli` prints them and chooses an exit code.
 A `PhotoError` never stops a run: the pipeline records it against the file or
@@ -98,10 +97,6 @@ class PhotoError(ImageclustError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
-
-
-class ReadError(PhotoError):
-    """The file's bytes cannot be read."""
 
 
 class DecodeError(PhotoError):

@@ -70,7 +70,9 @@ def statements(sql: str) -> Iterator[str]:
     if buffer.strip() and not all(
         ln.strip().startswith("--") or not ln.strip() for ln in buffer.splitlines()
     ):
-        raise DatabaseError(f"incomplete SQL statement at end of migration: {buffer.strip()[:80]!r}")
+        raise DatabaseError(
+            f"incomplete SQL statement at end of migration: {buffer.strip()[:80]!r}"
+        )
 
 
 def current_version(conn: sqlite3.Connection) -> int:

@@ -191,7 +191,7 @@ def index(
     embedder: Embedder,
     spec: ModelSpec,
     model: str,
-    excluder: scan.Excluder = scan.Excluder(),
+    excluder: scan.Excluder = scan.NO_EXCLUDES,
     workers: int = 0,
     batch_size: int = 16,
     progress: Progress | None = None,
@@ -225,7 +225,9 @@ def index(
 
     def flush() -> None:
         vectors = embedder.embed(np.stack(batch.pixels)) if batch.pixels else np.empty((0, 0))
-        store.record(batch.contents, batch.files, zip(batch.pixel_hashes, vectors), model)
+        store.record(
+            batch.contents, batch.files, zip(batch.pixel_hashes, vectors, strict=True), model
+        )
         counts["embedded"] += len(batch.pixels)
         batch.__init__()  # type: ignore[misc]
 

@@ -40,7 +40,7 @@ def resample_filter(name: str) -> Image.Resampling:
 
 
 def _wide_to_8bit(image: Image.Image) -> Image.Image:
-    """Grey 16-bit ("I;16*"), 32-bit int ("I") or float ("F") to 8-bit "L" by scaling, not clipping."""
+    """Grey 16-bit ("I;16*"), 32-bit int ("I") or float ("F") to 8-bit "L": scaled, not clipped."""
     a = np.asarray(image)
     if image.mode in _SIXTEEN_BIT or (image.mode == "I" and a.size and int(a.max()) > 255):
         scaled = np.clip(a.astype(np.float64) / 257.0, 0, 255)

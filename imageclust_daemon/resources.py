@@ -1,4 +1,4 @@
-"""Where the files that ship with imageclust are: migrations, the model manifest, the default config.
+"""Where the files shipped with imageclust are: migrations, model manifest, default config.
 
 In a wheel they are inside the package (`_data/`, mapped by hatchling's
 force-include); in a source checkout they are the top-level folders.

@@ -50,6 +50,8 @@ class Excluder:
         return False
 
 
+NO_EXCLUDES = Excluder()
+
 OnError = Callable[[bytes, str], None]
 
 
@@ -60,7 +62,7 @@ def _ignore(path: bytes, reason: str) -> None:
 def walk(
     root: bytes,
     extensions: frozenset[bytes],
-    excluder: Excluder = Excluder(),
+    excluder: Excluder = NO_EXCLUDES,
     on_error: OnError = _ignore,
 ) -> Iterator[FileStat]:
     """Every image-like file under `root` (depth-first, sorted by name within a folder)."""
@@ -105,7 +107,7 @@ def walk(
 def walk_all(
     roots: Sequence[bytes],
     extensions: frozenset[bytes],
-    excluder: Excluder = Excluder(),
+    excluder: Excluder = NO_EXCLUDES,
     on_error: OnError = _ignore,
 ) -> Iterator[FileStat]:
     """`walk` over several roots; a file reachable from two roots is listed once."""

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from imageclust_daemon import migrate
-from imageclust_daemon.errors import DatabaseError
+from imageclust_daemon.errors import DatabaseError, SchemaTooNewError
 from imageclust_daemon.records import ContentRow, FileRow, KnownFile
 
 BUSY_TIMEOUT_MS = 10_000  # a concurrent `status` or catalog publish holds the lock for < 1 s
@@ -61,7 +61,7 @@ class Store:
             shipped = migrations if migrations is not None else migrate.load_migrations()
             found = migrate.current_version(conn)
             if shipped and found > shipped[-1].version:
-                raise migrate.SchemaTooNewError(str(path), found, shipped[-1].version)
+                raise SchemaTooNewError(str(path), found, shipped[-1].version)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across app crashes
             conn.execute("PRAGMA foreign_keys = ON")
@@ -110,7 +110,16 @@ class Store:
         known: dict[bytes, KnownFile] = {}
         for root in roots:
             low, high = _under(root)
-            for path, size, mtime_ns, inode, device, content_hash, state, error in self.conn.execute(
+            for (
+                path,
+                size,
+                mtime_ns,
+                inode,
+                device,
+                content_hash,
+                state,
+                error,
+            ) in self.conn.execute(
                 "SELECT path, size, mtime_ns, inode, device, content_hash, state, error "
                 "FROM files WHERE path >= ? AND path < ?",
                 (low, high),
@@ -152,8 +161,8 @@ class Store:
                         ),
                     )
             conn.executemany(
-                "INSERT OR REPLACE INTO embeddings (content_hash, model_id, dim, vector, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO embeddings "
+                "(content_hash, model_id, dim, vector, created_at) VALUES (?, ?, ?, ?, ?)",
                 [(h, model_id, int(v.shape[0]), vector_to_blob(v), now) for h, v in embeddings],
             )
             conn.executemany(
@@ -226,7 +235,8 @@ class Store:
     def remember_sha256(self, path: bytes, size: int, mtime_ns: int, sha256: str) -> None:
         with self.transaction() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO model_files (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO model_files (path, size, mtime_ns, sha256) "
+                "VALUES (?, ?, ?, ?)",
                 (path, size, mtime_ns, sha256),
             )
 

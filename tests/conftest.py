@@ -1,4 +1,4 @@
-"""Shared fixtures: a real tiny ONNX model, real config files, and a guard against leaked threads."""
+"""Shared fixtures: a real tiny ONNX model, real config files, a guard against leaked threads."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -29,7 +29,7 @@ def _manifest(root: Path) -> dict[bytes, tuple[int, int, str]]:
 
 
 def build_library(root: Path) -> dict[str, int]:
-    """A library with duplicates, odd formats, EXIF-rotated JPEGs and bad files; returns expected counts."""
+    """Duplicates, odd formats, an EXIF-rotated JPEG and bad files; returns the expected counts."""
     good = root / "good"
     good.mkdir(parents=True)
     for i in range(6):
@@ -107,7 +107,9 @@ def _status(config: Path) -> dict[str, object]:
 
 
 def test_index_counts_rescan_reads_nothing_and_moves_embed_nothing(
-    library: tuple[Path, dict[str, int]], make_config, tmp_path: Path  # type: ignore[no-untyped-def]
+    library: tuple[Path, dict[str, int]],
+    make_config,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     root, expected = library
     config = make_config(library=EXCLUDE)
@@ -158,7 +160,9 @@ def test_photos_are_never_modified(library: tuple[Path, dict[str, int]], make_co
     assert _manifest(root) == before
 
 
-def test_metadata_of_the_rotated_photo(library: tuple[Path, dict[str, int]], make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_metadata_of_the_rotated_photo(
+    library: tuple[Path, dict[str, int]], make_config, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     root, _ = library
     config = make_config()
     _index(config, root)
@@ -187,8 +191,10 @@ def test_metadata_of_the_rotated_photo(library: tuple[Path, dict[str, int]], mak
     assert set(by_name) == {"empty.jpg", "truncated.jpg", "notes.jpg", "bomb.png", "corrupt.jpg"}
 
 
-def test_an_interrupted_run_is_finished_by_the_next(library: tuple[Path, dict[str, int]], make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Contents recorded without an embedding (crash between batches, model switch) are embedded next run."""
+def test_an_interrupted_run_is_finished_by_the_next(
+    library: tuple[Path, dict[str, int]], make_config, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Contents recorded without an embedding (a crash between batches) are embedded next run."""
     root, expected = library
     config = make_config(library=EXCLUDE)
     _index(config, root)
@@ -203,7 +209,9 @@ def test_an_interrupted_run_is_finished_by_the_next(library: tuple[Path, dict[st
     assert _status(config)["embedded"] == expected["embedded"]
 
 
-def test_missing_model_is_a_clear_error(library: tuple[Path, dict[str, int]], make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_missing_model_is_a_clear_error(
+    library: tuple[Path, dict[str, int]], make_config, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     root, _ = library
     config = make_config(model={"path": str(tmp_path / "nope.onnx")})
     result = run_cli("--config", str(config), "index", str(root))
@@ -220,7 +228,9 @@ def test_bad_config_names_the_key(make_config) -> None:  # type: ignore[no-untyp
     assert "cluster.max_size" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_config_from_environment_variable(library: tuple[Path, dict[str, int]], make_config) -> None:  # type: ignore[no-untyped-def]
+def test_config_from_environment_variable(
+    library: tuple[Path, dict[str, int]], make_config
+) -> None:  # type: ignore[no-untyped-def]
     root, expected = library
     config = make_config(library={"roots": [str(root)], **EXCLUDE})
     result = run_cli("index", "--json", env={"IMAGECLUST_CONFIG": str(config)})

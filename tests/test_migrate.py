@@ -62,9 +62,7 @@ def test_a_newer_database_is_refused_and_not_touched(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     Store.open(path).close()
     conn = _connect(path)
-    conn.execute(
-        "INSERT INTO schema_migrations VALUES (999, 'from_the_future', 'x', 0)"
-    )
+    conn.execute("INSERT INTO schema_migrations VALUES (999, 'from_the_future', 'x', 0)")
     conn.execute("PRAGMA journal_mode = DELETE")  # as a newer version might leave it
     conn.close()
     before = hashlib.sha256(path.read_bytes()).hexdigest()

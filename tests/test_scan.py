@@ -31,7 +31,14 @@ def test_extensions_are_case_insensitive_and_non_images_are_skipped(tmp_path: Pa
     for name in ["notes.txt", "movie.mp4", "noext", "x.jpg.part"]:
         _touch(tmp_path / name)
     assert _names(tmp_path) == [
-        "a.jpg", "b.JPEG", "c.Png", "d.webp", "e.GIF", "f.bmp", "g.tif", "h.TIFF"
+        "a.jpg",
+        "b.JPEG",
+        "c.Png",
+        "d.webp",
+        "e.GIF",
+        "f.bmp",
+        "g.tif",
+        "h.TIFF",
     ]
 
 
@@ -96,7 +103,9 @@ def test_signature_is_size_mtime_inode_device(tmp_path: Path) -> None:
 def test_a_missing_root_is_reported_not_raised(tmp_path: Path) -> None:
     errors: list[tuple[bytes, str]] = []
     found = list(
-        scan.walk(os.fsencode(tmp_path / "missing"), EXT, on_error=lambda p, r: errors.append((p, r)))
+        scan.walk(
+            os.fsencode(tmp_path / "missing"), EXT, on_error=lambda p, r: errors.append((p, r))
+        )
     )
     assert found == [] and len(errors) == 1 and "cannot open root" in errors[0][1]
 

@@ -70,7 +70,10 @@ def test_gone_files_leave_the_counts_and_pending_lists_only_live_files(tmp_path:
     with Store.open(tmp_path / "s.sqlite") as store:
         store.record(
             [ContentRow("aa", 10), ContentRow("bb", 10)],
-            [FileRow(_stat(b"/r/a.jpg", inode=1), "aa"), FileRow(_stat(b"/r/b.jpg", inode=2), "bb")],
+            [
+                FileRow(_stat(b"/r/a.jpg", inode=1), "aa"),
+                FileRow(_stat(b"/r/b.jpg", inode=2), "bb"),
+            ],
             [],
             MODEL,
         )
@@ -90,7 +93,10 @@ def test_paths_under_a_root_exclude_siblings_with_the_same_prefix(tmp_path: Path
     with Store.open(tmp_path / "s.sqlite") as store:
         store.record(
             [ContentRow("aa", 1)],
-            [FileRow(_stat(b"/r/a.jpg", inode=1), "aa"), FileRow(_stat(b"/r2/a.jpg", inode=2), "aa")],
+            [
+                FileRow(_stat(b"/r/a.jpg", inode=1), "aa"),
+                FileRow(_stat(b"/r2/a.jpg", inode=2), "aa"),
+            ],
             [],
             MODEL,
         )
