@@ -62,15 +62,7 @@ def load_manifest(path: Path | None = None) -> dict[str, ModelSpec]:
 
     Raises ModelError naming the file, the entry and the field on the first bad value.
     """
-    return _read_manifest(path)[1]
-
-
-def default_model_name(path: Path | None = None) -> str:
-    """The manifest's `default` model, the one used when the config names none."""
-    source, _, default = _read_manifest(path)
-    if default is None:
-        raise ModelError(f"{source}: default: the manifest names no default model")
-    return default
+    return _read_manifest(path)
 
 
 def model_file(data_dir: Path, spec: ModelSpec) -> Path:
@@ -78,7 +70,7 @@ def model_file(data_dir: Path, spec: ModelSpec) -> Path:
     return data_dir / "models" / spec.filename
 
 
-def _read_manifest(path: Path | None) -> tuple[Path, dict[str, ModelSpec], str | None]:
+def _read_manifest(path: Path | None) -> dict[str, ModelSpec]:
     source = path if path is not None else data_path("models/manifest.toml")
     try:
         with open(source, "rb") as f:
@@ -88,24 +80,13 @@ def _read_manifest(path: Path | None) -> tuple[Path, dict[str, ModelSpec], str |
     except tomllib.TOMLDecodeError as exc:
         raise ModelError(f"{source}: not valid TOML: {exc}") from exc
 
-    default: str | None = None
     specs: dict[str, ModelSpec] = {}
     for key, value in data.items():
-        if key == "default":
-            if not isinstance(value, str):
-                raise ModelError(f"{source}: default: must be a model name, got {value!r}")
-            default = value
-        elif isinstance(value, dict):
-            specs[key] = _parse_entry(source, key, value)
-        else:
-            raise ModelError(
-                f"{source}: {key}: unknown top-level key (a model is a [table], "
-                f"the only other key is 'default')"
-            )
+        if not isinstance(value, dict):
+            raise ModelError(f"{source}: {key}: expected a [table] describing a model")
+        specs[key] = _parse_entry(source, key, value)
     if not specs:
         raise ModelError(f"{source}: the manifest lists no models")
-    if default is not None and default not in specs:
-        raise ModelError(f"{source}: default: {default!r} is not a model in this manifest")
     by_file: dict[str, str] = {}
     for spec in specs.values():
         if spec.filename in by_file:
@@ -115,7 +96,7 @@ def _read_manifest(path: Path | None) -> tuple[Path, dict[str, ModelSpec], str |
                 f"also the file of {by_file[spec.filename]!r}"
             )
         by_file[spec.filename] = spec.name
-    return source, specs, default
+    return specs
 
 
 class _Fields:
@@ -377,10 +358,11 @@ def _fetch(
                     _report(progress, received, total)
         except httpx.HTTPError as exc:
             of = f" of {total}" if total is not None else ""
+            kept = f"{out.name} keeps what arrived; " if received else ""
             raise DownloadError(
                 url,
-                f"the transfer broke off after {received}{of} bytes ({exc}); "
-                f"{out.name} is kept, run the download again to resume",
+                f"the transfer stopped at {received}{of} bytes ({exc}); "
+                f"{kept}run the download again to resume",
             ) from exc
         if total is not None and received < total:
             raise DownloadError(

@@ -212,7 +212,7 @@ def test_a_dropped_connection_keeps_the_part_and_the_next_call_resumes_with_rang
     with pytest.raises(DownloadError) as caught:
         models.download(spec, dest, timeout=5)
 
-    assert f"after {half} of {len(model_bytes)} bytes" in str(caught.value)
+    assert f"stopped at {half} of {len(model_bytes)} bytes" in str(caught.value)
     assert not dest.exists()
     assert part.read_bytes() == model_bytes[:half]
 
@@ -345,7 +345,7 @@ def test_an_unreachable_server_is_a_download_error_and_keeps_the_part(
     dest = tmp_path / "model.onnx"
     models.part_path(dest).write_bytes(model_bytes[:10])
 
-    with pytest.raises(DownloadError, match=f"broke off after 10 of {len(model_bytes)} bytes"):
+    with pytest.raises(DownloadError, match=f"stopped at 10 of {len(model_bytes)} bytes"):
         models.download(spec, dest, timeout=5)
 
     assert models.part_path(dest).read_bytes() == model_bytes[:10]
@@ -412,7 +412,6 @@ def test_the_shipped_manifest_lists_the_clip_models() -> None:
 
     b32, l14 = manifest["clip-vit-b32"], manifest["clip-vit-l14"]
     assert (b32.dim, l14.dim) == (512, 768)
-    assert models.default_model_name() == "clip-vit-b32"
     for spec in (b32, l14):
         assert spec.url is not None and spec.url.startswith("https://huggingface.co/Xenova/")
         assert "/resolve/main/" not in spec.url  # pinned to a commit
@@ -507,16 +506,22 @@ def test_a_missing_preprocessing_table_is_an_error(tmp_path: Path) -> None:
         models.load_manifest(path)
 
 
-def test_a_manifest_that_is_not_toml_or_names_an_unknown_default_is_an_error(
-    tmp_path: Path,
-) -> None:
+def test_a_manifest_that_is_not_toml_or_has_stray_keys_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "manifest.toml"
     path.write_text("[tiny\n", encoding="utf-8")
     with pytest.raises(ModelError, match="not valid TOML"):
         models.load_manifest(path)
 
-    path.write_text('default = "huge"\n' + GOOD_ENTRY, encoding="utf-8")
-    with pytest.raises(ModelError, match="default: 'huge' is not a model"):
+    path.write_text('default = "tiny"\n' + GOOD_ENTRY, encoding="utf-8")
+    with pytest.raises(ModelError, match=re.escape("default: expected a [table]")):
+        models.load_manifest(path)
+
+
+def test_two_models_cannot_share_a_file_name(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.toml"
+    path.write_text(GOOD_ENTRY + GOOD_ENTRY.replace("[tiny", "[other"), encoding="utf-8")
+
+    with pytest.raises(ModelError, match=re.escape("model 'other': filename: 'tiny.onnx' is also")):
         models.load_manifest(path)
 
 
