@@ -5,12 +5,13 @@ shortest side to `resize_shortest` with PIL bicubic (the long side truncated to
 an int, as the reference does), center crop with the top-left offset rounded
 down, scale to [0, 1], subtract the per-channel mean, divide by the std, NCHW.
 
-Two deliberate departures, both for inputs the reference gets wrong:
-- 16-bit images are scaled to 8 bits before conversion; `convert("RGB")`
-  clips them, so a normal 16-bit photo turns white.
-- Transparent images are composited onto white before alpha is dropped;
-  dropping alpha alone shows whatever colour hides under transparent pixels
-  (usually black).
+Transparent images (alpha channel or a tRNS colour key) are composited onto
+white, as transformers 5 does (older releases and OpenAI's CLIP dropped alpha
+and showed whatever colour hid under transparent pixels, usually black).
+
+One deliberate departure, for an input the reference gets wrong: 16-bit
+images are scaled to 8 bits before conversion; `convert("RGB")` clips them,
+so a normal 16-bit photo turns white.
 
 No I/O, no logging: callers pass an already decoded PIL image.
 """
@@ -53,13 +54,12 @@ def _wide_to_8bit(image: Image.Image) -> Image.Image:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB: CMYK, YCbCr, LAB, palette, greyscale, 16-bit, alpha."""
-    if image.mode == "RGB":
+    keyed = image.info.get("transparency") is not None  # a tRNS key: P, and L/RGB PNGs too
+    if image.mode == "RGB" and not keyed:
         return image
     if image.mode in _SIXTEEN_BIT or image.mode in {"I", "F"}:
         return _wide_to_8bit(image).convert("RGB")
-    has_alpha = image.mode in {"RGBA", "LA", "La", "RGBa", "PA"} or (
-        image.mode == "P" and "transparency" in image.info
-    )
+    has_alpha = keyed or image.mode in {"RGBA", "LA", "La", "RGBa", "PA"}
     if has_alpha:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

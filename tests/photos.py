@@ -269,17 +269,23 @@ def save_png16(img: Image.Image, path: PathLike) -> Path:
     return Path(path)
 
 
-def save_palette_png(img: Image.Image, path: PathLike, *, transparency: bool = True) -> Path:
-    """A 'P' PNG; with `transparency`, the left quarter is palette index 255, marked transparent.
+def palette_from(img: Image.Image, *, transparency: bool = True) -> Image.Image:
+    """A 'P' image; with `transparency`, its left quarter is index 255, marked transparent.
 
     Index 255 is black in the palette, so a reader that drops transparency shows black there.
     """
     pal = img.convert("RGB").quantize(colors=255)
-    palette = pal.getpalette() or []
-    palette = (palette + [0] * 768)[:765] + [0, 0, 0]
-    pal.putpalette(palette)
+    palette = [*(pal.getpalette() or []), *[0] * 768][:765]
+    pal.putpalette([*palette, 0, 0, 0])
     if transparency:
         pal.paste(255, (0, 0, pal.width // 4, pal.height))
+        pal.info["transparency"] = 255
+    return pal
+
+
+def save_palette_png(img: Image.Image, path: PathLike, *, transparency: bool = True) -> Path:
+    pal = palette_from(img, transparency=transparency)
+    if transparency:
         pal.save(path, "PNG", transparency=255)
     else:
         pal.save(path, "PNG")
@@ -298,8 +304,8 @@ def save_rgba_png(img: Image.Image, path: PathLike) -> Path:
     return Path(path)
 
 
-def save_animated_gif(img: Image.Image, path: PathLike, *, frames: int = 3) -> Path:
-    """An animated GIF: `img` first, then its colour negative, then `img` again, ..."""
+def save_animated_gif(img: Image.Image, path: PathLike, *, frames: int = 2) -> Path:
+    """An animated GIF of `frames` (at least 2): `img`, its colour negative, `img`, ..."""
     rgb = img.convert("RGB")
     negative = ImageOps.invert(rgb)
     seq = [rgb if i % 2 == 0 else negative for i in range(max(2, frames))]

@@ -1,0 +1,332 @@
+"""decode: the bytes of real files -> what is displayed (metadata) and the model's input tensor.
+
+Every file here is written to disk by tests/photos.py the way cameras and editors write them,
+read back as bytes, and decoded through `decode.decode`. Lossy formats are compared with the
+upright original's tensor within a JPEG-sized tolerance (mean |diff| <= 0.05, max <= 0.4 in
+normalized units; q95 JPEG measures ~0.03 / 0.21, one 8-bit level is ~0.015), lossless ones
+within float rounding (1e-5).
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageFile, ImageOps
+
+from imageclust_daemon import decode as decode_module
+from imageclust_daemon.decode import DecodedPhoto, decode
+from imageclust_daemon.errors import DecodeError
+from imageclust_daemon.preprocess import model_input
+from imageclust_daemon.records import Preprocessing
+from tests import photos
+
+SPEC = Preprocessing()
+LOSSLESS = 1e-5
+LOSSY_MEAN, LOSSY_MAX = 0.05, 0.4
+WHITE = (1 - np.array(SPEC.mean, np.float32)) / np.array(SPEC.std, np.float32)
+
+
+def decode_file(path: Path) -> DecodedPhoto:
+    return decode(path.read_bytes(), SPEC, path=str(path))
+
+
+def assert_tensor(pixels: np.ndarray) -> None:
+    assert pixels.shape == (3, 224, 224)
+    assert pixels.dtype == np.float32
+    assert np.isfinite(pixels).all()
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, *, lossy: bool) -> None:
+    diff = np.abs(actual - expected)
+    if lossy:
+        assert float(diff.mean()) <= LOSSY_MEAN, f"mean |diff| {diff.mean():.3g}"
+        assert float(diff.max()) <= LOSSY_MAX, f"max |diff| {diff.max():.3g}"
+    else:
+        assert float(diff.max()) <= LOSSLESS, f"max |diff| {diff.max():.3g}"
+
+
+@pytest.fixture(scope="module")
+def upright() -> Image.Image:
+    """A landscape photo with no symmetry, so any wrong flip or turn shows."""
+    return photos.photo_like(21, size=(320, 240))
+
+
+# --- EXIF orientation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_displays_the_upright_photo(
+    orientation: int, upright: Image.Image, tmp_path: Path
+) -> None:
+    stored = photos.rotated_for_orientation(upright, orientation)
+    path = photos.save_jpeg(stored, tmp_path / "photo.jpg", quality=95, orientation=orientation)
+    with Image.open(path) as raw:
+        # 5-8 turn the picture a quarter: the stored frame is portrait, the displayed landscape.
+        assert raw.size == ((240, 320) if orientation >= 5 else (320, 240))
+        assert raw.getexif()[0x0112] == orientation
+
+    result = decode_file(path)
+
+    assert (result.meta.width, result.meta.height) == (320, 240)
+    assert_tensor(result.pixels)
+    expected = model_input(upright, SPEC)
+    assert_close(result.pixels, expected, lossy=True)
+    if orientation != 1:  # the test can tell: ignoring the tag would be far off
+        assert float(np.abs(model_input(stored, SPEC) - expected).mean()) > 4 * LOSSY_MEAN
+
+
+def test_broken_orientation_tag_shows_stored_pixels(upright: Image.Image, tmp_path: Path) -> None:
+    path = photos.save_jpeg(upright, tmp_path / "photo.jpg", quality=95, orientation=42)
+    result = decode_file(path)
+    assert (result.meta.width, result.meta.height) == (320, 240)
+    assert_close(result.pixels, model_input(upright, SPEC), lossy=True)
+
+
+# --- capture time and place ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("offset", "expected"),
+    [
+        ("+02:00", "2024-06-01T14:30:00+02:00"),
+        ("-05:30", "2024-06-01T14:30:00-05:30"),
+        (None, "2024-06-01T14:30:00"),  # local time, offset unknown: no suffix
+    ],
+)
+def test_taken_at_from_datetime_original(
+    offset: str | None, expected: str, upright: Image.Image, tmp_path: Path
+) -> None:
+    path = photos.save_jpeg(
+        upright, tmp_path / "p.jpg", taken_at="2024:06:01 14:30:00", offset=offset
+    )
+    assert decode_file(path).meta.taken_at == expected
+
+
+@pytest.mark.parametrize(
+    "position",
+    [
+        (48.8583701, 2.2944813),  # Paris: north, east
+        (-33.8567844, 151.2152967),  # Sydney: south -> negative latitude
+        (40.6892494, -74.0445004),  # New York: west -> negative longitude
+        (-22.951916, -43.2104872),  # Rio de Janeiro: both negative
+    ],
+)
+def test_gps_position(position: tuple[float, float], upright: Image.Image, tmp_path: Path) -> None:
+    path = photos.save_jpeg(upright, tmp_path / "p.jpg", gps=position)
+    meta = decode_file(path).meta
+    assert meta.lat is not None and meta.lon is not None
+    assert abs(meta.lat - position[0]) < 1e-5
+    assert abs(meta.lon - position[1]) < 1e-5
+
+
+def test_no_exif_means_no_metadata(upright: Image.Image, tmp_path: Path) -> None:
+    meta = decode_file(photos.save_jpeg(upright, tmp_path / "p.jpg")).meta
+    assert (meta.width, meta.height, meta.taken_at, meta.lat, meta.lon) == (
+        320,
+        240,
+        None,
+        None,
+        None,
+    )
+
+
+# --- formats -------------------------------------------------------------------------------
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+
+
+# name -> (writer, what should be displayed, lossy)
+FORMATS: dict[
+    str, tuple[Callable[[Image.Image, Path], Path], Callable[[Image.Image], Image.Image], bool]
+] = {
+    "cmyk.jpg": (photos.save_cmyk_jpeg, lambda im: im, True),
+    "grey.jpg": (photos.save_grey_jpeg, lambda im: im.convert("L"), True),
+    # 16-bit grey is scaled to 8 bits (not clipped to white): exactly the 8-bit grey picture.
+    "grey16.png": (photos.save_png16, lambda im: im.convert("L"), False),
+    "palette-transparent.png": (
+        photos.save_palette_png,
+        lambda im: _on_white(photos.palette_from(im)),
+        False,
+    ),
+    "rgba.png": (photos.save_rgba_png, lambda im: _on_white(photos.rgba_from(im)), False),
+    "animated.gif": (photos.save_animated_gif, lambda im: im, True),  # first frame only
+    "photo.webp": (photos.save_webp, lambda im: im, True),
+    "photo.bmp": (photos.save_bmp, lambda im: im, False),
+    "photo.tiff": (photos.save_tiff, lambda im: im, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_formats_decode_to_what_is_displayed(
+    name: str, upright: Image.Image, tmp_path: Path
+) -> None:
+    writer, displayed, lossy = FORMATS[name]
+    result = decode_file(writer(upright, tmp_path / name))
+    assert_tensor(result.pixels)
+    assert (result.meta.width, result.meta.height) == (320, 240)
+    assert_close(result.pixels, model_input(displayed(upright), SPEC), lossy=lossy)
+
+
+def test_animated_gif_uses_the_first_frame(upright: Image.Image, tmp_path: Path) -> None:
+    pixels = decode_file(photos.save_animated_gif(upright, tmp_path / "a.gif")).pixels
+    first = model_input(upright, SPEC)
+    second = model_input(ImageOps.invert(upright), SPEC)
+    assert np.abs(pixels - first).mean() < 0.2 * np.abs(pixels - second).mean()
+
+
+@pytest.mark.parametrize("writer", [photos.save_palette_png, photos.save_rgba_png])
+def test_transparent_pixels_are_white(
+    writer: Callable[[Image.Image, Path], Path], upright: Image.Image, tmp_path: Path
+) -> None:
+    pixels = decode_file(writer(upright, tmp_path / "t.png")).pixels
+    # The transparent left quarter (x < 80 of 320) is x < 74 of the 298-wide resize, whose
+    # crop starts at x = 37: the crop's first ~37 columns are white, not the black below.
+    np.testing.assert_allclose(
+        pixels[:, :, :30], np.broadcast_to(WHITE[:, None, None], (3, 224, 30)), atol=0.02
+    )
+
+
+def test_16bit_mid_grey_is_not_white(tmp_path: Path) -> None:
+    mid = Image.new("L", (64, 48), 128)
+    pixels = decode_file(photos.save_png16(mid, tmp_path / "mid.png")).pixels
+    grey = (128 / 255 - np.array(SPEC.mean, np.float32)) / np.array(SPEC.std, np.float32)
+    np.testing.assert_allclose(pixels[:, 0, 0], grey, atol=1e-5)
+    assert (np.abs(pixels - WHITE[:, None, None]) > 1.0).all()
+
+
+# --- bad files -----------------------------------------------------------------------------
+
+
+BAD_FILES: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
+    "empty.jpg": (photos.write_empty, ("empty", "0 bytes")),
+    "truncated.jpg": (photos.write_truncated_jpeg, ("truncated",)),
+    "notes.jpg": (photos.write_text_as_jpg, ("not an image",)),
+    "bomb.png": (photos.write_png_bomb, ("decompression bomb",)),
+    "corrupt.jpg": (photos.write_corrupt_jpeg, ("cannot decode",)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_files_raise_decode_error_with_a_reason(name: str, tmp_path: Path) -> None:
+    writer, words = BAD_FILES[name]
+    path = writer(tmp_path / name)
+    with pytest.raises(DecodeError) as caught:
+        decode_file(path)
+    assert caught.value.path == str(path)
+    for word in words:
+        assert word in caught.value.reason, caught.value.reason
+    assert str(path) in str(caught.value)
+
+
+def test_truncated_jpeg_passes_verify_but_not_decode(tmp_path: Path) -> None:
+    # RELIABILITY.md: verify() passes truncated JPEGs; only a full decode finds them.
+    path = photos.write_truncated_jpeg(tmp_path / "t.jpg", seed=3)
+    with Image.open(path) as image:
+        image.verify()
+    with pytest.raises(DecodeError, match="truncated"):
+        decode_file(path)
+
+
+def test_png_bomb_is_rejected_without_allocating_its_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = photos.write_png_bomb(tmp_path / "bomb.png")
+    data = path.read_bytes()
+    assert len(data) < 1000  # claims 60000x60000 = 3.6 GP of 8-bit grey in a few hundred bytes
+
+    loads: list[object] = []
+    real_load = ImageFile.ImageFile.load
+
+    def counting_load(self: ImageFile.ImageFile) -> object:
+        loads.append(self)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DecodeError) as caught:
+            decode(data, SPEC, path=str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    assert loads == []  # the pixel data was never decoded
+    assert "60000x60000" in caught.value.reason or "3600000000" in caught.value.reason
+
+
+def test_image_over_the_limit_but_under_pillows_error_is_rejected_by_size(
+    tmp_path: Path,
+) -> None:
+    # 12000x8000 = 96 MP: above MAX_PIXELS (~89 MP, where Pillow only warns) and below
+    # twice it (where Pillow raises). Outside the test suite the warning is not an error,
+    # so decode's own check must catch it; the reason gives the size in MP.
+    data = photos.png_bomb_bytes(12000, 8000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with pytest.raises(DecodeError) as caught:
+            decode(data, SPEC, path="pano.png")
+    assert "12000x8000" in caught.value.reason
+    assert "96 MP" in caught.value.reason
+    # With warnings as errors (as in this suite) Pillow's warning is reported as the bomb it is.
+    with pytest.raises(DecodeError, match="decompression bomb"):
+        decode(data, SPEC, path="pano.png")
+
+
+# --- junk ----------------------------------------------------------------------------------
+
+MAGIC = [
+    b"",
+    b"\xff\xd8\xff\xe0",  # JPEG
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",  # TIFF little-endian
+    b"MM\x00*",
+    b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+    b"P6\n",  # PPM
+]
+
+
+def _check_junk(data: bytes) -> None:
+    # A 4 MP cap keeps a header that claims a large frame from costing real memory here.
+    with mock.patch.object(decode_module, "MAX_PIXELS", 4_000_000):
+        try:
+            result = decode(data, SPEC, path="junk")
+        except DecodeError as exc:
+            assert exc.reason
+            return
+    assert_tensor(result.pixels)  # some junk is a valid image: fine, if it is a real one
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(magic=st.sampled_from(MAGIC), body=st.binary(max_size=512))
+def test_junk_bytes_raise_only_decode_error(magic: bytes, body: bytes) -> None:
+    _check_junk(magic + body)
+
+
+_SMALL_JPEG = photos.jpeg_bytes(photos.photo_like(5, size=(48, 32)))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(0, len(_SMALL_JPEG) - 1), st.integers(0, 255)), max_size=8
+    ),
+    cut=st.integers(1, len(_SMALL_JPEG)),
+)
+def test_damaged_jpeg_raises_only_decode_error(edits: list[tuple[int, int]], cut: int) -> None:
+    data = bytearray(_SMALL_JPEG)
+    for at, value in edits:
+        data[at] = value
+    _check_junk(bytes(data[:cut]))
