@@ -1,0 +1,537 @@
+"""Size-constrained Ward clustering, stable group identities and representatives. Pure: no I/O.
+
+How photos become groups
+------------------------
+1. **Canonical order.** Rows are sorted by fixed random projections first, and
+   labels are mapped back at the end, so the result is deterministic and does
+   not depend on the order of the rows (only identical rows tie, and those are
+   interchangeable).
+2. **The Ward tree.** Up to `EXACT_MAX` points, exact Ward agglomeration (the
+   nearest-neighbour-chain algorithm with Lance-Williams updates, on a dense
+   float64 matrix: 6,000 points = 288 MB). Beyond it, two stages: k-means
+   (`MICRO_CLUSTERS` centres, fixed iterations, seeded on the canonical order)
+   summarises the points, then weighted Ward builds the tree over the
+   centres, each carrying its member count. Ward's merge cost between groups
+   A and B is 2|A||B|/(|A|+|B|) * ||c_A - c_B||^2, so a weighted centre
+   merges exactly as its members would if they sat on the centre.
+3. **The cut.** Each subtree either becomes one group, if its size is within
+   [min_size, max_size], or is split into the best cuts of its two children
+   (dynamic programming over the tree). The cost of a group is its Ward
+   within-group sum of squares plus a price `lam` per group; a cut that leaves
+   fewer points outside any group always wins first. For a Ward tree with no
+   size limits this is exactly a cut of the dendrogram at height
+   sqrt(2*lam), so the limits are met while following the data's own
+   structure instead of overriding it.
+4. **Points left over.** A subtree smaller than min_size whose parent is
+   larger than max_size cannot be a group on its own; each such point joins
+   the group whose centroid is nearest (cosine) and still has room. If every
+   group is full, the rest are taken in dendrogram leaf order (neighbours
+   stay together) and cut into as many new groups as the limits allow. So a
+   point stays `-1` only when every group is full and fewer than min_size
+   points are left: no valid group can hold it.
+
+Choosing the number of groups
+-----------------------------
+With `n_clusters=k` the price `lam` is searched so the cut has k groups (or
+as close as the limits allow); with min_size=1 and max_size>=n this is
+SciPy's `fcluster(linkage(X, "ward"), k, "maxclust")`. With `n_clusters=None`
+k is read off the tree: among the cluster counts the limits allow
+(ceil(n/max_size) .. n/min_size), the one before the largest relative jump in
+merge height (the classic dendrogram "elbow": groups that are far tighter
+inside than they are apart), then the limits split what is too big.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.optimize import linear_sum_assignment
+
+# Exact Ward keeps an n x n float64 matrix: 6,000 points = 288 MB and ~2 s here.
+EXACT_MAX = 6000
+# Two-stage: k-means centres summarising the points. 3,000 keeps the Ward
+# stage at 72 MB and < 1 s, and each centre at ~33 points for 100k photos,
+# well below any useful min_size.
+MICRO_CLUSTERS = 3000
+KMEANS_ITERATIONS = 8
+_CHUNK = 8192  # rows per distance block in k-means: 8192 x 3000 float32 = 98 MB
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A Ward dendrogram in SciPy's linkage layout, over weighted leaves.
+
+    `merges[i] = (a, b, height, size)`; node `n_leaves + i` is merge i.
+    """
+
+    merges: np.ndarray  # float64 [n_leaves - 1, 4]
+    weights: np.ndarray  # float64 [n_leaves]: points in each leaf
+
+    @property
+    def n_leaves(self) -> int:
+        return int(self.weights.shape[0])
+
+
+@dataclass(frozen=True)
+class Clustering:
+    labels: np.ndarray  # int64 [n]; -1 = in no group
+    n_clusters: int
+    unclustered_fraction: float
+    method: str  # "exact" or "two-stage"
+
+
+# -- the Ward tree --------------------------------------------------------------------------
+
+
+def ward_tree(points: np.ndarray, weights: np.ndarray | None = None) -> Tree:
+    """Ward agglomeration of (weighted) points by the nearest-neighbour chain. O(m^2) memory."""
+    c = np.asarray(points, dtype=np.float64)
+    m = c.shape[0]
+    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
+    if m == 0:
+        return Tree(np.empty((0, 4)), w)
+    sq = np.einsum("ij,ij->i", c, c)
+    d = sq[:, None] + sq[None, :] - 2.0 * (c @ c.T)
+    np.maximum(d, 0.0, out=d)
+    d *= 2.0 * np.outer(w, w) / (w[:, None] + w[None, :])
+    np.fill_diagonal(d, np.inf)
+
+    size = w.copy()
+    node = np.arange(m)  # the tree node each active slot currently holds
+    raw: list[tuple[int, int, float, float]] = []
+    chain: list[int] = []
+    active = np.ones(m, dtype=bool)
+    for _ in range(m - 1):
+        if not chain:
+            chain.append(int(np.flatnonzero(active)[0]))
+        while True:
+            a = chain[-1]
+            row = d[a]
+            b = int(np.argmin(row))
+            if len(chain) > 1 and row[chain[-2]] <= row[b]:
+                b = chain[-2]  # prefer the chain's previous element on ties: guarantees progress
+                break
+            chain.append(b)
+        chain.pop()
+        chain.pop()
+        dist = d[a, b]
+        lo, hi = (a, b) if a < b else (b, a)
+        sa, sb = size[a], size[b]
+        sk = size
+        merged = ((sk + sa) * d[a] + (sk + sb) * d[b] - sk * dist) / (sk + sa + sb)
+        d[lo] = merged
+        d[:, lo] = merged
+        d[hi] = np.inf
+        d[:, hi] = np.inf
+        d[lo, lo] = np.inf
+        active[hi] = False
+        raw.append((int(node[a]), int(node[b]), math.sqrt(max(dist, 0.0)), sa + sb))
+        size[lo] = sa + sb
+        size[hi] = 0.0
+        node[lo] = m + len(raw) - 1  # provisional id: renumbered below, after sorting
+    return Tree(_renumber(raw, m), w)
+
+
+def _renumber(raw: list[tuple[int, int, float, float]], m: int) -> np.ndarray:
+    """Sort merges by height (stable) and give nodes SciPy's ids (n + position)."""
+    order = sorted(range(len(raw)), key=lambda i: raw[i][2])
+    new_id = {}
+    out = np.empty((len(raw), 4))
+    for pos, i in enumerate(order):
+        a, b, height, count = raw[i]
+        a, b = new_id.get(a, a), new_id.get(b, b)
+        out[pos] = (min(a, b), max(a, b), height, count)
+        new_id[m + i] = m + pos
+    return out
+
+
+# -- the cut --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Cut:
+    groups: list[int]  # tree nodes that are groups
+    orphans: list[int]  # tree nodes whose points are in no group (before reassignment)
+
+
+def _subtree_sse(tree: Tree) -> np.ndarray:
+    """Ward within-group sum of squares of every node (leaves 0): sum of height^2/2 below it."""
+    m = tree.n_leaves
+    sse = np.zeros(2 * m - 1)
+    for i, (a, b, h, _) in enumerate(tree.merges):
+        sse[m + i] = sse[int(a)] + sse[int(b)] + h * h / 2.0
+    return sse
+
+
+def _node_sizes(tree: Tree) -> np.ndarray:
+    return np.concatenate([tree.weights, tree.merges[:, 3]])
+
+
+def cut_tree(tree: Tree, min_size: int, max_size: int, lam: float) -> _Cut:
+    """Best cut under the size limits: fewest points outside groups, then least SSE + lam/group."""
+    m = tree.n_leaves
+    if m == 0:
+        return _Cut([], [])
+    sizes = _node_sizes(tree)
+    sse = _subtree_sse(tree)
+    total = 2 * m - 1
+    orphans = np.zeros(total)
+    cost = np.zeros(total)
+    whole = np.zeros(total, dtype=bool)
+    for v in range(total):
+        fits = min_size <= sizes[v] <= max_size
+        if v < m:
+            whole[v] = fits
+            orphans[v], cost[v] = (0.0, lam) if fits else (sizes[v], 0.0)
+            continue
+        a, b = (int(x) for x in tree.merges[v - m, :2])
+        split = (orphans[a] + orphans[b], cost[a] + cost[b])
+        if fits and (0.0, sse[v] + lam) <= split:
+            whole[v], orphans[v], cost[v] = True, 0.0, sse[v] + lam
+        else:
+            orphans[v], cost[v] = split
+    groups, left = [], []
+    stack = [total - 1]
+    while stack:
+        v = stack.pop()
+        if whole[v]:
+            groups.append(v)
+        elif v < m:
+            left.append(v)
+        else:
+            stack.extend(int(x) for x in tree.merges[v - m, :2])
+    return _Cut(sorted(groups), sorted(left))
+
+
+def _leaves(tree: Tree, node: int) -> list[int]:
+    m = tree.n_leaves
+    out, stack = [], [node]
+    while stack:
+        v = stack.pop()
+        if v < m:
+            out.append(v)
+        else:
+            stack.extend(int(x) for x in tree.merges[v - m, :2])
+    return out
+
+
+def _leaf_order(tree: Tree) -> np.ndarray:
+    """Leaves left to right as the dendrogram draws them: neighbours in the tree sit together."""
+    m = tree.n_leaves
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.asarray(_leaves(tree, 2 * m - 2)[::-1], dtype=np.int64)
+
+
+def _leaf_labels(tree: Tree, cut: _Cut) -> np.ndarray:
+    labels = np.full(tree.n_leaves, -1, dtype=np.int64)
+    for g, node in enumerate(cut.groups):
+        labels[_leaves(tree, node)] = g
+    return labels
+
+
+def choose_price(tree: Tree, n: int, min_size: int, max_size: int, n_clusters: int | None) -> float:
+    """The per-group price `lam` (a dendrogram height h as h^2/2) that sets how many groups form."""
+    heights = np.sort(tree.merges[:, 2])[::-1]  # heights[j]: undoing merges 0..j gives j+2 groups
+    if heights.size == 0:
+        return 0.0
+    if n_clusters is None:
+        k_lo = max(2, math.ceil(n / max_size))
+        k_hi = min(tree.n_leaves, n // max(min_size, 1))
+        if k_hi < k_lo:
+            k = k_lo
+        else:
+            ks = np.arange(k_lo, k_hi + 1)
+            above = heights[ks - 2]
+            below = np.concatenate([heights, [0.0]])[ks - 1]
+            k = int(ks[int(np.argmax(above - below))])
+        return _price_between(heights, k)
+    return _price_for_count(tree, min_size, max_size, n_clusters, heights)
+
+
+def _price_between(heights: np.ndarray, k: int) -> float:
+    """A price that keeps the k-1 highest merges undone and all lower ones done."""
+    if k <= 1:
+        return float(heights[0]) ** 2  # above every merge: one group
+    above = float(heights[k - 2])
+    below = float(heights[k - 1]) if k - 1 < heights.size else 0.0
+    threshold = math.sqrt(above * below) if below > 0 else above / 2.0
+    return threshold * threshold / 2.0
+
+
+def _price_for_count(
+    tree: Tree, min_size: int, max_size: int, k: int, heights: np.ndarray
+) -> float:
+    """Search the price (over the tree's own merge heights) whose cut has k groups, or nearest."""
+    candidates = [_price_between(heights, j) for j in range(1, heights.size + 2)]
+    lo, hi = 0, len(candidates) - 1  # candidates[j] aims at j+1 groups; fewer groups as price rises
+    best, best_err = candidates[0], math.inf
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        count = len(cut_tree(tree, min_size, max_size, candidates[mid]).groups)
+        err = abs(count - k)
+        if err < best_err:
+            best, best_err = candidates[mid], err
+        if count == k:
+            return candidates[mid]
+        if count < k:
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+# -- the two-stage summary ------------------------------------------------------------------
+
+
+def _kmeans(x: np.ndarray, k: int, iterations: int) -> np.ndarray:
+    """Lloyd's k-means, seeded on the (canonical) row order; returns each row's centre."""
+    n = x.shape[0]
+    rng = np.random.default_rng(0)
+    centres = x[np.sort(rng.choice(n, size=k, replace=False))].astype(np.float32)
+    assign = np.zeros(n, dtype=np.int64)
+    for _ in range(iterations):
+        half_sq = 0.5 * np.einsum("ij,ij->i", centres, centres)
+        for start in range(0, n, _CHUNK):
+            block = x[start : start + _CHUNK] @ centres.T
+            block -= half_sq
+            assign[start : start + _CHUNK] = np.argmax(block, axis=1)
+        onehot = sparse.csr_matrix(
+            (np.ones(n, dtype=np.float32), (assign, np.arange(n))), shape=(k, n)
+        )
+        counts = np.asarray(onehot.sum(axis=1)).ravel()
+        sums = np.asarray(onehot @ x)
+        alive = counts > 0
+        centres[alive] = sums[alive] / counts[alive, None]
+    return assign
+
+
+def _split_oversize(x: np.ndarray, assign: np.ndarray, max_size: int) -> np.ndarray:
+    """Cut any centre with more than max_size members into equal runs along the canonical order."""
+    assign = assign.copy()
+    next_label = int(assign.max()) + 1
+    counts = np.bincount(assign)
+    for label in np.flatnonzero(counts > max_size):
+        members = np.flatnonzero(assign == label)  # ascending = canonical order
+        parts = math.ceil(len(members) / max_size)
+        for chunk in np.array_split(members, parts)[1:]:
+            assign[chunk] = next_label
+            next_label += 1
+    return assign
+
+
+# -- the whole method -----------------------------------------------------------------------
+
+
+def canonical_order(x: np.ndarray) -> np.ndarray:
+    """A row order that depends only on the rows' values (three fixed random projections)."""
+    if x.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    proj = np.random.default_rng(12345).standard_normal((x.shape[1], 3))
+    keys = np.asarray(x, dtype=np.float64) @ proj
+    return np.lexsort((keys[:, 2], keys[:, 1], keys[:, 0]))
+
+
+def _normalized(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    out: np.ndarray = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return out
+
+
+def _group_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """float64 sum of the rows of each group 0..k-1 (label -1 ignored) and the group sizes."""
+    keep = labels >= 0
+    onehot = sparse.csr_matrix(
+        (np.ones(int(keep.sum()), dtype=np.float64), (labels[keep], np.flatnonzero(keep))),
+        shape=(k, x.shape[0]),
+    )
+    sums = np.asarray(onehot @ x.astype(np.float64))
+    counts = np.asarray(onehot.sum(axis=1)).ravel().astype(np.int64)
+    return sums, counts
+
+
+def _centroids(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """L2-normalized centroid of each group 0..k-1 and the group sizes."""
+    sums, counts = _group_sums(x, labels, k)
+    return _normalized(sums), counts
+
+
+def _adopt_orphans(x: np.ndarray, labels: np.ndarray, max_size: int) -> np.ndarray:
+    """Each point outside a group joins the nearest group (cosine to centroid) with room."""
+    orphans = np.flatnonzero(labels < 0)
+    k = int(labels.max()) + 1 if labels.size else 0
+    if orphans.size == 0 or k == 0:
+        return labels
+    labels = labels.copy()
+    centres, counts = _centroids(x, labels, k)
+    sims = x[orphans].astype(np.float64) @ centres.T
+    room = counts < max_size
+    # most confident first, so a full group turns away its weakest candidates
+    for i in np.argsort(-sims.max(axis=1), kind="stable"):
+        if not room.any():
+            break
+        options = np.where(room, sims[i], -np.inf)
+        g = int(np.argmax(options))
+        labels[orphans[i]] = g
+        counts[g] += 1
+        room[g] = counts[g] < max_size
+    return labels
+
+
+def _group_the_rest(
+    labels: np.ndarray, leaf_rank: np.ndarray, min_size: int, max_size: int
+) -> np.ndarray:
+    """Cut the points still outside every group, in dendrogram order, into valid groups."""
+    rest = np.flatnonzero(labels < 0)
+    parts = len(rest) // min_size
+    if parts == 0:
+        return labels
+    labels = labels.copy()
+    rest = rest[np.argsort(leaf_rank[rest], kind="stable")]
+    covered = min(len(rest), parts * max_size)
+    first = int(labels.max()) + 1
+    for i, chunk in enumerate(np.array_split(rest[:covered], parts)):
+        labels[chunk] = first + i
+    return labels
+
+
+def _canonical_labels(labels: np.ndarray) -> np.ndarray:
+    """Renumber groups 0..k-1 by first appearance."""
+    out = np.full_like(labels, -1)
+    seen: dict[int, int] = {}
+    for i, label in enumerate(labels.tolist()):
+        if label >= 0:
+            out[i] = seen.setdefault(label, len(seen))
+    return out
+
+
+def cluster(
+    x: np.ndarray,
+    min_size: int,
+    max_size: int,
+    n_clusters: int | None = None,
+    *,
+    exact_max: int = EXACT_MAX,
+    micro_clusters: int = MICRO_CLUSTERS,
+) -> Clustering:
+    """Constrained Ward clustering with its diagnostics (see the module docstring)."""
+    if min_size < 1 or max_size < min_size:
+        raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
+    if n_clusters is not None and n_clusters < 1:
+        raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
+    x = np.asarray(x, dtype=np.float32)
+    n = x.shape[0]
+    if n == 0:
+        return Clustering(np.zeros(0, dtype=np.int64), 0, 0.0, "exact")
+    order = canonical_order(x)
+    xs = x[order]
+    if n <= exact_max:
+        method = "exact"
+        tree = ward_tree(xs)
+        leaf_of_point = np.arange(n)
+    else:
+        method = "two-stage"
+        assign = _split_oversize(xs, _kmeans(xs, min(micro_clusters, n), KMEANS_ITERATIONS), max_size)
+        used, leaf_of_point = np.unique(assign, return_inverse=True)
+        sums, counts = _group_sums(xs, leaf_of_point, used.size)
+        weights = counts.astype(np.float64)
+        tree = ward_tree(sums / weights[:, None], weights)
+    lam = choose_price(tree, n, min_size, max_size, n_clusters)
+    cut = cut_tree(tree, min_size, max_size, lam)
+    point_labels = _adopt_orphans(xs, _leaf_labels(tree, cut)[leaf_of_point], max_size)
+    leaf_rank = np.empty(tree.n_leaves, dtype=np.int64)
+    leaf_rank[_leaf_order(tree)] = np.arange(tree.n_leaves)
+    point_labels = _group_the_rest(point_labels, leaf_rank[leaf_of_point], min_size, max_size)
+    point_labels = _canonical_labels(point_labels)
+    labels = np.empty(n, dtype=np.int64)
+    labels[order] = point_labels
+    k = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    return Clustering(labels, k, float((labels < 0).mean()), method)
+
+
+def constrained_ward(
+    x: np.ndarray, min_size: int, max_size: int, n_clusters: int | None = None
+) -> np.ndarray:
+    """Labels of length n (-1 = unclustered); every group's size is within [min_size, max_size]."""
+    return cluster(x, min_size, max_size, n_clusters).labels
+
+
+# -- representatives and identities ---------------------------------------------------------
+
+
+def representatives(x: np.ndarray, labels: np.ndarray, k: int = 3) -> dict[int, list[int]]:
+    """For each group, the indices of its k members closest (cosine) to its normalized centroid."""
+    labels = np.asarray(labels)
+    groups = int(labels.max()) + 1 if labels.size and (labels >= 0).any() else 0
+    if groups == 0:
+        return {}
+    xn = _normalized(np.asarray(x, dtype=np.float64))
+    centres, _ = _centroids(xn, labels, groups)
+    out: dict[int, list[int]] = {}
+    for g in range(groups):
+        members = np.flatnonzero(labels == g)
+        sims = xn[members] @ centres[g]
+        ranked = members[np.lexsort((members, -sims))]  # closest first; ties by index
+        out[g] = ranked[:k].tolist()
+    return out
+
+
+def rank_members(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each point's rank (0 = closest) by cosine to its group's normalized centroid; -1 outside."""
+    reps = representatives(x, labels, k=len(labels))
+    rank = np.full(len(labels), -1, dtype=np.int64)
+    for members in reps.values():
+        rank[members] = np.arange(len(members))
+    return rank
+
+
+def jaccard(a: Collection[str], b: Collection[str]) -> float:
+    sa, sb = set(a), set(b)
+    union = len(sa | sb)
+    return len(sa & sb) / union if union else 0.0
+
+
+def match_clusters(
+    previous: Mapping[int, Collection[str]],
+    current: Sequence[Collection[str]],
+    *,
+    threshold: float = 0.5,
+    next_id: int | None = None,
+) -> list[int]:
+    """An id for each current group: the previous group's id with the highest Jaccard overlap
+    (at least `threshold`; each previous id used once; assignment maximizing the total overlap),
+    else a fresh id above every id in `previous` and at least `next_id`."""
+    owner = {member: gid for gid, members in previous.items() for member in members}
+    prev_size = {gid: len(set(members)) for gid, members in previous.items()}
+    pairs: dict[tuple[int, int], float] = {}
+    for j, members in enumerate(current):
+        unique = set(members)
+        overlaps = Counter(owner[m] for m in unique if m in owner)
+        for gid, inter in overlaps.items():
+            score = inter / (prev_size[gid] + len(unique) - inter)
+            if score >= threshold:
+                pairs[(gid, j)] = score
+    ids: list[int | None] = [None] * len(current)
+    if pairs:
+        rows = sorted({gid for gid, _ in pairs})
+        cols = sorted({j for _, j in pairs})
+        row_of = {gid: r for r, gid in enumerate(rows)}
+        col_of = {j: c for c, j in enumerate(cols)}
+        weight = np.zeros((len(rows), len(cols)))
+        for (gid, j), score in pairs.items():
+            weight[row_of[gid], col_of[j]] = score
+        for r, c in zip(*linear_sum_assignment(weight, maximize=True), strict=True):
+            if weight[r, c] > 0:
+                ids[cols[c]] = rows[r]
+    fresh = max([next_id or 0, *(gid + 1 for gid in previous)])
+    out = []
+    for assigned in ids:
+        if assigned is None:
+            assigned, fresh = fresh, fresh + 1
+        out.append(assigned)
+    return out

@@ -1,0 +1,201 @@
+"""The clustering core: SciPy as the oracle, the size limits, invariants, identities."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from scipy.cluster.hierarchy import fcluster, linkage
+
+from imageclust_daemon.cluster import (
+    cluster,
+    constrained_ward,
+    jaccard,
+    match_clusters,
+    rank_members,
+    representatives,
+    ward_tree,
+)
+
+
+def sphere(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def blobs(sizes: list[int], d: int, seed: int, spread: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = sphere(len(sizes), d, seed + 1)
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    x = centres[truth] + rng.standard_normal((len(truth), d)) * spread
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), truth
+
+
+def partition(labels: np.ndarray) -> set[frozenset[int]]:
+    groups: dict[int, set[int]] = defaultdict(set)
+    for i, label in enumerate(labels.tolist()):
+        groups[label].add(i)
+    return {frozenset(g) for label, g in groups.items() if label != -1}
+
+
+data = st.builds(
+    sphere, n=st.integers(2, 80), d=st.integers(2, 12), seed=st.integers(0, 10_000)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=data, k=st.integers(1, 12))
+def test_unconstrained_cut_equals_scipy_ward(x: np.ndarray, k: int) -> None:
+    k = min(k, len(x))
+    oracle = fcluster(linkage(x.astype(np.float64), "ward"), k, "maxclust")
+    heights = np.sort(linkage(x.astype(np.float64), "ward")[:, 2])
+    assume(np.all(np.diff(heights) > 1e-9))  # ties aside: equal heights may be cut either way
+    labels = constrained_ward(x, 1, len(x), n_clusters=k)
+    assert partition(labels) == partition(oracle)
+
+
+@settings(max_examples=40, deadline=None)
+@given(x=data)
+def test_merge_heights_equal_scipy(x: np.ndarray) -> None:
+    ours = np.sort(ward_tree(x).merges[:, 2])
+    theirs = np.sort(linkage(x.astype(np.float64), "ward")[:, 2])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    x=data,
+    min_size=st.integers(1, 12),
+    extra=st.integers(0, 30),
+    k=st.one_of(st.none(), st.integers(1, 10)),
+)
+def test_sizes_within_limits_and_leftovers_only_when_nothing_can_hold_them(
+    x: np.ndarray, min_size: int, extra: int, k: int | None
+) -> None:
+    max_size = min_size + extra
+    labels = constrained_ward(x, min_size, max_size, n_clusters=k)
+    assert labels.shape == (len(x),) and labels.dtype.kind == "i"
+    sizes = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0, int)
+    assert all(min_size <= s <= max_size for s in sizes)
+    left = int((labels < 0).sum())
+    if left:
+        assert all(s == max_size for s in sizes), "an unclustered point while a group had room"
+        assert left < min_size, "enough unclustered points to form a group of their own"
+
+
+@settings(max_examples=40, deadline=None)
+@given(x=data, seed=st.integers(0, 1000), min_size=st.integers(1, 6))
+def test_deterministic_and_invariant_under_row_permutation(
+    x: np.ndarray, seed: int, min_size: int
+) -> None:
+    perm = np.random.default_rng(seed).permutation(len(x))
+    a = constrained_ward(x, min_size, 4 * min_size + 3)
+    b = constrained_ward(x[perm], min_size, 4 * min_size + 3)
+    assert np.array_equal(a, constrained_ward(x, min_size, 4 * min_size + 3))
+    assert partition(a) == {frozenset(int(perm[i]) for i in g) for g in partition(b)}
+
+
+def test_recovers_planted_groups_and_reports_method() -> None:
+    x, truth = blobs([30, 45, 60, 25, 50], d=64, seed=3)
+    result = cluster(x, min_size=5, max_size=200)
+    assert result.method == "exact" and result.unclustered_fraction == 0.0
+    assert partition(result.labels) == partition(truth)
+
+
+def test_oversize_groups_are_split_along_the_tree_not_dropped() -> None:
+    x, truth = blobs([120, 40], d=32, seed=5)
+    labels = constrained_ward(x, min_size=10, max_size=50)
+    assert (labels >= 0).all()
+    for group in partition(labels):
+        assert 10 <= len(group) <= 50
+        assert len({int(truth[i]) for i in group}) == 1, "a split crossed the planted groups"
+
+
+def test_two_stage_agrees_with_exact_where_both_run() -> None:
+    x, truth = blobs([40] * 25, d=48, seed=9, spread=0.04)
+    exact = cluster(x, 5, 200)
+    staged = cluster(x, 5, 200, exact_max=100, micro_clusters=300)
+    assert exact.method == "exact" and staged.method == "two-stage"
+    assert partition(staged.labels) == partition(exact.labels) == partition(truth)
+
+
+def test_too_few_points_stay_unclustered() -> None:
+    result = cluster(sphere(3, 8, 0), min_size=5, max_size=10)
+    assert (result.labels == -1).all() and result.unclustered_fraction == 1.0
+    assert result.n_clusters == 0
+    assert cluster(np.zeros((0, 8), np.float32), 1, 5).labels.shape == (0,)
+
+
+def test_bad_limits_are_refused() -> None:
+    with pytest.raises(ValueError):
+        constrained_ward(sphere(5, 3, 0), 5, 4)
+    with pytest.raises(ValueError):
+        constrained_ward(sphere(5, 3, 0), 0, 4)
+
+
+def test_representatives_are_closest_to_the_centroid_ranked() -> None:
+    x, truth = blobs([10, 12], d=16, seed=2)
+    reps = representatives(x, truth, k=3)
+    assert set(reps) == {0, 1}
+    for g, members in reps.items():
+        idx = np.flatnonzero(truth == g)
+        centre = x[idx].astype(np.float64).sum(axis=0)
+        centre /= np.linalg.norm(centre)
+        sims = x[idx] @ centre
+        assert members == idx[np.argsort(-sims, kind="stable")][:3].tolist()
+    ranks = rank_members(x, truth)
+    assert sorted(ranks[truth == 0].tolist()) == list(range(10))
+    assert ranks[reps[1][0]] == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    prev=st.lists(st.sets(st.integers(0, 60), min_size=1, max_size=12), max_size=6),
+    cur=st.lists(st.sets(st.integers(0, 60), min_size=1, max_size=12), max_size=6),
+    threshold=st.sampled_from([0.2, 0.5, 0.8]),
+    next_id=st.integers(0, 50),
+)
+def test_match_clusters_properties(
+    prev: list[set[int]], cur: list[set[int]], threshold: float, next_id: int
+) -> None:
+    # groups are partitions: make each member belong to one group only
+    seen: set[int] = set()
+    previous = {}
+    for gid, members in enumerate(prev):
+        members = members - seen
+        seen |= members
+        if members:
+            previous[gid * 3 + 1] = {str(m) for m in members}
+    seen = set()
+    current = []
+    for members in cur:
+        members = members - seen
+        seen |= members
+        if members:
+            current.append({str(m) for m in members})
+    ids = match_clusters(previous, current, threshold=threshold, next_id=next_id)
+    assert len(ids) == len(current) and len(set(ids)) == len(ids), "ids are unique"
+    for gid, members in zip(ids, current, strict=True):
+        if gid in previous:
+            assert jaccard(previous[gid], members) >= threshold
+        else:
+            assert gid >= next_id and all(gid > p for p in previous), "fresh ids are new"
+    fresh = [g for g in ids if g not in previous]
+    for members, gid in zip(current, ids, strict=True):
+        if gid in fresh:  # no unused previous group overlapped it enough
+            unused = set(previous) - set(ids)
+            assert all(jaccard(previous[p], members) < threshold for p in unused)
+
+
+def test_match_clusters_prefers_the_optimal_assignment() -> None:
+    previous = {7: {"a", "b", "c", "d"}, 9: {"e", "f", "g", "h"}}
+    current = [{"a", "b", "c", "d", "e"}, {"f", "g", "h"}, {"x"}]
+    assert match_clusters(previous, current, next_id=12) == [7, 9, 12]
+    # With a low threshold a greedy match (best pair first) would give 1 to the first group
+    # (0.43) and leave 2 unmatched; the optimal assignment matches both (0.4 + 0.4).
+    previous = {1: {"a", "b", "c", "d", "g"}, 2: {"e", "f"}}
+    current = [{"a", "b", "c", "e", "f"}, {"d", "g"}]
+    assert match_clusters(previous, current, threshold=0.3) == [2, 1]
