@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     ix.add_argument("--json", action="store_true", help="print the run's counts as JSON")
     ix.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    rc = sub.add_parser("recluster", help="regroup the library by meaning (if anything changed)")
+    rc.add_argument("--force", action="store_true", help="regroup even if nothing changed")
+    rc.add_argument("--json", action="store_true", help="print the run record as JSON")
+
     st = sub.add_parser("status", help="what is indexed, pending and failed")
     st.add_argument("--json", action="store_true", help="one JSON object")
 
@@ -145,6 +149,37 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
     return 0
 
 
+def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
+    spec = _spec(cfg)
+    with Store.open(cfg.state_db_path) as store:
+        model_id = pipeline.model_id_of(spec, _model_path(cfg, spec), store)
+        run = pipeline.recluster(
+            store,
+            model_id,
+            min_size=cfg["cluster.min_size"],
+            max_size=cfg["cluster.max_size"],
+            force=args.force,
+        )
+    if args.json:
+        print(json.dumps(asdict(run)))
+        return 0
+    if run.skipped:
+        print(
+            f"nothing changed since run #{run.run_id} ({run.n_points} photos, "
+            f"{run.n_clusters} groups); use --force to regroup anyway"
+        )
+        return 0
+    share = run.unclustered / run.n_points if run.n_points else 0.0
+    print(
+        f"{run.n_points} distinct photos -> {run.n_clusters} groups "
+        f"({run.new_clusters} new, {run.changed_clusters} changed, "
+        f"{run.n_clusters - run.new_clusters - run.changed_clusters} unchanged, "
+        f"{run.retired_clusters} retired); {run.unclustered} in no group ({share:.1%}); "
+        f"{run.method} Ward in {run.seconds:.1f} s"
+    )
+    return 0
+
+
 def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
     spec = _spec(cfg)
     path = _model_path(cfg, spec)
@@ -199,7 +234,12 @@ def cmd_models(args: argparse.Namespace, cfg: config.Config) -> int:
     return 1
 
 
-COMMANDS = {"index": cmd_index, "status": cmd_status, "models": cmd_models}
+COMMANDS = {
+    "index": cmd_index,
+    "recluster": cmd_recluster,
+    "status": cmd_status,
+    "models": cmd_models,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

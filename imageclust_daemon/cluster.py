@@ -140,7 +140,7 @@ def ward_tree(points: np.ndarray, weights: np.ndarray | None = None) -> Tree:
 def _renumber(raw: list[tuple[int, int, float, float]], m: int) -> np.ndarray:
     """Sort merges by height (stable) and give nodes SciPy's ids (n + position)."""
     order = sorted(range(len(raw)), key=lambda i: raw[i][2])
-    new_id = {}
+    new_id: dict[int, int] = {}
     out = np.empty((len(raw), 4))
     for pos, i in enumerate(order):
         a, b, height, count = raw[i]
@@ -436,7 +436,9 @@ def cluster(
         leaf_of_point = np.arange(n)
     else:
         method = "two-stage"
-        assign = _split_oversize(xs, _kmeans(xs, min(micro_clusters, n), KMEANS_ITERATIONS), max_size)
+        assign = _split_oversize(
+            xs, _kmeans(xs, min(micro_clusters, n), KMEANS_ITERATIONS), max_size
+        )
         used, leaf_of_point = np.unique(assign, return_inverse=True)
         sums, counts = _group_sums(xs, leaf_of_point, used.size)
         weights = counts.astype(np.float64)

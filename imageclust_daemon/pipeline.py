@@ -30,13 +30,15 @@ from typing import TypeVar
 import blake3
 import numpy as np
 
-from imageclust_daemon import decode, scan
+from imageclust_daemon import cluster, decode, scan
 from imageclust_daemon.embed import Embedder, file_sha256, model_id, model_io, open_session
 from imageclust_daemon.errors import DecodeError, ModelNotFoundError
 from imageclust_daemon.records import (
+    ClusterRun,
     ContentRow,
     FileRow,
     FileStat,
+    GroupRow,
     IndexReport,
     KnownFile,
     ModelSpec,
@@ -274,6 +276,84 @@ def index(
         gone=gone,
         seconds=time.monotonic() - started,
     )
+
+
+# -- recluster ---------------------------------------------------------------------------------
+
+
+def _digest(parts: Iterable[str]) -> str:
+    h = blake3.blake3()
+    for part in parts:
+        h.update(part.encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def recluster(
+    store: Store, model: str, *, min_size: int, max_size: int, force: bool = False
+) -> ClusterRun:
+    """Regroup the live library's distinct contents; keep ids; flag new and changed groups.
+
+    Does nothing (and says so: `skipped`) when the model, the limits and the set of
+    contents are those of the last run.
+    """
+    started, wall = time.monotonic(), time.time()
+    hashes, x = store.live_embeddings(model)
+    digest = _digest([model, str(min_size), str(max_size), *hashes])
+    last = store.last_cluster_run()
+    if last is not None and last.input_digest == digest and not force:
+        return replace(last, skipped=True)
+    result = cluster.cluster(x, min_size, max_size)
+    labels = result.labels
+    members: list[list[int]] = [[] for _ in range(result.n_clusters)]
+    for i, label in enumerate(labels.tolist()):
+        if label >= 0:
+            members[label].append(i)
+    previous = store.active_clusters()
+    ids = cluster.match_clusters(
+        previous,
+        [{hashes[i] for i in group} for group in members],
+        next_id=store.next_cluster_id(),
+    )
+    ranks = cluster.rank_members(x, labels) if len(hashes) else np.zeros(0, dtype=np.int64)
+    groups = []
+    for gid, group in zip(ids, members, strict=True):
+        idx = np.asarray(group)
+        centre = x[idx].astype(np.float64).sum(axis=0)
+        centre /= np.linalg.norm(centre) or 1.0
+        sims = x[idx].astype(np.float64) @ centre
+        member_hashes = sorted(hashes[i] for i in group)
+        groups.append(
+            GroupRow(
+                id=gid,
+                members=tuple(
+                    (hashes[i], int(ranks[i]), float(s)) for i, s in zip(group, sims, strict=True)
+                ),
+                centroid=centre.astype(np.float32),
+                members_digest=_digest(member_hashes),
+                is_new=gid not in previous,
+                changed=gid not in previous or previous[gid] != set(member_hashes),
+            )
+        )
+    kept = set(ids)
+    retired = sorted(gid for gid in previous if gid not in kept)
+    run = ClusterRun(
+        model_id=model,
+        min_size=min_size,
+        max_size=max_size,
+        input_digest=digest,
+        started_at=wall,
+        seconds=time.monotonic() - started,
+        method=result.method,
+        n_points=len(hashes),
+        n_clusters=result.n_clusters,
+        unclustered=int((labels < 0).sum()),
+        new_clusters=sum(g.is_new for g in groups),
+        changed_clusters=sum(g.changed and not g.is_new for g in groups),
+        retired_clusters=len(retired),
+    )
+    run_id = store.save_clustering(run, groups, retired)
+    return replace(run, run_id=run_id)
 
 
 # -- model -------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 def display_path(path: bytes) -> str:
     """A printable form of a raw path (undecodable bytes shown as \\xNN escapes)."""
@@ -120,3 +122,36 @@ class KnownFile:
     content_hash: str | None
     live: bool
     error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRow:
+    """One group of a clustering run, ready to store."""
+
+    id: int
+    members: tuple[tuple[str, int, float], ...]  # (content hash, rank, cosine to centroid)
+    centroid: np.ndarray  # float32, L2-normalized
+    members_digest: str
+    is_new: bool
+    changed: bool  # new, or membership differs from the group it inherits its id from
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRun:
+    """What one `recluster` did."""
+
+    model_id: str
+    min_size: int
+    max_size: int
+    input_digest: str
+    started_at: float = 0.0
+    seconds: float = 0.0
+    method: str = ""
+    n_points: int = 0
+    n_clusters: int = 0
+    unclustered: int = 0
+    new_clusters: int = 0
+    changed_clusters: int = 0
+    retired_clusters: int = 0
+    skipped: bool = False  # nothing changed since the last run: nothing was done
+    run_id: int | None = None

@@ -21,7 +21,7 @@ import numpy as np
 
 from imageclust_daemon import migrate
 from imageclust_daemon.errors import DatabaseError, SchemaTooNewError
-from imageclust_daemon.records import ContentRow, FileRow, KnownFile
+from imageclust_daemon.records import ClusterRun, ContentRow, FileRow, GroupRow, KnownFile
 
 BUSY_TIMEOUT_MS = 10_000  # a concurrent `status` or catalog publish holds the lock for < 1 s
 
@@ -223,6 +223,105 @@ class Store:
         ).fetchone()
         return blob_to_vector(row[0]) if row else None
 
+    def live_embeddings(self, model_id: str) -> tuple[list[str], np.ndarray]:
+        """Each distinct content of a live file with an embedding: (hashes, float32 [n, d])."""
+        query = (
+            "SELECT e.content_hash, e.vector FROM embeddings e WHERE e.model_id = ? AND EXISTS ("
+            "  SELECT 1 FROM files f WHERE f.content_hash = e.content_hash AND f.state = 'live')"
+            " ORDER BY e.content_hash"
+        )
+        hashes: list[str] = []
+        rows: list[bytes] = []
+        for content_hash, blob in self.conn.execute(query, (model_id,)):
+            hashes.append(content_hash)
+            rows.append(blob)
+        if not rows:
+            return hashes, np.zeros((0, 0), dtype=np.float32)
+        x = np.empty((len(rows), len(rows[0]) // 4), dtype=np.float32)
+        for i, blob in enumerate(rows):
+            x[i] = blob_to_vector(blob)
+        return hashes, x
+
+    # -- clusters ------------------------------------------------------------------------------
+
+    def active_clusters(self) -> dict[int, set[str]]:
+        groups: dict[int, set[str]] = {}
+        for cluster_id, content_hash in self.conn.execute(
+            "SELECT m.cluster_id, m.content_hash FROM cluster_members m "
+            "JOIN clusters c ON c.id = m.cluster_id WHERE c.state = 'active'"
+        ):
+            groups.setdefault(cluster_id, set()).add(content_hash)
+        return groups
+
+    def next_cluster_id(self) -> int:
+        """An id above every id ever given, retired groups included: ids are never reused."""
+        row = self.conn.execute("SELECT coalesce(max(id), 0) + 1 FROM clusters").fetchone()
+        return int(row[0])
+
+    def last_cluster_run(self) -> ClusterRun | None:
+        cursor = self.conn.execute(
+            "SELECT id AS run_id, model_id, min_size, max_size, input_digest, started_at, "
+            "seconds, method, n_points, n_clusters, unclustered, new_clusters, "
+            "changed_clusters, retired_clusters FROM cluster_runs ORDER BY id DESC LIMIT 1"
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return ClusterRun(**{d[0]: v for d, v in zip(cursor.description, row, strict=True)})
+
+    def save_clustering(self, run: ClusterRun, groups: list[GroupRow], retired: list[int]) -> int:
+        """Record a run and its groups in one transaction; returns the run id."""
+        with self.transaction() as conn:
+            run_id = conn.execute(
+                "INSERT INTO cluster_runs (started_at, seconds, model_id, min_size, max_size, "
+                "method, n_points, n_clusters, unclustered, new_clusters, changed_clusters, "
+                "retired_clusters, input_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run.started_at,
+                    run.seconds,
+                    run.model_id,
+                    run.min_size,
+                    run.max_size,
+                    run.method,
+                    run.n_points,
+                    run.n_clusters,
+                    run.unclustered,
+                    run.new_clusters,
+                    run.changed_clusters,
+                    run.retired_clusters,
+                    run.input_digest,
+                ),
+            ).lastrowid
+            conn.execute("DELETE FROM cluster_members")
+            for g in groups:
+                blob = vector_to_blob(g.centroid)
+                if g.is_new:
+                    conn.execute(
+                        "INSERT INTO clusters (id, state, size, centroid, members_digest, "
+                        "created_run, changed_run, needs_label) "
+                        "VALUES (?, 'active', ?, ?, ?, ?, ?, 1)",
+                        (g.id, len(g.members), blob, g.members_digest, run_id, run_id),
+                    )
+                elif g.changed:
+                    conn.execute(
+                        "UPDATE clusters SET state = 'active', size = ?, centroid = ?, "
+                        "members_digest = ?, changed_run = ?, needs_label = 1 WHERE id = ?",
+                        (len(g.members), blob, g.members_digest, run_id, g.id),
+                    )
+                else:  # same members: the label stays; the centroid may move with a new model
+                    conn.execute("UPDATE clusters SET centroid = ? WHERE id = ?", (blob, g.id))
+                conn.executemany(
+                    "INSERT INTO cluster_members (cluster_id, content_hash, rank, similarity) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(g.id, h, rank, sim) for h, rank, sim in g.members],
+                )
+            conn.executemany(
+                "UPDATE clusters SET state = 'retired', retired_run = ? WHERE id = ?",
+                [(run_id, cid) for cid in retired],
+            )
+        assert run_id is not None
+        return int(run_id)
+
     # -- models --------------------------------------------------------------------------------
 
     def cached_sha256(self, path: bytes, size: int, mtime_ns: int) -> str | None:
@@ -269,6 +368,6 @@ class Store:
             "failed": undecodable + unreadable,
             "undecodable": undecodable,
             "unreadable": unreadable,
-            "clusters": 0,
+            "clusters": one("SELECT count(*) FROM clusters WHERE state = 'active'").fetchone()[0],
             "labeled": 0,
         }

@@ -26,7 +26,9 @@ def sphere(n: int, d: int, seed: int) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def blobs(sizes: list[int], d: int, seed: int, spread: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def blobs(
+    sizes: list[int], d: int, seed: int, spread: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     centres = sphere(len(sizes), d, seed + 1)
     truth = np.repeat(np.arange(len(sizes)), sizes)
@@ -41,9 +43,7 @@ def partition(labels: np.ndarray) -> set[frozenset[int]]:
     return {frozenset(g) for label, g in groups.items() if label != -1}
 
 
-data = st.builds(
-    sphere, n=st.integers(2, 80), d=st.integers(2, 12), seed=st.integers(0, 10_000)
-)
+data = st.builds(sphere, n=st.integers(2, 80), d=st.integers(2, 12), seed=st.integers(0, 10_000))
 
 
 @settings(max_examples=60, deadline=None)
