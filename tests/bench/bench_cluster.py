@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon.cluster import EXACT_MAX, cluster  # noqa: E402
-from tests.metrics import adjusted_rand_index  # noqa: E402
+from imageclust_daemon.cluster import EXACT_MAX, cluster
+from tests.metrics import adjusted_rand_index
 
 MIN_SIZE, MAX_SIZE = 5, 200
 
@@ -103,7 +103,7 @@ def main() -> None:
         print(
             f"{r['n']:>7} {r['method']:>9} {r['seconds']:>8} {r['peak_rss_mb']:>6} MB "
             f"{r['data_rss_mb']:>4} MB {r['groups']:>7} {r['true_groups']:>6} {r['ari_truth']:>6} "
-            f"{r['unclustered']:>11.4f} {str(r['size_range']):>9}"
+            f"{r['unclustered']:>11.4f} {r['size_range']!s:>9}"
         )
     n = args.exact_n
     exact = run_child(n, n)
