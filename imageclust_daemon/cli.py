@@ -14,6 +14,7 @@ from typing import Any
 
 from imageclust_daemon import __version__, config, models, pipeline, scan
 from imageclust_daemon.errors import ConfigError, ImageclustError
+from imageclust_daemon.ollama import OllamaClient, RetryPolicy, resolve_host
 from imageclust_daemon.records import ModelSpec, display_path
 from imageclust_daemon.store import Store
 
@@ -47,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("recluster", help="regroup the library by meaning (if anything changed)")
     rc.add_argument("--force", action="store_true", help="regroup even if nothing changed")
     rc.add_argument("--json", action="store_true", help="print the run record as JSON")
+
+    rl = sub.add_parser("relabel", help="title new and changed groups (Ollama, else fallback)")
+    rl.add_argument("--all", action="store_true", help="ask again for every group")
+    rl.add_argument("--json", action="store_true", help="print the run's counts as JSON")
 
     st = sub.add_parser("status", help="what is indexed, pending and failed")
     st.add_argument("--json", action="store_true", help="one JSON object")
@@ -165,8 +170,7 @@ def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
         return 0
     if run.skipped:
         print(
-            f"nothing changed since run #{run.run_id} ({run.n_points} photos, "
-            f"{run.n_clusters} groups); use --force to regroup anyway"
+            f"{run.note}; nothing done" + ("" if "--force" in run.note else " (--force to regroup)")
         )
         return 0
     share = run.unclustered / run.n_points if run.n_points else 0.0
@@ -177,6 +181,40 @@ def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
         f"{run.retired_clusters} retired); {run.unclustered} in no group ({share:.1%}); "
         f"{run.method} Ward in {run.seconds:.1f} s"
     )
+    return 0
+
+
+def ollama_client(cfg: config.Config) -> OllamaClient:
+    return OllamaClient(
+        resolve_host(cfg["ollama.host"], os.environ),
+        cfg["ollama.model"],
+        timeout=cfg["ollama.timeout"],
+        connect_timeout=cfg["ollama.connect_timeout"],
+        keep_alive=cfg["ollama.keep_alive"],
+        retry=RetryPolicy(
+            cfg["ollama.attempts"], cfg["ollama.backoff_base"], cfg["ollama.backoff_cap"]
+        ),
+    )
+
+
+def cmd_relabel(args: argparse.Namespace, cfg: config.Config) -> int:
+    with Store.open(cfg.state_db_path) as store, ollama_client(cfg) as client:
+        report = pipeline.relabel(
+            store, client, everything=args.all, parallel=cfg["ollama.parallel"]
+        )
+    if args.json:
+        print(json.dumps(asdict(report)))
+        return 0
+    if not report.groups:
+        print("every group already has its title; nothing to do")
+        return 0
+    print(
+        f"{report.groups} groups needed a title: {report.cached} from the cache, "
+        f"{report.ollama} from {cfg['ollama.model']}, {report.fallback} fallback titles "
+        f"({report.requested} sent to Ollama) in {report.seconds:.1f} s"
+    )
+    if report.problem:
+        print(f"note: {report.problem}; fallback titles are retried next time")
     return 0
 
 
@@ -237,6 +275,7 @@ def cmd_models(args: argparse.Namespace, cfg: config.Config) -> int:
 COMMANDS = {
     "index": cmd_index,
     "recluster": cmd_recluster,
+    "relabel": cmd_relabel,
     "status": cmd_status,
     "models": cmd_models,
 }
@@ -253,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImageclustError as exc:
         print(f"imageclust: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a data dir on a full or read-only disk, a file where a folder was
+        print(f"imageclust: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("imageclust: interrupted; finished batches are saved", file=sys.stderr)
         return 130

@@ -32,8 +32,8 @@ class Setting:
     default: Any
     kind: str  # one of _VALIDATORS
     help: str
-    minimum: int | None = None
-    maximum: int | None = None
+    minimum: float | None = None
+    maximum: float | None = None
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -107,15 +107,70 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "ollama.host",
-        "http://127.0.0.1:11434",
-        "url",
-        "Base URL of the Ollama server that writes titles.",
+        "",
+        "url?",
+        "Base URL of the Ollama server that writes titles; empty = $OLLAMA_HOST, "
+        "else http://127.0.0.1:11434.",
     ),
     Setting(
         "ollama.model",
         "gemma3:4b",
         "str",
         "The Ollama vision model that writes titles.",
+    ),
+    Setting(
+        "ollama.parallel",
+        1,
+        "int",
+        "Requests to Ollama in flight at once.",
+        minimum=1,
+        maximum=16,
+    ),
+    Setting(
+        "ollama.timeout",
+        120.0,
+        "float",
+        "Seconds one request may take in all before it counts as failed.",
+        minimum=1,
+        maximum=3600,
+    ),
+    Setting(
+        "ollama.connect_timeout",
+        5.0,
+        "float",
+        "Seconds to wait for a connection to Ollama.",
+        minimum=0.1,
+        maximum=120,
+    ),
+    Setting(
+        "ollama.attempts",
+        3,
+        "int",
+        "Tries per group before it gets a fallback title.",
+        minimum=1,
+        maximum=10,
+    ),
+    Setting(
+        "ollama.backoff_base",
+        2.0,
+        "float",
+        "Seconds before the first retry; doubled each retry, with full jitter.",
+        minimum=0,
+        maximum=600,
+    ),
+    Setting(
+        "ollama.backoff_cap",
+        30.0,
+        "float",
+        "Longest wait between retries, in seconds.",
+        minimum=0,
+        maximum=3600,
+    ),
+    Setting(
+        "ollama.keep_alive",
+        "5m",
+        "str",
+        "How long Ollama keeps the model loaded after a request (Ollama's duration syntax).",
     ),
 )
 
@@ -134,10 +189,12 @@ def _expand(key: str, text: str) -> Path:
 
 def _validate(setting: Setting, value: Any) -> Any:
     key, kind = setting.key, setting.kind
-    if kind in ("str", "url", "path"):
+    if kind in ("str", "url", "url?", "path"):
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {type(value).__name__} {value!r}")
-        if kind == "url":
+        if kind == "url?" and not value:
+            return ""
+        if kind in ("url", "url?"):
             if not re.match(r"^https?://[^/\s]+", value):
                 raise ConfigError(key, f"expected an http:// or https:// URL, got {value!r}")
             return value.rstrip("/")
@@ -154,6 +211,14 @@ def _validate(setting: Setting, value: Any) -> Any:
         if setting.maximum is not None and value > setting.maximum:
             raise ConfigError(key, f"expected an integer <= {setting.maximum}, got {value}")
         return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {type(value).__name__} {value!r}")
+        if setting.minimum is not None and value < setting.minimum:
+            raise ConfigError(key, f"expected a number >= {setting.minimum}, got {value}")
+        if setting.maximum is not None and value > setting.maximum:
+            raise ConfigError(key, f"expected a number <= {setting.maximum}, got {value}")
+        return float(value)
     if kind == "bool":
         if not isinstance(value, bool):
             raise ConfigError(key, f"expected true or false, got {value!r}")

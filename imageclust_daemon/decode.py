@@ -12,13 +12,13 @@ import io
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imageclust_daemon.errors import DecodeError
-from imageclust_daemon.preprocess import model_input
+from imageclust_daemon.preprocess import model_input, to_rgb
 from imageclust_daemon.records import PhotoMeta, Preprocessing
 
 # Pillow warns above this and raises at twice it; indexing treats anything above
@@ -111,12 +111,17 @@ def _oriented(image: Image.Image) -> Image.Image:
         return image
 
 
-def decode(data: bytes, spec: Preprocessing, *, path: str = "") -> DecodedPhoto:
-    """Decode `data` fully (a truncated file passes `verify()` but fails here) and preprocess it."""
-    if not data:
+def decode(data: bytes | BinaryIO, spec: Preprocessing, *, path: str = "") -> DecodedPhoto:
+    """Decode fully (a truncated file passes `verify()` but fails here) and preprocess.
+
+    `data` is the file's bytes, or the open file for one too large to hold in memory.
+    MemoryError is left to the caller: it says nothing about the photo.
+    """
+    if isinstance(data, bytes) and not data:
         raise DecodeError(path, "empty file (0 bytes)")
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(source) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise DecodeError(
@@ -138,10 +143,30 @@ def decode(data: bytes, spec: Preprocessing, *, path: str = "") -> DecodedPhoto:
     except Image.DecompressionBombWarning as exc:  # raised when warnings are errors
         raise DecodeError(path, f"decompression bomb: {exc}") from None
     except MemoryError:
-        raise DecodeError(path, "not enough memory to decode it") from None
+        raise
     except Exception as exc:
         reason = str(exc) or type(exc).__name__
         if "truncated" in reason:
             reason = f"truncated or incomplete image data ({reason})"
         raise DecodeError(path, f"cannot decode: {reason}") from None
     return DecodedPhoto(meta, pixels)
+
+
+def thumbnail_jpeg(data: bytes, longest: int = 672, quality: int = 85, *, path: str = "") -> bytes:
+    """A small upright JPEG of a photo, for the labeling LLM (a few tens of KB, not megabytes)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise DecodeError(path, f"image is {width}x{height}, over the pixel limit")
+            image.draft("RGB", (longest, longest))  # JPEG: decode at a reduced scale
+            upright = _oriented(image)
+            rgb = to_rgb(upright)
+            rgb.thumbnail((longest, longest), Image.Resampling.LANCZOS)
+            out = io.BytesIO()
+            rgb.save(out, format="JPEG", quality=quality)
+            return out.getvalue()
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(path, f"cannot make a thumbnail: {exc or type(exc).__name__}") from None

@@ -8,8 +8,11 @@
     │   ├── ModelNotFoundError  the ONNX file is missing (path, name)
     │   ├── ModelContractError  the ONNX file lacks the expected input/output (path, reason)
     │   └── DownloadError       a download failed or did not verify (url, reason)
-    └── PhotoError              one photo cannot be used (path, reason)
-        └── DecodeError         its bytes are not a usable image
+    ├── PhotoError              one photo cannot be used (path, reason)
+    │   └── DecodeError         its bytes are not a usable image
+    └── OllamaError             the labeling LLM did not give a usable answer (host, reason)
+        ├── OllamaUnavailable   no answer at all: refused, timed out, connection closed
+        └── OllamaModelMissing  the server answers but does not have the model
 
 Core code raises these; only `cli` prints them and chooses an exit code.
 A `PhotoError` never stops a run: the pipeline records it against the file or
@@ -101,3 +104,20 @@ class PhotoError(ImageclustError):
 
 class DecodeError(PhotoError):
     """The bytes are not a usable image."""
+
+
+class OllamaError(ImageclustError):
+    """The labeling LLM did not give a usable answer; the group gets a fallback title."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        self.host = host
+        self.reason = reason
+        super().__init__(f"ollama at {host}: {reason}")
+
+
+class OllamaUnavailable(OllamaError):
+    """No answer at all (refused, timed out, connection closed): stop asking this cycle."""
+
+
+class OllamaModelMissing(OllamaError):
+    """The server does not have the model: `ollama pull MODEL` fixes it."""

@@ -59,20 +59,21 @@ def load_migrations(folder: Path | None = None) -> list[Migration]:
 
 
 def statements(sql: str) -> Iterator[str]:
-    """Split a script into complete statements (triggers' BEGIN...END kept whole)."""
+    """Split a script into complete statements (triggers' BEGIN...END kept whole).
+
+    A statement can end only at a ";", so the text is cut at each ";" after which
+    `sqlite3.complete_statement` agrees (semicolons in strings and comments do not count).
+    """
     buffer = ""
-    for line in sql.splitlines(keepends=True):
-        buffer += line
+    for piece in sql.split(";"):
+        buffer += piece + ";"
         if sqlite3.complete_statement(buffer):
-            if buffer.strip():
+            if buffer[:-1].strip():  # not a lone ";" after the last statement
                 yield buffer.strip()
             buffer = ""
-    if buffer.strip() and not all(
-        ln.strip().startswith("--") or not ln.strip() for ln in buffer.splitlines()
-    ):
-        raise DatabaseError(
-            f"incomplete SQL statement at end of migration: {buffer.strip()[:80]!r}"
-        )
+    rest = buffer[:-1]  # the ";" added after the last piece
+    if any(ln.strip() and not ln.strip().startswith("--") for ln in rest.splitlines()):
+        raise DatabaseError(f"incomplete SQL statement at end of migration: {rest.strip()[:80]!r}")
 
 
 def current_version(conn: sqlite3.Connection) -> int:
@@ -83,6 +84,14 @@ def current_version(conn: sqlite3.Connection) -> int:
         return 0
     row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
     return int(row[0] or 0)
+
+
+def changed_since_applied(conn: sqlite3.Connection, migrations: list[Migration]) -> list[int]:
+    """Versions whose shipped SQL differs from what was applied (an edited migration: a bug)."""
+    if current_version(conn) == 0:
+        return []
+    recorded = dict(conn.execute("SELECT version, checksum FROM schema_migrations"))
+    return [m.version for m in migrations if recorded.get(m.version, m.checksum) != m.checksum]
 
 
 def apply(conn: sqlite3.Connection, migrations: list[Migration], *, path: str = "") -> list[int]:

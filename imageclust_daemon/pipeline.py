@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 import os
+import stat as statmod
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,9 +31,17 @@ from typing import TypeVar
 import blake3
 import numpy as np
 
-from imageclust_daemon import cluster, decode, scan
+from imageclust_daemon import cluster, decode, label, scan
 from imageclust_daemon.embed import Embedder, file_sha256, model_id, model_io, open_session
-from imageclust_daemon.errors import DecodeError, ModelNotFoundError
+from imageclust_daemon.errors import (
+    DecodeError,
+    ModelNotFoundError,
+    OllamaError,
+    OllamaModelMissing,
+    OllamaUnavailable,
+)
+from imageclust_daemon.ollama import OllamaClient
+from imageclust_daemon.places import Place, nearest_place
 from imageclust_daemon.records import (
     ClusterRun,
     ContentRow,
@@ -41,6 +50,7 @@ from imageclust_daemon.records import (
     GroupRow,
     IndexReport,
     KnownFile,
+    LabelJob,
     ModelSpec,
     Preprocessing,
     display_path,
@@ -67,10 +77,24 @@ class Plan:
     known_again: list[FileRow]  # moved or back at the same path: hash known without reading
     moved: int
     gone: list[bytes]
+    offline: list[bytes]  # not seen, but under a folder that could not be read: not gone
+    online: list[bytes]  # seen again after being offline
 
 
-def plan(scanned: Iterable[FileStat], known: dict[bytes, KnownFile]) -> Plan:
-    """Sort the scanned files by the work they need. No I/O."""
+def _under_any(path: bytes, folders: Collection[bytes]) -> bool:
+    return any(path == f or path.startswith(f.rstrip(b"/") + b"/") for f in folders)
+
+
+def plan(
+    scanned: Iterable[FileStat],
+    known: dict[bytes, KnownFile],
+    unreachable: Collection[bytes] = (),
+) -> Plan:
+    """Sort the scanned files by the work they need. No I/O.
+
+    Files under an `unreachable` folder (missing root, unmounted drive, listing
+    error) that were not seen are offline, not gone.
+    """
     seen: set[bytes] = set()
     fresh: list[FileStat] = []
     known_again: list[FileRow] = []
@@ -85,7 +109,10 @@ def plan(scanned: Iterable[FileStat], known: dict[bytes, KnownFile]) -> Plan:
                 known_again.append(FileRow(f, k.content_hash))
         else:
             fresh.append(f)
-    gone = [p for p, k in known.items() if k.live and p not in seen]
+    missing = [p for p, k in known.items() if k.live and p not in seen]
+    offline = [p for p in missing if _under_any(p, unreachable)] if unreachable else []
+    gone = [p for p in missing if not _under_any(p, unreachable)] if unreachable else missing
+    online = [p for p in seen if p in known and known[p].offline]
     # A path that left and a path that arrived with the same (size, mtime, inode, device):
     # a rename or a move within one filesystem. Reuse the hash; read nothing.
     departed = {
@@ -102,7 +129,7 @@ def plan(scanned: Iterable[FileStat], known: dict[bytes, KnownFile]) -> Plan:
             moved += 1
         else:
             to_read.append(f)
-    return Plan(unchanged, to_read, known_again, moved, gone)
+    return Plan(unchanged, to_read, known_again, moved, gone, offline, online)
 
 
 # -- read, hash, decode (worker threads) -------------------------------------------------------
@@ -117,6 +144,7 @@ class Prepared:
     pixels: np.ndarray | None = None
     bytes_read: int = 0
     vanished: bool = False
+    retry: bool = False  # a passing failure (memory, I/O while decoding): left pending
 
 
 class Claims:
@@ -133,33 +161,66 @@ class Claims:
             self._taken.add(content_hash)
             return True
 
+    def release(self, content_hash: str) -> None:
+        with self._lock:
+            self._taken.discard(content_hash)
 
-def read_file(path: bytes) -> tuple[FileStat, bytes]:
-    """The file's bytes and its signature as of this read (it may have changed since the scan)."""
-    with open(path, "rb", buffering=0) as f:
-        st = os.fstat(f.fileno())
-        data = f.read()
-    return FileStat(path, len(data), st.st_mtime_ns, st.st_ino, st.st_dev), data
+
+# A photo is read into memory once, then hashed and decoded from there. Past this
+# size (a huge TIFF, a video renamed .jpg) it is hashed in chunks and decoded
+# from the file instead, so memory stays bounded by workers x this, not by file size.
+WHOLE_READ_MAX = 64 << 20
+_HASH_CHUNK = 1 << 20
 
 
 def prepare(stat: FileStat, claims: Claims, spec: Preprocessing) -> Prepared:
+    """Read, hash and (if its content is new) decode one file. Never raises for a bad file."""
+    shown = display_path(stat.path)
     try:
-        current, data = read_file(stat.path)
+        # O_NONBLOCK: a FIFO swapped in since the scan must not block the worker forever.
+        fd = os.open(stat.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return Prepared(FileRow(stat, None, "vanished while being indexed"), vanished=True)
     except OSError as exc:
         return Prepared(FileRow(stat, None, f"cannot read: {exc.strerror or exc}"))
-    content_hash = blake3.blake3(data).hexdigest()
-    row = FileRow(current, content_hash)
-    if not claims.claim(content_hash):
-        return Prepared(row, ContentRow(content_hash, len(data)), bytes_read=len(data))
-    try:
-        decoded = decode.decode(data, spec, path=display_path(stat.path))
-    except DecodeError as exc:
-        content = ContentRow(content_hash, len(data), decoded=True, error=exc.reason)
-        return Prepared(row, content, bytes_read=len(data))
-    content = ContentRow(content_hash, len(data), decoded=True, meta=decoded.meta)
-    return Prepared(row, content, decoded.pixels, bytes_read=len(data))
+    with open(fd, "rb", buffering=0) as f:
+        try:
+            st = os.fstat(fd)
+            if not statmod.S_ISREG(st.st_mode):
+                return Prepared(FileRow(stat, None, "not a regular file any more"))
+            current = FileStat(stat.path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+            data: bytes | None = None
+            if st.st_size <= WHOLE_READ_MAX:
+                data = f.read()
+                digest = blake3.blake3(data)
+                size = len(data)
+            else:
+                digest, size = blake3.blake3(), 0
+                while chunk := f.read(_HASH_CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+        except OSError as exc:
+            return Prepared(FileRow(stat, None, f"cannot read: {exc.strerror or exc}"))
+        content_hash = digest.hexdigest()
+        current = replace(current, size=size)
+        row = FileRow(current, content_hash)
+        if not claims.claim(content_hash):
+            return Prepared(row, ContentRow(content_hash, size), bytes_read=size)
+        try:
+            if data is None:
+                f.seek(0)
+            decoded = decode.decode(data if data is not None else f, spec, path=shown)
+        except DecodeError as exc:
+            content = ContentRow(content_hash, size, decoded=True, error=exc.reason)
+            return Prepared(row, content, bytes_read=size)
+        except (MemoryError, OSError) as exc:
+            # Not a property of the content: leave it pending, so the next run retries it.
+            claims.release(content_hash)
+            reason = "not enough memory" if isinstance(exc, MemoryError) else exc.strerror
+            log.warning("%s: cannot decode now (%s); will retry next run", shown, reason)
+            return Prepared(row, ContentRow(content_hash, size), bytes_read=size, retry=True)
+    content = ContentRow(content_hash, size, decoded=True, meta=decoded.meta)
+    return Prepared(row, content, decoded.pixels, bytes_read=size)
 
 
 def ordered_map(
@@ -201,10 +262,30 @@ def index(
 ) -> IndexReport:
     """Scan `roots`, read what changed, embed what is new, forget nothing. Returns the counts."""
     started = time.monotonic()
-    roots = [os.path.abspath(r) for r in roots]
+    roots = [os.path.realpath(r) for r in roots]
     extensions = scan.image_extensions(enable_heif())
-    scanned = {f.path: f for f in scan.walk_all(roots, extensions, excluder, on_scan_error)}
-    work = plan(scanned.values(), store.files_under(roots))
+    unreachable: set[bytes] = set()
+    scanned = {
+        f.path: f for f in scan.walk_all(roots, extensions, excluder, on_scan_error, unreachable)
+    }
+    known = store.files_under(roots)
+    for root in roots:  # an empty root that had photos is an unmounted drive, not a purge
+        low, high = root.rstrip(b"/") + b"/", root.rstrip(b"/") + b"0"
+        if not any(low <= p < high for p in scanned) and any(
+            low <= p < high and k.live for p, k in known.items()
+        ):
+            unreachable.add(root)
+    work = plan(scanned.values(), known, unreachable)
+    if work.offline:
+        log.warning(
+            "%d photos are under folders that are missing, empty or unreadable (%s); "
+            "kept as offline, not deleted",
+            len(work.offline),
+            ", ".join(sorted(display_path(u) for u in unreachable)),
+        )
+        store.set_offline(work.offline, True)
+    if work.online:
+        store.set_offline(work.online, False)
 
     if work.known_again:
         store.record([], work.known_again, [], model)
@@ -218,7 +299,11 @@ def index(
             to_read.append(scanned[path])  # content seen before but never embedded (model change)
 
     report = IndexReport(
-        scanned=len(scanned), unchanged=work.unchanged, moved=work.moved, gone=gone
+        scanned=len(scanned),
+        unchanged=work.unchanged,
+        moved=work.moved,
+        gone=gone,
+        offline=len(work.offline),
     )
     claims = Claims(settled)
     batch = _Batch()
@@ -245,6 +330,11 @@ def index(
                 counts["failed"] += 1
                 batch.files.append(item.file)
                 log.warning("%s: %s", display_path(item.file.stat.path), item.file.error)
+            elif item.retry:
+                counts["failed"] += 1
+                assert item.content is not None
+                batch.contents.append(item.content)
+                batch.files.append(item.file)
             else:
                 counts["hashed"] += 1
                 counts["bytes"] += item.bytes_read
@@ -266,6 +356,7 @@ def index(
         flush()
     if vanished:
         gone += store.mark_gone(vanished, reason="vanished while being indexed")
+    store.checkpoint()
     return replace(
         report,
         hashed=counts["hashed"],
@@ -289,6 +380,9 @@ def _digest(parts: Iterable[str]) -> str:
     return h.hexdigest()
 
 
+UNFINISHED_SHARE = 0.10  # recluster waits while more than this share of contents lacks embeddings
+
+
 def recluster(
     store: Store, model: str, *, min_size: int, max_size: int, force: bool = False
 ) -> ClusterRun:
@@ -298,17 +392,30 @@ def recluster(
     contents are those of the last run.
     """
     started, wall = time.monotonic(), time.time()
+    counts = store.status(model)
+    if not force and counts["pending"] > UNFINISHED_SHARE * counts["contents"]:
+        # Right after a model switch almost nothing has the new model's embedding yet:
+        # grouping now would retire every group (and its title) for nothing.
+        return ClusterRun(
+            model,
+            min_size,
+            max_size,
+            "",
+            skipped=True,
+            note=f"indexing unfinished: {counts['pending']} of {counts['contents']} photos "
+            "still need an embedding; run `imageclust index` first (or --force)",
+        )
     hashes, x = store.live_embeddings(model)
     digest = _digest([model, str(min_size), str(max_size), *hashes])
     last = store.last_cluster_run()
     if last is not None and last.input_digest == digest and not force:
-        return replace(last, skipped=True)
+        return replace(last, skipped=True, note=f"nothing changed since run #{last.run_id}")
     result = cluster.cluster(x, min_size, max_size)
     labels = result.labels
     members: list[list[int]] = [[] for _ in range(result.n_clusters)]
-    for i, label in enumerate(labels.tolist()):
-        if label >= 0:
-            members[label].append(i)
+    for i, group in enumerate(labels.tolist()):
+        if group >= 0:
+            members[group].append(i)
     previous = store.active_clusters()
     ids = cluster.match_clusters(
         previous,
@@ -354,6 +461,115 @@ def recluster(
     )
     run_id = store.save_clustering(run, groups, retired)
     return replace(run, run_id=run_id)
+
+
+# -- relabel -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelReport:
+    groups: int = 0  # groups that needed a title
+    cached: int = 0  # titled from the cache: no request
+    requested: int = 0  # groups sent to Ollama
+    ollama: int = 0  # titled by Ollama this run
+    fallback: int = 0  # titled from dates and places (Ollama is asked again next run)
+    problem: str | None = None  # why Ollama was not (fully) used
+    seconds: float = 0.0
+
+
+def _thumbnails(job: LabelJob) -> list[bytes]:
+    images = []
+    for path in job.representatives:
+        try:
+            with open(path, "rb") as f:
+                images.append(decode.thumbnail_jpeg(f.read(), path=display_path(path)))
+        except (OSError, DecodeError) as exc:
+            log.warning("%s: not sent for labeling: %s", display_path(path), exc)
+    return images
+
+
+def relabel(
+    store: Store,
+    client: OllamaClient,
+    *,
+    everything: bool = False,
+    parallel: int = 1,
+    place_of: Callable[[float, float], Place | None] = nearest_place,
+) -> LabelReport:
+    """Title every group that needs it; only those. Never blocked by Ollama being down.
+
+    Titles come from the label cache when the same membership was titled before,
+    else from Ollama (at most `parallel` requests in flight), else from the
+    photos' own dates and places. Once Ollama fails to answer at all, the rest of
+    this run uses fallback titles without asking.
+    """
+    started = time.monotonic()
+    jobs = store.label_jobs(everything=everything)
+    if not jobs:
+        return LabelReport()
+    llm, version = client.model, label.PROMPT_VERSION
+    cached = 0
+    todo: list[tuple[LabelJob, label.GroupFacts, Place | None]] = []
+    for job in jobs:
+        hit = None if everything else store.cached_label(job.members_digest, llm, version)
+        if hit is not None:
+            store.save_label(job, hit, llm, version)
+            cached += 1
+            continue
+        facts = store.group_facts(job.cluster_id)
+        where = label.centre(facts.positions)
+        todo.append((job, facts, place_of(*where) if where else None))
+    if not todo:
+        return LabelReport(len(jobs), cached, seconds=time.monotonic() - started)
+
+    problem: str | None = None
+    try:
+        if not client.has_model():
+            problem = (
+                f"model {client.model!r} is not on the server (run: ollama pull {client.model})"
+            )
+    except OllamaError as exc:
+        problem = str(exc)
+    down = threading.Event()
+    if problem:
+        down.set()
+
+    def ask(
+        job: LabelJob, facts: label.GroupFacts, place: Place | None
+    ) -> tuple[label.Label | None, bool]:
+        """(the label or None, whether Ollama was asked)."""
+        if down.is_set():
+            return None, False
+        images = _thumbnails(job)
+        if not images:
+            return None, False
+        prompt = label.build_prompt(facts, str(place) if place else None, len(images))
+        try:
+            return client.label(prompt, images), True
+        except (OllamaUnavailable, OllamaModelMissing) as exc:
+            down.set()  # it will not answer the next group either: stop asking this run
+            log.warning("group %d: %s", job.cluster_id, exc)
+        except OllamaError as exc:
+            log.warning("group %d: %s", job.cluster_id, exc)
+        return None, True
+
+    requested = ollama = fallback = 0
+    with ThreadPoolExecutor(parallel, thread_name_prefix="imageclust-label") as pool:
+        futures = [(item, pool.submit(ask, *item)) for item in todo]
+        for (job, facts, place), future in futures:
+            answer, asked = future.result()
+            requested += asked
+            if answer is None:
+                answer = label.fallback_label(facts, place.city if place else None, job.cluster_id)
+                fallback += 1
+            else:
+                ollama += 1
+            store.save_label(job, answer, llm, version)
+    if down.is_set() and problem is None:
+        problem = "Ollama stopped answering; the remaining groups got fallback titles"
+    return LabelReport(
+        len(jobs), cached, requested, ollama, fallback, problem, time.monotonic() - started
+    )
 
 
 # -- model -------------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ class IndexReport:
     reused: int = 0  # hashed files whose content already had an embedding (or a recorded failure)
     failed: int = 0  # files or contents that failed this run
     gone: int = 0  # files that disappeared since the last scan
+    offline: int = 0  # files under a folder that is missing, empty or unlistable: kept
     seconds: float = 0.0
 
 
@@ -122,6 +123,7 @@ class KnownFile:
     content_hash: str | None
     live: bool
     error: str | None
+    offline: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,5 +155,17 @@ class ClusterRun:
     new_clusters: int = 0
     changed_clusters: int = 0
     retired_clusters: int = 0
-    skipped: bool = False  # nothing changed since the last run: nothing was done
+    skipped: bool = False  # nothing was done (see `note`)
     run_id: int | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelJob:
+    """A group that needs a title (new, changed, still on a fallback title, or --all)."""
+
+    cluster_id: int
+    members_digest: str
+    size: int
+    representatives: tuple[bytes, ...]  # a live path for each of the (up to 3) representatives
+    label_source: str | None  # what it has now, if anything

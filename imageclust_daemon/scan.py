@@ -64,13 +64,22 @@ def walk(
     extensions: frozenset[bytes],
     excluder: Excluder = NO_EXCLUDES,
     on_error: OnError = _ignore,
+    unreachable: set[bytes] | None = None,
 ) -> Iterator[FileStat]:
-    """Every image-like file under `root` (depth-first, sorted by name within a folder)."""
+    """Every image-like file under `root` (depth-first, sorted by name within a folder).
+
+    Folders that cannot be listed (the root included) are added to `unreachable`:
+    what is under them is unknown, not gone.
+    """
     root = os.path.abspath(root)
+    lost = unreachable if unreachable is not None else set()
     try:
         top = os.stat(root)
+        if not stat.S_ISDIR(top.st_mode):
+            raise NotADirectoryError(20, "not a folder")
     except OSError as exc:
         on_error(root, f"cannot open root: {exc.strerror or exc}")
+        lost.add(root)
         return
     visited = {(top.st_dev, top.st_ino)}
     stack = [root]
@@ -81,6 +90,7 @@ def walk(
                 entries = sorted(it, key=lambda e: e.name, reverse=True)
         except OSError as exc:
             on_error(folder, f"cannot list folder: {exc.strerror or exc}")
+            lost.add(folder)
             continue
         for entry in entries:
             name = entry.name
@@ -109,11 +119,12 @@ def walk_all(
     extensions: frozenset[bytes],
     excluder: Excluder = NO_EXCLUDES,
     on_error: OnError = _ignore,
+    unreachable: set[bytes] | None = None,
 ) -> Iterator[FileStat]:
     """`walk` over several roots; a file reachable from two roots is listed once."""
     seen: set[bytes] = set()
     for root in roots:
-        for found in walk(root, extensions, excluder, on_error):
+        for found in walk(root, extensions, excluder, on_error, unreachable):
             if found.path not in seen:
                 seen.add(found.path)
                 yield found

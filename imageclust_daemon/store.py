@@ -10,6 +10,8 @@ idempotent, so a crash redoes at most one batch.
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,7 +23,17 @@ import numpy as np
 
 from imageclust_daemon import migrate
 from imageclust_daemon.errors import DatabaseError, SchemaTooNewError
-from imageclust_daemon.records import ClusterRun, ContentRow, FileRow, GroupRow, KnownFile
+from imageclust_daemon.label import GroupFacts, Label
+from imageclust_daemon.records import (
+    ClusterRun,
+    ContentRow,
+    FileRow,
+    GroupRow,
+    KnownFile,
+    LabelJob,
+)
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000  # a concurrent `status` or catalog publish holds the lock for < 1 s
 
@@ -50,10 +62,10 @@ class Store:
     @classmethod
     def open(cls, path: Path, migrations: list[migrate.Migration] | None = None) -> Store:
         """Open (creating if needed) and migrate the database at `path`."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise DatabaseError(f"cannot open state database {path}: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -66,6 +78,9 @@ class Store:
             conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across app crashes
             conn.execute("PRAGMA foreign_keys = ON")
             migrate.apply(conn, shipped, path=str(path))
+            edited = migrate.changed_since_applied(conn, shipped)
+            if edited:
+                log.warning("%s: migrations %s changed after they were applied", path, edited)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise DatabaseError(f"state database {path} is unusable: {exc}") from exc
@@ -94,7 +109,12 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise DatabaseError(
+                f"state database {self.path} is busy ({exc}); is another imageclust writing?"
+            ) from None
         try:
             yield conn
         except BaseException:
@@ -110,22 +130,18 @@ class Store:
         known: dict[bytes, KnownFile] = {}
         for root in roots:
             low, high = _under(root)
-            for (
-                path,
-                size,
-                mtime_ns,
-                inode,
-                device,
-                content_hash,
-                state,
-                error,
-            ) in self.conn.execute(
-                "SELECT path, size, mtime_ns, inode, device, content_hash, state, error "
-                "FROM files WHERE path >= ? AND path < ?",
+            for row in self.conn.execute(
+                "SELECT path, size, mtime_ns, inode, device, content_hash, state, error, "
+                "offline_since IS NOT NULL FROM files WHERE path >= ? AND path < ?",
                 (low, high),
             ):
+                path, size, mtime_ns, inode, device, content_hash, state, error, offline = row
                 known[path] = KnownFile(
-                    (size, mtime_ns, inode, device), content_hash, state == "live", error
+                    (size, mtime_ns, inode, device),
+                    content_hash,
+                    state == "live",
+                    error,
+                    bool(offline),
                 )
         return known
 
@@ -171,7 +187,7 @@ class Store:
                 "ON CONFLICT (path) DO UPDATE SET size = excluded.size, "
                 "mtime_ns = excluded.mtime_ns, inode = excluded.inode, device = excluded.device, "
                 "content_hash = excluded.content_hash, state = 'live', error = excluded.error, "
-                "updated_at = excluded.updated_at, gone_at = NULL",
+                "updated_at = excluded.updated_at, gone_at = NULL, offline_since = NULL",
                 [
                     (f.stat.path, *f.stat.signature, f.content_hash, f.error, now, now)
                     for f in files
@@ -188,6 +204,25 @@ class Store:
                 [(now, now, reason, p) for p in paths],
             )
             return cursor.rowcount
+
+    def set_offline(self, paths: Iterable[bytes], offline: bool) -> int:
+        """Flag live files as offline (their folder is unreachable) or back online."""
+        with self.transaction() as conn:
+            if offline:
+                cursor = conn.executemany(
+                    "UPDATE files SET offline_since = ? WHERE path = ? AND state = 'live' "
+                    "AND offline_since IS NULL",
+                    [(time.time(), p) for p in paths],
+                )
+            else:
+                cursor = conn.executemany(
+                    "UPDATE files SET offline_since = NULL WHERE path = ?", [(p,) for p in paths]
+                )
+            return cursor.rowcount
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the database (readers can stop a checkpoint; it retries later)."""
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- contents and embeddings ---------------------------------------------------------------
 
@@ -322,6 +357,96 @@ class Store:
         assert run_id is not None
         return int(run_id)
 
+    # -- labels --------------------------------------------------------------------------------
+
+    def label_jobs(self, *, everything: bool = False) -> list[LabelJob]:
+        """Active groups needing a title: new or changed, or still on a fallback title."""
+        jobs = []
+        for cluster_id, digest, size, source in self.conn.execute(
+            "SELECT id, members_digest, size, label_source FROM clusters WHERE state = 'active' "
+            "AND (? OR needs_label = 1 OR label_source IS NOT 'ollama') ORDER BY id",
+            (int(everything),),
+        ).fetchall():
+            reps = tuple(
+                path
+                for (path,) in self.conn.execute(
+                    "SELECT (SELECT min(f.path) FROM files f WHERE f.content_hash = m.content_hash "
+                    "AND f.state = 'live') FROM cluster_members m "
+                    "WHERE m.cluster_id = ? AND m.rank < 3 ORDER BY m.rank",
+                    (cluster_id,),
+                )
+                if path is not None
+            )
+            jobs.append(LabelJob(cluster_id, digest, size, reps, source))
+        return jobs
+
+    def group_facts(self, cluster_id: int) -> GroupFacts:
+        """Dates, positions and folders of a group's members, for the prompt and the fallback."""
+        taken, positions = [], []
+        size = 0
+        for taken_at, lat, lon in self.conn.execute(
+            "SELECT c.taken_at, c.lat, c.lon FROM cluster_members m JOIN contents c "
+            "ON c.hash = m.content_hash WHERE m.cluster_id = ?",
+            (cluster_id,),
+        ):
+            size += 1
+            if taken_at:
+                taken.append(taken_at)
+            if lat is not None and lon is not None:
+                positions.append((lat, lon))
+        folders = [
+            os.path.basename(os.path.dirname(path)).decode("utf-8", "replace")
+            for (path,) in self.conn.execute(
+                "SELECT min(f.path) FROM cluster_members m JOIN files f "
+                "ON f.content_hash = m.content_hash AND f.state = 'live' "
+                "WHERE m.cluster_id = ? GROUP BY m.content_hash",
+                (cluster_id,),
+            )
+        ]
+        return GroupFacts(size, tuple(sorted(taken)), tuple(positions), tuple(folders))
+
+    def cached_label(self, digest: str, llm_model: str, prompt_version: int) -> Label | None:
+        row = self.conn.execute(
+            "SELECT title, catchy_phrase FROM labels WHERE members_digest = ? AND llm_model = ? "
+            "AND prompt_version = ?",
+            (digest, llm_model, prompt_version),
+        ).fetchone()
+        return Label(row[0], row[1], "ollama") if row else None
+
+    def save_label(self, job: LabelJob, label: Label, llm_model: str, prompt_version: int) -> None:
+        """Give a group its title; an LLM title is also cached under the group's membership.
+
+        A fallback title leaves `needs_label` set, so the LLM is asked again next cycle.
+        """
+        now = time.time()
+        with self.transaction() as conn:
+            if label.source == "ollama":
+                conn.execute(
+                    "INSERT OR REPLACE INTO labels (members_digest, llm_model, prompt_version, "
+                    "title, catchy_phrase, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        job.members_digest,
+                        llm_model,
+                        prompt_version,
+                        label.title,
+                        label.catchy_phrase,
+                        now,
+                    ),
+                )
+            conn.execute(
+                "UPDATE clusters SET title = ?, catchy_phrase = ?, label_source = ?, "
+                "labeled_at = ?, needs_label = ? WHERE id = ? AND members_digest = ?",
+                (
+                    label.title,
+                    label.catchy_phrase,
+                    label.source,
+                    now,
+                    int(label.source != "ollama"),
+                    job.cluster_id,
+                    job.members_digest,
+                ),
+            )
+
     # -- models --------------------------------------------------------------------------------
 
     def cached_sha256(self, path: bytes, size: int, mtime_ns: int) -> str | None:
@@ -360,8 +485,12 @@ class Store:
         unreadable = one(
             "SELECT count(*) FROM files WHERE state = 'live' AND content_hash IS NULL"
         ).fetchone()[0]
+        offline = one(
+            "SELECT count(*) FROM files WHERE state = 'live' AND offline_since IS NOT NULL"
+        ).fetchone()[0]
         return {
             "files": files,
+            "offline": offline,
             "contents": contents,
             "embedded": embedded,
             "pending": contents - embedded - undecodable,
@@ -369,5 +498,7 @@ class Store:
             "undecodable": undecodable,
             "unreadable": unreadable,
             "clusters": one("SELECT count(*) FROM clusters WHERE state = 'active'").fetchone()[0],
-            "labeled": 0,
+            "labeled": one(
+                "SELECT count(*) FROM clusters WHERE state = 'active' AND title IS NOT NULL"
+            ).fetchone()[0],
         }

@@ -41,6 +41,7 @@ def test_record_is_idempotent_and_counts_are_exact(tmp_path: Path) -> None:
             store.record(contents, files, [("aa", v)], MODEL)
         assert store.status(MODEL) == {
             "files": 4,
+            "offline": 0,
             "contents": 2,
             "embedded": 1,
             "pending": 0,

@@ -1,0 +1,215 @@
+"""Group titles: the prompt, the reply's validation, and the offline fallback. Pure: no I/O.
+
+A title is at most 25 characters and a catchy phrase at most 100, cut at a word
+boundary and stripped of quotes and markup. A reply that is empty, not JSON, or
+missing either field is a failed attempt, never a label. When the LLM cannot
+answer, `fallback_label` builds a title from what the photos themselves say:
+where (the nearest place to their GPS positions) and when (their EXIF dates).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+TITLE_MAX = 25
+PHRASE_MAX = 100
+
+# Bump when the prompt or the schema changes: cached labels are keyed by it.
+PROMPT_VERSION = 1
+
+REPLY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "maxLength": TITLE_MAX},
+        "catchy_phrase": {"type": "string", "maxLength": PHRASE_MAX},
+    },
+    "required": ["title", "catchy_phrase"],
+}
+
+
+class ReplyError(ValueError):
+    """The model's reply is not a usable label."""
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    title: str
+    catchy_phrase: str
+    source: str  # "ollama" or "fallback"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupFacts:
+    """What is known about a group without looking at its pixels."""
+
+    size: int
+    taken_at: tuple[str, ...] = ()  # ISO 8601 capture times of members that have one
+    positions: tuple[tuple[float, float], ...] = ()  # (lat, lon) of members that have one
+    folders: tuple[str, ...] = ()  # parent folder name of each member file
+
+
+# -- text cleaning ----------------------------------------------------------------------------
+
+_MARKUP = re.compile(r"[*_`#~<>\[\]{}|\\]+")
+_QUOTES = "\"'“”‘’«»„‟`"
+_SPACE = re.compile(r"\s+")
+_TRAILING = " ,;:-–—/"
+
+
+def clean_text(text: str, limit: int) -> str:
+    """One line, no markup, no surrounding quotes, at most `limit` chars cut at a word boundary."""
+    text = _MARKUP.sub(" ", str(text))
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    text = _trim(_SPACE.sub(" ", text))
+    if len(text) > limit:
+        cut = text[: limit + 1]
+        space = cut.rfind(" ")
+        text = _trim(cut[:space] if space > 0 else text[:limit])
+    return text
+
+
+def _trim(text: str) -> str:
+    """Strip spaces, quotes (however deeply nested: '"Title"') and trailing punctuation."""
+    while True:
+        trimmed = text.strip().strip(_QUOTES).rstrip(_TRAILING).strip()
+        if trimmed == text:
+            return text
+        text = trimmed
+
+
+# -- prompt and reply -------------------------------------------------------------------------
+
+
+def describe_when(taken_at: Sequence[str], southern: bool = False) -> str | None:
+    """ "June 2024", "Summer 2019", "2019" or "2017-2019" for a set of capture times."""
+    days = sorted(d for d in (_parse_day(t) for t in taken_at) if d is not None)
+    if not days:
+        return None
+    first, last = days[0], days[-1]
+    if (first.year, first.month) == (last.year, last.month):
+        return first.strftime("%B %Y")
+    season_first, season_last = _season(first, southern), _season(last, southern)
+    if season_first == season_last and (last - first).days < 100:
+        name, year = season_first
+        return f"{name} {year}"
+    if first.year == last.year:
+        return str(first.year)
+    return f"{first.year}–{last.year}"
+
+
+def _parse_day(text: str) -> datetime | None:
+    try:
+        # Naive: one aware time ("...T12:00+02:00" cut to 19 chars) among naive ones
+        # would make them incomparable.
+        return datetime.fromisoformat(text[:19]).replace(tzinfo=None)
+    except (ValueError, TypeError):
+        return None
+
+
+def _season(day: datetime, southern: bool) -> tuple[str, int]:
+    """Meteorological season (Dec-Feb, Mar-May, ...), named by the year of its January."""
+    names = ["Winter", "Spring", "Summer", "Autumn"]
+    index = (day.month % 12) // 3
+    if southern:
+        index = (index + 2) % 4
+    return names[index], day.year + 1 if day.month == 12 else day.year
+
+
+def centre(positions: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
+    """Median latitude and longitude: robust to one photo tagged on the other side of the world."""
+    if not positions:
+        return None
+    return (
+        statistics.median(p[0] for p in positions),
+        statistics.median(p[1] for p in positions),
+    )
+
+
+def build_prompt(facts: GroupFacts, place: str | None, n_images: int) -> str:
+    """The instruction sent with the group's representative photos."""
+    hints = []
+    when = describe_when(facts.taken_at, southern=_southern(facts))
+    if when:
+        hints.append(f"taken {when}")
+    if place:
+        hints.append(f"near {place}")
+    context = f" ({', '.join(hints)})" if hints else ""
+    return (
+        f"These {n_images} photos are the most typical of an album of {facts.size} "
+        f"photos{context}. Name the album the way a person would.\n"
+        "Reply with JSON only, with two fields:\n"
+        f'- "title": a short album title, at most {TITLE_MAX} characters, no quotes or emoji;\n'
+        f'- "catchy_phrase": one catchy line about the album, at most {PHRASE_MAX} characters.'
+    )
+
+
+def parse_reply(text: str) -> Label:
+    """Strictly validate the model's JSON reply; raise ReplyError if it is not a usable label."""
+    if not isinstance(text, str) or not text.strip():
+        raise ReplyError("empty reply")
+    body = text.strip()
+    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", body, re.S)
+    if fenced:
+        body = fenced.group(1)
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # ValueError: also an int of > 4300 digits
+        raise ReplyError(f"reply is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ReplyError(f"reply is JSON {type(data).__name__}, not an object")
+    fields = {}
+    for key, limit in (("title", TITLE_MAX), ("catchy_phrase", PHRASE_MAX)):
+        value = data.get(key)
+        if not isinstance(value, str):
+            raise ReplyError(f"reply has no {key!r} string")
+        cleaned = clean_text(value, limit)
+        if not cleaned:
+            raise ReplyError(f"reply's {key!r} is empty")
+        fields[key] = cleaned
+    return Label(fields["title"], fields["catchy_phrase"], "ollama")
+
+
+# -- the offline fallback ---------------------------------------------------------------------
+
+
+def _southern(facts: GroupFacts) -> bool:
+    where = centre(facts.positions)
+    return where is not None and where[0] < 0
+
+
+def _common_folder(folders: Sequence[str]) -> str | None:
+    """The folder most members live in, if it is a real name (not a camera dump like DCIM)."""
+    if not folders:
+        return None
+    name, count = Counter(folders).most_common(1)[0]
+    generic = re.fullmatch(
+        r"(?i)(dcim|\d{3}[a-z_]*|camera|photos?|pictures?|images?|img|\W*)", name
+    )
+    if generic or count * 2 < len(folders):
+        return None
+    return name
+
+
+def fallback_label(facts: GroupFacts, place: str | None, group_id: int) -> Label:
+    """A title from place and dates, else the common folder name, else the group's number."""
+    when = describe_when(facts.taken_at, southern=_southern(facts))
+    folder = _common_folder(facts.folders)
+    candidates = [
+        f"{place}, {when}" if place and when else None,
+        place,
+        when,
+        folder,
+        f"Photo group {group_id}",
+    ]
+    title = next(clean_text(c, TITLE_MAX) for c in candidates if c and clean_text(c, TITLE_MAX))
+    details = [d for d in (place, when) if d]
+    phrase = f"{facts.size} photos" + (f" · {', '.join(details)}" if details else "")
+    if not details and folder and folder != title:
+        phrase += f" · {folder}"
+    return Label(title, clean_text(phrase, PHRASE_MAX), "fallback")
