@@ -105,6 +105,11 @@ def test_recovers_planted_groups_and_reports_method() -> None:
     assert partition(result.labels) == partition(truth)
 
 
+def test_one_natural_group_stays_one_group() -> None:
+    x, _ = blobs([60], d=64, seed=4)
+    assert (constrained_ward(x, 5, 200) == 0).all()
+
+
 def test_oversize_groups_are_split_along_the_tree_not_dropped() -> None:
     x, truth = blobs([120, 40], d=32, seed=5)
     labels = constrained_ward(x, min_size=10, max_size=50)

@@ -87,6 +87,10 @@ def test_statement_splitting_keeps_triggers_whole() -> None:
     )
     parts = list(migrate.statements(sql))
     assert len(parts) == 2
+    assert list(migrate.statements("CREATE TABLE a (x); CREATE TABLE b (y);\n")) == [
+        "CREATE TABLE a (x);",
+        "CREATE TABLE b (y);",
+    ]
     assert parts[1].startswith("-- a comment") and parts[1].endswith("END;")
 
 

@@ -1,0 +1,154 @@
+"""Pipeline stages in isolation: the plan (pure), one file's preparation, offline roots."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import blake3
+from PIL import Image
+
+from imageclust_daemon.pipeline import Claims, plan, prepare
+from imageclust_daemon.records import FileStat, KnownFile, Preprocessing
+from tests import photos
+from tests.conftest import run_cli
+
+
+def _stat(path: bytes, inode: int, size: int = 10, mtime: int = 5) -> FileStat:
+    return FileStat(path, size, mtime, inode, 1)
+
+
+def _known(f: FileStat, content: str = "h", live: bool = True, **kw: object) -> KnownFile:
+    return KnownFile(f.signature, content, live, None, **kw)  # type: ignore[arg-type]
+
+
+def test_plan_sorts_files_by_the_work_they_need() -> None:
+    same = _stat(b"/r/same.jpg", 1)
+    edited = _stat(b"/r/edited.jpg", 2)
+    moved_from, moved_to = _stat(b"/r/a/x.jpg", 3), _stat(b"/r/b/x.jpg", 3)
+    deleted = _stat(b"/r/deleted.jpg", 4)
+    back = _stat(b"/r/back.jpg", 5)
+    new = _stat(b"/r/new.jpg", 6)
+    known = {
+        same.path: _known(same, "h1"),
+        edited.path: _known(_stat(edited.path, 2, size=99), "h2"),
+        moved_from.path: _known(moved_from, "h3"),
+        deleted.path: _known(deleted, "h4"),
+        back.path: _known(back, "h5", live=False),
+    }
+    p = plan([same, edited, moved_to, back, new], known)
+    assert p.unchanged == 1
+    assert sorted(f.path for f in p.to_read) == [edited.path, new.path]
+    assert {(r.stat.path, r.content_hash) for r in p.known_again} == {
+        (moved_to.path, "h3"),
+        (back.path, "h5"),
+    }
+    assert p.moved == 1
+    assert sorted(p.gone) == [moved_from.path, deleted.path]
+    assert p.offline == [] and p.online == []
+
+
+def test_plan_keeps_files_under_unreachable_folders_offline() -> None:
+    here = _stat(b"/r/ok/a.jpg", 1)
+    away = _stat(b"/r/nas/b.jpg", 2)
+    sibling = _stat(b"/r/nas2/c.jpg", 3)  # same prefix, different folder: really gone
+    returning = _stat(b"/r/ok/d.jpg", 4)
+    known = {
+        here.path: _known(here),
+        away.path: _known(away),
+        sibling.path: _known(sibling),
+        returning.path: _known(returning, offline=True),
+    }
+    p = plan([here, returning], known, unreachable={b"/r/nas"})
+    assert p.offline == [away.path]
+    assert p.gone == [sibling.path]
+    assert p.online == [returning.path]
+
+
+def test_prepare_hashes_decodes_and_reports_vanished_files(tmp_path: Path) -> None:
+    path = tmp_path / "a.jpg"
+    photos.save_jpeg(photos.photo_like(1), path)
+    raw = os.fsencode(path)
+    st = os.stat(path)
+    stat = FileStat(raw, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    claims = Claims(set())
+    first = prepare(stat, claims, Preprocessing())
+    assert first.file.content_hash == blake3.blake3(path.read_bytes()).hexdigest()
+    assert first.pixels is not None and first.pixels.shape == (3, 224, 224)
+    assert first.content is not None and first.content.meta is not None
+    again = prepare(stat, claims, Preprocessing())  # a duplicate: hashed, not decoded
+    assert again.pixels is None and again.content is not None and not again.content.decoded
+    path.unlink()
+    gone = prepare(stat, claims, Preprocessing())
+    assert gone.vanished and gone.file.error == "vanished while being indexed"
+
+
+def test_a_file_replaced_by_a_fifo_does_not_block(tmp_path: Path) -> None:
+    path = tmp_path / "a.jpg"
+    os.mkfifo(path)
+    result = prepare(FileStat(os.fsencode(path), 1, 1, 1, 1), Claims(set()), Preprocessing())
+    assert result.file.error == "not a regular file any more"
+
+
+def test_a_large_photo_is_hashed_in_chunks_and_decoded_from_the_file(tmp_path: Path) -> None:
+    """A 67.5 MB BMP: over the whole-read limit (64 MB), still hashed and embedded."""
+    path = tmp_path / "big.bmp"
+    Image.new("RGB", (5000, 4500), (200, 120, 40)).save(path)
+    assert path.stat().st_size > 64 << 20
+    st = os.stat(path)
+    stat = FileStat(os.fsencode(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    result = prepare(stat, Claims(set()), Preprocessing())
+    digest = blake3.blake3()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    assert result.file.content_hash == digest.hexdigest()
+    assert result.bytes_read == st.st_size
+    assert result.pixels is not None and result.content is not None
+    assert result.content.meta is not None and result.content.meta.width == 5000
+
+
+def _index(config: Path) -> dict[str, int]:
+    out = run_cli("--config", str(config), "index", "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _status(config: Path) -> dict[str, int]:
+    out = run_cli("--config", str(config), "status", "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_a_missing_or_empty_root_marks_photos_offline_not_gone(
+    tmp_path: Path,
+    make_config,  # type: ignore[no-untyped-def]
+) -> None:
+    root = tmp_path / "drive"
+    root.mkdir()
+    for i in range(4):
+        photos.save_jpeg(photos.photo_like(i), root / f"{i}.jpg")
+    config = make_config([root])
+    assert _index(config)["embedded"] == 4
+
+    parked = tmp_path / "parked"
+    root.rename(parked)  # unmounted: the folder is gone
+    result = run_cli("--config", str(config), "index", "--json")
+    assert result.returncode == 0
+    assert "kept as offline, not deleted" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["gone"] == 0 and report["offline"] == 4
+    status = _status(config)
+    assert status["files"] == 4 and status["offline"] == 4
+
+    root.mkdir()  # the empty mount point is back, without the drive
+    assert _index(config)["gone"] == 0
+    assert _status(config)["offline"] == 4
+
+    root.rmdir()
+    parked.rename(root)  # the drive is back: online again, nothing read
+    back = _index(config)
+    assert back["bytes_read"] == 0 and back["unchanged"] == 4
+    status = _status(config)
+    assert status["offline"] == 0 and status["files"] == 4 and status["embedded"] == 4
