@@ -90,3 +90,12 @@ def run_cli(
         timeout=300,
         **kwargs,
     )
+
+
+@pytest.fixture
+def fake_ollama() -> Iterator[Any]:
+    """A started FakeOllama (tests/ollama_server.py) listing "llava:latest"; stopped after."""
+    from tests.ollama_server import FakeOllama
+
+    with FakeOllama() as server:
+        yield server
