@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import csv
 import json
 import logging
 import os
@@ -12,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from imageclust_daemon import __version__, config, models, pipeline, scan
+from imageclust_daemon import __version__, catalog, config, models, pipeline, scan
 from imageclust_daemon.errors import ConfigError, ImageclustError
 from imageclust_daemon.ollama import OllamaClient, RetryPolicy, resolve_host
 from imageclust_daemon.records import ModelSpec, display_path
@@ -53,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     rl.add_argument("--all", action="store_true", help="ask again for every group")
     rl.add_argument("--json", action="store_true", help="print the run's counts as JSON")
 
+    qy = sub.add_parser("query", help="run one read-only SQL statement against the catalog")
+    qy.add_argument("sql", metavar="SQL")
+    fmt = qy.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="a JSON array of objects")
+    fmt.add_argument("--csv", action="store_true", help="RFC 4180 CSV with a header row")
+
     st = sub.add_parser("status", help="what is indexed, pending and failed")
     st.add_argument("--json", action="store_true", help="one JSON object")
 
@@ -92,6 +100,23 @@ def _human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} GB"
+
+
+def _publish(cfg: config.Config, model_id: str | None) -> None:
+    report = pipeline.publish(
+        cfg.state_db_path,
+        cfg.catalog_path,
+        model_id=model_id,
+        organize_dir=cfg["organize.dir"],
+    )
+    log.info(
+        "published %s: %d photos, %d groups, %d bytes in %.2f s",
+        report.path,
+        report.photos,
+        report.clusters,
+        report.bytes,
+        report.seconds,
+    )
 
 
 def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -139,6 +164,7 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
         finally:
             if bar is not None:
                 bar.close()
+    _publish(cfg, model.id)
     if args.json:
         print(json.dumps(asdict(report)))
         return 0
@@ -165,6 +191,8 @@ def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
             max_size=cfg["cluster.max_size"],
             force=args.force,
         )
+    if not run.skipped:
+        _publish(cfg, model_id)
     if args.json:
         print(json.dumps(asdict(run)))
         return 0
@@ -198,10 +226,15 @@ def ollama_client(cfg: config.Config) -> OllamaClient:
 
 
 def cmd_relabel(args: argparse.Namespace, cfg: config.Config) -> int:
+    spec = _spec(cfg)
+    path = _model_path(cfg, spec)
     with Store.open(cfg.state_db_path) as store, ollama_client(cfg) as client:
         report = pipeline.relabel(
             store, client, everything=args.all, parallel=cfg["ollama.parallel"]
         )
+        model_id = pipeline.model_id_of(spec, path, store) if path.is_file() else None
+    if report.groups:
+        _publish(cfg, model_id)
     if args.json:
         print(json.dumps(asdict(report)))
         return 0
@@ -215,6 +248,32 @@ def cmd_relabel(args: argparse.Namespace, cfg: config.Config) -> int:
     )
     if report.problem:
         print(f"note: {report.problem}; fallback titles are retried next time")
+    return 0
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, bytes):  # BLOBs (path_bytes): base64, as documented
+        return base64.b64encode(value).decode("ascii")
+    return value
+
+
+def cmd_query(args: argparse.Namespace, cfg: config.Config) -> int:
+    result = catalog.query(cfg.catalog_path, args.sql)
+    if args.json:
+        rows = [
+            {c: _json_value(v) for c, v in zip(result.columns, row, strict=True)}
+            for row in result.rows
+        ]
+        json.dump(rows, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    elif args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\r\n")
+        writer.writerow(result.columns)
+        writer.writerows([[_json_value(v) for v in row] for row in result.rows])
+    else:
+        print("\t".join(result.columns))
+        for row in result.rows:
+            print("\t".join("" if v is None else str(_json_value(v)) for v in row))
     return 0
 
 
@@ -276,6 +335,7 @@ COMMANDS = {
     "index": cmd_index,
     "recluster": cmd_recluster,
     "relabel": cmd_relabel,
+    "query": cmd_query,
     "status": cmd_status,
     "models": cmd_models,
 }

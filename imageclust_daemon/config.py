@@ -54,6 +54,18 @@ SETTINGS: tuple[Setting, ...] = (
         "empty = the platform's user data dir.",
     ),
     Setting(
+        "catalog.path",
+        "",
+        "path",
+        "The published read-only catalog; empty = <data_dir>/catalog.sqlite.",
+    ),
+    Setting(
+        "organize.dir",
+        "",
+        "path",
+        "A folder to fill with one sub-folder of symlinks per titled group; empty = off.",
+    ),
+    Setting(
         "model.name",
         "clip-vit-b32",
         "str",
@@ -268,6 +280,11 @@ class Config:
     @property
     def state_db_path(self) -> Path:
         return self.data_dir / "state.sqlite"
+
+    @property
+    def catalog_path(self) -> Path:
+        configured: Path | None = self.values["catalog.path"]
+        return configured or self.data_dir / "catalog.sqlite"
 
     @property
     def roots(self) -> list[Path]:

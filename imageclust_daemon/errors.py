@@ -4,6 +4,7 @@
     ├── ConfigError             a config key is unknown or its value is bad (key, problem)
     ├── DatabaseError           the state database cannot be used
     │   └── SchemaTooNewError   written by a newer imageclust (found, supported)
+    ├── QueryRefused            `imageclust query` refused a statement (exit code 2)
     ├── ModelError              a model cannot be used
     │   ├── ModelNotFoundError  the ONNX file is missing (path, name)
     │   ├── ModelContractError  the ONNX file lacks the expected input/output (path, reason)
@@ -56,6 +57,12 @@ class SchemaTooNewError(DatabaseError):
             f"{path}: database schema version {found} is newer than this imageclust "
             f"supports ({supported}); upgrade imageclust. The database was not touched."
         )
+
+
+class QueryRefused(ImageclustError):
+    """A catalog query that writes, attaches, runs several statements or runs too long."""
+
+    exit_code = 2
 
 
 class ModelError(ImageclustError):

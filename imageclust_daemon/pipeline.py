@@ -31,7 +31,7 @@ from typing import TypeVar
 import blake3
 import numpy as np
 
-from imageclust_daemon import cluster, decode, label, scan
+from imageclust_daemon import __version__, catalog, cluster, decode, label, organize, scan
 from imageclust_daemon.embed import Embedder, file_sha256, model_id, model_io, open_session
 from imageclust_daemon.errors import (
     DecodeError,
@@ -570,6 +570,19 @@ def relabel(
     return LabelReport(
         len(jobs), cached, requested, ollama, fallback, problem, time.monotonic() - started
     )
+
+
+# -- publish ---------------------------------------------------------------------------------
+
+
+def publish(
+    state_db: Path, catalog_path: Path, *, model_id: str | None, organize_dir: Path | None
+) -> catalog.PublishReport:
+    """State -> catalog (atomic swap) -> organized folder of symlinks (if configured)."""
+    report = catalog.publish(state_db, catalog_path, model_id=model_id, daemon_version=__version__)
+    if organize_dir is not None:
+        organize.build(organize.groups_from_catalog(catalog_path), organize_dir)
+    return report
 
 
 # -- model -------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests import photos
 from tests.conftest import run_cli
+from tests.library import add_photos, scene_library
 from tests.metrics import adjusted_rand_index
 
 SCENES = 10
@@ -19,37 +19,8 @@ PER_SCENE = 10
 MIN_SIZE, MAX_SIZE = 4, 40
 
 
-def _write_variant(scene: int, seed: int, path_stem: Path) -> Path:
-    """A photo of `scene`, varied in size, format and EXIF rotation."""
-    img = photos.photo_like(seed, scene=scene)
-    kind = seed % 5
-    if kind == 0:
-        return photos.save_jpeg(img, path_stem.with_suffix(".jpg"))
-    if kind == 1:
-        return photos.save_jpeg(
-            photos.rotated_for_orientation(img, 6), path_stem.with_suffix(".jpeg"), orientation=6
-        )
-    if kind == 2:
-        return photos.save_webp(
-            img.resize((img.width // 2, img.height // 2)), path_stem.with_suffix(".webp")
-        )
-    if kind == 3:
-        return photos.save_bmp(img, path_stem.with_suffix(".bmp"))
-    return photos.save_jpeg(
-        img.resize((img.width * 3 // 4, img.height * 3 // 4)),
-        path_stem.with_suffix(".JPG"),
-        quality=70,
-    )
-
-
 def _library(root: Path) -> dict[str, int]:
-    truth = {}
-    for scene in range(SCENES):
-        folder = root / f"event {scene}"
-        folder.mkdir(parents=True)
-        for i in range(PER_SCENE):
-            path = _write_variant(scene, 1000 * scene + i, folder / f"IMG_{i:03d}")
-            truth[os.fsdecode(path)] = scene
+    truth = scene_library(root, SCENES, PER_SCENE)
     # a duplicate must not count twice
     dup = root / "event 0" / "IMG_000 copy.jpg"
     shutil.copyfile(root / "event 0" / "IMG_000.jpg", dup)
@@ -118,8 +89,7 @@ def test_recluster_recovers_groups_and_keeps_ids(tmp_path: Path, make_config) ->
     assert _groups_by_path(db) == groups
 
     # ~2% new photos, all of scene 3: only the group they join changes; the others keep ids.
-    for i in range(2):
-        path = _write_variant(3, 3500 + i, root / "event 3" / f"NEW_{i}")
+    for path in add_photos(root, scene=3, count=2, first_seed=3500):
         truth[os.fsdecode(path)] = 3
     added = _cli_json(config, "index", str(root))
     assert added["embedded"] == 2, json.dumps(added)

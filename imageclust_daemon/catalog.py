@@ -1,0 +1,253 @@
+"""The published catalog: a small read-only SQLite snapshot that any program can query.
+
+Built from the state database into a temporary file beside the destination, in
+one transaction that reads one consistent snapshot of the state (WAL), then
+fsynced, made read-only (0444) and renamed over the old catalog, and the folder
+fsynced. A reader holding the old file keeps reading the old inode; a new
+connection sees the new one; nobody ever sees half a catalog, and no reader can
+block a publish. Rollback journal (never WAL), so any reader, even with
+`immutable=1`, is safe.
+
+Paths: `path` is the file's path as text: exactly the path for every name that
+is valid UTF-8; for a name that is not, each undecodable byte is written as
+`\\xNN`. `path_bytes` holds every path's exact bytes, so `CAST(path_bytes AS ...)`
+or reading the BLOB round-trips any name.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+from imageclust_daemon.errors import DatabaseError, QueryRefused
+from imageclust_daemon.migrate import statements
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE photos (
+    path          TEXT PRIMARY KEY,        -- the path; undecodable bytes as \\xNN
+    path_bytes    BLOB NOT NULL,           -- the exact bytes of the path
+    content_hash  TEXT,                    -- BLAKE3 of the bytes (NULL if unreadable)
+    size          INTEGER,
+    width         INTEGER,                 -- as displayed (EXIF orientation applied)
+    height        INTEGER,
+    taken_at      TEXT,                    -- ISO 8601, with offset when the camera wrote one
+    lat           REAL,
+    lon           REAL,
+    cluster_id    INTEGER,                 -- NULL when in no group
+    status        TEXT NOT NULL CHECK (status IN ('indexed', 'pending', 'failed')),
+    error         TEXT,                    -- why, when status is 'failed'
+    offline       INTEGER NOT NULL DEFAULT 0  -- 1: its folder is unreachable right now
+);
+CREATE TABLE clusters (
+    id            INTEGER PRIMARY KEY,     -- stable across runs, never reused
+    title         TEXT,
+    catchy_phrase TEXT,
+    size          INTEGER NOT NULL,        -- distinct photos (duplicates count once)
+    label_source  TEXT,                    -- 'ollama' or 'fallback'
+    updated_at    TEXT NOT NULL            -- ISO 8601 UTC: membership or title last changed
+);
+CREATE TABLE cluster_members (
+    cluster_id    INTEGER NOT NULL,
+    content_hash  TEXT NOT NULL,
+    rank          INTEGER NOT NULL,        -- 0 = closest to the group's centroid
+    PRIMARY KEY (cluster_id, content_hash)
+) WITHOUT ROWID;
+CREATE TABLE catalog_info (
+    key           TEXT PRIMARY KEY,
+    value         TEXT
+);
+CREATE VIEW cluster_photos AS
+    SELECT c.id AS cluster_id, c.title AS title, p.path AS path, m.rank AS rank,
+           m.rank < 3 AS representative
+    FROM clusters c
+    JOIN cluster_members m ON m.cluster_id = c.id
+    JOIN photos p ON p.content_hash = m.content_hash;
+"""
+
+INDEXES = """
+CREATE INDEX photos_by_cluster ON photos(cluster_id);
+CREATE INDEX photos_by_hash ON photos(content_hash);
+CREATE INDEX photos_by_date ON photos(taken_at);
+CREATE INDEX photos_by_status ON photos(status);
+CREATE INDEX members_by_hash ON cluster_members(content_hash);
+"""
+
+
+def text_path(raw: bytes) -> str:
+    """The catalog's text form of a path: exact when valid UTF-8, else bytes as \\xNN."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True)
+class PublishReport:
+    path: Path
+    photos: int
+    clusters: int
+    bytes: int
+    seconds: float
+
+
+def _iso(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts or 0, UTC).isoformat(timespec="seconds")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(
+    state_db: Path, dest: Path, *, model_id: str | None, daemon_version: str
+) -> PublishReport:
+    """Build the catalog from `state_db` and swap it in at `dest` atomically."""
+    started = time.monotonic()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        _build(state_db, tmp, model_id=model_id, daemon_version=daemon_version)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot publish the catalog to {dest}: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    conn = sqlite3.connect(uri(dest, mode="ro"), uri=True)
+    try:
+        photos = conn.execute("SELECT count(*) FROM photos").fetchone()[0]
+        clusters = conn.execute("SELECT count(*) FROM clusters").fetchone()[0]
+    finally:
+        conn.close()
+    return PublishReport(dest, photos, clusters, dest.stat().st_size, time.monotonic() - started)
+
+
+def uri(path: Path, **params: str) -> str:
+    """A SQLite URI for `path` (any characters) with query parameters such as mode=ro."""
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"file:{quote(os.fspath(path.resolve()))}" + (f"?{query}" if query else "")
+
+
+def _build(state_db: Path, tmp: Path, *, model_id: str | None, daemon_version: str) -> None:
+    conn = sqlite3.connect(uri(tmp), uri=True, isolation_level=None)
+    try:
+        conn.create_function("text_path", 1, text_path, deterministic=True)
+        conn.execute("PRAGMA journal_mode = OFF")  # a private temp file: no journal needed
+        conn.execute("PRAGMA synchronous = OFF")  # fsynced once, before the rename
+        conn.execute("ATTACH ? AS state", (uri(state_db, mode="ro"),))
+        conn.execute("BEGIN")  # one read snapshot of the state for the whole build
+        for statement in statements(SCHEMA):
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO cluster_members (cluster_id, content_hash, rank) "
+            "SELECT m.cluster_id, m.content_hash, m.rank FROM state.cluster_members m "
+            "JOIN state.clusters c ON c.id = m.cluster_id WHERE c.state = 'active'"
+        )
+        conn.execute(
+            "INSERT INTO clusters (id, title, catchy_phrase, size, label_source, updated_at) "
+            "SELECT c.id, c.title, c.catchy_phrase, c.size, c.label_source, "
+            "strftime('%Y-%m-%dT%H:%M:%S+00:00', max(coalesce(c.labeled_at, 0), r.started_at), "
+            "'unixepoch') FROM state.clusters c JOIN state.cluster_runs r ON r.id = c.changed_run "
+            "WHERE c.state = 'active'"
+        )
+        conn.execute(
+            "INSERT INTO photos (path, path_bytes, content_hash, size, width, height, taken_at, "
+            "lat, lon, cluster_id, status, error, offline) "
+            "SELECT text_path(f.path), f.path, f.content_hash, f.size, c.width, c.height, "
+            "c.taken_at, c.lat, c.lon, m.cluster_id, "
+            "CASE WHEN f.error IS NOT NULL OR c.error IS NOT NULL THEN 'failed' "
+            "     WHEN e.content_hash IS NOT NULL THEN 'indexed' ELSE 'pending' END, "
+            "coalesce(f.error, c.error), f.offline_since IS NOT NULL "
+            "FROM state.files f "
+            "LEFT JOIN state.contents c ON c.hash = f.content_hash "
+            "LEFT JOIN state.embeddings e ON e.content_hash = f.content_hash AND e.model_id = ? "
+            "LEFT JOIN cluster_members m ON m.content_hash = f.content_hash "
+            "WHERE f.state = 'live' ORDER BY f.path",
+            (model_id,),
+        )
+        for statement in statements(INDEXES):
+            conn.execute(statement)
+        info = {
+            "schema_version": str(SCHEMA_VERSION),
+            "generated_at": _iso(time.time()),
+            "model": model_id or "",
+            "daemon_version": daemon_version,
+        }
+        conn.executemany("INSERT INTO catalog_info (key, value) VALUES (?, ?)", info.items())
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+        conn.execute("DETACH state")
+    finally:
+        conn.close()
+
+
+# -- read-only queries ---------------------------------------------------------------------------
+
+# What a query may do: read tables and call functions. Everything else (writes, ATTACH,
+# PRAGMA, transactions, temp tables) is refused by the authorizer, whatever
+# `PRAGMA query_only` says (a consumer could switch that off; the authorizer it cannot).
+_ALLOWED = {
+    sqlite3.SQLITE_SELECT,
+    sqlite3.SQLITE_READ,
+    sqlite3.SQLITE_FUNCTION,
+    sqlite3.SQLITE_RECURSIVE,
+}
+_TICKS = 10_000  # progress handler period in VM instructions: ~1 ms
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[object, ...]]
+
+
+def _authorize(action: int, *args: object) -> int:
+    return sqlite3.SQLITE_OK if action in _ALLOWED else sqlite3.SQLITE_DENY
+
+
+def query(catalog: Path, sql: str, *, timeout: float = 30.0) -> QueryResult:
+    """Run one read-only statement against the catalog. Refusals raise QueryRefused."""
+    if not catalog.is_file():
+        raise DatabaseError(f"no catalog at {catalog} yet: run `imageclust index` first")
+    text = sql.strip()
+    if not text:
+        raise QueryRefused("empty query")
+    conn = sqlite3.connect(uri(catalog, mode="ro"), uri=True)
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        conn.set_authorizer(_authorize)
+        deadline = time.monotonic() + timeout
+        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), _TICKS)
+        try:
+            cursor = conn.execute(text)
+            rows = cursor.fetchall()
+        except sqlite3.ProgrammingError as exc:  # "You can only execute one statement at a time."
+            raise QueryRefused(f"one statement only: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            message = str(exc)
+            if "not authorized" in message or "readonly" in message or "read-only" in message:
+                raise QueryRefused(
+                    f"the catalog is read-only; only SELECT is allowed ({message})"
+                ) from None
+            if "interrupted" in message:
+                raise QueryRefused(
+                    f"query took longer than {timeout:g} s and was stopped"
+                ) from None
+            raise QueryRefused(message) from None
+        columns = [d[0] for d in cursor.description or []]
+        return QueryResult(columns, rows)
+    finally:
+        conn.close()

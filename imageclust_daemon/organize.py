@@ -1,0 +1,113 @@
+"""The organized view: a folder with one sub-folder of symlinks per titled group.
+
+`organize.dir` is a symlink to a versioned tree beside it (`.<name>.<stamp>`). A new
+tree is built completely, then the symlink is swapped with one atomic rename, and
+the old tree is removed. A file browser never sees a half-built folder. Only
+symlinks are created; the photos themselves are never touched. A real folder
+(not made by imageclust) at `organize.dir` is refused, never replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from imageclust_daemon.errors import ImageclustError
+
+_NAME_MAX = 120  # bytes; well below every filesystem's 255
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
+
+
+class OrganizeError(ImageclustError):
+    """The organized folder cannot be built where configured."""
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    id: int
+    title: str | None
+    paths: tuple[bytes, ...]  # live files of the group's members
+
+
+def safe_name(title: str | None, fallback: str) -> str:
+    """A folder name any filesystem accepts: no separators or control characters, not hidden."""
+    name = _UNSAFE.sub(" ", title or "")
+    name = re.sub(r"\s+", " ", name).strip().lstrip(".").strip()
+    encoded = name.encode("utf-8")[:_NAME_MAX]
+    name = encoded.decode("utf-8", "ignore").strip()
+    return name or fallback
+
+
+def _unique(name: bytes, taken: set[bytes]) -> bytes:
+    """`name`, or `name (2)`, `name (3)`... before the extension; case-insensitively unique."""
+    stem, ext = os.path.splitext(name)
+    candidate, n = name, 1
+    while candidate.lower() in taken:
+        n += 1
+        candidate = stem + f" ({n})".encode() + ext
+    taken.add(candidate.lower())
+    return candidate
+
+
+def build(groups: Sequence[Group], dest: Path) -> int:
+    """Build the tree for `groups` and swap it in at `dest`; returns the number of links."""
+    parent = dest.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and not dest.is_symlink():
+        raise OrganizeError(
+            f"organize.dir {dest} is a real folder, not imageclust's view; "
+            "choose a folder that does not exist yet"
+        )
+    previous = os.readlink(dest) if dest.is_symlink() else None
+    tree_name = f".{dest.name}.{time.time_ns()}"
+    tree = parent / tree_name
+    tree.mkdir()
+    links = 0
+    try:
+        folders: set[bytes] = set()
+        for group in groups:
+            folder_name = _unique(
+                safe_name(group.title, f"Group {group.id}").encode("utf-8"), folders
+            )
+            folder = os.path.join(os.fsencode(tree), folder_name)
+            os.mkdir(folder)
+            names: set[bytes] = set()
+            for path in group.paths:
+                link = os.path.join(folder, _unique(os.path.basename(path), names))
+                os.symlink(path, link)
+                links += 1
+        staged = parent / f".{dest.name}.link"
+        staged.unlink(missing_ok=True)
+        os.symlink(tree_name, staged)
+        os.replace(staged, dest)  # the one atomic step
+    except BaseException:
+        shutil.rmtree(tree, ignore_errors=True)
+        raise
+    if previous and os.path.basename(previous).startswith(f".{dest.name}."):
+        shutil.rmtree(parent / os.path.basename(previous), ignore_errors=True)
+    return links
+
+
+def groups_from_catalog(catalog: Path) -> list[Group]:
+    """The titled groups and their files, as the published catalog has them."""
+    import sqlite3
+
+    from imageclust_daemon.catalog import uri
+
+    conn = sqlite3.connect(uri(catalog, mode="ro"), uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT c.id, c.title, p.path_bytes FROM clusters c JOIN photos p "
+            "ON p.cluster_id = c.id ORDER BY c.id, p.path_bytes"
+        ).fetchall()
+    finally:
+        conn.close()
+    groups: dict[int, tuple[str | None, list[bytes]]] = {}
+    for cluster_id, title, path in rows:
+        groups.setdefault(cluster_id, (title, []))[1].append(path)
+    return [Group(cid, title, tuple(paths)) for cid, (title, paths) in groups.items()]

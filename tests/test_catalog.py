@@ -1,0 +1,330 @@
+"""The published catalog: schema, one row per file, read-only, atomic republish, query, organize."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imageclust_daemon import catalog, organize
+from imageclust_daemon.errors import QueryRefused
+from tests.conftest import REPO, run_cli, write_config
+from tests.library import scene_library
+from tests.test_index_e2e import build_library
+
+# The public contract (README.md, "The catalog"): tables and views with their columns.
+CONTRACT = {
+    "photos": [
+        "path",
+        "path_bytes",
+        "content_hash",
+        "size",
+        "width",
+        "height",
+        "taken_at",
+        "lat",
+        "lon",
+        "cluster_id",
+        "status",
+        "error",
+        "offline",
+    ],
+    "clusters": ["id", "title", "catchy_phrase", "size", "label_source", "updated_at"],
+    "cluster_members": ["cluster_id", "content_hash", "rank"],
+    "cluster_photos": ["cluster_id", "title", "path", "rank", "representative"],
+    "catalog_info": ["key", "value"],
+}
+ODD_NAMES = ['comma, and "quotes".jpg', "new\nline.jpg", "tab\there.jpg", "ünïcødé.jpg"]
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[str, Any]:
+    """A library indexed, grouped and titled (fallback: no Ollama), and its catalog."""
+    base = tmp_path_factory.mktemp("catalog")
+    root = base / "Photos"
+    build_library(root)
+    scene_library(root / "events", 3, 6)
+    for name in ODD_NAMES:
+        shutil.copyfile(root / "events" / "event 0" / "IMG_000.jpg", root / name)
+    with open(os.fsencode(root) + b"/raw-\xff\xfe.jpg", "wb") as f:
+        f.write((root / "events" / "event 1" / "IMG_001.jpeg").read_bytes())
+    config = write_config(
+        base / "c.toml",
+        library={"roots": [str(root)], "exclude": ["skipme"]},
+        storage={"data_dir": str(base / "data")},
+        model={"path": str(tiny_model)},
+        cluster={"min_size": 3, "max_size": 12},
+        ollama={"host": "http://127.0.0.1:9", "connect_timeout": 0.2},
+        organize={"dir": str(base / "Organized")},
+    )
+    for command in (["index"], ["recluster"], ["relabel"]):
+        result = run_cli("--config", str(config), *command)
+        assert result.returncode == 0, result.stderr
+    return {
+        "root": root,
+        "config": config,
+        "catalog": base / "data" / "catalog.sqlite",
+        "state": base / "data" / "state.sqlite",
+        "organized": base / "Organized",
+    }
+
+
+def _ro(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(catalog.uri(path, mode="ro"), uri=True)
+
+
+def test_every_documented_table_and_column_exists_and_is_documented(
+    published: dict[str, Any],
+) -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    conn = _ro(published["catalog"])
+    try:
+        for table, columns in CONTRACT.items():
+            found = [r[1] for r in conn.execute(f"SELECT * FROM pragma_table_info('{table}')")]
+            assert found == columns, table
+            assert f"`{table}`" in readme, f"{table} undocumented"
+            for column in columns:
+                assert re.search(rf"`{column}`", readme), f"{table}.{column} undocumented"
+        info = dict(conn.execute("SELECT key, value FROM catalog_info"))
+        assert set(info) >= {"schema_version", "generated_at", "model", "daemon_version"}
+        assert info["schema_version"] == str(catalog.SCHEMA_VERSION)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == catalog.SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"photos_by_cluster", "photos_by_hash", "photos_by_date"} <= indexes
+    finally:
+        conn.close()
+    assert stat.S_IMODE(published["catalog"].stat().st_mode) == 0o444
+
+
+def test_every_image_file_under_the_root_has_exactly_one_row(published: dict[str, Any]) -> None:
+    root = os.fsencode(published["root"])
+    expected = set()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(b".") and d != b"skipme"]
+        for name in files:
+            if not name.startswith(b".") and os.path.splitext(name)[1].lower() in {
+                b".jpg",
+                b".jpeg",
+                b".png",
+                b".gif",
+                b".webp",
+                b".bmp",
+                b".tiff",
+                b".tif",
+            }:
+                expected.add(os.path.join(folder, name))
+    conn = _ro(published["catalog"])
+    try:
+        rows = conn.execute("SELECT path, path_bytes, status, error FROM photos").fetchall()
+        groups = conn.execute("SELECT count(*), count(title) FROM clusters").fetchone()
+        sources = {r[0] for r in conn.execute("SELECT label_source FROM clusters")}
+    finally:
+        conn.close()
+    assert sorted(r[1] for r in rows) == sorted(expected), "one row per file, no more, no less"
+    for text, raw, status, error in rows:
+        assert text == catalog.text_path(raw)
+        assert (status == "failed") == (error is not None)
+    failed = {os.path.basename(raw) for _, raw, status, _ in rows if status == "failed"}
+    assert failed == {b"empty.jpg", b"truncated.jpg", b"notes.jpg", b"bomb.png", b"corrupt.jpg"}
+    raw_name = next(r for r in rows if r[1].endswith(b"raw-\xff\xfe.jpg"))
+    assert raw_name[0].endswith("raw-\\xff\\xfe.jpg")  # the text form escapes the bad bytes
+    assert groups[0] >= 3 and groups[0] == groups[1], "every group has a title"
+    assert sources == {"fallback"}
+
+
+def test_no_blobs_but_paths_and_smaller_than_the_state(published: dict[str, Any]) -> None:
+    conn = _ro(published["catalog"])
+    try:
+        blob_columns = [
+            (t, c)
+            for t in ("photos", "clusters", "cluster_members", "catalog_info")
+            for c in CONTRACT[t]
+            if conn.execute(f"SELECT count(*) FROM {t} WHERE typeof({c}) = 'blob'").fetchone()[0]
+        ]
+    finally:
+        conn.close()
+    assert blob_columns == [("photos", "path_bytes")]
+    assert published["catalog"].stat().st_size < published["state"].stat().st_size
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM photos",
+        "INSERT INTO clusters (id, size, updated_at) VALUES (999, 1, 'x')",
+        "UPDATE photos SET status = 'failed'",
+        "DROP TABLE photos",
+        "CREATE TABLE x (y)",
+        "ATTACH 'evil.sqlite' AS evil",
+        "VACUUM INTO 'copy.sqlite'",
+        "PRAGMA user_version = 7",
+        "PRAGMA query_only = OFF",
+        "SELECT 1; DELETE FROM photos",
+        "BEGIN",
+    ],
+)
+def test_query_refuses_anything_but_reading(published: dict[str, Any], sql: str) -> None:
+    before = published["catalog"].read_bytes()
+    result = run_cli("--config", str(published["config"]), "query", sql)
+    assert result.returncode == 2, (sql, result.stdout, result.stderr)
+    assert "imageclust: error:" in result.stderr and "Traceback" not in result.stderr
+    assert published["catalog"].read_bytes() == before
+    assert not (Path.cwd() / "evil.sqlite").exists() and not (Path.cwd() / "copy.sqlite").exists()
+
+
+def test_query_runaway_is_stopped(published: dict[str, Any]) -> None:
+    sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n"
+    with pytest.raises(QueryRefused, match="longer than"):
+        catalog.query(published["catalog"], sql, timeout=0.3)
+
+
+def test_opening_the_catalog_to_write_fails(published: dict[str, Any]) -> None:
+    ro = _ro(published["catalog"])
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            ro.execute("DELETE FROM photos")
+    finally:
+        ro.close()
+    # A plain read-write open by another program: the file is 0444. (Root ignores file
+    # modes, so the writer drops CAP_DAC_OVERRIDE the way an ordinary user never had it.)
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root without setpriv cannot be denied a write")
+        prefix = [
+            setpriv,
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+        ]
+    code = textwrap.dedent(f"""
+        import sqlite3
+        conn = sqlite3.connect({str(published["catalog"])!r})
+        try:
+            conn.execute("DELETE FROM photos")
+            conn.commit()
+        except sqlite3.OperationalError as exc:
+            print("refused:", exc)
+    """)
+    out = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True)
+    assert "refused:" in out.stdout and "readonly" in out.stdout, out
+
+
+def test_query_json_and_csv_are_well_formed_whatever_the_names(
+    published: dict[str, Any],
+) -> None:
+    config = str(published["config"])
+    sql = "SELECT path, path_bytes, status FROM photos ORDER BY path"
+    as_json = run_cli("--config", config, "query", sql, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    rows = json.loads(as_json.stdout)
+    as_csv = run_cli("--config", config, "query", sql, "--csv")
+    assert as_csv.returncode == 0
+    table = list(csv.reader(io.StringIO(as_csv.stdout, newline="")))
+    assert table[0] == ["path", "path_bytes", "status"]
+    assert [r[0] for r in table[1:]] == [r["path"] for r in rows]
+    names = {os.path.basename(r["path"]) for r in rows}
+    assert set(ODD_NAMES) <= names
+    import base64
+
+    raw = {base64.b64decode(r["path_bytes"]) for r in rows}
+    assert any(p.endswith(b"raw-\xff\xfe.jpg") for p in raw)
+
+
+def test_a_reader_sees_only_complete_snapshots_while_publishing_50_times(
+    published: dict[str, Any], tmp_path: Path
+) -> None:
+    dest = tmp_path / "catalog.sqlite"
+    catalog.publish(published["state"], dest, model_id=None, daemon_version="test")
+    expected = _ro(dest).execute("SELECT count(*) FROM photos").fetchone()[0]
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+            import os, sqlite3, sys
+            held = sqlite3.connect("file:{dest}?mode=ro", uri=True)  # held open throughout
+            held_count = held.execute("SELECT count(*) FROM photos").fetchone()[0]
+            reads = errors = 0
+            generations = set()
+            while not os.path.exists({str(stop)!r}):
+                try:
+                    conn = sqlite3.connect("file:{dest}?mode=ro", uri=True)
+                    n = conn.execute("SELECT count(*) FROM photos").fetchone()[0]
+                    g = conn.execute(
+                        "SELECT value FROM catalog_info WHERE key = 'generated_at'"
+                    ).fetchone()[0]
+                    conn.close()
+                    if n != {expected}:
+                        errors += 1
+                    generations.add(g)
+                    reads += 1
+                except Exception as exc:
+                    print("error", exc, file=sys.stderr)
+                    errors += 1
+            again = held.execute("SELECT count(*) FROM photos").fetchone()[0]
+            print(reads, errors, again == held_count)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(50):
+            report = catalog.publish(published["state"], dest, model_id=None, daemon_version="test")
+            assert report.photos == expected
+    finally:
+        stop.touch()
+        out, err = reader.communicate(timeout=60)
+    reads, errors, held_ok = out.split()
+    assert int(reads) > 0 and int(errors) == 0, err
+    assert held_ok == "True", "a reader holding the old snapshot keeps reading it"
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in {"catalog.sqlite", "stop"}]
+    assert leftovers == [], "no temp files left behind"
+
+
+def test_organized_view_is_symlinks_swapped_in_whole(
+    published: dict[str, Any], tmp_path: Path
+) -> None:
+    view = published["organized"]
+    assert view.is_symlink()
+    folders = sorted(p.name for p in view.iterdir())
+    conn = _ro(published["catalog"])
+    titles = {r[0] for r in conn.execute("SELECT title FROM clusters")}
+    members = conn.execute("SELECT count(*) FROM photos WHERE cluster_id IS NOT NULL").fetchone()
+    conn.close()
+    assert {organize.safe_name(t, "") for t in titles} <= set(folders)
+    links = [p for folder in view.iterdir() for p in folder.iterdir()]
+    assert len(links) == members[0]
+    for link in links:
+        assert link.is_symlink() and os.path.isabs(os.readlink(link)) and link.resolve().is_file()
+    old_tree = os.readlink(view)
+    organize.build(organize.groups_from_catalog(published["catalog"]), view)
+    assert os.readlink(view) != old_tree and not (view.parent / old_tree).exists()
+    real = tmp_path / "mine"
+    real.mkdir()
+    with pytest.raises(organize.OrganizeError, match="real folder"):
+        organize.build([], real)
+
+
+@pytest.mark.parametrize(
+    ("title", "expected"),
+    [("Beach / Sun", "Beach Sun"), ("..hidden", "hidden"), ("", "Group 3"), ("a\x00b", "a b")],
+)
+def test_safe_folder_names(title: str, expected: str) -> None:
+    assert organize.safe_name(title, "Group 3") == expected

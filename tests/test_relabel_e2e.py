@@ -1,0 +1,98 @@
+"""End to end: titles for changed groups only, from the fake Ollama server, with a fallback."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import run_cli
+from tests.library import add_photos, scene_library
+
+SCENES, PER_SCENE = 4, 8
+
+
+def _json(config: Path, *args: str) -> Any:
+    result = run_cli("--config", str(config), *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _groups(config: Path) -> dict[int, dict[str, Any]]:
+    rows = _json(
+        config, "query", "SELECT id, title, catchy_phrase, label_source, size FROM clusters"
+    )
+    return {row["id"]: row for row in rows}
+
+
+def test_relabel_titles_changed_groups_only_and_falls_back_offline(
+    tmp_path: Path,
+    make_config,  # type: ignore[no-untyped-def]
+    fake_ollama,  # type: ignore[no-untyped-def]
+) -> None:
+    root = tmp_path / "library"
+    scene_library(root, SCENES, PER_SCENE)
+    config = make_config(
+        cluster={"min_size": 4, "max_size": 40},
+        ollama={
+            "host": fake_ollama.url,
+            "model": "llava",
+            "timeout": 2.0,
+            "connect_timeout": 0.5,
+            "attempts": 2,
+            "backoff_base": 0.01,
+            "backoff_cap": 0.05,
+        },
+    )
+    _json(config, "index", str(root))
+    assert _json(config, "recluster")["n_clusters"] == SCENES
+
+    first = _json(config, "relabel")
+    assert first["groups"] == SCENES and first["ollama"] == SCENES and first["fallback"] == 0
+    groups = _groups(config)
+    assert len(groups) == SCENES
+    for g in groups.values():
+        assert g["label_source"] == "ollama"
+        assert 0 < len(g["title"]) <= 25 and 0 < len(g["catchy_phrase"]) <= 100
+    sent = fake_ollama.generate_requests()
+    assert len(sent) == SCENES
+    for request in sent:  # three small upright JPEGs per group, as base64
+        assert len(request.body["images"]) == 3
+        assert all(len(b64) < 200_000 for b64 in request.body["images"])
+
+    # Nothing changed: nothing is sent, not even a model check.
+    before = len(fake_ollama.requests())
+    assert _json(config, "relabel")["groups"] == 0
+    assert len(fake_ollama.requests()) == before
+
+    # New photos join one group: exactly that group is sent again.
+    add_photos(root, scene=2, count=2, first_seed=2500)
+    _json(config, "index", str(root))
+    regroup = _json(config, "recluster")
+    assert regroup["changed_clusters"] == 1 and regroup["new_clusters"] == 0
+    generated = len(fake_ollama.generate_requests())
+    again = _json(config, "relabel")
+    assert again["groups"] == 1 and again["ollama"] == 1
+    assert len(fake_ollama.generate_requests()) == generated + 1
+
+    # Ollama down: the changed group gets a fallback title promptly; the run exits 0.
+    fake_ollama.stop()
+    add_photos(root, scene=0, count=2, first_seed=500)
+    _json(config, "index", str(root))
+    assert _json(config, "recluster")["changed_clusters"] == 1
+    started = time.monotonic()
+    offline = _json(config, "relabel")
+    elapsed = time.monotonic() - started
+    assert offline["fallback"] == 1 and offline["ollama"] == 0 and offline["problem"]
+    assert elapsed < 8, elapsed  # process start + one refused connection, no retries per group
+    fallback = [g for g in _groups(config).values() if g["label_source"] == "fallback"]
+    assert len(fallback) == 1
+    assert fallback[0]["title"] == "Paris, June 2024"  # scene 0: its photos' GPS and dates
+    assert len(fallback[0]["catchy_phrase"]) <= 100
+
+    # Back up: the fallback title is replaced on the next run.
+    fake_ollama.start()
+    back = _json(config, "relabel")
+    assert back["groups"] == 1 and back["ollama"] == 1
+    assert all(g["label_source"] == "ollama" for g in _groups(config).values())
