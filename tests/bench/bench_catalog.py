@@ -19,10 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon import catalog, pipeline  # noqa: E402
-from imageclust_daemon.label import Label  # noqa: E402
-from imageclust_daemon.records import ContentRow, FileRow, FileStat, PhotoMeta  # noqa: E402
-from imageclust_daemon.store import Store  # noqa: E402
+from imageclust_daemon import catalog, pipeline
+from imageclust_daemon.label import Label
+from imageclust_daemon.records import ContentRow, FileRow, FileStat, PhotoMeta
+from imageclust_daemon.store import Store
 
 MODEL = "clip-vit-b32@sha256:bench"
 
