@@ -49,7 +49,8 @@ def main() -> None:
     p.add_argument("--photos", type=int, nargs="+", default=[10_000, 100_000])
     args = p.parse_args()
     print(
-        f"{'photos':>8} {'state DB':>10} {'catalog':>9} {'ratio':>6} {'recluster':>10} {'publish':>8}"
+        f"{'photos':>8} {'state DB':>10} {'catalog':>9} {'ratio':>6} "
+        f"{'recluster':>10} {'publish':>8}"
     )
     for n in args.photos:
         with tempfile.TemporaryDirectory() as tmp:
