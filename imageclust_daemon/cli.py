@@ -14,9 +14,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from imageclust_daemon import __version__, catalog, config, models, pipeline, scan
+from imageclust_daemon import (
+    __version__,
+    catalog,
+    config,
+    doctor,
+    models,
+    pipeline,
+    scan,
+    service,
+)
 from imageclust_daemon.errors import ConfigError, ImageclustError
-from imageclust_daemon.ollama import OllamaClient, RetryPolicy, resolve_host
+from imageclust_daemon.ollama import client_for
 from imageclust_daemon.records import ModelSpec, display_path
 from imageclust_daemon.store import Store
 
@@ -41,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
         help="how much to log on stderr (default WARNING)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", help="the daemon, in the foreground: watch, index, group, title, publish")
 
     ix = sub.add_parser("index", help="scan, hash and embed photos once (with a progress bar)")
     ix.add_argument("paths", nargs="*", metavar="PATH", help="folders (default: library.roots)")
@@ -73,6 +84,22 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("--no-progress", action="store_true")
     vf = msub.add_parser("verify", help="check a model file's size, checksum and contract")
     vf.add_argument("name", nargs="?", help="manifest name (default: model.name)")
+
+    sv = sub.add_parser("service", help="install, remove or show the systemd/launchd service")
+    ssub = sv.add_subparsers(dest="service_command", required=True, metavar="ACTION")
+    for action, text in (
+        ("install", "write the unit/agent for this install and print how to enable it"),
+        ("uninstall", "remove it and print how to stop the daemon"),
+        ("print", "show the unit/agent that install would write"),
+    ):
+        sa = ssub.add_parser(action, help=text)
+        sa.add_argument(
+            "--kind", choices=service.KINDS, help="default: systemd on Linux, launchd on macOS"
+        )
+
+    sub.add_parser(
+        "doctor", help="check config, model, ONNX Runtime, Ollama, database, disk and watches"
+    )
     return p
 
 
@@ -212,28 +239,15 @@ def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
     return 0
 
 
-def ollama_client(cfg: config.Config) -> OllamaClient:
-    return OllamaClient(
-        resolve_host(cfg["ollama.host"], os.environ),
-        cfg["ollama.model"],
-        timeout=cfg["ollama.timeout"],
-        connect_timeout=cfg["ollama.connect_timeout"],
-        keep_alive=cfg["ollama.keep_alive"],
-        retry=RetryPolicy(
-            cfg["ollama.attempts"], cfg["ollama.backoff_base"], cfg["ollama.backoff_cap"]
-        ),
-    )
-
-
 def cmd_relabel(args: argparse.Namespace, cfg: config.Config) -> int:
     spec = _spec(cfg)
     path = _model_path(cfg, spec)
-    with Store.open(cfg.state_db_path) as store, ollama_client(cfg) as client:
+    with Store.open(cfg.state_db_path) as store, client_for(cfg, os.environ) as client:
         report = pipeline.relabel(
             store, client, everything=args.all, parallel=cfg["ollama.parallel"]
         )
         model_id = pipeline.model_id_of(spec, path, store) if path.is_file() else None
-    if report.groups:
+    if report.changed:
         _publish(cfg, model_id)
     if args.json:
         print(json.dumps(asdict(report)))
@@ -331,13 +345,56 @@ def cmd_models(args: argparse.Namespace, cfg: config.Config) -> int:
     return 1
 
 
+def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
+    from imageclust_daemon.daemon import Daemon
+
+    return Daemon(lambda: _load_config(args)).run()
+
+
+def cmd_service(args: argparse.Namespace, cfg: config.Config) -> int:
+    kind = args.kind or service.detect_kind()
+    home = Path.home()
+    if args.service_command == "print":
+        sys.stdout.write(service.render(kind, home=home, config_path=cfg.source))
+        return 0
+    if args.service_command == "uninstall":
+        gone = service.uninstall(kind, home=home)
+        print(f"removed {gone.path}" if gone.removed else f"nothing to remove at {gone.path}")
+        print(f"stop the daemon with:\n  {gone.command}")
+        return 0
+    done = service.install(kind, home=home, config_path=cfg.source)
+    print(f"{'replaced' if done.replaced else 'wrote'} {done.path}")
+    if cfg.source is None:
+        print("no config file is in use: the service runs on the built-in defaults")
+    print(f"{'load the new file' if done.replaced else 'enable and start it'} with:")
+    print(f"  {done.command}")
+    if kind == service.SYSTEMD:
+        print('to keep it running while you are logged out: loginctl enable-linger "$USER"')
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
+    checks = doctor.run_checks(cfg, os.environ)
+    for check in checks:
+        print(f"{check.status:<4} {check.name}: {check.detail}")
+        if not check.ok and check.fix:
+            print(f"     fix: {check.fix}")
+    failed = sum(c.status == "FAIL" for c in checks)
+    warned = sum(c.status == "warn" for c in checks)
+    print(f"{len(checks) - failed - warned} ok, {warned} warnings, {failed} essential failures")
+    return 1 if doctor.failed_essential(checks) else 0
+
+
 COMMANDS = {
+    "run": cmd_run,
     "index": cmd_index,
     "recluster": cmd_recluster,
     "relabel": cmd_relabel,
     "query": cmd_query,
     "status": cmd_status,
     "models": cmd_models,
+    "service": cmd_service,
+    "doctor": cmd_doctor,
 }
 
 
@@ -346,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("watchdog").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         cfg = _load_config(args)
         return COMMANDS[args.command](args, cfg)

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from imageclust_daemon.config import Config
 from imageclust_daemon.errors import OllamaError, OllamaModelMissing, OllamaUnavailable
 from imageclust_daemon.label import REPLY_SCHEMA, Label, ReplyError, parse_reply
 
@@ -191,3 +192,17 @@ class OllamaClient:
                 last = exc
         assert last is not None
         raise last
+
+
+def client_for(cfg: Config, environ: Mapping[str, str]) -> OllamaClient:
+    """The client the config describes (`ollama.*`; $OLLAMA_HOST when `ollama.host` is empty)."""
+    return OllamaClient(
+        resolve_host(cfg["ollama.host"], environ),
+        cfg["ollama.model"],
+        timeout=cfg["ollama.timeout"],
+        connect_timeout=cfg["ollama.connect_timeout"],
+        keep_alive=cfg["ollama.keep_alive"],
+        retry=RetryPolicy(
+            cfg["ollama.attempts"], cfg["ollama.backoff_base"], cfg["ollama.backoff_cap"]
+        ),
+    )

@@ -259,23 +259,45 @@ def index(
     batch_size: int = 16,
     progress: Progress | None = None,
     on_scan_error: scan.OnError = scan._ignore,
+    only: Sequence[bytes] | None = None,
+    stop: threading.Event | None = None,
 ) -> IndexReport:
-    """Scan `roots`, read what changed, embed what is new, forget nothing. Returns the counts."""
+    """Scan `roots`, read what changed, embed what is new, forget nothing. Returns the counts.
+
+    `only`: look at just these paths under the roots (files, or folders walked whole),
+    as the watcher reports them. `stop`: when set, finish the current batch and return.
+    """
     started = time.monotonic()
     roots = [os.path.realpath(r) for r in roots]
     extensions = scan.image_extensions(enable_heif())
     unreachable: set[bytes] = set()
-    scanned = {
-        f.path: f for f in scan.walk_all(roots, extensions, excluder, on_scan_error, unreachable)
-    }
-    known = store.files_under(roots)
-    for root in roots:  # an empty root that had photos is an unmounted drive, not a purge
-        low, high = root.rstrip(b"/") + b"/", root.rstrip(b"/") + b"0"
-        if not any(low <= p < high for p in scanned) and any(
-            low <= p < high and k.live for p, k in known.items()
-        ):
-            unreachable.add(root)
+    if only is None:
+        found = scan.walk_all(roots, extensions, excluder, on_scan_error, unreachable)
+        scanned = {f.path: f for f in found}
+        known = store.files_under(roots)
+        for root in roots:  # an empty root that had photos is an unmounted drive, not a purge
+            low, high = root.rstrip(b"/") + b"/", root.rstrip(b"/") + b"0"
+            if not any(low <= p < high for p in scanned) and any(
+                low <= p < high and k.live for p, k in known.items()
+            ):
+                unreachable.add(root)
+    else:
+        found = scan.look_at(only, roots, extensions, excluder, on_scan_error, unreachable)
+        scanned = {f.path: f for f in found}
+        known = store.files_at(list(only))
     work = plan(scanned.values(), known, unreachable)
+    if work.to_read:  # moved here from a path an earlier run already saw leave
+        elsewhere = store.departed([f.signature for f in work.to_read])
+        if elsewhere:
+            again = [
+                FileRow(f, elsewhere[f.signature]) for f in work.to_read if f.signature in elsewhere
+            ]
+            work = replace(
+                work,
+                to_read=[f for f in work.to_read if f.signature not in elsewhere],
+                known_again=work.known_again + again,
+                moved=work.moved + len(again),
+            )
     if work.offline:
         log.warning(
             "%d photos are under folders that are missing, empty or unreadable (%s); "
@@ -323,6 +345,9 @@ def index(
     with ThreadPoolExecutor(threads, thread_name_prefix="imageclust-read") as pool:
         work_fn = lambda f: prepare(f, claims, spec.preprocessing)  # noqa: E731
         for item in ordered_map(pool, work_fn, to_read, ahead=2 * batch_size + threads):
+            if stop is not None and stop.is_set():
+                pool.shutdown(wait=True, cancel_futures=True)
+                break
             done += 1
             if item.vanished:
                 vanished.append(item.file.stat.path)
@@ -473,6 +498,7 @@ class LabelReport:
     requested: int = 0  # groups sent to Ollama
     ollama: int = 0  # titled by Ollama this run
     fallback: int = 0  # titled from dates and places (Ollama is asked again next run)
+    changed: int = 0  # groups whose title, phrase or source is not what it was
     problem: str | None = None  # why Ollama was not (fully) used
     seconds: float = 0.0
 
@@ -508,19 +534,20 @@ def relabel(
     if not jobs:
         return LabelReport()
     llm, version = client.model, label.PROMPT_VERSION
-    cached = 0
+    cached = changed = 0
     todo: list[tuple[LabelJob, label.GroupFacts, Place | None]] = []
     for job in jobs:
         hit = None if everything else store.cached_label(job.members_digest, llm, version)
         if hit is not None:
             store.save_label(job, hit, llm, version)
             cached += 1
+            changed += _differs(job, hit)
             continue
         facts = store.group_facts(job.cluster_id)
         where = label.centre(facts.positions)
         todo.append((job, facts, place_of(*where) if where else None))
     if not todo:
-        return LabelReport(len(jobs), cached, seconds=time.monotonic() - started)
+        return LabelReport(len(jobs), cached, changed=changed, seconds=time.monotonic() - started)
 
     problem: str | None = None
     try:
@@ -565,10 +592,19 @@ def relabel(
             else:
                 ollama += 1
             store.save_label(job, answer, llm, version)
+            changed += _differs(job, answer)
     if down.is_set() and problem is None:
         problem = "Ollama stopped answering; the remaining groups got fallback titles"
     return LabelReport(
-        len(jobs), cached, requested, ollama, fallback, problem, time.monotonic() - started
+        len(jobs), cached, requested, ollama, fallback, changed, problem, time.monotonic() - started
+    )
+
+
+def _differs(job: LabelJob, new: label.Label) -> bool:
+    return (job.title, job.catchy_phrase, job.label_source) != (
+        new.title,
+        new.catchy_phrase,
+        new.source,
     )
 
 

@@ -94,6 +94,11 @@ class IndexReport:
     offline: int = 0  # files under a folder that is missing, empty or unlistable: kept
     seconds: float = 0.0
 
+    @property
+    def changed(self) -> bool:
+        """Whether anything the catalog shows may have changed."""
+        return bool(self.scanned != self.unchanged or self.gone or self.offline)
+
 
 @dataclass(frozen=True, slots=True)
 class ContentRow:
@@ -169,3 +174,5 @@ class LabelJob:
     size: int
     representatives: tuple[bytes, ...]  # a live path for each of the (up to 3) representatives
     label_source: str | None  # what it has now, if anything
+    title: str | None = None
+    catchy_phrase: str | None = None

@@ -65,13 +65,16 @@ def walk(
     excluder: Excluder = NO_EXCLUDES,
     on_error: OnError = _ignore,
     unreachable: set[bytes] | None = None,
+    base: bytes | None = None,
 ) -> Iterator[FileStat]:
     """Every image-like file under `root` (depth-first, sorted by name within a folder).
 
     Folders that cannot be listed (the root included) are added to `unreachable`:
-    what is under them is unknown, not gone.
+    what is under them is unknown, not gone. Exclude patterns are matched against
+    paths relative to `base` (the library root; default `root`).
     """
     root = os.path.abspath(root)
+    base = os.path.abspath(base) if base is not None else root
     lost = unreachable if unreachable is not None else set()
     try:
         top = os.stat(root)
@@ -96,7 +99,7 @@ def walk(
             name = entry.name
             if name.startswith(b"."):
                 continue
-            relative = os.fsdecode(os.path.relpath(entry.path, root))
+            relative = os.fsdecode(os.path.relpath(entry.path, base))
             if excluder.excluded(os.fsdecode(name), relative):
                 continue
             try:
@@ -128,3 +131,54 @@ def walk_all(
             if found.path not in seen:
                 seen.add(found.path)
                 yield found
+
+
+def _root_of(path: bytes, roots: Sequence[bytes]) -> bytes | None:
+    for root in roots:
+        if path == root or path.startswith(root.rstrip(b"/") + b"/"):
+            return root
+    return None
+
+
+def look_at(
+    paths: Sequence[bytes],
+    roots: Sequence[bytes],
+    extensions: frozenset[bytes],
+    excluder: Excluder = NO_EXCLUDES,
+    on_error: OnError = _ignore,
+    unreachable: set[bytes] | None = None,
+) -> Iterator[FileStat]:
+    """Like `walk_all`, but only over `paths` (files, or folders walked whole) that changed.
+
+    A path outside every root, hidden, excluded, or no longer there yields nothing.
+    """
+    seen: set[bytes] = set()
+    for path in paths:
+        root = _root_of(path, roots)
+        if root is None:
+            continue
+        relative = os.fsdecode(os.path.relpath(path, root))
+        parts = [] if relative == "." else relative.split("/")
+        if any(p.startswith(".") for p in parts) or any(
+            excluder.excluded(parts[i], "/".join(parts[: i + 1])) for i in range(len(parts))
+        ):
+            continue
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            on_error(path, f"cannot stat: {exc.strerror or exc}")
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            found: Iterator[FileStat] = walk(
+                path, extensions, excluder, on_error, unreachable, root
+            )
+        elif stat.S_ISREG(st.st_mode) and os.path.splitext(path)[1].lower() in extensions:
+            found = iter([FileStat(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)])
+        else:
+            continue
+        for f in found:
+            if f.path not in seen:
+                seen.add(f.path)
+                yield f

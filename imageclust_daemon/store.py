@@ -60,11 +60,26 @@ class Store:
         self.path = path
 
     @classmethod
-    def open(cls, path: Path, migrations: list[migrate.Migration] | None = None) -> Store:
-        """Open (creating if needed) and migrate the database at `path`."""
+    def open(
+        cls,
+        path: Path,
+        migrations: list[migrate.Migration] | None = None,
+        *,
+        any_thread: bool = False,
+    ) -> Store:
+        """Open (creating if needed) and migrate the database at `path`.
+
+        `any_thread`: the connection may be used from a thread other than the one that
+        opened it (still by one thread at a time: the daemon's single writer).
+        """
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            conn = sqlite3.connect(
+                path,
+                isolation_level=None,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                check_same_thread=not any_thread,
+            )
         except (OSError, sqlite3.Error) as exc:
             raise DatabaseError(f"cannot open state database {path}: {exc}") from exc
         try:
@@ -145,6 +160,44 @@ class Store:
                 )
         return known
 
+    def files_at(self, paths: Sequence[bytes]) -> dict[bytes, KnownFile]:
+        """What is remembered of each path and of everything under it (if it is a folder)."""
+        known = self.files_under(paths)
+        for path in paths:
+            row = self.conn.execute(
+                "SELECT size, mtime_ns, inode, device, content_hash, state, error, "
+                "offline_since IS NOT NULL FROM files WHERE path = ?",
+                (path,),
+            ).fetchone()
+            if row:
+                size, mtime_ns, inode, device, content_hash, state, error, offline = row
+                known[path] = KnownFile(
+                    (size, mtime_ns, inode, device),
+                    content_hash,
+                    state == "live",
+                    error,
+                    bool(offline),
+                )
+        return known
+
+    def departed(
+        self, signatures: Iterable[tuple[int, int, int, int]]
+    ) -> dict[tuple[int, int, int, int], str]:
+        """Hashes of gone files with these (size, mtime_ns, inode, device): moves seen apart."""
+        if not self.conn.execute("SELECT 1 FROM files WHERE state = 'gone' LIMIT 1").fetchone():
+            return {}
+        found = {}
+        for size, mtime_ns, inode, device in signatures:
+            row = self.conn.execute(
+                "SELECT content_hash FROM files WHERE device = ? AND inode = ? AND size = ? "
+                "AND mtime_ns = ? AND state = 'gone' AND content_hash IS NOT NULL "
+                "AND error IS NULL LIMIT 1",
+                (device, inode, size, mtime_ns),
+            ).fetchone()
+            if row:
+                found[(size, mtime_ns, inode, device)] = row[0]
+        return found
+
     def record(
         self,
         contents: Iterable[ContentRow],
@@ -219,6 +272,28 @@ class Store:
                     "UPDATE files SET offline_since = NULL WHERE path = ?", [(p,) for p in paths]
                 )
             return cursor.rowcount
+
+    def collect_garbage(self, older_than_days: float) -> tuple[int, int]:
+        """Forget files gone longer than that, then contents (and embeddings) no file has.
+
+        Contents still in a group are kept until the next recluster drops them.
+        Returns (file rows, contents) removed.
+        """
+        cutoff = time.time() - older_than_days * 86400
+        with self.transaction() as conn:
+            files = conn.execute(
+                "DELETE FROM files WHERE state = 'gone' AND gone_at < ?", (cutoff,)
+            ).rowcount
+            contents = conn.execute(
+                "DELETE FROM contents WHERE created_at < ? "
+                "AND NOT EXISTS (SELECT 1 FROM files f WHERE f.content_hash = contents.hash) "
+                "AND NOT EXISTS (SELECT 1 FROM cluster_members m "
+                "WHERE m.content_hash = contents.hash)",
+                (cutoff,),
+            ).rowcount
+        self.conn.execute("PRAGMA optimize")
+        self.checkpoint()
+        return files, contents
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the database (readers can stop a checkpoint; it retries later)."""
@@ -362,8 +437,9 @@ class Store:
     def label_jobs(self, *, everything: bool = False) -> list[LabelJob]:
         """Active groups needing a title: new or changed, or still on a fallback title."""
         jobs = []
-        for cluster_id, digest, size, source in self.conn.execute(
-            "SELECT id, members_digest, size, label_source FROM clusters WHERE state = 'active' "
+        for cluster_id, digest, size, source, title, phrase in self.conn.execute(
+            "SELECT id, members_digest, size, label_source, title, catchy_phrase "
+            "FROM clusters WHERE state = 'active' "
             "AND (? OR needs_label = 1 OR label_source IS NOT 'ollama') ORDER BY id",
             (int(everything),),
         ).fetchall():
@@ -377,7 +453,7 @@ class Store:
                 )
                 if path is not None
             )
-            jobs.append(LabelJob(cluster_id, digest, size, reps, source))
+            jobs.append(LabelJob(cluster_id, digest, size, reps, source, title, phrase))
         return jobs
 
     def group_facts(self, cluster_id: int) -> GroupFacts:

@@ -1,0 +1,203 @@
+"""`imageclust run`: the long-running daemon's lifecycle.
+
+    lock the data dir (one instance) -> migrate -> load the model
+    -> start watching (events are buffered) -> schedule the jobs (the first
+    reconcile runs at once; buffered events are processed after it)
+    -> READY=1 -> supervise until SIGTERM/SIGINT (SIGHUP reloads the config)
+    -> STOPPING=1 -> let the running job finish its batch -> join -> exit 0
+
+The main thread only supervises: it restarts a dead observer (and rescans),
+pings systemd's watchdog while the observers live and the worker makes
+progress, and applies config reloads. All database writes happen on the job
+thread (see `jobs`).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import FrameType
+
+from imageclust_daemon import models, pipeline
+from imageclust_daemon.config import Config
+from imageclust_daemon.errors import ConfigError, ImageclustError
+from imageclust_daemon.jobs import Jobs
+from imageclust_daemon.store import Store
+from imageclust_daemon.watch import ChangeBuffer, Watcher
+
+log = logging.getLogger(__name__)
+
+SUPERVISE_EVERY = 1.0  # seconds between health checks of the observers and the worker
+STUCK_AFTER = 600.0  # a job with no progress this long is stuck: stop pinging the watchdog
+
+
+class AlreadyRunning(ImageclustError):
+    """Another `imageclust run` holds the data dir's lock."""
+
+    def __init__(self, lock_path: Path, pid: str) -> None:
+        self.pid = pid
+        super().__init__(
+            f"another imageclust daemon is already running (PID {pid or 'unknown'}; "
+            f"lock {lock_path})"
+        )
+
+
+def notify(message: str, environ: Mapping[str, str] = os.environ) -> bool:
+    """sd_notify(3): one datagram to $NOTIFY_SOCKET. False when not run by systemd."""
+    address = environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode("utf-8"))
+    except OSError as exc:
+        log.debug("sd_notify failed: %s", exc)
+        return False
+    return True
+
+
+class InstanceLock:
+    """flock on <data_dir>/daemon.lock. The file is never deleted: a deleted lock file
+    would let a second instance lock a new inode while the first holds the old one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                try:
+                    pid = self.path.read_text().strip()
+                except OSError:
+                    pid = ""
+                raise AlreadyRunning(self.path, pid) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+class Daemon:
+    def __init__(
+        self,
+        load_config: Callable[[], Config],
+        environ: Mapping[str, str] = os.environ,
+    ) -> None:
+        self._load_config = load_config
+        self._environ = environ
+        self.stop = threading.Event()
+        self._reload = threading.Event()
+
+    def _signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload.set()
+        else:
+            self.stop.set()
+
+    def _status(self, text: str) -> None:
+        log.info("%s", text)
+        notify(f"STATUS={text}", self._environ)
+
+    def run(self) -> int:
+        cfg = self._load_config()
+        lock = InstanceLock(cfg.data_dir / "daemon.lock")
+        lock.acquire()
+        watcher: Watcher | None = None
+        jobs: Jobs | None = None
+        previous = {
+            s: signal.signal(s, self._signal)
+            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
+        try:
+            Store.open(cfg.state_db_path).close()  # migrations, before anything else runs
+            model = self._model(cfg)
+            buffer = ChangeBuffer(cfg["library.settle_seconds"])
+            watcher = Watcher(
+                cfg.roots,
+                buffer,
+                force_poll=cfg["library.poll"],
+                poll_seconds=cfg["library.poll_seconds"],
+            )
+            watcher.start()
+            jobs = Jobs(cfg, model, buffer, self.stop, self._status)
+            jobs.start()
+            notify("READY=1", self._environ)
+            self._status(f"watching {len(cfg.roots)} folder(s); first rescan started")
+            self._supervise(watcher, jobs)
+        finally:
+            notify("STOPPING=1", self._environ)
+            log.info("stopping")
+            self.stop.set()
+            if jobs is not None:
+                jobs.shutdown()
+            if watcher is not None:
+                watcher.stop()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            lock.release()
+        log.info("stopped")
+        return 0
+
+    def _model(self, cfg: Config) -> pipeline.LoadedModel:
+        manifest = models.load_manifest()
+        name = cfg["model.name"]
+        if name not in manifest:
+            raise ConfigError("model.name", f"unknown model {name!r}; known: {sorted(manifest)}")
+        spec = manifest[name]
+        path = cfg["model.path"] or models.model_file(cfg.data_dir, spec)
+        with Store.open(cfg.state_db_path) as store:
+            return pipeline.load_model(spec, path, store, threads=cfg["model.threads"])
+
+    def _supervise(self, watcher: Watcher, jobs: Jobs) -> None:
+        watchdog_usec = int(self._environ.get("WATCHDOG_USEC", "0") or 0)
+        ping_every = watchdog_usec / 2e6 if watchdog_usec else 0.0
+        last_ping = 0.0
+        while not self.stop.wait(SUPERVISE_EVERY):
+            if self._reload.is_set():
+                self._reload.clear()
+                self._apply_reload(watcher, jobs)
+            if not watcher.healthy():
+                log.warning("a file watcher stopped or a root came back; restarting watchers")
+                watcher.restart()
+                jobs.buffer.rescan.set()
+            now = time.monotonic()
+            if ping_every and now - last_ping >= ping_every:
+                if watcher.healthy() and now - jobs.heartbeat < STUCK_AFTER:
+                    notify("WATCHDOG=1", self._environ)
+                    last_ping = now
+                else:
+                    log.error("unhealthy: not pinging the systemd watchdog")
+
+    def _apply_reload(self, watcher: Watcher, jobs: Jobs) -> None:
+        notify("RELOADING=1", self._environ)
+        try:
+            cfg = self._load_config()
+        except ImageclustError as exc:
+            log.error("config reload refused, keeping the old one: %s", exc)
+        else:
+            watcher.restart(cfg.roots)
+            jobs.reload(cfg)
+            log.info("config reloaded: watching %s", ", ".join(map(str, cfg.roots)))
+        notify("READY=1", self._environ)

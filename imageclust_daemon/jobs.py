@@ -1,0 +1,265 @@
+"""The daemon's work as scheduled jobs, run one at a time: the state database has one writer.
+
+Every job runs on the scheduler's single executor thread, so no two jobs ever
+overlap (each is also `max_instances=1`, `coalesce=True`):
+
+    ingest       every second: index the paths the watcher reported, once settled
+    reconcile    at start, then every `schedule.reconcile_seconds` (with jitter), and at
+                 once after lost events: rescan every root
+    regroup      when something changed and `schedule.recluster_seconds` passed since
+                 the last recluster: recluster, then relabel the changed groups
+    publish      when something changed, at most every `schedule.publish_seconds`
+    maintenance  daily: forget long-gone files and their embeddings, optimize, checkpoint
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from imageclust_daemon import pipeline, scan
+from imageclust_daemon.config import Config
+from imageclust_daemon.errors import ImageclustError
+from imageclust_daemon.ollama import OllamaClient, client_for
+from imageclust_daemon.records import IndexReport, display_path
+from imageclust_daemon.store import Store
+from imageclust_daemon.watch import ChangeBuffer
+
+log = logging.getLogger(__name__)
+
+STATUS_EVERY = 10.0  # seconds between progress STATUS lines during an index
+
+
+@dataclass
+class Jobs:
+    """State shared by the jobs; only the executor thread touches the store."""
+
+    cfg: Config
+    model: pipeline.LoadedModel
+    buffer: ChangeBuffer
+    stop: threading.Event
+    status: Callable[[str], None]  # sd_notify STATUS and a log line
+    heartbeat: float = field(default_factory=time.monotonic)  # last sign of progress
+    _store: Store | None = None
+    _started: bool = False  # the first reconcile has run: buffered events may be processed
+    _dirty: bool = True  # something changed since the last recluster
+    _publish_due: bool = True
+    _last_recluster: float = float("-inf")
+    _last_publish: float = float("-inf")
+    _client: OllamaClient | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    scheduler: BackgroundScheduler | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.scheduler = BackgroundScheduler(
+            executors={"default": JobExecutor(1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "skipped: busy" is normal
+        self._schedule(self.cfg)
+        self.scheduler.start()
+
+    def _schedule(self, cfg: Config) -> None:
+        assert self.scheduler is not None
+        every = cfg["schedule.reconcile_seconds"]
+        tick_regroup = min(60.0, max(1.0, cfg["schedule.recluster_seconds"] / 10))
+        tick_publish = min(30.0, max(0.5, cfg["schedule.publish_seconds"] / 2))
+        jobs: list[tuple[str, Callable[[], None], IntervalTrigger, bool]] = [
+            ("reconcile", self.reconcile, IntervalTrigger(seconds=every, jitter=every / 10), True),
+            ("ingest", self.ingest, IntervalTrigger(seconds=1), False),
+            ("regroup", self.regroup, IntervalTrigger(seconds=tick_regroup), False),
+            ("publish", self.publish, IntervalTrigger(seconds=tick_publish), False),
+            ("maintenance", self.maintenance, IntervalTrigger(days=1), False),
+        ]
+        for job_id, fn, trigger, now in jobs:
+            kwargs = {"next_run_time": _now()} if now else {}
+            self.scheduler.add_job(
+                self._guarded(job_id, fn), trigger, id=job_id, replace_existing=True, **kwargs
+            )
+
+    def reload(self, cfg: Config) -> None:
+        """New config (SIGHUP): reschedule, and reconcile now (roots may have changed)."""
+        self.cfg = cfg
+        self._schedule(cfg)
+        self.buffer.rescan.set()
+
+    def shutdown(self) -> None:
+        """Stop scheduling; let the running job finish its batch; close the store."""
+        self.stop.set()
+        with self._lock:
+            if self._client is not None:
+                self._client.close()  # an in-flight Ollama request ends now
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def _guarded(self, name: str, fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            if self.stop.is_set():
+                return
+            try:
+                fn()
+            except ImageclustError as exc:
+                log.error("%s: %s", name, exc)
+            except Exception:
+                log.exception("%s failed; it runs again on schedule", name)
+            finally:
+                self.heartbeat = time.monotonic()
+
+        return run
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.cfg.state_db_path, any_thread=True)
+        return self._store
+
+    # -- the jobs ----------------------------------------------------------------------------
+
+    def _index(self, only: list[bytes] | None) -> IndexReport:
+        cfg = self.cfg
+        last_status = [time.monotonic()]
+
+        def progress(done: int, total: int) -> None:
+            self.heartbeat = now = time.monotonic()
+            if now - last_status[0] >= STATUS_EVERY:
+                last_status[0] = now
+                self.status(f"indexing: {done} of {total} files")
+
+        def scan_error(path: bytes, reason: str) -> None:
+            log.warning("%s: %s", display_path(path), reason)
+
+        report = pipeline.index(
+            [os.fsencode(r) for r in cfg.roots],
+            store=self.store,
+            embedder=self.model.embedder,
+            spec=self.model.spec,
+            model=self.model.id,
+            excluder=scan.Excluder(tuple(cfg["library.exclude"])),
+            workers=cfg["index.workers"],
+            batch_size=cfg["model.batch_size"],
+            progress=progress,
+            on_scan_error=scan_error,
+            only=only,
+            stop=self.stop,
+        )
+        if report.changed:
+            self._dirty = self._publish_due = True
+            log.info(
+                "indexed: %d new or changed, %d embedded, %d moved, %d gone, %d failed",
+                report.scanned - report.unchanged,
+                report.embedded,
+                report.moved,
+                report.gone,
+                report.failed,
+            )
+        return report
+
+    def reconcile(self) -> None:
+        self.buffer.rescan.clear()
+        started = time.monotonic()
+        report = self._index(None)
+        self._started = True
+        self.status(
+            f"idle: {report.scanned} photos; last full rescan took "
+            f"{time.monotonic() - started:.0f} s"
+        )
+
+    def ingest(self) -> None:
+        if not self._started:
+            return  # events wait in the buffer until the startup reconcile is done
+        if self.buffer.rescan.is_set():
+            log.warning("file events were lost; rescanning every root")
+            self.reconcile()
+            return
+        paths = self.buffer.take_settled()
+        if paths:
+            self._index(sorted(set(paths)))
+
+    def regroup(self) -> None:
+        now = time.monotonic()
+        if not self._dirty or now - self._last_recluster < self.cfg["schedule.recluster_seconds"]:
+            return
+        self._dirty = False
+        self._last_recluster = now
+        run = pipeline.recluster(
+            self.store,
+            self.model.id,
+            min_size=self.cfg["cluster.min_size"],
+            max_size=self.cfg["cluster.max_size"],
+        )
+        if run.skipped:
+            log.debug("recluster: %s", run.note)
+        else:
+            log.info(
+                "recluster: %d photos, %d groups (%d new, %d changed, %d retired)",
+                run.n_points,
+                run.n_clusters,
+                run.new_clusters,
+                run.changed_clusters,
+                run.retired_clusters,
+            )
+            self._publish_due = True
+        self.relabel()
+
+    def relabel(self) -> None:
+        with self._lock:
+            if self.stop.is_set():
+                return
+            self._client = client = client_for(self.cfg, os.environ)
+        try:
+            report = pipeline.relabel(self.store, client, parallel=self.cfg["ollama.parallel"])
+        finally:
+            with self._lock:
+                self._client = None
+            client.close()
+        if report.changed:
+            self._publish_due = True
+        if report.changed or report.ollama:
+            log.info(
+                "relabel: %d from Ollama, %d fallback, %d cached%s",
+                report.ollama,
+                report.fallback,
+                report.cached,
+                f" ({report.problem})" if report.problem else "",
+            )
+        if report.fallback:
+            self._dirty = True  # ask Ollama again at the next regroup tick
+
+    def publish(self) -> None:
+        now = time.monotonic()
+        if not self._publish_due or now - self._last_publish < self.cfg["schedule.publish_seconds"]:
+            return
+        self._publish_due = False
+        self._last_publish = now
+        self.store.checkpoint()
+        report = pipeline.publish(
+            self.cfg.state_db_path,
+            self.cfg.catalog_path,
+            model_id=self.model.id,
+            organize_dir=self.cfg["organize.dir"],
+        )
+        log.info("published the catalog: %d photos, %d groups", report.photos, report.clusters)
+
+    def maintenance(self) -> None:
+        files, contents = self.store.collect_garbage(self.cfg["maintenance.gc_days"])
+        if files or contents:
+            log.info("maintenance: forgot %d gone files and %d unused contents", files, contents)
+
+
+def _now() -> object:
+    from datetime import datetime
+
+    return datetime.now().astimezone()
