@@ -154,6 +154,8 @@ class Jobs:
             on_scan_error=scan_error,
             only=only,
             stop=self.stop,
+            settle_seconds=cfg["library.settle_seconds"],
+            on_defer=self.buffer.touch_all,
         )
         if report.changed:
             self._dirty = self._publish_due = True

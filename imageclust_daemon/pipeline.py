@@ -261,11 +261,16 @@ def index(
     on_scan_error: scan.OnError = scan._ignore,
     only: Sequence[bytes] | None = None,
     stop: threading.Event | None = None,
+    settle_seconds: float = 0.0,
+    on_defer: Callable[[list[bytes]], None] | None = None,
 ) -> IndexReport:
     """Scan `roots`, read what changed, embed what is new, forget nothing. Returns the counts.
 
     `only`: look at just these paths under the roots (files, or folders walked whole),
     as the watcher reports them. `stop`: when set, finish the current batch and return.
+    `settle_seconds`: a new or changed file modified more recently than this may still
+    be being written; it is not read now but handed to `on_defer` (the daemon's watch
+    buffer), so it is read once, complete.
     """
     started = time.monotonic()
     roots = [os.path.realpath(r) for r in roots]
@@ -312,6 +317,14 @@ def index(
     if work.known_again:
         store.record([], work.known_again, [], model)
     gone = store.mark_gone(work.gone) if work.gone else 0
+
+    if settle_seconds > 0:
+        cutoff = time.time_ns() - int(settle_seconds * 1e9)
+        deferred = [f.path for f in work.to_read if f.mtime_ns > cutoff]
+        if deferred:
+            work = replace(work, to_read=[f for f in work.to_read if f.mtime_ns <= cutoff])
+            if on_defer is not None:
+                on_defer(deferred)
 
     settled = store.settled_hashes(model)
     to_read = list(work.to_read)

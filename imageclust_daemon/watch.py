@@ -120,6 +120,10 @@ class ChangeBuffer:
             else:
                 entry.touched = self.clock()
 
+    def touch_all(self, paths: Sequence[bytes]) -> None:
+        for path in paths:
+            self.touch(path)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._pending)

@@ -1,0 +1,345 @@
+"""End to end: the real daemon process (`imageclust run`) watching real folders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import ImageDraw
+
+from tests import photos
+from tests.conftest import write_config
+from tests.library import scene_library
+
+TIMEOUT = 60.0
+
+
+class DaemonProcess:
+    """`python -m imageclust_daemon run` with a NOTIFY_SOCKET we listen on, as systemd would."""
+
+    def __init__(self, config: Path, tmp: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.notify_path = tmp / f"notify-{time.monotonic_ns()}.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(os.fspath(self.notify_path))
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+        self.log = tmp / f"daemon-{time.monotonic_ns()}.log"
+        self._log_file = open(self.log, "wb")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "imageclust_daemon",
+                "--config",
+                str(config),
+                "--log-level",
+                "INFO",
+                "run",
+            ],
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "NOTIFY_SOCKET": os.fspath(self.notify_path), **(env or {})},
+        )
+
+    def received(self) -> list[str]:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                return self.messages
+
+    def wait_for_message(self, text: str, timeout: float = TIMEOUT) -> None:
+        wait_until(lambda: any(text in m for m in self.received()), timeout, f"{text}: {self}")
+
+    def terminate(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> tuple[int, float]:
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        return code, time.monotonic() - started
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._log_file.close()
+        self.sock.close()
+
+    def __str__(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for: {what}")
+
+
+def catalog_rows(data: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    path = data / "catalog.sqlite"
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def state_rows(data: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(f"file:{data / 'state.sqlite'}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def manifest(root: Path) -> dict[str, str]:
+    out = {}
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def daemon_config(tmp_path: Path, tiny_model: Path, fake_ollama: Any) -> Callable[..., Path]:
+    def make(roots: list[Path], **overrides: dict[str, Any]) -> Path:
+        sections: dict[str, dict[str, Any]] = {
+            "library": {"roots": [str(r) for r in roots], "settle_seconds": 0.5},
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "model": {"path": str(tiny_model), "batch_size": 4},
+            "schedule": {"recluster_seconds": 2, "publish_seconds": 0.5},
+            "cluster": {"min_size": 3, "max_size": 40},
+            "ollama": {"host": fake_ollama.url, "model": "llava", "backoff_base": 0.01},
+        }
+        for section, body in overrides.items():
+            sections.setdefault(section, {}).update(body)
+        return write_config(tmp_path / "daemon.toml", **sections)
+
+    return make
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start(config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
+        d = DaemonProcess(config, tmp_path, env)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.close()
+
+
+def _slow_copy(data: bytes, dest: Path, chunks: int = 6, pause: float = 0.5) -> None:
+    step = len(data) // chunks + 1
+    with open(dest, "wb") as f:
+        for i in range(0, len(data), step):
+            f.write(data[i : i + step])
+            f.flush()
+            time.sleep(pause)
+
+
+def test_arrivals_are_indexed_once_complete_and_grouped_with_titles(
+    tmp_path: Path, daemon_config: Callable[..., Path], daemons: Callable[..., DaemonProcess]
+) -> None:
+    root = tmp_path / "Pictures"
+    root.mkdir()
+    data = tmp_path / "data"
+    daemon = daemons(daemon_config([root]))
+    daemon.wait_for_message("READY=1")
+
+    staging = tmp_path / "staging"
+    scene_library(staging, 4, 10)  # 40 photos, written elsewhere, then copied in
+    for folder in sorted(staging.iterdir()):
+        (root / folder.name).mkdir()
+        for photo in sorted(folder.iterdir()):
+            (root / folder.name / photo.name).write_bytes(photo.read_bytes())
+    slow = []
+    for i in range(10):  # written slowly, in chunks, over ~3 s each
+        source = staging / "event 1" / sorted(os.listdir(staging / "event 1"))[i]
+        img = photos.photo_like(9000 + i, scene=1)
+        dest = root / "event 1" / f"slow_{i}.jpg"
+        _slow_copy(photos.jpeg_bytes(img), dest, chunks=6, pause=0.05 if i else 0.5)
+        slow.append(dest)
+        del source
+    wait_until(
+        lambda: (
+            catalog_rows(data, "SELECT count(*) FROM photos WHERE status = 'indexed'") == [(50,)]
+        ),
+        TIMEOUT,
+        f"50 photos indexed: {daemon}",
+    )
+    assert catalog_rows(data, "SELECT count(*) FROM photos") == [(50,)]
+    assert state_rows(data, "SELECT count(*) FROM contents WHERE error IS NOT NULL") == [(0,)], (
+        "a partly written file was read"
+    )
+    assert state_rows(data, "SELECT count(*) FROM embeddings") == [(50,)]
+    wait_until(
+        lambda: (
+            (rows := catalog_rows(data, "SELECT title, label_source FROM clusters"))
+            and all(t and s == "ollama" for t, s in rows)
+        ),
+        TIMEOUT,
+        f"titled groups: {daemon}",
+    )
+    code, seconds = daemon.terminate()
+    assert code == 0 and seconds < 10, (code, seconds)
+    assert any("STOPPING=1" in m for m in daemon.received())
+
+
+def test_renames_deletions_restarts_and_a_second_instance(
+    tmp_path: Path, daemon_config: Callable[..., Path], daemons: Callable[..., DaemonProcess]
+) -> None:
+    root = tmp_path / "Pictures"
+    scene_library(root, 2, 6)
+    data = tmp_path / "data"
+    config = daemon_config([root])
+    daemon = daemons(config)
+    daemon.wait_for_message("READY=1")
+    wait_until(
+        lambda: catalog_rows(data, "SELECT count(*) FROM photos WHERE status='indexed'") == [(12,)],
+        TIMEOUT,
+        f"12 indexed: {daemon}",
+    )
+    embeddings = state_rows(data, "SELECT count(*) FROM embeddings")
+
+    second = daemons(config)
+    assert second.proc.wait(timeout=30) != 0
+    assert f"PID {daemon.proc.pid}" in str(second)
+
+    (root / "event 0").rename(root / "renamed")
+    wait_until(
+        lambda: (
+            catalog_rows(
+                data, "SELECT count(*) FROM photos WHERE path LIKE ?", (f"{root}/renamed/%",)
+            )
+            == [(6,)]
+            and catalog_rows(data, "SELECT count(*) FROM photos") == [(12,)]
+        ),
+        TIMEOUT,
+        f"paths follow the rename: {daemon}",
+    )
+    assert state_rows(data, "SELECT count(*) FROM embeddings") == embeddings, "nothing re-embedded"
+
+    victim = sorted((root / "renamed").iterdir())[0]
+    victim.unlink()
+    wait_until(
+        lambda: (
+            catalog_rows(data, "SELECT count(*) FROM photos WHERE path = ?", (str(victim),))
+            == [(0,)]
+        ),
+        TIMEOUT,
+        "the deleted photo's row goes",
+    )
+    code, _ = daemon.terminate()
+    assert code == 0
+
+    added = [
+        photos.save_jpeg(photos.photo_like(7000 + i, scene=1), root / f"offline_{i}.jpg")
+        for i in range(3)
+    ]
+    before = manifest(root)
+    again = daemons(config)
+    again.wait_for_message("READY=1")
+    wait_until(
+        lambda: catalog_rows(data, "SELECT count(*) FROM photos WHERE status='indexed'") == [(14,)],
+        TIMEOUT,
+        f"photos added while stopped are found: {again}",
+    )
+    assert {r[0] for r in catalog_rows(data, "SELECT path FROM photos")} >= {str(p) for p in added}
+    code, _ = again.terminate()
+    assert code == 0
+    assert manifest(root) == before, "the photos were never modified"
+
+
+def test_kill_9_mid_index_then_restart_finishes_without_redoing_work(
+    tmp_path: Path, daemon_config: Callable[..., Path], daemons: Callable[..., DaemonProcess]
+) -> None:
+    root = tmp_path / "Pictures"
+    root.mkdir()
+    bases = [photos.photo_like(i, size=(1024, 768), scene=i % 5) for i in range(10)]
+    for i in range(500):  # 500 distinct photos, cheaply: a base photo with a unique mark
+        img = bases[i % 10].copy()
+        ImageDraw.Draw(img).rectangle(
+            (i % 40 * 20, i // 40 * 20, i % 40 * 20 + 15, i // 40 * 20 + 15),
+            fill=(i % 256, 255 - i % 256, 128),
+        )
+        photos.save_jpeg(img, root / f"IMG_{i:04d}.jpg")
+    before = manifest(root)
+    data = tmp_path / "data"
+    config = daemon_config([root], index={"workers": 1})
+    daemon = daemons(config)
+    wait_until(
+        lambda: (
+            (data / "state.sqlite").exists()
+            and state_rows(data, "SELECT count(*) FROM embeddings")[0][0] >= 40
+        ),
+        TIMEOUT,
+        f"indexing under way: {daemon}",
+    )
+    daemon.proc.send_signal(signal.SIGKILL)
+    daemon.proc.wait(timeout=10)
+    committed = dict(state_rows(data, "SELECT content_hash, created_at FROM embeddings"))
+    assert 0 < len(committed) < 500, len(committed)
+    assert state_rows(data, "PRAGMA integrity_check") == [("ok",)]
+
+    again = daemons(config)
+    wait_until(
+        lambda: (
+            catalog_rows(data, "SELECT count(*) FROM photos WHERE status='indexed'") == [(500,)]
+        ),
+        TIMEOUT * 2,
+        f"all 500 indexed after the restart: {again}",
+    )
+    code, _ = again.terminate()
+    assert code == 0
+    assert state_rows(data, "PRAGMA integrity_check") == [("ok",)]
+    assert state_rows(data, "SELECT count(*), count(DISTINCT path) FROM files") == [(500, 500)]
+    after = dict(state_rows(data, "SELECT content_hash, created_at FROM embeddings"))
+    assert len(after) == 500
+    assert all(after[h] == t for h, t in committed.items()), "committed work was redone"
+    assert manifest(root) == before
+
+
+def test_systemd_notify_watchdog_and_sighup_reload(
+    tmp_path: Path, daemon_config: Callable[..., Path], daemons: Callable[..., DaemonProcess]
+) -> None:
+    first, second = tmp_path / "one", tmp_path / "two"
+    scene_library(first, 1, 4)
+    scene_library(second, 1, 3)
+    data = tmp_path / "data"
+    config = daemon_config([first])
+    daemon = daemons(config, env={"WATCHDOG_USEC": "1000000"})
+    daemon.wait_for_message("READY=1")
+    daemon.wait_for_message("STATUS=")
+    daemon.wait_for_message("WATCHDOG=1")
+    wait_until(lambda: catalog_rows(data, "SELECT count(*) FROM photos") == [(4,)], TIMEOUT, "4")
+
+    daemon_config([first, second])  # rewrite the config with a second root
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: catalog_rows(data, "SELECT count(*) FROM photos") == [(7,)],
+        TIMEOUT,
+        f"the new root is indexed after SIGHUP: {daemon}",
+    )
+    code, seconds = daemon.terminate(signal.SIGINT)
+    assert code == 0 and seconds < 10
