@@ -104,6 +104,16 @@ def _metadata(image: Image.Image, width: int, height: int) -> PhotoMeta:
     return PhotoMeta(width, height, taken, lat, lon)
 
 
+_SWAPS_AXES = frozenset({5, 6, 7, 8})  # EXIF orientations that turn the picture 90 degrees
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except Exception:  # unreadable EXIF: as stored
+        return 1
+
+
 def _oriented(image: Image.Image) -> Image.Image:
     try:
         return ImageOps.exif_transpose(image)
@@ -111,11 +121,19 @@ def _oriented(image: Image.Image) -> Image.Image:
         return image
 
 
-def decode(data: bytes | BinaryIO, spec: Preprocessing, *, path: str = "") -> DecodedPhoto:
+def decode(
+    data: bytes | BinaryIO,
+    spec: Preprocessing,
+    *,
+    path: str = "",
+    reduced_decode: bool = True,
+) -> DecodedPhoto:
     """Decode fully (a truncated file passes `verify()` but fails here) and preprocess.
 
     `data` is the file's bytes, or the open file for one too large to hold in memory.
-    MemoryError is left to the caller: it says nothing about the photo.
+    `reduced_decode`: let a large JPEG decode at a reduced scale (see below); False gives
+    exactly CLIP's reference path. MemoryError is left to the caller: it says nothing
+    about the photo.
     """
     if isinstance(data, bytes) and not data:
         raise DecodeError(path, "empty file (0 bytes)")
@@ -129,11 +147,20 @@ def decode(data: bytes | BinaryIO, spec: Preprocessing, *, path: str = "") -> De
                     f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
                     f"{MAX_PIXELS / 1e6:.0f} MP limit for one photo (decompression bomb?)",
                 )
+            if reduced_decode and image.format == "JPEG":
+                # JPEG decodes at 1/2, 1/4 or 1/8 scale in the DCT for a fraction of the cost
+                # (a 12 MP photo: 70 -> 32 ms), kept at >= 2x the resize target so the
+                # bicubic resize still does the final filtering. Differs from the full-size
+                # path by <= 0.05 (mean <= 0.005) in normalized units: tests/test_decode.py.
+                target = 2 * spec.resize_shortest
+                image.draft(None, (target, target))
             image.load()
-            meta_source = image
-            oriented = _oriented(image)
-            meta = _metadata(meta_source, oriented.width, oriented.height)
-            pixels = model_input(oriented, spec)
+            orientation = _orientation(image)
+            shown = (height, width) if orientation in _SWAPS_AXES else (width, height)
+            meta = _metadata(image, *shown)
+            # exif_transpose copies the image even when there is nothing to turn
+            upright = _oriented(image) if orientation != 1 else image
+            pixels = model_input(upright, spec)
     except DecodeError:
         raise
     except UnidentifiedImageError:

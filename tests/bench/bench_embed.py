@@ -1,0 +1,130 @@
+"""Benchmark: the embedding pipeline against the inference ceiling (not part of the test run).
+
+    python tests/tools/make_vit_model.py /tmp/vit-b32.onnx        # once (needs torch)
+    python tests/bench/bench_embed.py /tmp/vit-b32.onnx [--photos 300] [--library DIR]
+
+On a generated library of photo-like 12-megapixel JPEGs, measured side by side:
+  (a) ceiling: the same ONNX Runtime session over batches of already-preprocessed tensors
+  (b) `imageclust index` end to end (scan, read, hash, decode, preprocess, embed, store)
+  (c) naive: one image at a time, full-size decode, no batching, no thread pool
+Prints images/s for each and the ratios b/a and b/c.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from imageclust_daemon import models, pipeline
+from imageclust_daemon.embed import Embedder, model_io, open_session
+from imageclust_daemon.preprocess import model_input
+from imageclust_daemon.store import Store
+from tests import photos
+
+
+def make_library(folder: Path, n: int) -> list[Path]:
+    """n distinct 4000x3000 JPEGs: 10 photo-like bases, each copy with its own mark.
+
+    Sensor-like noise (sigma 6) gives them a real photo's entropy: ~4 MB at quality 92,
+    so decoding costs what it costs on a camera's JPEG.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = sorted(folder.glob("*.jpg"))
+    if len(existing) >= n:
+        return existing[:n]
+    rng = np.random.default_rng(0)
+    bases = []
+    for i in range(10):
+        smooth = np.asarray(photos.photo_like(i, size=(4000, 3000), scene=i % 5), np.float32)
+        noisy = smooth + rng.normal(0, 6, smooth.shape).astype(np.float32)
+        bases.append(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)))
+    paths = []
+    for i in range(n):
+        img = bases[i % 10].copy()
+        x, y = (i * 97) % 3800, (i * 53) % 2800
+        ImageDraw.Draw(img).ellipse((x, y, x + 150, y + 150), fill=(i % 256, 80, 255 - i % 256))
+        path = folder / f"IMG_{i:04d}.jpg"
+        img.save(path, quality=92)
+        paths.append(path)
+    return paths
+
+
+def ceiling(embedder: Embedder, paths: list[Path], spec: models.ModelSpec, batch: int) -> float:
+    tensors = []
+    for path in paths:
+        with Image.open(path) as img:
+            img.draft("RGB", (448, 448))
+            tensors.append(model_input(img, spec.preprocessing))
+    x = np.stack(tensors)
+    embedder.embed(x[:batch])  # warm up
+    started = time.perf_counter()
+    for i in range(0, len(x), batch):
+        embedder.embed(x[i : i + batch])
+    return len(x) / (time.perf_counter() - started)
+
+
+def end_to_end(model_path: Path, library: Path, spec: models.ModelSpec, batch: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "s.sqlite") as store:
+        loaded = pipeline.load_model(spec, model_path, store)
+        loaded.embedder.embed(np.zeros((1, 3, 224, 224), np.float32))  # warm up, as (a)
+        report = pipeline.index(
+            [os.fsencode(library)],
+            store=store,
+            embedder=loaded.embedder,
+            spec=spec,
+            model=loaded.id,
+            batch_size=batch,
+        )
+        assert report.embedded == report.scanned, report
+        return report.embedded / report.seconds
+
+
+def naive(embedder: Embedder, paths: list[Path], spec: models.ModelSpec) -> float:
+    started = time.perf_counter()
+    for path in paths:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            x = model_input(img, spec.preprocessing)
+        embedder.embed(x[None])
+    return len(paths) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("model", type=Path, help="an ONNX CLIP vision model (make_vit_model.py)")
+    p.add_argument("--photos", type=int, default=300)
+    p.add_argument("--library", type=Path, default=Path(tempfile.gettempdir()) / "bench-12mp")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--name", default="clip-vit-b32", help="manifest entry for preprocessing")
+    p.add_argument("--naive", type=int, default=60, help="photos for the (slow) naive run")
+    args = p.parse_args()
+    spec = models.load_manifest()[args.name]
+    paths = make_library(args.library / str(args.photos), args.photos)
+    session = open_session(args.model)
+    embedder = Embedder(session, model_io(session, path=str(args.model), image_size=224))
+    a = ceiling(embedder, paths, spec, args.batch)
+    b = end_to_end(args.model, args.library / str(args.photos), spec, args.batch)
+    c = naive(embedder, paths[: args.naive], spec)
+    print(
+        f"model {args.model.name}, {len(paths)} photos of 4000x3000, batch {args.batch}, "
+        f"{os.cpu_count()} cores"
+    )
+    print(f"(a) ceiling (preprocessed tensors) {a:6.2f} images/s")
+    print(f"(b) imageclust index end to end    {b:6.2f} images/s")
+    print(f"(c) naive (1 at a time, full size) {c:6.2f} images/s  ({args.naive} photos)")
+    print(f"b/a = {b / a:.2f}   b/c = {b / c:.2f}")
+
+
+if __name__ == "__main__":
+    main()
