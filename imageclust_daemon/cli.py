@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("name", nargs="?", help="manifest name (default: model.name)")
     dl.add_argument("--url", help="download from this URL instead of the manifest's")
     dl.add_argument("--no-progress", action="store_true")
+    qz = msub.add_parser("quantize", help="write an int8 copy of the model (faster; see README)")
+    qz.add_argument("name", nargs="?", help="manifest name (default: model.name)")
     vf = msub.add_parser("verify", help="check a model file's size, checksum and contract")
     vf.add_argument("name", nargs="?", help="manifest name (default: model.name)")
 
@@ -321,6 +323,11 @@ def cmd_models(args: argparse.Namespace, cfg: config.Config) -> int:
         return 0
     spec = _spec(cfg, args.name)
     path = _model_path(cfg, spec) if args.name is None else models.model_file(cfg.data_dir, spec)
+    if args.models_command == "quantize":
+        dest = models.quantize(path, models.int8_file(path))
+        print(f"{spec.name}: wrote {dest}")
+        print(f'use it with model.path = "{dest}" (a different model: photos are re-embedded)')
+        return 0
     if args.models_command == "download":
         from tqdm import tqdm
 

@@ -29,7 +29,7 @@ from types import FrameType
 from imageclust_daemon import models, pipeline
 from imageclust_daemon.config import Config
 from imageclust_daemon.errors import ConfigError, ImageclustError
-from imageclust_daemon.jobs import Jobs
+from imageclust_daemon.jobs import Jobs, LazyModel
 from imageclust_daemon.store import Store
 from imageclust_daemon.watch import ChangeBuffer, Watcher
 
@@ -160,7 +160,8 @@ class Daemon:
         log.info("stopped")
         return 0
 
-    def _model(self, cfg: Config) -> pipeline.LoadedModel:
+    def _model(self, cfg: Config) -> LazyModel:
+        """Check the model now (a bad file fails the start), then hold only its identity."""
         manifest = models.load_manifest()
         name = cfg["model.name"]
         if name not in manifest:
@@ -168,7 +169,8 @@ class Daemon:
         spec = manifest[name]
         path = cfg["model.path"] or models.model_file(cfg.data_dir, spec)
         with Store.open(cfg.state_db_path) as store:
-            return pipeline.load_model(spec, path, store, threads=cfg["model.threads"])
+            loaded = pipeline.load_model(spec, path, store, threads=cfg["model.threads"])
+        return LazyModel(spec, path, loaded.id, cfg["model.threads"])
 
     def _supervise(self, watcher: Watcher, jobs: Jobs) -> None:
         watchdog_usec = int(self._environ.get("WATCHDOG_USEC", "0") or 0)

@@ -21,6 +21,12 @@ from imageclust_daemon.errors import ModelContractError, ModelNotFoundError
 _SHA_CHUNK = 1 << 20
 
 
+class BatchEmbedder(Protocol):
+    """Anything that turns a preprocessed batch into L2-normalized embeddings."""
+
+    def embed(self, batch: np.ndarray) -> np.ndarray: ...
+
+
 class InferenceSession(Protocol):
     def get_inputs(self) -> list[Any]: ...
     def get_outputs(self) -> list[Any]: ...

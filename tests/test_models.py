@@ -560,3 +560,20 @@ def test_verify_reports_every_problem(model_bytes: bytes, tmp_path: Path) -> Non
     junk = models.verify(replace(spec, sha256=None, size_bytes=None), path)
     assert not junk.ok
     assert any("ONNX Runtime cannot load it" in p for p in junk.problems)
+
+
+def test_int8_quantization_keeps_the_contract_and_the_embeddings(tmp_path: Path) -> None:
+    import numpy as np
+
+    from imageclust_daemon.embed import Embedder, model_io, open_session
+
+    source = build_tiny_clip(tmp_path / "tiny.onnx", dim=32)
+    dest = models.quantize(source, models.int8_file(source))
+    assert dest.name == "tiny-int8.onnx" and dest.stat().st_size < source.stat().st_size
+    x = np.random.default_rng(0).standard_normal((4, 3, 224, 224)).astype(np.float32)
+    out = []
+    for path in (source, dest):
+        session = open_session(path)
+        out.append(Embedder(session, model_io(session, path=str(path), image_size=224)).embed(x))
+    cosine = (out[0] * out[1]).sum(axis=1)
+    assert cosine.min() > 0.99, cosine
