@@ -14,6 +14,8 @@ overlap (each is also `max_instances=1`, `coalesce=True`):
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import os
 import threading
@@ -73,7 +75,18 @@ class LazyModel:
     def release_if_idle(self, now: float, idle: float = MODEL_IDLE_SECONDS) -> None:
         if self._embedder is not None and now - self._used >= idle:
             self._embedder = None
+            _return_freed_memory()
             log.info("model unloaded after %.0f s without work", idle)
+
+
+def _return_freed_memory() -> None:
+    """glibc keeps freed heap pages: a dropped ViT-B/32 session left RSS at 436 MB, and
+    malloc_trim(0) brought it to 65 MB. Elsewhere (macOS, musl) there is nothing to do."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass

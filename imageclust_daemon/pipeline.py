@@ -555,18 +555,16 @@ def relabel(
         return LabelReport()
     llm, version = client.model, label.PROMPT_VERSION
     cached = changed = 0
-    todo: list[tuple[LabelJob, label.GroupFacts, Place | None]] = []
+    waiting: list[LabelJob] = []
     for job in jobs:
         hit = None if everything else store.cached_label(job.members_digest, llm, version)
         if hit is not None:
             store.save_label(job, hit, llm, version)
             cached += 1
             changed += _differs(job, hit)
-            continue
-        facts = store.group_facts(job.cluster_id)
-        where = label.centre(facts.positions)
-        todo.append((job, facts, place_of(*where) if where else None))
-    if not todo:
+        else:
+            waiting.append(job)
+    if not waiting:
         return LabelReport(len(jobs), cached, changed=changed, seconds=time.monotonic() - started)
 
     problem: str | None = None
@@ -580,6 +578,14 @@ def relabel(
     down = threading.Event()
     if problem:
         down.set()
+        # Ollama is away: a group whose fallback title is current keeps it as it is; only
+        # new and changed groups need one now (a library without an LLM stays cheap).
+        waiting = [job for job in waiting if job.needs_label or everything]
+    todo: list[tuple[LabelJob, label.GroupFacts, Place | None]] = []
+    for job in waiting:
+        facts = store.group_facts(job.cluster_id)
+        where = label.centre(facts.positions)
+        todo.append((job, facts, place_of(*where) if where else None))
 
     def ask(
         job: LabelJob, facts: label.GroupFacts, place: Place | None

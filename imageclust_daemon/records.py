@@ -176,3 +176,4 @@ class LabelJob:
     label_source: str | None  # what it has now, if anything
     title: str | None = None
     catchy_phrase: str | None = None
+    needs_label: bool = True  # new, changed or untitled; False: only an Ollama retry is due

@@ -437,8 +437,9 @@ class Store:
     def label_jobs(self, *, everything: bool = False) -> list[LabelJob]:
         """Active groups needing a title: new or changed, or still on a fallback title."""
         jobs = []
-        for cluster_id, digest, size, source, title, phrase in self.conn.execute(
-            "SELECT id, members_digest, size, label_source, title, catchy_phrase "
+        for cluster_id, digest, size, source, title, phrase, needs in self.conn.execute(
+            "SELECT id, members_digest, size, label_source, title, catchy_phrase, "
+            "needs_label OR title IS NULL "
             "FROM clusters WHERE state = 'active' "
             "AND (? OR needs_label = 1 OR label_source IS NOT 'ollama') ORDER BY id",
             (int(everything),),
@@ -453,7 +454,9 @@ class Store:
                 )
                 if path is not None
             )
-            jobs.append(LabelJob(cluster_id, digest, size, reps, source, title, phrase))
+            jobs.append(
+                LabelJob(cluster_id, digest, size, reps, source, title, phrase, bool(needs))
+            )
         return jobs
 
     def group_facts(self, cluster_id: int) -> GroupFacts:
@@ -492,7 +495,8 @@ class Store:
     def save_label(self, job: LabelJob, label: Label, llm_model: str, prompt_version: int) -> None:
         """Give a group its title; an LLM title is also cached under the group's membership.
 
-        A fallback title leaves `needs_label` set, so the LLM is asked again next cycle.
+        A fallback title stays marked `label_source = 'fallback'`, so the LLM is asked
+        again next cycle; `needs_label` is cleared either way (the title is current).
         """
         now = time.time()
         with self.transaction() as conn:
@@ -517,7 +521,7 @@ class Store:
                     label.catchy_phrase,
                     label.source,
                     now,
-                    int(label.source != "ollama"),
+                    0,  # the title is current for this membership, whatever wrote it
                     job.cluster_id,
                     job.members_digest,
                 ),
