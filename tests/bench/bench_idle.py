@@ -25,8 +25,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.conftest import write_config  # noqa: E402
-from tests.onnx_models import build_tiny_clip  # noqa: E402
+from tests.conftest import write_config
+from tests.onnx_models import build_tiny_clip
 
 
 def make_photos(root: Path, n: int) -> None:
