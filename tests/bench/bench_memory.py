@@ -42,7 +42,8 @@ def main() -> None:
                 "from imageclust_daemon.cli import main\n"
                 f"rc = main(['--config', {str(config)!r}, 'index', '--json', '--no-progress', "
                 f"{str(folder)!r}])\n"
-                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)\n"
+                "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024\n"
+                "print(peak, file=sys.stderr)\n"
             )
             out = subprocess.run(
                 [sys.executable, "-c", code], capture_output=True, text=True, check=True
