@@ -14,6 +14,7 @@ overlap (each is also `max_instances=1`, `coalesce=True`):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import logging
@@ -83,10 +84,8 @@ def _return_freed_memory() -> None:
     """glibc keeps freed heap pages: a dropped ViT-B/32 session left RSS at 436 MB, and
     malloc_trim(0) brought it to 65 MB. Elsewhere (macOS, musl) there is nothing to do."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 @dataclass
