@@ -44,6 +44,17 @@ def _under(root: bytes) -> tuple[bytes, bytes]:
     return root + b"/", root + b"0"
 
 
+# The columns a KnownFile is made of (a constant: no caller's text reaches the SQL).
+_KNOWN = "size, mtime_ns, inode, device, content_hash, state, error, offline_since IS NOT NULL"
+
+
+def _known_file(row: Sequence[Any]) -> KnownFile:
+    size, mtime_ns, inode, device, content_hash, state, error, offline = row
+    return KnownFile(
+        (size, mtime_ns, inode, device), content_hash, state == "live", error, bool(offline)
+    )
+
+
 def vector_to_blob(vector: np.ndarray) -> bytes:
     return np.asarray(vector, dtype="<f4").tobytes()
 
@@ -146,38 +157,19 @@ class Store:
         for root in roots:
             low, high = _under(root)
             for row in self.conn.execute(
-                "SELECT path, size, mtime_ns, inode, device, content_hash, state, error, "
-                "offline_since IS NOT NULL FROM files WHERE path >= ? AND path < ?",
-                (low, high),
+                f"SELECT path, {_KNOWN} FROM files WHERE path >= ? AND path < ?", (low, high)
             ):
-                path, size, mtime_ns, inode, device, content_hash, state, error, offline = row
-                known[path] = KnownFile(
-                    (size, mtime_ns, inode, device),
-                    content_hash,
-                    state == "live",
-                    error,
-                    bool(offline),
-                )
+                known[row[0]] = _known_file(row[1:])
         return known
 
     def files_at(self, paths: Sequence[bytes]) -> dict[bytes, KnownFile]:
         """What is remembered of each path and of everything under it (if it is a folder)."""
         known = self.files_under(paths)
         for path in paths:
-            row = self.conn.execute(
-                "SELECT size, mtime_ns, inode, device, content_hash, state, error, "
-                "offline_since IS NOT NULL FROM files WHERE path = ?",
-                (path,),
-            ).fetchone()
-            if row:
-                size, mtime_ns, inode, device, content_hash, state, error, offline = row
-                known[path] = KnownFile(
-                    (size, mtime_ns, inode, device),
-                    content_hash,
-                    state == "live",
-                    error,
-                    bool(offline),
-                )
+            row = self.conn.execute(f"SELECT {_KNOWN} FROM files WHERE path = ?", (path,))
+            found = row.fetchone()
+            if found:
+                known[path] = _known_file(found)
         return known
 
     def departed(

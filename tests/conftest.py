@@ -99,3 +99,10 @@ def fake_ollama() -> Iterator[Any]:
 
     with FakeOllama() as server:
         yield server
+
+
+def cli_json(config: Path, *args: str) -> Any:
+    """Run `imageclust --config CONFIG ARGS --json`; it must succeed; its parsed output."""
+    result = run_cli("--config", str(config), *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

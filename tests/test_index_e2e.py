@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests import photos
-from tests.conftest import run_cli
+from tests.conftest import cli_json, run_cli
 
 
 def _manifest(root: Path) -> dict[bytes, tuple[int, int, str]]:
@@ -95,15 +95,11 @@ def library(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int]]]:
 
 
 def _index(config: Path, *paths: Path) -> dict[str, int]:
-    result = run_cli("--config", str(config), "index", "--json", *map(str, paths))
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return cli_json(config, "index", *map(str, paths))  # type: ignore[no-any-return]
 
 
 def _status(config: Path) -> dict[str, object]:
-    result = run_cli("--config", str(config), "status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return cli_json(config, "status")  # type: ignore[no-any-return]
 
 
 def test_index_counts_rescan_reads_nothing_and_moves_embed_nothing(

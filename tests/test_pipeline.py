@@ -12,7 +12,7 @@ from PIL import Image
 from imageclust_daemon.pipeline import Claims, plan, prepare
 from imageclust_daemon.records import FileStat, KnownFile, Preprocessing
 from tests import photos
-from tests.conftest import run_cli
+from tests.conftest import cli_json, run_cli
 
 
 def _stat(path: bytes, inode: int, size: int = 10, mtime: int = 5) -> FileStat:
@@ -110,15 +110,11 @@ def test_a_large_photo_is_hashed_in_chunks_and_decoded_from_the_file(tmp_path: P
 
 
 def _index(config: Path) -> dict[str, int]:
-    out = run_cli("--config", str(config), "index", "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    return cli_json(config, "index")  # type: ignore[no-any-return]
 
 
 def _status(config: Path) -> dict[str, int]:
-    out = run_cli("--config", str(config), "status", "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    return cli_json(config, "status")  # type: ignore[no-any-return]
 
 
 def test_a_missing_or_empty_root_marks_photos_offline_not_gone(

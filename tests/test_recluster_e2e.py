@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import run_cli
+from tests.conftest import cli_json, run_cli
 from tests.library import add_photos, scene_library
 from tests.metrics import adjusted_rand_index
 
@@ -26,12 +26,6 @@ def _library(root: Path) -> dict[str, int]:
     shutil.copyfile(root / "event 0" / "IMG_000.jpg", dup)
     truth[os.fsdecode(dup)] = 0
     return truth
-
-
-def _cli_json(config: Path, *args: str) -> dict[str, object]:
-    result = run_cli("--config", str(config), *args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def _groups_by_path(db_path: Path) -> dict[str, int]:
@@ -60,9 +54,9 @@ def test_recluster_recovers_groups_and_keeps_ids(tmp_path: Path, make_config) ->
     truth = _library(root)
     config = make_config(cluster={"min_size": MIN_SIZE, "max_size": MAX_SIZE})
     db = tmp_path / "data" / "state.sqlite"
-    assert _cli_json(config, "index", str(root))["embedded"] == SCENES * PER_SCENE
+    assert cli_json(config, "index", str(root))["embedded"] == SCENES * PER_SCENE
 
-    first = _cli_json(config, "recluster")
+    first = cli_json(config, "recluster")
     assert first["n_points"] == SCENES * PER_SCENE, "the duplicate counts once"
     assert first["new_clusters"] == first["n_clusters"] and not first["skipped"]
     groups = _groups_by_path(db)
@@ -77,23 +71,23 @@ def test_recluster_recovers_groups_and_keeps_ids(tmp_path: Path, make_config) ->
         groups[os.fsdecode(root / "event 0" / "IMG_000 copy.jpg")]
         == groups[os.fsdecode(root / "event 0" / "IMG_000.jpg")]
     )
-    status = _cli_json(config, "status")
+    status = cli_json(config, "status")
     assert status["clusters"] == first["n_clusters"]
 
     # Nothing changed: nothing is done, and it says so.
     again = run_cli("--config", str(config), "recluster")
     assert again.returncode == 0 and "nothing changed" in again.stdout
     # Forced: every id is kept, no group changed.
-    forced = _cli_json(config, "recluster", "--force")
+    forced = cli_json(config, "recluster", "--force")
     assert forced["new_clusters"] == 0 and forced["changed_clusters"] == 0
     assert _groups_by_path(db) == groups
 
     # ~2% new photos, all of scene 3: only the group they join changes; the others keep ids.
     for path in add_photos(root, scene=3, count=2, first_seed=3500):
         truth[os.fsdecode(path)] = 3
-    added = _cli_json(config, "index", str(root))
+    added = cli_json(config, "index", str(root))
     assert added["embedded"] == 2, json.dumps(added)
-    after = _cli_json(config, "recluster")
+    after = cli_json(config, "recluster")
     assert after["new_clusters"] == 0 and after["retired_clusters"] == 0
     assert after["changed_clusters"] == 1
     regrouped = _groups_by_path(db)

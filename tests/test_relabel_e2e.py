@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import run_cli
+from tests.conftest import cli_json
 from tests.library import add_photos, scene_library
 
 SCENES, PER_SCENE = 4, 8
 
 
-def _json(config: Path, *args: str) -> Any:
-    result = run_cli("--config", str(config), *args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
 def _groups(config: Path) -> dict[int, dict[str, Any]]:
-    rows = _json(
+    rows = cli_json(
         config, "query", "SELECT id, title, catchy_phrase, label_source, size FROM clusters"
     )
     return {row["id"]: row for row in rows}
@@ -45,10 +38,10 @@ def test_relabel_titles_changed_groups_only_and_falls_back_offline(
             "backoff_cap": 0.05,
         },
     )
-    _json(config, "index", str(root))
-    assert _json(config, "recluster")["n_clusters"] == SCENES
+    cli_json(config, "index", str(root))
+    assert cli_json(config, "recluster")["n_clusters"] == SCENES
 
-    first = _json(config, "relabel")
+    first = cli_json(config, "relabel")
     assert first["groups"] == SCENES and first["ollama"] == SCENES and first["fallback"] == 0
     groups = _groups(config)
     assert len(groups) == SCENES
@@ -63,26 +56,26 @@ def test_relabel_titles_changed_groups_only_and_falls_back_offline(
 
     # Nothing changed: nothing is sent, not even a model check.
     before = len(fake_ollama.requests())
-    assert _json(config, "relabel")["groups"] == 0
+    assert cli_json(config, "relabel")["groups"] == 0
     assert len(fake_ollama.requests()) == before
 
     # New photos join one group: exactly that group is sent again.
     add_photos(root, scene=2, count=2, first_seed=2500)
-    _json(config, "index", str(root))
-    regroup = _json(config, "recluster")
+    cli_json(config, "index", str(root))
+    regroup = cli_json(config, "recluster")
     assert regroup["changed_clusters"] == 1 and regroup["new_clusters"] == 0
     generated = len(fake_ollama.generate_requests())
-    again = _json(config, "relabel")
+    again = cli_json(config, "relabel")
     assert again["groups"] == 1 and again["ollama"] == 1
     assert len(fake_ollama.generate_requests()) == generated + 1
 
     # Ollama down: the changed group gets a fallback title promptly; the run exits 0.
     fake_ollama.stop()
     add_photos(root, scene=0, count=2, first_seed=500)
-    _json(config, "index", str(root))
-    assert _json(config, "recluster")["changed_clusters"] == 1
+    cli_json(config, "index", str(root))
+    assert cli_json(config, "recluster")["changed_clusters"] == 1
     started = time.monotonic()
-    offline = _json(config, "relabel")
+    offline = cli_json(config, "relabel")
     elapsed = time.monotonic() - started
     assert offline["fallback"] == 1 and offline["ollama"] == 0 and offline["problem"]
     assert elapsed < 8, elapsed  # process start + one refused connection, no retries per group
@@ -93,6 +86,6 @@ def test_relabel_titles_changed_groups_only_and_falls_back_offline(
 
     # Back up: the fallback title is replaced on the next run.
     fake_ollama.start()
-    back = _json(config, "relabel")
+    back = cli_json(config, "relabel")
     assert back["groups"] == 1 and back["ollama"] == 1
     assert all(g["label_source"] == "ollama" for g in _groups(config).values())
