@@ -164,7 +164,10 @@ def test_arrivals_are_indexed_once_complete_and_grouped_with_titles(
     root = tmp_path / "Pictures"
     root.mkdir()
     data = tmp_path / "data"
-    daemon = daemons(daemon_config([root]))
+    # A writer that pauses longer than settle_seconds looks finished: that is the settle
+    # rule. The slow copies below pause 0.3 s between chunks, well inside 1.5 s even on
+    # a loaded machine (0.5 s pauses against a 0.5 s settle were read early under load).
+    daemon = daemons(daemon_config([root], library={"settle_seconds": 1.5}))
     daemon.wait_for_message("READY=1")
 
     staging = tmp_path / "staging"
@@ -173,14 +176,10 @@ def test_arrivals_are_indexed_once_complete_and_grouped_with_titles(
         (root / folder.name).mkdir()
         for photo in sorted(folder.iterdir()):
             (root / folder.name / photo.name).write_bytes(photo.read_bytes())
-    slow = []
-    for i in range(10):  # written slowly, in chunks, over ~3 s each
-        source = staging / "event 1" / sorted(os.listdir(staging / "event 1"))[i]
+    for i in range(10):  # written slowly, in chunks: the first over ~2 s, the rest quicker
         img = photos.photo_like(9000 + i, scene=1)
         dest = root / "event 1" / f"slow_{i}.jpg"
-        _slow_copy(photos.jpeg_bytes(img), dest, chunks=6, pause=0.05 if i else 0.5)
-        slow.append(dest)
-        del source
+        _slow_copy(photos.jpeg_bytes(img), dest, chunks=6, pause=0.05 if i else 0.3)
     wait_until(
         lambda: (
             catalog_rows(data, "SELECT count(*) FROM photos WHERE status = 'indexed'") == [(50,)]
