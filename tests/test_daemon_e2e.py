@@ -287,14 +287,14 @@ def test_kill_9_mid_index_then_restart_finishes_without_redoing_work(
     data = tmp_path / "data"
     config = daemon_config([root], index={"workers": 1})
     daemon = daemons(config)
-    wait_until(
-        lambda: (
-            (data / "state.sqlite").exists()
-            and state_rows(data, "SELECT count(*) FROM embeddings")[0][0] >= 40
-        ),
-        TIMEOUT,
-        f"indexing under way: {daemon}",
-    )
+
+    def embedded() -> int:
+        try:  # the daemon may not have created or migrated the database yet
+            return int(state_rows(data, "SELECT count(*) FROM embeddings")[0][0])
+        except sqlite3.OperationalError:
+            return 0
+
+    wait_until(lambda: embedded() >= 40, TIMEOUT, f"indexing under way: {daemon}")
     daemon.proc.send_signal(signal.SIGKILL)
     daemon.proc.wait(timeout=10)
     committed = dict(state_rows(data, "SELECT content_hash, created_at FROM embeddings"))
