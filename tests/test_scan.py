@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,15 +114,37 @@ def test_a_missing_root_is_reported_not_raised(tmp_path: Path) -> None:
     assert found == [] and len(errors) == 1 and "cannot open root" in errors[0][1]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
 def test_an_unreadable_folder_is_reported_and_the_walk_goes_on(tmp_path: Path) -> None:
+    """Walks in a child process that, even as root, is refused a mode-0 folder."""
     _touch(tmp_path / "locked" / "x.jpg")
     _touch(tmp_path / "open" / "y.jpg")
     (tmp_path / "locked").chmod(0)
-    errors: list[tuple[bytes, str]] = []
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root without setpriv reads any folder")
+        caps = "-dac_override,-dac_read_search"
+        prefix = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}"]
+    code = (
+        "import json, os, sys\n"
+        "from imageclust_daemon import scan\n"
+        "errors, lost = [], set()\n"
+        "found = [os.fsdecode(f.path) for f in scan.walk(os.fsencode(sys.argv[1]), "
+        "scan.image_extensions(False), on_error=lambda p, r: errors.append(r), "
+        "unreachable=lost)]\n"
+        "print(json.dumps([found, errors, sorted(map(os.fsdecode, lost))]))\n"
+    )
     try:
-        found = _names(tmp_path, on_error=lambda p, r: errors.append((p, r)))
+        out = subprocess.run(
+            [*prefix, sys.executable, "-c", code, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     finally:
         (tmp_path / "locked").chmod(0o755)
-    assert found == ["open/y.jpg"]
-    assert errors and "cannot list folder" in errors[0][1]
+    found, errors, lost = json.loads(out.stdout)
+    assert found == [str(tmp_path / "open" / "y.jpg")]
+    assert len(errors) == 1 and "cannot list folder" in errors[0]
+    assert lost == [str(tmp_path / "locked")], "what is under it is unknown, not gone"
