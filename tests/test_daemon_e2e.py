@@ -342,3 +342,25 @@ def test_systemd_notify_watchdog_and_sighup_reload(
     )
     code, seconds = daemon.terminate(signal.SIGINT)
     assert code == 0 and seconds < 10
+
+
+def test_polling_roots_still_see_changes(
+    tmp_path: Path, daemon_config: Callable[..., Path], daemons: Callable[..., DaemonProcess]
+) -> None:
+    """library.poll = true: what network filesystems get (they send no change events)."""
+    root = tmp_path / "nas"
+    scene_library(root, 1, 3)
+    data = tmp_path / "data"
+    daemon = daemons(daemon_config([root], library={"poll": True, "poll_seconds": 0.5}))
+    wait_until(lambda: catalog_rows(data, "SELECT count(*) FROM photos") == [(3,)], TIMEOUT, "3")
+    photos.save_jpeg(photos.photo_like(5, scene=0), root / "new.jpg")
+    (root / "event 0" / "IMG_000.jpg").unlink()
+    wait_until(
+        lambda: (
+            {os.path.basename(p) for (p,) in catalog_rows(data, "SELECT path FROM photos")}
+            == {"new.jpg", "IMG_001.jpeg", "IMG_002.webp"}
+        ),
+        TIMEOUT,
+        f"a polled root's new and deleted files: {daemon}",
+    )
+    assert daemon.terminate()[0] == 0
