@@ -253,6 +253,7 @@ class Jobs:
             self.model.id,
             min_size=self.cfg["cluster.min_size"],
             max_size=self.cfg["cluster.max_size"],
+            stop=self.stop,
         )
         if run.skipped:
             log.debug("recluster: %s", run.note)

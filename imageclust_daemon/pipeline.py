@@ -429,7 +429,13 @@ UNFINISHED_SHARE = 0.10  # recluster waits while more than this share of content
 
 
 def recluster(
-    store: Store, model: str, *, min_size: int, max_size: int, force: bool = False
+    store: Store,
+    model: str,
+    *,
+    min_size: int,
+    max_size: int,
+    force: bool = False,
+    stop: threading.Event | None = None,
 ) -> ClusterRun:
     """Regroup the live library's distinct contents; keep ids; flag new and changed groups.
 
@@ -455,7 +461,12 @@ def recluster(
     last = store.last_cluster_run()
     if last is not None and last.input_digest == digest and not force:
         return replace(last, skipped=True, note=f"nothing changed since run #{last.run_id}")
-    result = cluster.cluster(x, min_size, max_size)
+    try:
+        result = cluster.cluster(
+            x, min_size, max_size, cancelled=stop.is_set if stop is not None else cluster._never
+        )
+    except cluster.Cancelled:
+        return ClusterRun(model, min_size, max_size, digest, skipped=True, note="stopped")
     labels = result.labels
     members: list[list[int]] = [[] for _ in range(result.n_clusters)]
     for i, group in enumerate(labels.tolist()):

@@ -204,3 +204,20 @@ def test_match_clusters_prefers_the_optimal_assignment() -> None:
     previous = {1: {"a", "b", "c", "d", "g"}, 2: {"e", "f"}}
     current = [{"a", "b", "c", "e", "f"}, {"d", "g"}]
     assert match_clusters(previous, current, threshold=0.3) == [2, 1]
+
+
+def test_a_cancelled_clustering_stops_between_steps() -> None:
+    """A daemon shutting down mid-recluster: both the exact and the two-stage paths poll."""
+    from imageclust_daemon.cluster import Cancelled
+
+    x, _ = blobs([40] * 10, d=16, seed=1)
+    for kw in ({}, {"exact_max": 100, "micro_clusters": 50}):
+        polls: list[int] = []
+
+        def cancel_on_second_poll(polls: list[int] = polls) -> bool:
+            polls.append(1)
+            return len(polls) >= 2
+
+        with pytest.raises(Cancelled):
+            cluster(x, 5, 200, cancelled=cancel_on_second_poll, **kw)  # type: ignore[arg-type]
+        assert len(polls) == 2
