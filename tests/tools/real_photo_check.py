@@ -27,9 +27,9 @@ from PIL import Image, ImageEnhance, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests import photos  # noqa: E402
-from tests.conftest import write_config  # noqa: E402
-from tests.metrics import adjusted_rand_index  # noqa: E402
+from tests import photos
+from tests.conftest import write_config
+from tests.metrics import adjusted_rand_index
 
 SUBJECTS = [
     "astronaut",
