@@ -288,9 +288,8 @@ def index(
         scanned = {f.path: f for f in found}
         known = store.files_under(roots)
         for root in roots:  # an empty root that had photos is an unmounted drive, not a purge
-            low, high = root.rstrip(b"/") + b"/", root.rstrip(b"/") + b"0"
-            if not any(low <= p < high for p in scanned) and any(
-                low <= p < high and k.live for p, k in known.items()
+            if not any(_under_any(p, [root]) for p in scanned) and any(
+                k.live and _under_any(p, [root]) for p, k in known.items()
             ):
                 unreachable.add(root)
     else:

@@ -6,7 +6,6 @@ not valid UTF-8 is legal on Linux and must round-trip exactly.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,11 +14,6 @@ import numpy as np
 def display_path(path: bytes) -> str:
     """A printable form of a raw path (undecodable bytes shown as \\xNN escapes)."""
     return path.decode("utf-8", "backslashreplace")
-
-
-def fs_path(path: bytes) -> str:
-    """The str form the OS accepts for this exact path (surrogate-escaped)."""
-    return os.fsdecode(path)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 ARCHS = {
     # hidden, intermediate, layers, heads, patch, projection
@@ -46,11 +47,18 @@ def export(out: Path, arch: str) -> Path:
         def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
             return self.model(pixel_values=pixel_values).image_embeds
 
-    dummy = torch.zeros(1, 3, 224, 224)
+    return export_image_model(ImageEmbeds(), out)
+
+
+def export_image_model(module: Any, out: Path) -> Path:
+    """Write `module` as ONNX with the CLIP vision export's contract:
+    `pixel_values` float32 [N,3,224,224] -> `image_embeds` float32 [N,D]."""
+    import torch
+
     with torch.no_grad():
         torch.onnx.export(
-            ImageEmbeds(),
-            (dummy,),
+            module.eval(),
+            (torch.zeros(1, 3, 224, 224),),
             str(out),
             input_names=["pixel_values"],
             output_names=["image_embeds"],

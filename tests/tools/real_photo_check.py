@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests import photos
 from tests.conftest import write_config
 from tests.metrics import adjusted_rand_index
+from tests.tools.make_vit_model import export_image_model
 
 SUBJECTS = [
     "astronaut",
@@ -65,18 +66,7 @@ def export(out: Path) -> Path:
             x = self.net.extract_features(pixel_values)
             return self.net._avg_pooling(x).flatten(1)
 
-    with torch.no_grad():
-        torch.onnx.export(
-            Features().eval(),
-            (torch.zeros(1, 3, 224, 224),),
-            str(out),
-            input_names=["pixel_values"],
-            output_names=["image_embeds"],
-            dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    return out
+    return export_image_model(Features(), out)
 
 
 def shots(img: Image.Image, seed: int) -> list[Image.Image]:
