@@ -7,7 +7,11 @@ On a generated library of photo-like 12-megapixel JPEGs, measured side by side:
   (a) ceiling: the same ONNX Runtime session over batches of already-preprocessed tensors
   (b) `imageclust index` end to end (scan, read, hash, decode, preprocess, embed, store)
   (c) naive: one image at a time, full-size decode, no batching, no thread pool
-Prints images/s for each and the ratios b/a and b/c.
+Prints images/s for each and the ratios b/a and b/c, then the per-photo budget in
+core-milliseconds (each stage timed alone, one photo at a time) and the b/a it allows:
+with D core-ms of non-inference work and I of inference per photo on the same cores,
+b/a cannot exceed I / (I + D). The entropy-decode floor is a 1/8-scale decode, which
+still has to Huffman-decode every coefficient of the file.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import blake3
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -100,6 +106,39 @@ def naive(embedder: Embedder, paths: list[Path], spec: models.ModelSpec) -> floa
     return len(paths) / (time.perf_counter() - started)
 
 
+def budget(paths: list[Path], spec: models.ModelSpec) -> dict[str, float]:
+    """Median core-ms per photo of each non-inference stage, timed one at a time."""
+    stages: dict[str, list[float]] = {
+        "read+hash": [],
+        "decode as index does": [],
+        "resize+normalize": [],
+        "decode at 1/8 (floor)": [],
+    }
+
+    def timed(stage: str, fn):
+        started = time.perf_counter()
+        result = fn()
+        stages[stage].append((time.perf_counter() - started) * 1000)
+        return result
+
+    def read_and_hash(path: Path) -> bytes:
+        data = path.read_bytes()
+        blake3.blake3(data).hexdigest()
+        return data
+
+    target = 2 * spec.preprocessing.resize_shortest
+    for path in paths:
+        data = timed("read+hash", lambda: read_and_hash(path))  # noqa: B023
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft(None, (target, target))
+            timed("decode as index does", img.load)
+            timed("resize+normalize", lambda: model_input(img, spec.preprocessing))
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft(None, (img.width // 8, img.height // 8))
+            timed("decode at 1/8 (floor)", img.load)
+    return {stage: statistics.median(ms) for stage, ms in stages.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("model", type=Path, help="an ONNX CLIP vision model (make_vit_model.py)")
@@ -124,6 +163,16 @@ def main() -> None:
     print(f"(b) imageclust index end to end    {b:6.2f} images/s")
     print(f"(c) naive (1 at a time, full size) {c:6.2f} images/s  ({args.naive} photos)")
     print(f"b/a = {b / a:.2f}   b/c = {b / c:.2f}")
+    cores = os.cpu_count() or 1
+    inference = 1000 * cores / a  # the ceiling keeps every core busy with inference
+    stages = budget(paths[:30], spec)
+    print(f"per photo, core-ms: inference {inference:.1f} (= {cores} cores / ceiling)")
+    for stage, ms in stages.items():
+        print(f"  {stage:24s} {ms:6.1f}")
+    other = sum(ms for stage, ms in stages.items() if "floor" not in stage)
+    floor = stages["decode at 1/8 (floor)"]
+    print(f"b/a allowed by this budget:            {inference / (inference + other):.2f}")
+    print(f"b/a if all but entropy decoding were free: {inference / (inference + floor):.2f}")
 
 
 if __name__ == "__main__":
