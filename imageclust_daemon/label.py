@@ -9,6 +9,7 @@ where (the nearest place to their GPS positions) and when (their EXIF dates).
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import statistics
@@ -60,6 +61,9 @@ _MARKUP = re.compile(r"[*_`#~<>\[\]{}|\\]+")
 _QUOTES = "\"'“”‘’«»„‟`"
 _SPACE = re.compile(r"\s+")
 _TRAILING = " ,;:-–—/"
+# Quote pairs that must be balanced in a cut text ('single' quotes double as apostrophes).
+# German „…“ closes with the English opening quote, so its texts are left alone.
+_PAIRS = (('"', '"'), ("“", "”"), ("«", "»"))
 
 
 def clean_text(text: str, limit: int) -> str:
@@ -70,8 +74,21 @@ def clean_text(text: str, limit: int) -> str:
     if len(text) > limit:
         cut = text[: limit + 1]
         space = cut.rfind(" ")
-        text = _trim(cut[:space] if space > 0 else text[:limit])
+        text = _trim(_balance_quotes(cut[:space] if space > 0 else text[:limit]))
     return text
+
+
+def _balance_quotes(text: str) -> str:
+    """Drop a quote left open by a cut ('Lunch at "the lake' -> 'Lunch at the lake')."""
+    for opening, closing in _PAIRS:
+        if opening == closing:
+            if text.count(opening) % 2:
+                at = text.rfind(opening)
+                text = text[:at] + text[at + 1 :]
+        elif text.count(opening) > text.count(closing) and "„" not in text:
+            at = text.rfind(opening)
+            text = text[:at] + text[at + 1 :]
+    return _SPACE.sub(" ", text)
 
 
 def _trim(text: str) -> str:
@@ -93,7 +110,7 @@ def describe_when(taken_at: Sequence[str], southern: bool = False) -> str | None
         return None
     first, last = days[0], days[-1]
     if (first.year, first.month) == (last.year, last.month):
-        return first.strftime("%B %Y")
+        return f"{_MONTHS[first.month - 1]} {first.year}"  # not strftime: it follows the locale
     season_first, season_last = _season(first, southern), _season(last, southern)
     if season_first == season_last and (last - first).days < 100:
         name, year = season_first
@@ -101,6 +118,12 @@ def describe_when(taken_at: Sequence[str], southern: bool = False) -> str | None
     if first.year == last.year:
         return str(first.year)
     return f"{first.year}–{last.year}"
+
+
+_MONTHS = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)  # fmt: skip
 
 
 def _parse_day(text: str) -> datetime | None:
@@ -122,13 +145,22 @@ def _season(day: datetime, southern: bool) -> tuple[str, int]:
 
 
 def centre(positions: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
-    """Median latitude and longitude: robust to one photo tagged on the other side of the world."""
+    """Median latitude and longitude: robust to one photo tagged on the other side of the world.
+
+    Longitude is circular: the median is taken after cutting the circle at the widest gap
+    between the photos, so a trip either side of the 180th meridian centres on it, not on
+    the opposite side of the Earth.
+    """
     if not positions:
         return None
-    return (
-        statistics.median(p[0] for p in positions),
-        statistics.median(p[1] for p in positions),
-    )
+    lat = statistics.median(p[0] for p in positions)
+    lons = sorted(p[1] for p in positions)
+    gaps = [b - a for a, b in itertools.pairwise(lons)]
+    if not gaps or max(gaps) <= lons[0] + 360.0 - lons[-1]:
+        return lat, statistics.median(lons)  # the widest gap spans the 180th meridian
+    cut = gaps.index(max(gaps)) + 1  # the circle opens between lons[cut - 1] and lons[cut]
+    lon = statistics.median(lons[cut:] + [x + 360.0 for x in lons[:cut]])
+    return lat, lon - 360.0 if lon > 180.0 else lon
 
 
 def build_prompt(facts: GroupFacts, place: str | None, n_images: int) -> str:

@@ -128,6 +128,11 @@ def test_clean_text_cuts_at_a_word_boundary(words: list[str], limit: int) -> Non
         ("Supercalifragilisticexpialidocious", 10, "Supercalif"),
         ('""', 25, ""),
         ("   ", 25, ""),
+        ('Lunch at "the lake house with friends"', 25, "Lunch at the lake house"),  # cut open
+        ("Dinner at “the old harbour” tonight", 22, "Dinner at the old"),
+        ('A "quoted" word and more words here', 25, 'A "quoted" word and more'),
+        ("Lisa's birthday party at the beach", 25, "Lisa's birthday party at"),
+        ("Sommer „am See“ mit Freunden", 25, "Sommer „am See“ mit"),
     ],
 )
 def test_clean_text_examples(raw: str, limit: int, expected: str) -> None:
@@ -254,6 +259,45 @@ def test_describe_when_never_raises(taken_at: list[str], southern: bool) -> None
 def test_centre_is_the_median_and_ignores_one_outlier() -> None:
     assert centre([]) is None
     assert centre([(48.85, 2.35), (48.86, 2.34), (-33.9, 151.2)]) == (48.85, 2.35)
+
+
+@pytest.mark.parametrize(
+    ("lons", "expected"),
+    [
+        ([179.5, -179.5, 179.8], 179.8),  # Fiji, either side of the 180th meridian
+        ([179.5, -179.5, -179.8], -179.8),
+        ([170.0, -170.0], 180.0),  # halfway, across the date line (not 0)
+        ([-10.0, 10.0], 0.0),
+        ([-179.0, -178.0, -177.0, 10.0], -178.5),  # one outlier pulls half a step
+        ([5.0], 5.0),
+    ],
+)
+def test_centre_longitude_wraps_at_the_date_line(lons: list[float], expected: float) -> None:
+    where = centre([(-17.0, lon) for lon in lons])
+    assert where is not None
+    assert where[0] == -17.0
+    assert where[1] == pytest.approx(expected) or abs(where[1]) == abs(expected) == 180.0
+
+
+@given(st.lists(st.floats(-180, 180), min_size=1, max_size=20), st.floats(-720, 720))
+def test_centre_longitude_turns_with_the_earth(lons: list[float], turn: float) -> None:
+    """Rotating every photo east by `turn` degrees rotates the centre by the same amount."""
+
+    def wrap(lon: float) -> float:
+        return (lon + 180.0) % 360.0 - 180.0
+
+    def distance(a: float, b: float) -> float:
+        return abs(wrap(a - b))
+
+    base = centre([(0.0, lon) for lon in lons])
+    turned = centre([(0.0, wrap(lon + turn)) for lon in lons])
+    assert base is not None and turned is not None
+    assert -180.0 <= turned[1] <= 180.0
+    # Equal up to float rounding, unless two gaps tie for widest (then either cut is right).
+    ring = sorted(lons)
+    gaps = sorted((b - a) % 360.0 for a, b in zip(ring, ring[1:] + ring[:1], strict=True))
+    if len(gaps) < 2 or gaps[-1] - gaps[-2] > 1e-6:
+        assert distance(turned[1], base[1] + turn) < 1e-6
 
 
 # -- fallback_label ---------------------------------------------------------------------------
