@@ -11,7 +11,9 @@ block a publish. Rollback journal (never WAL), so any reader, even with
 Paths: `path` is the file's path as text: exactly the path for every name that
 is valid UTF-8; for a name that is not, each undecodable byte is written as
 `\\xNN`. `path_bytes` holds every path's exact bytes, so `CAST(path_bytes AS ...)`
-or reading the BLOB round-trips any name.
+or reading the BLOB round-trips any name. In the contrived case where that escaped
+form reads exactly like another file's path (a real name spelled with backslashes),
+it gets " (2)", " (3)", ... appended, so `path` stays a key and a publish never fails.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,6 +87,33 @@ def text_path(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def escaped_texts(escaped: list[bytes], exact: Callable[[str], bool]) -> dict[bytes, str]:
+    """Distinct text forms for the paths that are not valid UTF-8 (`escaped`, sorted).
+
+    `exact(text)` says whether some valid UTF-8 path reads `text`. An escaped form that
+    collides with it, or with an earlier escaped one, gets " (2)", " (3)", ... appended.
+    """
+    texts: dict[bytes, str] = {}
+    used: set[str] = set()
+    for raw in escaped:
+        base = text = text_path(raw)
+        n = 1
+        while text in used or exact(text):
+            n += 1
+            text = f"{base} ({n})"
+        used.add(text)
+        texts[raw] = text
+    return texts
+
+
 @dataclass(frozen=True)
 class PublishReport:
     path: Path
@@ -142,7 +172,7 @@ def uri(path: Path, **params: str) -> str:
 def _build(state_db: Path, tmp: Path, *, model_id: str | None, daemon_version: str) -> None:
     conn = sqlite3.connect(uri(tmp), uri=True, isolation_level=None)
     try:
-        conn.create_function("text_path", 1, text_path, deterministic=True)
+        conn.create_function("is_utf8", 1, _is_utf8, deterministic=True)
         conn.execute("PRAGMA journal_mode = OFF")  # a private temp file: no journal needed
         conn.execute("PRAGMA synchronous = OFF")  # fsynced once, before the rename
         conn.execute("ATTACH ? AS state", (uri(state_db, mode="ro"),))
@@ -162,6 +192,17 @@ def _build(state_db: Path, tmp: Path, *, model_id: str | None, daemon_version: s
             "strftime('%Y-%m-%dT%H:%M:%S+00:00', max(coalesce(c.labeled_at, 0), r.started_at), "
             "'unixepoch') FROM state.clusters c JOIN state.cluster_runs r ON r.id = c.changed_run "
             "WHERE c.state = 'active'"
+        )
+        escaped = [
+            raw
+            for (raw,) in conn.execute(
+                "SELECT path FROM state.files WHERE state = 'live' AND NOT is_utf8(path) "
+                "ORDER BY path"
+            )
+        ]
+        texts = escaped_texts(escaped, lambda text: _is_live(conn, text.encode()))
+        conn.create_function(
+            "text_path", 1, lambda raw: texts.get(raw) or raw.decode(), deterministic=True
         )
         conn.execute(
             "INSERT INTO photos (path, path_bytes, content_hash, size, width, height, taken_at, "
@@ -192,6 +233,13 @@ def _build(state_db: Path, tmp: Path, *, model_id: str | None, daemon_version: s
         conn.execute("DETACH state")
     finally:
         conn.close()
+
+
+def _is_live(conn: sqlite3.Connection, raw: bytes) -> bool:
+    found = conn.execute(
+        "SELECT 1 FROM state.files WHERE path = ? AND state = 'live'", (raw,)
+    ).fetchone()
+    return found is not None
 
 
 # -- read-only queries ---------------------------------------------------------------------------

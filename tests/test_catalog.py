@@ -60,6 +60,8 @@ def published(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dic
         shutil.copyfile(root / "events" / "event 0" / "IMG_000.jpg", root / name)
     with open(os.fsencode(root) + b"/raw-\xff\xfe.jpg", "wb") as f:
         f.write((root / "events" / "event 1" / "IMG_001.jpeg").read_bytes())
+    # A valid UTF-8 name spelled exactly like the one above once escaped: both keep a row.
+    shutil.copyfile(root / "events" / "event 2" / "IMG_001.jpeg", root / "raw-\\xff\\xfe.jpg")
     config = write_config(
         base / "c.toml",
         library={"roots": [str(root)], "exclude": ["skipme"]},
@@ -134,15 +136,34 @@ def test_every_image_file_under_the_root_has_exactly_one_row(published: dict[str
     finally:
         conn.close()
     assert sorted(r[1] for r in rows) == sorted(expected), "one row per file, no more, no less"
+    texts = {raw: text for text, raw, _, _ in rows}
+    undecodable = next(raw for raw in texts if raw.endswith(b"raw-\xff\xfe.jpg"))
+    spelled = next(raw for raw in texts if raw.endswith(b"raw-\\xff\\xfe.jpg"))
+    # The text form escapes the bad bytes; the real name that reads the same way keeps it.
+    assert texts[spelled] == catalog.text_path(spelled) == catalog.text_path(undecodable)
+    assert texts[undecodable] == catalog.text_path(undecodable) + " (2)"
     for text, raw, status, error in rows:
-        assert text == catalog.text_path(raw)
+        assert raw == undecodable or text == catalog.text_path(raw)
         assert (status == "failed") == (error is not None)
     failed = {os.path.basename(raw) for _, raw, status, _ in rows if status == "failed"}
     assert failed == {b"empty.jpg", b"truncated.jpg", b"notes.jpg", b"bomb.png", b"corrupt.jpg"}
-    raw_name = next(r for r in rows if r[1].endswith(b"raw-\xff\xfe.jpg"))
-    assert raw_name[0].endswith("raw-\\xff\\xfe.jpg")  # the text form escapes the bad bytes
     assert groups[0] >= 3 and groups[0] == groups[1], "every group has a title"
     assert sources == {"fallback"}
+
+
+def test_escaped_texts_are_distinct_from_every_path() -> None:
+    exact = {"a\\xff", "a\\xff (2)"}
+    texts = catalog.escaped_texts([b"a\xff", b"a\\xff\xfe", b"b\xfe"], exact.__contains__)
+    assert texts == {
+        b"a\xff": "a\\xff (3)",  # "a\xff" and "a\xff (2)" are real names
+        b"a\\xff\xfe": "a\\xff\\xfe",
+        b"b\xfe": "b\\xfe",
+    }
+    # Two undecodable names that escape alike: the second is numbered.
+    assert catalog.escaped_texts([b"\\xff\xfe", b"\xff\xfe"], lambda _: False) == {
+        b"\\xff\xfe": "\\xff\\xfe",
+        b"\xff\xfe": "\\xff\\xfe (2)",
+    }
 
 
 def test_no_blobs_but_paths_and_smaller_than_the_state(published: dict[str, Any]) -> None:
