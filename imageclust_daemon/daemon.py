@@ -3,7 +3,7 @@
     lock the data dir (one instance) -> migrate -> load the model
     -> start watching (events are buffered) -> schedule the jobs (the first
     reconcile runs at once; buffered events are processed after it)
-    -> READY=1 -> supervise until SIGTERM/SIGINT (SIGHUP reloads the config)
+    -> READY=1 -> supervise until SIGTERM/SIGINT (SIGHUP reloads the config, model included)
     -> STOPPING=1 -> let the running job finish its batch -> join -> exit 0
 
 The main thread only supervises: it restarts a dead observer (and rescans),
@@ -193,13 +193,25 @@ class Daemon:
                     log.error("unhealthy: not pinging the systemd watchdog")
 
     def _apply_reload(self, watcher: Watcher, jobs: Jobs) -> None:
+        """Reread the config (SIGHUP). A new model is checked here, and used from the next
+        job on: the library is embedded again with it, the old embeddings kept for a
+        switch back. A config that fails its checks changes nothing."""
         notify("RELOADING=1", self._environ)
         try:
             cfg = self._load_config()
+            if cfg.data_dir != jobs.cfg.data_dir:
+                raise ConfigError(
+                    "storage.data_dir", "cannot change while the daemon runs: restart it"
+                )
+            model = None if _model_settings(cfg) == _model_settings(jobs.cfg) else self._model(cfg)
         except ImageclustError as exc:
             log.error("config reload refused, keeping the old one: %s", exc)
         else:
             watcher.restart(cfg.roots)
-            jobs.reload(cfg)
+            jobs.reload(cfg, model)
             log.info("config reloaded: watching %s", ", ".join(map(str, cfg.roots)))
         notify("READY=1", self._environ)
+
+
+def _model_settings(cfg: Config) -> tuple[object, ...]:
+    return cfg["model.name"], cfg["model.path"], cfg["model.threads"]

@@ -105,6 +105,7 @@ class Jobs:
     _last_recluster: float = float("-inf")
     _last_publish: float = float("-inf")
     _client: OllamaClient | None = None
+    _next_model: LazyModel | None = None  # from a reload, taken up between jobs
     _lock: threading.Lock = field(default_factory=threading.Lock)
     scheduler: BackgroundScheduler | None = None
 
@@ -137,9 +138,16 @@ class Jobs:
                 self._guarded(job_id, fn), trigger, id=job_id, replace_existing=True, **kwargs
             )
 
-    def reload(self, cfg: Config) -> None:
-        """New config (SIGHUP): reschedule, and reconcile now (roots may have changed)."""
-        self.cfg = cfg
+    def reload(self, cfg: Config, model: LazyModel | None = None) -> None:
+        """New config (SIGHUP): reschedule, and reconcile now (roots may have changed).
+
+        A new `model` takes over at the start of the next job, never in the middle of one;
+        the reconcile then embeds every photo that has no embedding from it yet.
+        """
+        with self._lock:
+            self.cfg = cfg
+            if model is not None:
+                self._next_model = model
         self._schedule(cfg)
         self.buffer.rescan.set()
 
@@ -160,6 +168,7 @@ class Jobs:
             if self.stop.is_set():
                 return
             try:
+                self._switch_model()
                 fn()
             except ImageclustError as exc:
                 log.error("%s: %s", name, exc)
@@ -169,6 +178,23 @@ class Jobs:
                 self.heartbeat = time.monotonic()
 
         return run
+
+    def _switch_model(self) -> None:
+        """On the job thread, between jobs: take up the model a reload brought."""
+        with self._lock:
+            model, self._next_model = self._next_model, None
+        if model is None:
+            return
+        was_loaded, changed = self.model.loaded, model.id != self.model.id
+        self.model = model  # same weights with other settings (threads): just a new session
+        if was_loaded:
+            _return_freed_memory()
+        if changed:
+            # Embed the whole library first: a regroup before that would see no embeddings
+            # from this model and empty the catalog's groups until it was done.
+            log.info("model changed to %s: embedding the library again", model.id)
+            self.reconcile()
+            self._dirty = self._publish_due = True
 
     @property
     def store(self) -> Store:

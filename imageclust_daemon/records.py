@@ -91,7 +91,7 @@ class IndexReport:
     @property
     def changed(self) -> bool:
         """Whether anything the catalog shows may have changed."""
-        return bool(self.scanned != self.unchanged or self.gone or self.offline)
+        return bool(self.scanned != self.unchanged or self.gone or self.offline or self.embedded)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 from PIL import ImageDraw
 
+from imageclust_daemon.embed import model_id
 from tests import photos
 from tests.conftest import write_config
 from tests.library import scene_library
+from tests.onnx_models import build_tiny_clip
 
 TIMEOUT = 60.0
 
@@ -342,6 +344,52 @@ def test_systemd_notify_watchdog_and_sighup_reload(
     )
     code, seconds = daemon.terminate(signal.SIGINT)
     assert code == 0 and seconds < 10
+
+
+def test_sighup_switches_the_model_and_refuses_a_bad_one(
+    tmp_path: Path, daemon_config: Callable[..., Path], daemons: Callable[..., DaemonProcess]
+) -> None:
+    """A new model.path takes effect on SIGHUP: every photo is embedded again with it and
+    grouped under it; a reload naming a missing model changes nothing."""
+    root = tmp_path / "Photos"
+    scene_library(root, 2, 4)
+    data = tmp_path / "data"
+    daemon = daemons(daemon_config([root]))
+    daemon.wait_for_message("READY=1")
+
+    def model_and_indexed() -> tuple[Any, ...]:
+        return tuple(
+            row[0]
+            for sql in (
+                "SELECT value FROM catalog_info WHERE key = 'model'",
+                "SELECT count(*) FROM photos WHERE status = 'indexed' AND cluster_id NOT NULL",
+                "SELECT count(*) FROM clusters",
+            )
+            for row in catalog_rows(data, sql)
+        )
+
+    wait_until(lambda: catalog_rows(data, "SELECT count(*) FROM clusters") == [(2,)], TIMEOUT, "2")
+    old_model = model_and_indexed()[0]
+
+    other = build_tiny_clip(tmp_path / "other.onnx", dim=24, seed=7)
+    new_model = model_id("clip-vit-b32", hashlib.sha256(other.read_bytes()).hexdigest())
+    daemon_config([root], model={"path": str(other)})
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: model_and_indexed() == (new_model, 8, 2),
+        TIMEOUT,
+        f"the library is embedded and grouped again with the new model: {daemon}",
+    )
+    assert new_model != old_model
+    dims = state_rows(data, "SELECT model_id, dim, count(*) FROM embeddings GROUP BY model_id")
+    assert sorted(dims) == sorted([(old_model, 32, 8), (new_model, 24, 8)])
+
+    daemon_config([root], model={"path": str(tmp_path / "missing.onnx")})
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "config reload refused" in str(daemon), TIMEOUT, "a refused reload")
+    time.sleep(1.5)  # a publish tick: nothing may have changed
+    assert model_and_indexed() == (new_model, 8, 2)
+    assert daemon.terminate()[0] == 0
 
 
 def test_polling_roots_still_see_changes(
