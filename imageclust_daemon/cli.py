@@ -154,6 +154,15 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
         for root in roots:
             if not root.is_dir():
                 raise ConfigError("PATH", f"not a folder: {root}")
+        library = [os.fsencode(os.path.realpath(r)) for r in cfg.roots]
+        for root in roots:
+            if not pipeline.under_any(os.fsencode(os.path.realpath(root)), library):
+                log.warning(
+                    "%s is not under library.roots%s: its photos are indexed now, but the "
+                    "daemon will not keep them up to date; add it to library.roots to watch it",
+                    root,
+                    f" ({cfg.source})" if cfg.source else "",
+                )
     else:
         roots = cfg.roots
         if not roots:

@@ -88,7 +88,7 @@ class Plan:
     online: list[bytes]  # seen again after being offline
 
 
-def _under_any(path: bytes, folders: Collection[bytes]) -> bool:
+def under_any(path: bytes, folders: Collection[bytes]) -> bool:
     return any(path == f or path.startswith(f.rstrip(b"/") + b"/") for f in folders)
 
 
@@ -117,8 +117,8 @@ def plan(
         else:
             fresh.append(f)
     missing = [p for p, k in known.items() if k.live and p not in seen]
-    offline = [p for p in missing if _under_any(p, unreachable)] if unreachable else []
-    gone = [p for p in missing if not _under_any(p, unreachable)] if unreachable else missing
+    offline = [p for p in missing if under_any(p, unreachable)] if unreachable else []
+    gone = [p for p in missing if not under_any(p, unreachable)] if unreachable else missing
     online = [p for p in seen if p in known and known[p].offline]
     # A path that left and a path that arrived with the same (size, mtime, inode, device):
     # a rename or a move within one filesystem. Reuse the hash; read nothing.
@@ -288,8 +288,8 @@ def index(
         scanned = {f.path: f for f in found}
         known = store.files_under(roots)
         for root in roots:  # an empty root that had photos is an unmounted drive, not a purge
-            if not any(_under_any(p, [root]) for p in scanned) and any(
-                k.live and _under_any(p, [root]) for p, k in known.items()
+            if not any(under_any(p, [root]) for p in scanned) and any(
+                k.live and under_any(p, [root]) for p, k in known.items()
             ):
                 unreachable.add(root)
     else:

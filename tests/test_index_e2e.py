@@ -202,6 +202,21 @@ def test_an_interrupted_run_is_finished_by_the_next(
     assert _status(config)["embedded"] == expected["embedded"]
 
 
+def test_index_path_outside_the_roots_warns_that_the_daemon_will_not_watch_it(
+    library: tuple[Path, dict[str, int]], make_config, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    root, expected = library
+    outside = make_config(library={"roots": [str(tmp_path / "elsewhere")], **EXCLUDE})
+    result = run_cli("--config", str(outside), "index", "--json", str(root))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["embedded"] == expected["embedded"]
+    assert f"{root} is not under library.roots ({outside})" in result.stderr
+    inside = make_config(library={"roots": [str(root.parent)], **EXCLUDE})
+    result = run_cli("--config", str(inside), "index", "--json", str(root))
+    assert result.returncode == 0, result.stderr
+    assert "library.roots" not in result.stderr
+
+
 def test_missing_model_is_a_clear_error(
     library: tuple[Path, dict[str, int]], make_config, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
