@@ -212,9 +212,6 @@ class Watcher:
     def start(self) -> None:
         with self._lock:
             logging.getLogger("watchdog").addHandler(self._alarm)
-            native: BaseObserver = Observer()
-            polling: BaseObserver = PollingObserver(timeout=self._poll_seconds)
-            handler = _Handler(self._buffer)
             for root in self.roots:
                 if not root.is_dir():
                     log.warning("%s: not there (unmounted?); will watch it once it is back", root)
@@ -223,32 +220,44 @@ class Watcher:
                 use_poll = self._force_poll or kind in NETWORK_FILESYSTEMS
                 if use_poll and not self._force_poll:
                     log.warning("%s is on %s: no change events there; polling it", root, kind)
-                if not use_poll:
-                    try:
-                        native.schedule(handler, os.fspath(root), recursive=True)
-                        self._watched.add(root)
-                        continue
-                    except OSError as exc:  # e.g. the inotify watch limit
-                        log.warning(
-                            "%s: cannot watch natively (%s); polling it every %g s "
-                            "(raise fs.inotify.max_user_watches to fix)",
-                            root,
-                            exc,
-                            self._poll_seconds,
-                        )
-                polling.schedule(handler, os.fspath(root), recursive=True)
+                observer = None if use_poll else self._start_native(root)
+                if observer is None:
+                    observer = self._start(PollingObserver(timeout=self._poll_seconds), root)
+                self._observers.append(observer)
                 self._watched.add(root)
-            for observer in (native, polling):
-                if observer.emitters:
-                    observer.daemon = True
-                    observer.start()
-                    self._observers.append(observer)
+
+    def _start(self, observer: BaseObserver, root: Path) -> BaseObserver:
+        """One observer per root, so one that fails or dies takes no other root with it."""
+        observer.schedule(_Handler(self._buffer), os.fspath(root), recursive=True)
+        observer.daemon = True
+        observer.start()  # inotify adds its watches here, not in schedule()
+        return observer
+
+    def _start_native(self, root: Path) -> BaseObserver | None:
+        observer = Observer()
+        try:
+            return self._start(observer, root)
+        except OSError as exc:  # e.g. ENOSPC: the inotify watch limit
+            observer.stop()
+            log.warning(
+                "%s: cannot watch natively (%s); polling it every %g s "
+                "(raise fs.inotify.max_user_watches to fix)",
+                root,
+                exc,
+                self._poll_seconds,
+            )
+            return None
 
     def healthy(self) -> bool:
-        """Every observer thread alive and every root that exists watched."""
+        """Every observer and its emitter alive (an emitter ends when its root is deleted
+        or unmounted, while the observer lives on), and every root that exists watched."""
         with self._lock:
-            if not all(o.is_alive() for o in self._observers):
-                return False
+            for observer in self._observers:
+                emitters = observer.emitters
+                if not observer.is_alive() or not emitters:
+                    return False
+                if not all(e.is_alive() for e in emitters):
+                    return False
             return all(r in self._watched for r in self.roots if r.is_dir())
 
     def stop(self) -> None:
