@@ -287,15 +287,17 @@ def index(
         found = scan.walk_all(roots, extensions, excluder, on_scan_error, unreachable)
         scanned = {f.path: f for f in found}
         known = store.files_under(roots)
-        for root in roots:  # an empty root that had photos is an unmounted drive, not a purge
-            if not any(under_any(p, [root]) for p in scanned) and any(
-                k.live and under_any(p, [root]) for p, k in known.items()
-            ):
-                unreachable.add(root)
+        looked_at = roots
     else:
         found = scan.look_at(only, roots, extensions, excluder, on_scan_error, unreachable)
         scanned = {f.path: f for f in found}
         known = store.files_at(list(only))
+        looked_at = [r for r in roots if under_any(r, only)]  # a root itself deleted (unmounted)
+    for root in looked_at:  # an empty root that had photos is an unmounted drive, not a purge
+        if not any(under_any(p, [root]) for p in scanned) and any(
+            k.live and under_any(p, [root]) for p, k in known.items()
+        ):
+            unreachable.add(root)
     work = plan(scanned.values(), known, unreachable)
     if work.to_read:  # moved here from a path an earlier run already saw leave
         elsewhere = store.departed([f.signature for f in work.to_read])

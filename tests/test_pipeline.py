@@ -9,8 +9,10 @@ from pathlib import Path
 import blake3
 from PIL import Image
 
+from imageclust_daemon import models, pipeline
 from imageclust_daemon.pipeline import Claims, plan, prepare
 from imageclust_daemon.records import FileStat, KnownFile, Preprocessing
+from imageclust_daemon.store import Store
 from tests import photos
 from tests.conftest import cli_json, run_cli
 
@@ -148,3 +150,39 @@ def test_a_missing_or_empty_root_marks_photos_offline_not_gone(
     assert back["bytes_read"] == 0 and back["unchanged"] == 4
     status = _status(config)
     assert status["offline"] == 0 and status["files"] == 4 and status["embedded"] == 4
+
+
+def test_a_root_the_watcher_reports_deleted_is_offline_but_a_subfolder_is_gone(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """A polled share unmounted sends DirDeletedEvent(root): its photos must not be purged."""
+    root = tmp_path / "share"
+    (root / "sub").mkdir(parents=True)
+    for i in range(4):
+        photos.save_jpeg(photos.photo_like(i), root / ("sub" if i % 2 else ".") / f"{i}.jpg")
+    spec = models.load_manifest()["clip-vit-b32"]
+    with Store.open(tmp_path / "state.sqlite") as store:
+        loaded = pipeline.load_model(spec, tiny_model, store)
+
+        def index(only: list[Path] | None = None) -> pipeline.IndexReport:
+            return pipeline.index(
+                [os.fsencode(root)],
+                store=store,
+                embedder=loaded.embedder,
+                spec=spec,
+                model=loaded.id,
+                only=None if only is None else [os.fsencode(p) for p in only],
+            )
+
+        assert index().embedded == 4
+        root.rename(tmp_path / "parked")
+        away = index(only=[root])
+        assert (away.gone, away.offline) == (0, 4)
+        (tmp_path / "parked").rename(root)
+        back = index(only=[root])
+        assert (back.gone, back.offline, back.bytes_read) == (0, 0, 0)
+        for name in os.listdir(root / "sub"):
+            os.unlink(root / "sub" / name)
+        (root / "sub").rmdir()
+        deleted = index(only=[root / "sub"])
+        assert (deleted.gone, deleted.offline) == (2, 0)
