@@ -180,6 +180,9 @@ WHOLE_READ_MAX = 64 << 20
 _HASH_CHUNK = 1 << 20
 
 
+FUTURE_SLACK_NS = 2_000_000_000  # mtimes this far ahead of the clock still count as "now"
+
+
 def prepare(stat: FileStat, claims: Claims, spec: Preprocessing) -> Prepared:
     """Read, hash and (if its content is new) decode one file. Never raises for a bad file."""
     shown = display_path(stat.path)
@@ -327,10 +330,15 @@ def index(
     gone = store.mark_gone(work.gone) if work.gone else 0
 
     if settle_seconds > 0:
-        cutoff = time.time_ns() - int(settle_seconds * 1e9)
-        deferred = [f.path for f in work.to_read if f.mtime_ns > cutoff]
+        # Modified within the last settle_seconds: may still be being written. A time in
+        # the future (a camera's wrong clock, kept by `cp -p`) says nothing of the kind:
+        # deferring it would defer it forever.
+        now = time.time_ns()
+        cutoff, future = now - int(settle_seconds * 1e9), now + FUTURE_SLACK_NS
+        deferred = [f.path for f in work.to_read if cutoff < f.mtime_ns <= future]
         if deferred:
-            work = replace(work, to_read=[f for f in work.to_read if f.mtime_ns <= cutoff])
+            put_off = set(deferred)
+            work = replace(work, to_read=[f for f in work.to_read if f.path not in put_off])
             if on_defer is not None:
                 on_defer(deferred)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import blake3
@@ -186,3 +187,31 @@ def test_a_root_the_watcher_reports_deleted_is_offline_but_a_subfolder_is_gone(
         (root / "sub").rmdir()
         deleted = index(only=[root / "sub"])
         assert (deleted.gone, deleted.offline) == (2, 0)
+
+
+def test_a_photo_dated_in_the_future_is_read_not_deferred_forever(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """settle_seconds defers files modified just now; a wrong camera clock is not "just now"."""
+    root = tmp_path / "card"
+    root.mkdir()
+    future, fresh = root / "future.jpg", root / "fresh.jpg"
+    photos.save_jpeg(photos.photo_like(1), future)
+    photos.save_jpeg(photos.photo_like(2), fresh)
+    tomorrow = time.time() + 86_400
+    os.utime(future, (tomorrow, tomorrow))
+    deferred: list[bytes] = []
+    spec = models.load_manifest()["clip-vit-b32"]
+    with Store.open(tmp_path / "state.sqlite") as store:
+        loaded = pipeline.load_model(spec, tiny_model, store)
+        report = pipeline.index(
+            [os.fsencode(root)],
+            store=store,
+            embedder=loaded.embedder,
+            spec=spec,
+            model=loaded.id,
+            settle_seconds=30,
+            on_defer=deferred.extend,
+        )
+    assert report.embedded == 1
+    assert deferred == [os.fsencode(fresh)]
