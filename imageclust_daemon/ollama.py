@@ -109,8 +109,8 @@ class OllamaClient:
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """One attempt with an overall deadline; the decoded JSON body, or an OllamaError."""
-        if self._http is None:
-            raise OllamaError(self.host, "client is closed")
+        if self._http is None:  # closed by a stop: nothing more will be asked this run
+            raise OllamaUnavailable(self.host, "client is closed")
         deadline = time.monotonic() + self.timeout
         try:
             with self._http.stream(method, path, json=body) as response:
@@ -182,6 +182,8 @@ class OllamaClient:
         for attempt in range(self.retry.attempts):
             if attempt:
                 self._sleep(self.retry.delay(attempt - 1, self._rng))
+            if self._http is None:
+                raise OllamaUnavailable(self.host, "client is closed")
             try:
                 return parse_reply(self.generate(prompt, images))
             except OllamaModelMissing:

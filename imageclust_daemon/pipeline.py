@@ -561,13 +561,16 @@ def relabel(
     everything: bool = False,
     parallel: int = 1,
     place_of: Callable[[float, float], Place | None] = nearest_place,
+    stop: threading.Event | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> LabelReport:
     """Title every group that needs it; only those. Never blocked by Ollama being down.
 
     Titles come from the label cache when the same membership was titled before,
     else from Ollama (at most `parallel` requests in flight), else from the
     photos' own dates and places. Once Ollama fails to answer at all, the rest of
-    this run uses fallback titles without asking.
+    this run uses fallback titles without asking. `stop`: return at once, leaving
+    the groups not yet answered for the next run. `progress`: called per group titled.
     """
     started = time.monotonic()
     jobs = store.label_jobs(everything=everything)
@@ -627,23 +630,62 @@ def relabel(
         return None, True
 
     requested = ollama = fallback = 0
-    with ThreadPoolExecutor(parallel, thread_name_prefix="imageclust-label") as pool:
-        futures = [(item, pool.submit(ask, *item)) for item in todo]
-        for (job, facts, place), future in futures:
-            answer, asked = future.result()
-            requested += asked
-            if answer is None:
-                answer = label.fallback_label(facts, place.city if place else None, job.cluster_id)
-                fallback += 1
-            else:
-                ollama += 1
-            store.save_label(job, answer, llm, version)
-            changed += _differs(job, answer)
+    answers = abandonable_map(lambda item: ask(*item), todo, parallel, stop, "imageclust-label")
+    for (job, facts, place), (answer, asked) in zip(todo, answers, strict=False):
+        requested += asked
+        if answer is None:
+            answer = label.fallback_label(facts, place.city if place else None, job.cluster_id)
+            fallback += 1
+        else:
+            ollama += 1
+        store.save_label(job, answer, llm, version)
+        changed += _differs(job, answer)
+        if progress is not None:
+            progress()
     if down.is_set() and problem is None:
         problem = "Ollama stopped answering; the remaining groups got fallback titles"
     return LabelReport(
         len(jobs), cached, requested, ollama, fallback, changed, problem, time.monotonic() - started
     )
+
+
+def abandonable_map(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    workers: int,
+    stop: threading.Event | None,
+    name: str,
+) -> Iterator[R]:
+    """fn over items on `workers` daemon threads, results in order.
+
+    When `stop` is set the iteration ends at once. A thread still blocked in a request
+    (an Ollama that hangs: its read timeout can be minutes) is abandoned with its
+    result; daemon threads never hold up the process's exit, so SIGTERM stays prompt.
+    """
+    results: list[Future[R]] = [Future() for _ in items]
+    todo = deque(range(len(items)))
+
+    def work() -> None:
+        while not (stop is not None and stop.is_set()):
+            try:
+                i = todo.popleft()
+            except IndexError:
+                return
+            try:
+                results[i].set_result(fn(items[i]))
+            except BaseException as exc:  # re-raised in the caller's thread
+                results[i].set_exception(exc)
+
+    for n in range(min(workers, len(items))):
+        threading.Thread(target=work, name=f"{name}-{n}", daemon=True).start()
+    for result in results:
+        while True:
+            try:
+                yield result.result(timeout=0.1)
+                break
+            except TimeoutError:
+                if stop is not None and stop.is_set():
+                    return
 
 
 def _differs(job: LabelJob, new: label.Label) -> bool:
