@@ -414,12 +414,22 @@ COMMANDS = {
 }
 
 
+def configure_logging(level: str) -> None:
+    """Log lines at `level` and above to stderr.
+
+    watchdog's WARNING records must reach the watcher's overflow alarm whatever the
+    level (an inotify overflow is only logged), so that logger stays at WARNING and the
+    output handler applies `level` instead.
+    """
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
+    logging.getLogger("watchdog").setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("watchdog").setLevel(max(logging.WARNING, logging.getLogger().level))
+    configure_logging(args.log_level)
     try:
         cfg = _load_config(args)
         return COMMANDS[args.command](args, cfg)

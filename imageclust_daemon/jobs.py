@@ -9,7 +9,8 @@ overlap (each is also `max_instances=1`, `coalesce=True`):
     regroup      when something changed and `schedule.recluster_seconds` passed since
                  the last recluster: recluster, then relabel the changed groups
     publish      when something changed, at most every `schedule.publish_seconds`
-    maintenance  daily: forget long-gone files and their embeddings, optimize, checkpoint
+    maintenance  10 minutes after a start, then daily: forget long-gone files and their
+                 embeddings, optimize, checkpoint
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ STATUS_EVERY = 10.0  # seconds between progress STATUS lines during an index
 
 
 MODEL_IDLE_SECONDS = 300.0  # drop the ONNX session after this long with nothing to embed
+RETRY_AFTER = 60.0  # seconds from a failed rescan or ingest to the full rescan that retries it
+MAINTENANCE_AFTER_START = 600.0  # seconds from a start to the first maintenance
 
 
 @dataclass
@@ -106,6 +109,7 @@ class Jobs:
     _last_publish: float = float("-inf")
     _client: OllamaClient | None = None
     _next_model: LazyModel | None = None  # from a reload, taken up between jobs
+    _failed_at: float = float("-inf")  # when a rescan or an ingest last failed
     _lock: threading.Lock = field(default_factory=threading.Lock)
     scheduler: BackgroundScheduler | None = None
 
@@ -118,22 +122,32 @@ class Jobs:
         )
         logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "skipped: busy" is normal
         self._schedule(self.cfg)
+        # Not tied to the config, so a reload leaves it be; soon after each start too,
+        # since a daemon that stops every evening would never see a full day go by.
+        self.scheduler.add_job(
+            self._guarded("maintenance", self.maintenance),
+            IntervalTrigger(days=1),
+            id="maintenance",
+            next_run_time=_now(MAINTENANCE_AFTER_START),
+        )
         self.scheduler.start()
 
     def _schedule(self, cfg: Config) -> None:
+        """(Re)schedule the jobs whose timing the config sets. The first full rescan runs
+        now on a start; after a reload the rescan request (`buffer.rescan`) asks for it."""
         assert self.scheduler is not None
         every = cfg["schedule.reconcile_seconds"]
         tick_regroup = min(60.0, max(1.0, cfg["schedule.recluster_seconds"] / 10))
         tick_publish = min(30.0, max(0.5, cfg["schedule.publish_seconds"] / 2))
-        jobs: list[tuple[str, Callable[[], None], IntervalTrigger, bool]] = [
-            ("reconcile", self.reconcile, IntervalTrigger(seconds=every, jitter=every / 10), True),
-            ("ingest", self.ingest, IntervalTrigger(seconds=1), False),
-            ("regroup", self.regroup, IntervalTrigger(seconds=tick_regroup), False),
-            ("publish", self.publish, IntervalTrigger(seconds=tick_publish), False),
-            ("maintenance", self.maintenance, IntervalTrigger(days=1), False),
+        jobs: list[tuple[str, Callable[[], None], IntervalTrigger]] = [
+            ("reconcile", self.reconcile, IntervalTrigger(seconds=every, jitter=every / 10)),
+            ("ingest", self.ingest, IntervalTrigger(seconds=1)),
+            ("regroup", self.regroup, IntervalTrigger(seconds=tick_regroup)),
+            ("publish", self.publish, IntervalTrigger(seconds=tick_publish)),
         ]
-        for job_id, fn, trigger, now in jobs:
-            kwargs = {"next_run_time": _now()} if now else {}
+        first = not self._started
+        for job_id, fn, trigger in jobs:
+            kwargs = {"next_run_time": _now()} if job_id == "reconcile" and first else {}
             self.scheduler.add_job(
                 self._guarded(job_id, fn), trigger, id=job_id, replace_existing=True, **kwargs
             )
@@ -196,6 +210,9 @@ class Jobs:
             self.reconcile()
             self._dirty = self._publish_due = True
 
+    def _beat(self) -> None:
+        self.heartbeat = time.monotonic()
+
     @property
     def store(self) -> Store:
         if self._store is None:
@@ -248,23 +265,40 @@ class Jobs:
     def reconcile(self) -> None:
         self.buffer.rescan.clear()
         started = time.monotonic()
-        report = self._index(None)
+        try:
+            report = self._index(None)
+        except BaseException:
+            self._retry_rescan()
+            raise
         self._started = True
         self.status(
             f"idle: {report.scanned} photos; last full rescan took "
             f"{time.monotonic() - started:.0f} s"
         )
 
+    def _retry_rescan(self) -> None:
+        """A failed rescan or ingest (database busy, disk gone): ingest runs a full rescan
+        RETRY_AFTER seconds on, so no change it was to pick up is lost."""
+        self._failed_at = time.monotonic()
+        self.buffer.rescan.set()
+
     def ingest(self) -> None:
-        if not self._started:
-            return  # events wait in the buffer until the startup reconcile is done
         if self.buffer.rescan.is_set():
-            log.warning("file events were lost; rescanning every root")
+            if time.monotonic() - self._failed_at < RETRY_AFTER:
+                return
+            if self._started:
+                log.warning("rescanning every root (file events were lost, or config changed)")
             self.reconcile()
             return
+        if not self._started:
+            return  # events wait in the buffer until the startup reconcile is done
         paths = self.buffer.take_settled()
         if paths:
-            self._index(sorted(set(paths)))
+            try:
+                self._index(sorted(set(paths)))
+            except BaseException:
+                self._retry_rescan()
+                raise
         else:
             self.model.release_if_idle(time.monotonic())
 
@@ -274,6 +308,13 @@ class Jobs:
             return
         self._dirty = False
         self._last_recluster = now
+        try:
+            self._regroup()
+        except BaseException:
+            self._dirty = True  # again at the next tick past recluster_seconds
+            raise
+
+    def _regroup(self) -> None:
         run = pipeline.recluster(
             self.store,
             self.model.id,
@@ -301,7 +342,13 @@ class Jobs:
                 return
             self._client = client = client_for(self.cfg, os.environ)
         try:
-            report = pipeline.relabel(self.store, client, parallel=self.cfg["ollama.parallel"])
+            report = pipeline.relabel(
+                self.store,
+                client,
+                parallel=self.cfg["ollama.parallel"],
+                stop=self.stop,
+                progress=self._beat,
+            )
         finally:
             with self._lock:
                 self._client = None
@@ -325,13 +372,17 @@ class Jobs:
             return
         self._publish_due = False
         self._last_publish = now
-        self.store.checkpoint()
-        report = pipeline.publish(
-            self.cfg.state_db_path,
-            self.cfg.catalog_path,
-            model_id=self.model.id,
-            organize_dir=self.cfg["organize.dir"],
-        )
+        try:
+            self.store.checkpoint()
+            report = pipeline.publish(
+                self.cfg.state_db_path,
+                self.cfg.catalog_path,
+                model_id=self.model.id,
+                organize_dir=self.cfg["organize.dir"],
+            )
+        except BaseException:
+            self._publish_due = True  # again at the next tick past publish_seconds
+            raise
         log.info("published the catalog: %d photos, %d groups", report.photos, report.clusters)
 
     def maintenance(self) -> None:
@@ -340,7 +391,7 @@ class Jobs:
             log.info("maintenance: forgot %d gone files and %d unused contents", files, contents)
 
 
-def _now() -> object:
-    from datetime import datetime
+def _now(later: float = 0.0) -> object:
+    from datetime import datetime, timedelta
 
-    return datetime.now().astimezone()
+    return datetime.now().astimezone() + timedelta(seconds=later)
