@@ -10,6 +10,7 @@ read at import time: callers load a `Config` and pass it on.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -281,6 +282,8 @@ def _validate(setting: Setting, value: Any) -> Any:
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, f"expected a number, got {type(value).__name__} {value!r}")
+        if math.isnan(value):  # TOML has nan; it passes every comparison below
+            raise ConfigError(key, "expected a number, got nan")
         if setting.minimum is not None and value < setting.minimum:
             raise ConfigError(key, f"expected a number >= {setting.minimum}, got {value}")
         if setting.maximum is not None and value > setting.maximum:
@@ -309,6 +312,11 @@ def _flatten(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(
                 section, "expected a [section] table, not a top-level value", source=source
             )
+        sections = {k.split(".")[0] for k in SETTINGS_BY_KEY}
+        if section not in sections:  # even when empty: a typo'd [librar] is not ignored
+            close = difflib.get_close_matches(section, sections, n=1)
+            hint = f"; did you mean [{close[0]}]?" if close else ""
+            raise ConfigError(section, "unknown section" + hint, source=source)
         for name, value in body.items():
             key = f"{section}.{name}"
             if key not in SETTINGS_BY_KEY:

@@ -30,7 +30,10 @@ def test_the_shipped_config_is_valid_and_equals_the_defaults() -> None:
     ("body", "key", "expected"),
     [
         ({"library": {"rootz": ["/x"]}}, "library.rootz", "did you mean 'library.roots'"),
-        ({"nosuch": {"a": 1}}, "nosuch.a", "unknown key"),
+        ({"nosuch": {"a": 1}}, "nosuch", "unknown section"),
+        ({"librar": {}}, "librar", "did you mean [library]"),
+        ({"schedule": {"recluster_seconds": float("nan")}}, "schedule.recluster_seconds", "nan"),
+        ({"library": {"settle_seconds": float("nan")}}, "library.settle_seconds", "nan"),
         ({"library": {"roots": "/x"}}, "library.roots", "list of non-empty strings"),
         ({"model": {"batch_size": 0}}, "model.batch_size", ">= 1"),
         ({"model": {"batch_size": "8"}}, "model.batch_size", "expected an integer"),
