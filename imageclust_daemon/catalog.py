@@ -262,8 +262,33 @@ class QueryResult:
     rows: list[tuple[object, ...]]
 
 
-def _authorize(action: int, *args: object) -> int:
-    return sqlite3.SQLITE_OK if action in _ALLOWED else sqlite3.SQLITE_DENY
+# Pragmas that only describe the schema, allowed without an argument to set
+# (`SELECT * FROM pragma_table_info('photos')`); every other pragma is refused.
+_SCHEMA_PRAGMAS = {
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "user_version",
+}
+
+
+def _authorize(action: int, arg1: object, arg2: object, *rest: object) -> int:
+    if action in _ALLOWED:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_UPDATE and arg1 == "sqlite_master":
+        # Asked while a pragma_* table is prepared, with no write in the query. A real
+        # UPDATE of sqlite_master still fails: it needs writable_schema (refused), and
+        # the file is open read-only with query_only on.
+        return sqlite3.SQLITE_OK
+    name = str(arg1).lower()
+    # user_version with an argument would set it; the others' argument names a table
+    describes = name in _SCHEMA_PRAGMAS and (arg2 is None or name != "user_version")
+    allowed = action == sqlite3.SQLITE_PRAGMA and describes
+    return sqlite3.SQLITE_OK if allowed else sqlite3.SQLITE_DENY
 
 
 def query(catalog: Path, sql: str, *, timeout: float = 30.0) -> QueryResult:

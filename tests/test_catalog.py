@@ -193,6 +193,9 @@ def test_no_blobs_but_paths_and_smaller_than_the_state(published: dict[str, Any]
         "VACUUM INTO 'copy.sqlite'",
         "PRAGMA user_version = 7",
         "PRAGMA query_only = OFF",
+        "PRAGMA writable_schema = ON",
+        "UPDATE sqlite_master SET sql = 'x' WHERE name = 'photos'",
+        "SELECT * FROM pragma_compile_options",
         "SELECT 1; DELETE FROM photos",
         "BEGIN",
     ],
@@ -204,6 +207,16 @@ def test_query_refuses_anything_but_reading(published: dict[str, Any], sql: str)
     assert "imageclust: error:" in result.stderr and "Traceback" not in result.stderr
     assert published["catalog"].read_bytes() == before
     assert not (Path.cwd() / "evil.sqlite").exists() and not (Path.cwd() / "copy.sqlite").exists()
+
+
+def test_query_may_describe_the_schema(published: dict[str, Any]) -> None:
+    """README: "Column lists: SELECT * FROM pragma_table_info('photos')"."""
+    columns = catalog.query(published["catalog"], "SELECT name FROM pragma_table_info('photos')")
+    assert [r[0] for r in columns.rows] == CONTRACT["photos"]
+    version = catalog.query(published["catalog"], "PRAGMA user_version")
+    assert version.rows == [(catalog.SCHEMA_VERSION,)]
+    indexes = catalog.query(published["catalog"], "SELECT name FROM pragma_index_list('photos')")
+    assert "photos_by_cluster" in {r[0] for r in indexes.rows}
 
 
 def test_query_runaway_is_stopped(published: dict[str, Any]) -> None:
