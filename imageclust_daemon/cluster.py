@@ -38,9 +38,13 @@ SciPy's `fcluster(linkage(X, "ward"), k, "maxclust")`. With `n_clusters=None`
 k is read off the tree: among the cluster counts the limits allow
 (ceil(n/max_size) .. n/min_size), the one before the largest jump in merge
 height (the classic dendrogram "elbow": groups that are far tighter inside
-than they are apart). When everything fits in one group and no jump stands
-out (the undone merge less than `SIGNIFICANT_JUMP` times the next one), the
-data is one group. Then the limits split what is too big.
+than they are apart). Only merges that can change the number of groups count:
+not a subtree smaller than min_size joining a larger one (outliers, or a
+group's last points), nor merges inside such a subtree; otherwise a few odd
+photos split the real jump and every album merges into one. When everything
+fits in one group and no jump stands out (the undone merge less than
+`SIGNIFICANT_JUMP` times the next one), the data is one group. Then the
+limits split what is too big, and outliers join the nearest group with room.
 """
 
 from __future__ import annotations
@@ -61,11 +65,13 @@ EXACT_MAX = 6000
 # well below any useful min_size.
 MICRO_CLUSTERS = 3000
 KMEANS_ITERATIONS = 8
-_CHUNK = 8192
-# A split "stands out" when the merge it undoes is at least twice as high as every
-# merge it keeps: one tight blob of photos has ratios of 1.0-1.1, two distinct
-# scenes 2-9 (measured on generated blobs, 32-512 dims).
-SIGNIFICANT_JUMP = 2.0  # rows per distance block in k-means: 8192 x 3000 float32 = 98 MB
+_CHUNK = 8192  # rows per distance block in k-means: 8192 x 3000 float32 = 98 MB
+# A split "stands out" when the merge it undoes is at least 1.5 times as high as every
+# merge it keeps. One blob (generated, 10-150 points, 32-512 dims, 240 cases) gave
+# ratios of 1.08 (median) to 1.49 (20 points spread over the whole sphere); distinct
+# scenes 2-9; 11 real albums plus 8 one-off photographs (6 of them textures, a loose
+# group of their own), 1.65: at 2.0 that library was one album.
+SIGNIFICANT_JUMP = 1.5
 
 
 class Cancelled(Exception):
@@ -197,12 +203,19 @@ def _node_sizes(tree: Tree) -> np.ndarray:
 
 
 def cut_tree(tree: Tree, min_size: int, max_size: int, lam: float) -> _Cut:
-    """Best cut under the size limits: fewest points outside groups, then least SSE + lam/group."""
+    """Best cut under the size limits: fewest points outside groups, then least SSE + lam/group.
+
+    Outliers do not count as points outside groups: a subtree smaller than min_size
+    that joins the rest only above the cut height (sqrt(2*lam)) is left out for
+    `_adopt_orphans`. Counting it would keep its whole branch in one group, merging
+    every album with it (one odd photo made a library of 4 albums into 1).
+    """
     m = tree.n_leaves
     if m == 0:
         return _Cut([], [])
     sizes = _node_sizes(tree)
     sse = _subtree_sse(tree)
+    cut_height = math.sqrt(2.0 * lam)
     total = 2 * m - 1
     orphans = np.zeros(total)
     cost = np.zeros(total)
@@ -214,7 +227,9 @@ def cut_tree(tree: Tree, min_size: int, max_size: int, lam: float) -> _Cut:
             orphans[v], cost[v] = (0.0, lam) if fits else (sizes[v], 0.0)
             continue
         a, b = (int(x) for x in tree.merges[v - m, :2])
-        split = (orphans[a] + orphans[b], cost[a] + cost[b])
+        above = tree.merges[v - m, 2] > cut_height
+        left_out = [0.0 if above and sizes[c] < min_size else orphans[c] for c in (a, b)]
+        split = (left_out[0] + left_out[1], cost[a] + cost[b])
         if fits and (0.0, sse[v] + lam) <= split:
             whole[v], orphans[v], cost[v] = True, 0.0, sse[v] + lam
         else:
@@ -265,8 +280,11 @@ def choose_price(tree: Tree, n: int, min_size: int, max_size: int, n_clusters: i
     if heights.size == 0:
         return 0.0
     if n_clusters is None:
+        heights = np.sort(tree.merges[_group_merges(tree, min_size), 2])[::-1]
+        if heights.size == 0:
+            return float(tree.merges[:, 2].max()) ** 2  # above every merge: one group
         k_lo = math.ceil(n / max_size)
-        k_hi = min(tree.n_leaves, n // max(min_size, 1))
+        k_hi = min(heights.size + 1, n // max(min_size, 1))
         k = max(2, k_lo)
         if k_hi >= k:
             ks = np.arange(k, k_hi + 1)
@@ -277,6 +295,28 @@ def choose_price(tree: Tree, n: int, min_size: int, max_size: int, n_clusters: i
             k = 1  # no split stands out and one group fits: the data is one group
         return _price_between(heights, k)
     return _price_for_count(tree, min_size, max_size, n_clusters, heights)
+
+
+def _group_merges(tree: Tree, min_size: int) -> np.ndarray:
+    """Which merges can change how many groups there are (a mask over `tree.merges`).
+
+    Not those where a subtree too small to be a group joins one that can be (a group's
+    last few points, or outliers), nor those inside such a small subtree (outliers
+    pairing up far apart). Counted, a few outliers split the real jump in merge height
+    into smaller ones, and hide it.
+    """
+    m = tree.n_leaves
+    kids = tree.merges[:, :2].astype(np.int64)
+    small = _node_sizes(tree)[kids] < min_size
+    joins = small[:, 0] != small[:, 1]
+    inside = np.zeros(2 * m - 1, dtype=bool)
+    for j in range(m - 2, -1, -1):  # parents before their children
+        a, b = kids[j]
+        if inside[m + j]:
+            inside[a] = inside[b] = True
+        elif joins[j]:
+            inside[a if small[j, 0] else b] = True
+    return ~joins & ~inside[m:]
 
 
 def _at(heights: np.ndarray, i: int) -> float:

@@ -105,6 +105,20 @@ def test_recovers_planted_groups_and_reports_method() -> None:
     assert partition(result.labels) == partition(truth)
 
 
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("odd", [1, 2, 4])
+@pytest.mark.parametrize("two_stage", [False, True], ids=["exact", "two-stage"])
+def test_a_few_odd_photos_do_not_merge_the_albums(seed: int, odd: int, two_stage: bool) -> None:
+    """Fewer than min_size outliers join the nearest album; the albums stay as they were."""
+    x, truth = blobs([6, 6, 8, 12], d=32, seed=seed)
+    outliers = sphere(odd, 32, seed + 100)
+    both = np.concatenate([x, outliers])
+    limits = {"exact_max": 10, "micro_clusters": 20} if two_stage else {}
+    labels = cluster(both, 5, 200, **limits).labels  # type: ignore[arg-type]
+    assert (labels >= 0).all()
+    assert partition(labels[: len(x)]) == partition(truth), "an album was merged or split"
+
+
 def test_one_natural_group_stays_one_group() -> None:
     x, _ = blobs([60], d=64, seed=4)
     assert (constrained_ward(x, 5, 200) == 0).all()
