@@ -159,7 +159,8 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
             if not pipeline.under_any(os.fsencode(os.path.realpath(root)), library):
                 log.warning(
                     "%s is not under library.roots%s: its photos are indexed now, but the "
-                    "daemon will not keep them up to date; add it to library.roots to watch it",
+                    "next full rescan (the daemon's, or `imageclust index`) forgets them; "
+                    "add it to library.roots to keep it",
                     root,
                     f" ({cfg.source})" if cfg.source else "",
                 )
@@ -198,6 +199,7 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
                 batch_size=cfg["model.batch_size"],
                 progress=progress,
                 on_scan_error=scan_error,
+                whole_library=not args.paths,
             )
         finally:
             if bar is not None:

@@ -249,6 +249,7 @@ class Jobs:
             stop=self.stop,
             settle_seconds=cfg["library.settle_seconds"],
             on_defer=self.buffer.touch_all,
+            whole_library=True,
         )
         if report.changed:
             self._dirty = self._publish_due = True

@@ -273,6 +273,7 @@ def index(
     stop: threading.Event | None = None,
     settle_seconds: float = 0.0,
     on_defer: Callable[[list[bytes]], None] | None = None,
+    whole_library: bool = False,
 ) -> IndexReport:
     """Scan `roots`, read what changed, embed what is new, forget nothing. Returns the counts.
 
@@ -280,7 +281,9 @@ def index(
     as the watcher reports them. `stop`: when set, finish the current batch and return.
     `settle_seconds`: a new or changed file modified more recently than this may still
     be being written; it is not read now but handed to `on_defer` (the daemon's watch
-    buffer), so it is read once, complete.
+    buffer), so it is read once, complete. `whole_library`: `roots` are all of
+    library.roots, so a photo under none of them (its root was removed from the
+    config) has left the library and is gone.
     """
     started = time.monotonic()
     roots = [os.path.realpath(r) for r in roots]
@@ -328,6 +331,11 @@ def index(
     if work.known_again:
         store.record([], work.known_again, [], model)
     gone = store.mark_gone(work.gone) if work.gone else 0
+    if whole_library and only is None:
+        left = store.live_outside(roots)
+        if left:
+            log.info("%d photos are no longer under library.roots: forgotten", len(left))
+            gone += store.mark_gone(left)
 
     if settle_seconds > 0:
         # Modified within the last settle_seconds: may still be being written. A time in

@@ -162,6 +162,15 @@ class Store:
                 known[row[0]] = _known_file(row[1:])
         return known
 
+    def live_outside(self, roots: Sequence[bytes]) -> list[bytes]:
+        """Live paths under none of `roots` (a root since removed from the config)."""
+        inside = sorted(_under(root) for root in roots)
+        out = []
+        for (path,) in self.conn.execute("SELECT path FROM files WHERE state = 'live'"):
+            if not any(low <= path < high for low, high in inside):
+                out.append(path)
+        return out
+
     def files_at(self, paths: Sequence[bytes]) -> dict[bytes, KnownFile]:
         """What is remembered of each path and of everything under it (if it is a folder)."""
         known = self.files_under(paths)

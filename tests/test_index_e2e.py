@@ -202,19 +202,47 @@ def test_an_interrupted_run_is_finished_by_the_next(
     assert _status(config)["embedded"] == expected["embedded"]
 
 
-def test_index_path_outside_the_roots_warns_that_the_daemon_will_not_watch_it(
+def test_index_path_outside_the_roots_warns_and_a_full_rescan_forgets_it(
     library: tuple[Path, dict[str, int]], make_config, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     root, expected = library
-    outside = make_config(library={"roots": [str(tmp_path / "elsewhere")], **EXCLUDE})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    photos.save_jpeg(photos.photo_like(9), elsewhere / "kept.jpg")
+    outside = make_config(library={"roots": [str(elsewhere)], **EXCLUDE})
     result = run_cli("--config", str(outside), "index", "--json", str(root))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["embedded"] == expected["embedded"]
     assert f"{root} is not under library.roots ({outside})" in result.stderr
+    assert _status(outside)["files"] == expected["files"]
+    full = _index(outside)  # the library is library.roots: the one-off folder leaves it
+    assert full["gone"] == expected["files"] and full["embedded"] == 1
+    assert _status(outside)["files"] == 1
     inside = make_config(library={"roots": [str(root.parent)], **EXCLUDE})
     result = run_cli("--config", str(inside), "index", "--json", str(root))
     assert result.returncode == 0, result.stderr
     assert "library.roots" not in result.stderr
+
+
+def test_a_root_removed_from_the_config_leaves_the_library(tmp_path: Path, make_config) -> None:  # type: ignore[no-untyped-def]
+    kept, dropped = tmp_path / "kept", tmp_path / "dropped"
+    kept.mkdir()
+    dropped.mkdir()
+    for i in range(3):
+        photos.save_jpeg(photos.photo_like(i), kept / f"{i}.jpg")
+        photos.save_jpeg(photos.photo_like(i + 3), dropped / f"{i}.jpg")
+    both = make_config([kept, dropped])
+    assert _index(both)["embedded"] == 6
+    one = make_config([kept])
+    report = _index(one)
+    assert report["gone"] == 3 and report["bytes_read"] == 0
+    assert _status(one)["files"] == 3
+    rows = cli_json(one, "query", "SELECT path FROM photos")
+    assert {os.path.dirname(r["path"]) for r in rows} == {str(kept)}
+    both = make_config([kept, dropped])  # put back: known by their signatures
+    again = _index(both)
+    assert again["embedded"] == 0 and again["bytes_read"] == 0
+    assert _status(both)["files"] == 6
 
 
 def test_missing_model_is_a_clear_error(
