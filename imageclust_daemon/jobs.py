@@ -173,6 +173,12 @@ class Jobs:
                 self._client.close()  # an in-flight Ollama request ends now
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+            # What was indexed before the stop reaches the catalog now, not at the next
+            # start (a publish takes < 1 s at 100k photos).
+            try:
+                self.publish(now=True)
+            except Exception as exc:
+                log.error("could not publish the catalog before stopping: %s", exc)
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -367,12 +373,14 @@ class Jobs:
         if report.fallback:
             self._dirty = True  # ask Ollama again at the next regroup tick
 
-    def publish(self) -> None:
-        now = time.monotonic()
-        if not self._publish_due or now - self._last_publish < self.cfg["schedule.publish_seconds"]:
+    def publish(self, *, now: bool = False) -> None:
+        """Publish when something changed, at most every publish_seconds (or `now`)."""
+        started = time.monotonic()
+        wait = self.cfg["schedule.publish_seconds"]
+        if not self._publish_due or (not now and started - self._last_publish < wait):
             return
         self._publish_due = False
-        self._last_publish = now
+        self._last_publish = started
         try:
             self.store.checkpoint()
             report = pipeline.publish(

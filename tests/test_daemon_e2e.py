@@ -392,6 +392,20 @@ def test_sighup_switches_the_model_and_refuses_a_bad_one(
     assert daemon.terminate()[0] == 0
 
 
+def test_a_stop_publishes_what_was_indexed(
+    tmp_path: Path, daemon_config: Callable[..., Path], daemons: Callable[..., DaemonProcess]
+) -> None:
+    """Stopped before the first publish tick: the catalog still shows the indexed photos."""
+    root = tmp_path / "Photos"
+    scene_library(root, 1, 5)
+    data = tmp_path / "data"
+    daemon = daemons(daemon_config([root], schedule={"publish_seconds": 3600}))
+    daemon.wait_for_message("STATUS=idle")  # the first full rescan is done
+    assert not (data / "catalog.sqlite").exists(), "published before the first tick"
+    assert daemon.terminate()[0] == 0
+    assert catalog_rows(data, "SELECT count(*) FROM photos WHERE status = 'indexed'") == [(5,)]
+
+
 def test_polling_roots_still_see_changes(
     tmp_path: Path, daemon_config: Callable[..., Path], daemons: Callable[..., DaemonProcess]
 ) -> None:
