@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import csv
 import json
 import logging
@@ -24,7 +25,7 @@ from imageclust_daemon import (
     scan,
     service,
 )
-from imageclust_daemon.errors import ConfigError, ImageclustError
+from imageclust_daemon.errors import ConfigError, ImageclustError, UsageError
 from imageclust_daemon.ollama import client_for
 from imageclust_daemon.records import ModelSpec, display_path
 from imageclust_daemon.store import Store
@@ -45,9 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--log-level",
-        default="WARNING",
+        default=None,
+        type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="how much to log on stderr (default WARNING)",
+        help="how much to log on stderr (default: INFO for run, WARNING otherwise)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -106,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_config(args: argparse.Namespace) -> config.Config:
-    return config.load(config.config_path(args.config, os.environ))
+    named_by = "--config" if args.config else f"${config.ENV_CONFIG}"
+    return config.load(config.config_path(args.config, os.environ), named_by)
 
 
 def _spec(cfg: config.Config, name: str | None = None) -> ModelSpec:
@@ -153,7 +156,8 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
         roots = [Path(p).expanduser() for p in args.paths]
         for root in roots:
             if not root.is_dir():
-                raise ConfigError("PATH", f"not a folder: {root}")
+                problem = "no such folder" if not root.exists() else "not a folder"
+                raise UsageError(f"PATH {root}: {problem}")
         library = [os.fsencode(os.path.realpath(r)) for r in cfg.roots]
         for root in roots:
             if not pipeline.under_any(os.fsencode(os.path.realpath(root)), library):
@@ -216,7 +220,10 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
         f"{r.failed} failed, {r.gone} gone"
     )
     if r.failed:
-        print("failed photos and why: imageclust status --json (and the log above)")
+        print(
+            "failed photos and why: imageclust query "
+            "\"SELECT path, error FROM photos WHERE status = 'failed'\""
+        )
     return 0
 
 
@@ -431,13 +438,17 @@ def configure_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level or ("INFO" if args.command == "run" else "WARNING"))
     try:
         cfg = _load_config(args)
         return COMMANDS[args.command](args, cfg)
     except ImageclustError as exc:
         print(f"imageclust: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `imageclust query ... | head`: the reader has all it wants
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:  # a data dir on a full or read-only disk, a file where a folder was
         print(f"imageclust: error: {exc}", file=sys.stderr)
         return 1

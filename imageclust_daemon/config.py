@@ -385,16 +385,16 @@ def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, s
     return default if default.is_file() else None
 
 
-def load(path: Path | None) -> Config:
-    """Read and validate `path` (None = defaults only)."""
+def load(path: Path | None, named_by: str = "--config") -> Config:
+    """Read and validate `path` (None = defaults only); `named_by` chose it (for errors)."""
     if path is None:
         return from_mapping({})
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError("--config", f"file not found: {path}") from None
+        raise ConfigError(named_by, f"file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("--config", f"cannot read {path}: {exc}") from None
+        raise ConfigError(named_by, f"cannot read {path}: {exc}") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

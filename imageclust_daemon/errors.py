@@ -42,6 +42,12 @@ class ConfigError(ImageclustError):
         super().__init__(f"config{where}: {key}: {problem}")
 
 
+class UsageError(ImageclustError):
+    """A bad command-line argument (not a config key)."""
+
+    exit_code = 2
+
+
 class DatabaseError(ImageclustError):
     """The state database cannot be used."""
 

@@ -46,6 +46,7 @@ CONTRACT = {
     "cluster_photos": ["cluster_id", "title", "path", "rank", "representative"],
     "catalog_info": ["key", "value"],
 }
+CLI = [sys.executable, "-m", "imageclust_daemon"]
 ODD_NAMES = ['comma, and "quotes".jpg', "new\nline.jpg", "tab\there.jpg", "ünïcødé.jpg"]
 
 
@@ -217,6 +218,23 @@ def test_query_may_describe_the_schema(published: dict[str, Any]) -> None:
     assert version.rows == [(catalog.SCHEMA_VERSION,)]
     indexes = catalog.query(published["catalog"], "SELECT name FROM pragma_index_list('photos')")
     assert "photos_by_cluster" in {r[0] for r in indexes.rows}
+
+
+def test_query_piped_into_head_ends_quietly(published: dict[str, Any]) -> None:
+    """`imageclust query ... | head -1`: the closed pipe is no error."""
+    sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 300000) "
+    proc = subprocess.Popen(
+        [*CLI, "--config", str(published["config"]), "query", sql + "SELECT i FROM n"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"i\n"
+    proc.stdout.close()
+    code = proc.wait(timeout=60)
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert code == 0 and stderr == "", stderr
 
 
 def test_query_runaway_is_stopped(published: dict[str, Any]) -> None:

@@ -266,6 +266,18 @@ def test_an_unusable_data_dir_is_a_message_not_a_traceback(make_config, tmp_path
     assert "cannot open state database" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_command_line_mistakes_say_what_is_wrong(make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = make_config()
+    missing = run_cli("--config", str(config), "index", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert f"PATH {tmp_path / 'nope'}: no such folder" in missing.stderr
+    from_env = run_cli("status", env={"IMAGECLUST_CONFIG": str(tmp_path / "gone.toml")})
+    assert from_env.returncode == 2
+    assert "$IMAGECLUST_CONFIG: file not found" in from_env.stderr
+    lower = run_cli("--log-level", "debug", "--config", str(config), "status")
+    assert lower.returncode == 0, lower.stderr
+
+
 def test_bad_config_names_the_key(make_config) -> None:  # type: ignore[no-untyped-def]
     config = make_config(cluster={"max_size": -3})
     result = run_cli("--config", str(config), "status")
