@@ -39,70 +39,82 @@ def _parser() -> argparse.ArgumentParser:
         description="Keeps a photo library organized by meaning (CLIP + clustering + local LLM).",
     )
     p.add_argument("--version", action="version", version=f"imageclust {__version__}")
-    p.add_argument(
-        "--config",
-        metavar="PATH",
-        help=f"config file (default: ${config.ENV_CONFIG}, else the user config dir)",
-    )
-    p.add_argument(
-        "--log-level",
-        default=None,
-        type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="how much to log on stderr (default: INFO for run, WARNING otherwise)",
-    )
+
+    def global_options(parser: argparse.ArgumentParser, default: object) -> None:
+        parser.add_argument(
+            "--config",
+            metavar="PATH",
+            default=default,
+            help=f"config file (default: ${config.ENV_CONFIG}, else the user config dir)",
+        )
+        parser.add_argument(
+            "--log-level",
+            default=default,
+            type=str.upper,
+            choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+            help="how much to log on stderr (default: INFO for run, WARNING otherwise)",
+        )
+
+    global_options(p, None)
+    # Also accepted after the command (`imageclust status --config c.toml`); there they
+    # only set what they are given, so one before the command still counts.
+    after = argparse.ArgumentParser(add_help=False)
+    global_options(after, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("run", help="the daemon, in the foreground: watch, index, group, title, publish")
+    def command(group: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return group.add_parser(name, parents=[after], **kwargs)  # type: ignore[no-any-return]
 
-    ix = sub.add_parser("index", help="scan, hash and embed photos once (with a progress bar)")
+    command(sub, "run", help="the daemon, in the foreground: watch, index, group, title, publish")
+
+    ix = command(sub, "index", help="scan, hash and embed photos once (with a progress bar)")
     ix.add_argument("paths", nargs="*", metavar="PATH", help="folders (default: library.roots)")
     ix.add_argument("--json", action="store_true", help="print the run's counts as JSON")
     ix.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    rc = sub.add_parser("recluster", help="regroup the library by meaning (if anything changed)")
+    rc = command(sub, "recluster", help="regroup the library by meaning (if anything changed)")
     rc.add_argument("--force", action="store_true", help="regroup even if nothing changed")
     rc.add_argument("--json", action="store_true", help="print the run record as JSON")
 
-    rl = sub.add_parser("relabel", help="title new and changed groups (Ollama, else fallback)")
+    rl = command(sub, "relabel", help="title new and changed groups (Ollama, else fallback)")
     rl.add_argument("--all", action="store_true", help="ask again for every group")
     rl.add_argument("--json", action="store_true", help="print the run's counts as JSON")
 
-    qy = sub.add_parser("query", help="run one read-only SQL statement against the catalog")
+    qy = command(sub, "query", help="run one read-only SQL statement against the catalog")
     qy.add_argument("sql", metavar="SQL")
     fmt = qy.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="a JSON array of objects")
     fmt.add_argument("--csv", action="store_true", help="RFC 4180 CSV with a header row")
 
-    st = sub.add_parser("status", help="what is indexed, pending and failed")
+    st = command(sub, "status", help="what is indexed, pending and failed")
     st.add_argument("--json", action="store_true", help="one JSON object")
 
-    md = sub.add_parser("models", help="list, download or verify CLIP models")
+    md = command(sub, "models", help="list, download or verify CLIP models")
     msub = md.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    msub.add_parser("list", help="the models imageclust knows")
-    dl = msub.add_parser("download", help="download a model into the data dir and verify it")
+    command(msub, "list", help="the models imageclust knows")
+    dl = command(msub, "download", help="download a model into the data dir and verify it")
     dl.add_argument("name", nargs="?", help="manifest name (default: model.name)")
     dl.add_argument("--url", help="download from this URL instead of the manifest's")
     dl.add_argument("--no-progress", action="store_true")
-    qz = msub.add_parser("quantize", help="write an int8 copy of the model (faster; see README)")
+    qz = command(msub, "quantize", help="write an int8 copy of the model (faster; see README)")
     qz.add_argument("name", nargs="?", help="manifest name (default: model.name)")
-    vf = msub.add_parser("verify", help="check a model file's size, checksum and contract")
+    vf = command(msub, "verify", help="check a model file's size, checksum and contract")
     vf.add_argument("name", nargs="?", help="manifest name (default: model.name)")
 
-    sv = sub.add_parser("service", help="install, remove or show the systemd/launchd service")
+    sv = command(sub, "service", help="install, remove or show the systemd/launchd service")
     ssub = sv.add_subparsers(dest="service_command", required=True, metavar="ACTION")
     for action, text in (
         ("install", "write the unit/agent for this install and print how to enable it"),
         ("uninstall", "remove it and print how to stop the daemon"),
         ("print", "show the unit/agent that install would write"),
     ):
-        sa = ssub.add_parser(action, help=text)
+        sa = command(ssub, action, help=text)
         sa.add_argument(
             "--kind", choices=service.KINDS, help="default: systemd on Linux, launchd on macOS"
         )
 
-    sub.add_parser(
-        "doctor", help="check config, model, ONNX Runtime, Ollama, database, disk and watches"
+    command(
+        sub, "doctor", help="check config, model, ONNX Runtime, Ollama, database, disk and watches"
     )
     return p
 

@@ -276,6 +276,8 @@ def test_command_line_mistakes_say_what_is_wrong(make_config, tmp_path: Path) ->
     assert "$IMAGECLUST_CONFIG: file not found" in from_env.stderr
     lower = run_cli("--log-level", "debug", "--config", str(config), "status")
     assert lower.returncode == 0, lower.stderr
+    after = run_cli("status", "--json", "--config", str(config))  # options after the command
+    assert after.returncode == 0 and json.loads(after.stdout)["files"] == 0, after.stderr
 
 
 def test_bad_config_names_the_key(make_config) -> None:  # type: ignore[no-untyped-def]
