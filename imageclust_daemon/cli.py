@@ -262,7 +262,7 @@ def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
         return 0
     share = run.unclustered / run.n_points if run.n_points else 0.0
     print(
-        f"{run.n_points} distinct photos -> {run.n_clusters} groups "
+        f"{_count(run.n_points, 'distinct photo')} -> {_count(run.n_clusters, 'group')} "
         f"({run.new_clusters} new, {run.changed_clusters} changed, "
         f"{run.n_clusters - run.new_clusters - run.changed_clusters} unchanged, "
         f"{run.retired_clusters} retired); {run.unclustered} in no group ({share:.1%}); "
@@ -287,14 +287,20 @@ def cmd_relabel(args: argparse.Namespace, cfg: config.Config) -> int:
     if not report.groups:
         print("every group already has its title; nothing to do")
         return 0
+    kept = report.groups - report.cached - report.ollama - report.fallback
     print(
-        f"{report.groups} groups needed a title: {report.cached} from the cache, "
-        f"{report.ollama} from {cfg['ollama.model']}, {report.fallback} fallback titles "
-        f"({report.requested} sent to Ollama) in {report.seconds:.1f} s"
+        f"{_count(report.groups, 'group')} to title: {report.cached} from the cache, "
+        f"{report.ollama} from {cfg['ollama.model']}, {report.fallback} new fallback "
+        + (f"and {kept} kept their fallback title " if kept > 0 else "")
+        + f"({report.requested} sent to Ollama) in {report.seconds:.1f} s"
     )
     if report.problem:
         print(f"note: {report.problem}; fallback titles are retried next time")
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _json_value(value: object) -> object:
@@ -418,7 +424,10 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
             print(f"     fix: {check.fix}")
     failed = sum(c.status == "FAIL" for c in checks)
     warned = sum(c.status == "warn" for c in checks)
-    print(f"{len(checks) - failed - warned} ok, {warned} warnings, {failed} essential failures")
+    print(
+        f"{len(checks) - failed - warned} ok, {_count(warned, 'warning')}, "
+        f"{_count(failed, 'essential failure')}"
+    )
     return 1 if doctor.failed_essential(checks) else 0
 
 

@@ -183,7 +183,7 @@ class Daemon:
             if not watcher.healthy():
                 log.warning("a file watcher stopped or a root came back; restarting watchers")
                 watcher.restart()
-                jobs.buffer.rescan.set()
+                jobs.buffer.request_rescan("a watcher was restarted")
             now = time.monotonic()
             if ping_every and now - last_ping >= ping_every:
                 if watcher.healthy() and now - jobs.heartbeat < STUCK_AFTER:

@@ -163,7 +163,7 @@ class Jobs:
             if model is not None:
                 self._next_model = model
         self._schedule(cfg)
-        self.buffer.rescan.set()
+        self.buffer.request_rescan("the config was reloaded")
 
     def shutdown(self) -> None:
         """Stop scheduling; let the running job finish its batch; close the store."""
@@ -287,14 +287,14 @@ class Jobs:
         """A failed rescan or ingest (database busy, disk gone): ingest runs a full rescan
         RETRY_AFTER seconds on, so no change it was to pick up is lost."""
         self._failed_at = time.monotonic()
-        self.buffer.rescan.set()
+        self.buffer.request_rescan("retrying after a failure")
 
     def ingest(self) -> None:
         if self.buffer.rescan.is_set():
             if time.monotonic() - self._failed_at < RETRY_AFTER:
                 return
             if self._started:
-                log.warning("rescanning every root (file events were lost, or config changed)")
+                log.info("rescanning every root: %s", self.buffer.rescan_reason or "requested")
             self.reconcile()
             return
         if not self._started:

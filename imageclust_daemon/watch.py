@@ -110,7 +110,13 @@ class ChangeBuffer:
     clock: Callable[[], float] = time.monotonic
     _pending: dict[bytes, _Pending] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    rescan: threading.Event = field(default_factory=threading.Event)  # events were lost
+    rescan: threading.Event = field(default_factory=threading.Event)  # a full rescan is due
+    rescan_reason: str = ""  # why, for the log line when it runs
+
+    def request_rescan(self, reason: str) -> None:
+        """Ask for a full rescan of every root (events were lost, a root came back, ...)."""
+        self.rescan_reason = reason
+        self.rescan.set()
 
     def touch(self, path: bytes) -> None:
         with self._lock:
@@ -174,7 +180,7 @@ class _Handler(FileSystemEventHandler):
                     self._buffer.touch(path)
         except Exception:
             log.exception("error handling a filesystem event; a reconcile will catch up")
-            self._buffer.rescan.set()
+            self._buffer.request_rescan("a file event could not be handled")
 
 
 class _OverflowAlarm(logging.Handler):
@@ -186,7 +192,7 @@ class _OverflowAlarm(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if "overflow" in record.getMessage().lower():
-            self._buffer.rescan.set()
+            self._buffer.request_rescan("file events were lost (inotify queue overflow)")
 
 
 class Watcher:
