@@ -409,11 +409,12 @@ def _check_part(spec: ModelSpec, part: Path, url: str) -> None:
         raise DownloadError(url, "; ".join(problems) + f"; {part.name} was deleted")
 
 
-def _contract_problems(spec: ModelSpec, path: Path) -> list[str]:
+def _contract_problems(spec: ModelSpec, path: Path, *, exact: bool = True) -> list[str]:
     """What keeps the ONNX file at `path` from being the model `spec` describes (empty: none).
 
-    `model_io` checks the input is [N,3,crop,crop] float and the output exists;
-    the names and the embedding size are compared with the manifest here.
+    `model_io` checks the input is [N,3,crop,crop] float and the output exists: all
+    that indexing needs. With `exact`, the names and the embedding size must also be
+    the manifest's (a published file); a user's own export may differ in those.
     """
     try:
         session = open_session(path, threads=1)  # loading only: no need for a thread pool
@@ -426,6 +427,8 @@ def _contract_problems(spec: ModelSpec, path: Path) -> list[str]:
     except ModelError as exc:
         return [str(exc)]
     problems = []
+    if not exact:
+        return problems
     if io.input_name != spec.input_name:
         problems.append(f"its input is {io.input_name!r}, the manifest says {spec.input_name!r}")
     if io.dim != spec.dim:
@@ -481,9 +484,11 @@ class VerifyResult:
     problems: list[str]
 
 
-def verify(spec: ModelSpec, path: Path) -> VerifyResult:
+def verify(spec: ModelSpec, path: Path, *, own_file: bool = False) -> VerifyResult:
     """Check an installed model file: present, right size and sha256 (when known), usable.
 
+    `own_file`: the user's own export (`model.path`), not the published file, so only
+    its contract is checked: the manifest's size and sha256 describe another file.
     Reports rather than raises, so `models verify` can list every problem of every model.
     """
     if not path.is_file():
@@ -495,11 +500,12 @@ def verify(spec: ModelSpec, path: Path) -> VerifyResult:
     except OSError as exc:
         return VerifyResult(path, None, None, False, [f"{path}: cannot read it: {exc}"])
     problems: list[str] = []
-    if spec.size_bytes is not None and size != spec.size_bytes:
+    published = not own_file
+    if published and spec.size_bytes is not None and size != spec.size_bytes:
         problems.append(f"it is {size} bytes, the manifest expects {spec.size_bytes}")
-    if spec.sha256 is not None and digest != spec.sha256:
+    if published and spec.sha256 is not None and digest != spec.sha256:
         problems.append(f"sha256 mismatch: expected {spec.sha256}, got {digest}")
-    problems.extend(_contract_problems(spec, path))
+    problems.extend(_contract_problems(spec, path, exact=published))
     return VerifyResult(path, digest, size, not problems, problems)
 
 

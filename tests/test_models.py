@@ -23,6 +23,7 @@ import pytest
 from imageclust_daemon import models
 from imageclust_daemon.errors import DownloadError, ModelError
 from imageclust_daemon.records import ModelSpec, Preprocessing
+from tests.conftest import run_cli, write_config
 from tests.onnx_models import build_tiny_clip
 
 # --- a file server that misbehaves on demand ---------------------------------------------------
@@ -560,6 +561,26 @@ def test_verify_reports_every_problem(model_bytes: bytes, tmp_path: Path) -> Non
     junk = models.verify(replace(spec, sha256=None, size_bytes=None), path)
     assert not junk.ok
     assert any("ONNX Runtime cannot load it" in p for p in junk.problems)
+
+
+def test_verify_of_the_configured_own_file_checks_its_contract_only(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """model.path = your own export: the manifest's size and sha256 are another file's."""
+    config = write_config(
+        tmp_path / "c.toml",
+        storage={"data_dir": str(tmp_path / "data")},
+        model={"name": "clip-vit-b32", "path": str(tiny_model)},
+    )
+    own = run_cli("--config", str(config), "models", "verify")
+    assert own.returncode == 0, own.stdout + own.stderr
+    assert "ok (your own file (model.path): its contract)" in own.stdout
+    named = run_cli("--config", str(config), "models", "verify", "clip-vit-b32")
+    assert named.returncode == 1 and "no such file" in named.stdout  # the download's place
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not an onnx file")
+    broken = models.verify(models.load_manifest()["clip-vit-b32"], junk, own_file=True)
+    assert not broken.ok and any("ONNX Runtime cannot load it" in p for p in broken.problems)
 
 
 def test_int8_quantization_keeps_the_contract_and_the_embeddings(tmp_path: Path) -> None:
