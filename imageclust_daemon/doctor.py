@@ -79,6 +79,7 @@ def run_checks(
     checks = [check_config(cfg), check_data_dir(cfg.data_dir)]
     checks.append(check_free_disk(cfg.data_dir, min_free_bytes))
     checks.append(check_database(cfg.state_db_path))
+    checks.extend(check_outputs(cfg.catalog_path, cfg["organize.dir"]))
     checks.extend(check_model(cfg))
     checks.append(check_ollama(cfg, environ, timeout=ollama_timeout))
     checks.extend(check_roots(cfg.roots))
@@ -354,6 +355,28 @@ def check_ollama(
             f"ollama pull {model}",
         )
     return Check(name, True, False, f"{host}{source} has {model}")
+
+
+def check_outputs(catalog_path: Path, organize_dir: Path | None) -> list[Check]:
+    """Where the catalog (and the organized view) will be published: free to be replaced."""
+    checks = []
+    name, fix = "catalog path", "set catalog.path to a file name in a folder you can write"
+    folder = catalog_path.parent
+    if catalog_path.exists() and not catalog_path.is_file():
+        checks.append(Check(name, False, True, f"{catalog_path} exists and is not a file", fix))
+    elif folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        checks.append(Check(name, False, True, f"{folder} is not writable", fix))
+    else:
+        checks.append(Check(name, True, True, f"{catalog_path}"))
+    if organize_dir is not None:
+        name = "organized view"
+        if organize_dir.exists() and not organize_dir.is_symlink():
+            detail = f"{organize_dir} is a real folder; imageclust only replaces its own view"
+            fix = "set organize.dir to a path that does not exist yet"
+            checks.append(Check(name, False, True, detail, fix))
+        else:
+            checks.append(Check(name, True, True, f"{organize_dir}"))
+    return checks
 
 
 # --- the library -----------------------------------------------------------------------------

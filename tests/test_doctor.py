@@ -214,3 +214,17 @@ def test_inotify_is_checked_only_on_linux(tmp_path: Path) -> None:
     assert "inotify watches" not in names
     linux = doctor.run_checks(cfg, {}, platform="linux", inotify_dir=tmp_path / "no-proc")
     assert "inotify watches" in [c.name for c in linux]
+
+
+def test_catalog_and_organized_view_paths(tmp_path: Path) -> None:
+    fine = doctor.check_outputs(tmp_path / "catalog.sqlite", tmp_path / "Albums")
+    assert [c.ok for c in fine] == [True, True]
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "Photos").mkdir()
+    taken = doctor.check_outputs(tmp_path / "taken", tmp_path / "Photos")
+    assert [c.status for c in taken] == ["FAIL", "FAIL"]
+    assert "is not a file" in taken[0].detail and "real folder" in taken[1].detail
+    assert all(c.fix for c in taken)
+    (tmp_path / "view").symlink_to(tmp_path / "Photos")  # a view imageclust made: replaceable
+    assert doctor.check_outputs(tmp_path / "c.sqlite", tmp_path / "view")[1].ok
+    assert len(doctor.check_outputs(tmp_path / "c.sqlite", None)) == 1
