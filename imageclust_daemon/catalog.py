@@ -293,6 +293,8 @@ def _authorize(action: int, arg1: object, arg2: object, *rest: object) -> int:
 
 def query(catalog: Path, sql: str, *, timeout: float = 30.0) -> QueryResult:
     """Run one read-only statement against the catalog. Refusals raise QueryRefused."""
+    if catalog.exists() and not catalog.is_file():
+        raise DatabaseError(f"{catalog} is not a file: set catalog.path to a file name")
     if not catalog.is_file():
         raise DatabaseError(f"no catalog at {catalog} yet: run `imageclust index` first")
     text = sql.strip()
