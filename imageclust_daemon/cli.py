@@ -26,6 +26,7 @@ from imageclust_daemon import (
     service,
 )
 from imageclust_daemon.errors import ConfigError, ImageclustError, UsageError
+from imageclust_daemon.lock import InstanceLock
 from imageclust_daemon.ollama import client_for
 from imageclust_daemon.records import ModelSpec, display_path
 from imageclust_daemon.store import Store
@@ -446,6 +447,10 @@ COMMANDS = {
 }
 
 
+# Commands that write the state database: one at a time, never beside the daemon.
+WRITERS = {"index", "recluster", "relabel"}
+
+
 def configure_logging(level: str) -> None:
     """Log lines at `level` and above to stderr.
 
@@ -464,7 +469,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level or ("INFO" if args.command == "run" else "WARNING"))
     try:
         cfg = _load_config(args)
-        return COMMANDS[args.command](args, cfg)
+        if args.command not in WRITERS:
+            return COMMANDS[args.command](args, cfg)
+        with InstanceLock(cfg.data_dir / "daemon.lock", args.command):
+            return COMMANDS[args.command](args, cfg)
     except ImageclustError as exc:
         print(f"imageclust: error: {exc}", file=sys.stderr)
         return exc.exit_code

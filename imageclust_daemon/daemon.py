@@ -14,8 +14,6 @@ thread (see `jobs`).
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
 import signal
@@ -23,13 +21,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from types import FrameType
 
 from imageclust_daemon import models, pipeline
 from imageclust_daemon.config import Config
 from imageclust_daemon.errors import ConfigError, ImageclustError
 from imageclust_daemon.jobs import Jobs, LazyModel
+from imageclust_daemon.lock import InstanceLock
 from imageclust_daemon.store import Store
 from imageclust_daemon.watch import ChangeBuffer, Watcher
 
@@ -37,17 +35,6 @@ log = logging.getLogger(__name__)
 
 SUPERVISE_EVERY = 1.0  # seconds between health checks of the observers and the worker
 STUCK_AFTER = 600.0  # a job with no progress this long is stuck: stop pinging the watchdog
-
-
-class AlreadyRunning(ImageclustError):
-    """Another `imageclust run` holds the data dir's lock."""
-
-    def __init__(self, lock_path: Path, pid: str) -> None:
-        self.pid = pid
-        super().__init__(
-            f"another imageclust daemon is already running (PID {pid or 'unknown'}; "
-            f"lock {lock_path})"
-        )
 
 
 def notify(message: str, environ: Mapping[str, str] = os.environ) -> bool:
@@ -65,38 +52,6 @@ def notify(message: str, environ: Mapping[str, str] = os.environ) -> bool:
         log.debug("sd_notify failed: %s", exc)
         return False
     return True
-
-
-class InstanceLock:
-    """flock on <data_dir>/daemon.lock. The file is never deleted: a deleted lock file
-    would let a second instance lock a new inode while the first holds the old one."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                try:
-                    pid = self.path.read_text().strip()
-                except OSError:
-                    pid = ""
-                raise AlreadyRunning(self.path, pid) from None
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
 
 
 class Daemon:

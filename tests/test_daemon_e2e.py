@@ -19,7 +19,7 @@ from PIL import ImageDraw
 
 from imageclust_daemon.embed import model_id
 from tests import photos
-from tests.conftest import write_config
+from tests.conftest import run_cli, write_config
 from tests.library import scene_library
 from tests.onnx_models import build_tiny_clip
 
@@ -226,6 +226,11 @@ def test_renames_deletions_restarts_and_a_second_instance(
     second = daemons(config)
     assert second.proc.wait(timeout=30) != 0
     assert f"PID {daemon.proc.pid}" in str(second)
+    for command in ("index", "recluster", "relabel"):  # hand-run writers: refused, with why
+        by_hand = run_cli("--config", str(config), command)
+        assert by_hand.returncode == 1, (command, by_hand.stderr)
+        assert "daemon is already working on this library" in by_hand.stderr
+        assert f"PID {daemon.proc.pid}" in by_hand.stderr and "Traceback" not in by_hand.stderr
 
     (root / "event 0").rename(root / "renamed")
     wait_until(
