@@ -228,7 +228,9 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
     r = report
     print(
         f"{r.scanned} photos under {len(roots)} folder(s) in {r.seconds:.1f} s: "
-        f"{r.unchanged} unchanged, {r.moved} moved, {r.hashed} read "
+        f"{r.unchanged} unchanged, {r.moved} moved, "
+        + (f"{r.returned} back, " if r.returned else "")
+        + f"{r.hashed} read "
         f"({_human_bytes(r.bytes_read)}), {r.embedded} embedded, {r.reused} already known, "
         f"{r.failed} failed, {r.gone} gone"
     )

@@ -361,6 +361,7 @@ def index(
         scanned=len(scanned),
         unchanged=work.unchanged,
         moved=work.moved,
+        returned=len(work.known_again) - work.moved,
         gone=gone,
         offline=len(work.offline),
     )

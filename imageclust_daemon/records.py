@@ -79,6 +79,7 @@ class IndexReport:
     scanned: int = 0  # image-like files seen under the roots
     unchanged: int = 0  # signature unchanged: not opened at all
     moved: int = 0  # a known (device, inode, size, mtime) at a new path: hash reused, not read
+    returned: int = 0  # back at a path where it was seen leave, unchanged: not read
     hashed: int = 0  # files whose bytes were read and hashed
     bytes_read: int = 0
     embedded: int = 0  # new embeddings computed

@@ -241,7 +241,7 @@ def test_a_root_removed_from_the_config_leaves_the_library(tmp_path: Path, make_
     assert {os.path.dirname(r["path"]) for r in rows} == {str(kept)}
     both = make_config([kept, dropped])  # put back: known by their signatures
     again = _index(both)
-    assert again["embedded"] == 0 and again["bytes_read"] == 0
+    assert again["embedded"] == 0 and again["bytes_read"] == 0 and again["returned"] == 3
     assert _status(both)["files"] == 6
 
 
