@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -243,6 +245,28 @@ def test_a_root_removed_from_the_config_leaves_the_library(tmp_path: Path, make_
     again = _index(both)
     assert again["embedded"] == 0 and again["bytes_read"] == 0 and again["returned"] == 3
     assert _status(both)["files"] == 6
+
+
+def test_onnx_runtime_telemetry_is_off(
+    library: tuple[Path, dict[str, int]], make_config, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """ONNX Runtime >= 1.29 writes a device id and queues usage events for Microsoft
+    unless ORT_DISABLE_TELEMETRY is set; imageclust sets it for itself."""
+    root, expected = library
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
+    config = make_config(library={"roots": [str(root)], **EXCLUDE})
+    result = subprocess.run(
+        [sys.executable, "-m", "imageclust_daemon", "--config", str(config), "index", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["embedded"] == expected["embedded"]
+    left = [str(p.relative_to(home)) for p in home.rglob("*")] if home.exists() else []
+    assert not [p for p in left if "Microsoft" in p or "onnxruntime" in p], left
 
 
 def test_missing_model_is_a_clear_error(

@@ -12,8 +12,11 @@ the weights' values.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # see imageclust_daemon/__init__.py
 
 ARCHS = {
     # hidden, intermediate, layers, heads, patch, projection
