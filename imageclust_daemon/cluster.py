@@ -291,6 +291,11 @@ def choose_price(tree: Tree, n: int, min_size: int, max_size: int, n_clusters: i
             above = heights[ks - 2]
             below = np.concatenate([heights, [0.0]])[ks - 1]
             k = int(ks[int(np.argmax(above - below))])
+        if k - 2 >= heights.size:
+            # The size limits want more groups than merges that count (ties, duplicates):
+            # cut among all the merges instead; the limits split whatever is still too big.
+            every = np.sort(tree.merges[:, 2])[::-1]
+            return _price_between(every, min(k, every.size + 1))
         if k_lo <= 1 and heights[k - 2] < SIGNIFICANT_JUMP * _at(heights, k - 1):
             k = 1  # no split stands out and one group fits: the data is one group
         return _price_between(heights, k)

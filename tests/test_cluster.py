@@ -119,6 +119,20 @@ def test_a_few_odd_photos_do_not_merge_the_albums(seed: int, odd: int, two_stage
     assert partition(labels[: len(x)]) == partition(truth), "an album was merged or split"
 
 
+@pytest.mark.parametrize(("min_size", "max_size"), [(1, 3), (2, 3), (3, 5), (3, 40), (5, 200)])
+@pytest.mark.parametrize("distinct", [1, 2, 5])
+def test_identical_photos_are_grouped_within_the_limits(
+    distinct: int, min_size: int, max_size: int
+) -> None:
+    """Exact duplicates tie every merge height at 0: no crash, and the limits still hold."""
+    points = sphere(distinct, 8, seed=distinct)
+    x = np.repeat(points, 24 // distinct, axis=0)
+    labels = constrained_ward(x, min_size, max_size)
+    sizes = np.bincount(labels[labels >= 0])
+    assert ((sizes >= min_size) & (sizes <= max_size)).all()
+    assert (labels >= 0).sum() >= len(x) - (min_size - 1)
+
+
 def test_one_natural_group_stays_one_group() -> None:
     x, _ = blobs([60], d=64, seed=4)
     assert (constrained_ward(x, 5, 200) == 0).all()
