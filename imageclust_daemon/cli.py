@@ -72,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     ix.add_argument("paths", nargs="*", metavar="PATH", help="folders (default: library.roots)")
     ix.add_argument("--json", action="store_true", help="print the run's counts as JSON")
     ix.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ix.add_argument(
+        "--forget-missing",
+        action="store_true",
+        help="photos not found are gone, even when many vanished at once or their drive "
+        "is not mounted (kept offline otherwise)",
+    )
 
     rc = command(sub, "recluster", help="regroup the library by meaning (if anything changed)")
     rc.add_argument("--force", action="store_true", help="regroup even if nothing changed")
@@ -217,6 +223,7 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
                 progress=progress,
                 on_scan_error=scan_error,
                 whole_library=not args.paths,
+                forget_missing=args.forget_missing,
             )
         finally:
             if bar is not None:

@@ -92,6 +92,76 @@ def under_any(path: bytes, folders: Collection[bytes]) -> bool:
     return any(path == f or path.startswith(f.rstrip(b"/") + b"/") for f in folders)
 
 
+# A full rescan that finds this many of a root's photos missing, and more than this
+# share of them, keeps them offline: a flaky mount, not a purge (another photo manager
+# once marked 68,811 photos deleted in 6.6 s). `index --forget-missing` accepts it.
+MASS_LOSS_MIN = 50
+MASS_LOSS_SHARE = 0.5
+
+
+def mass_losses(
+    missing: Sequence[bytes],
+    known: dict[bytes, KnownFile],
+    roots: Sequence[bytes],
+    unreachable: Collection[bytes] = (),
+) -> set[bytes]:
+    """Roots that lost too many of their photos at once to believe it. No I/O."""
+    lost = set()
+    for root in roots:
+        live = sum(1 for p, k in known.items() if k.live and under_any(p, [root]))
+        gone = sum(1 for p in missing if under_any(p, [root]) and not under_any(p, unreachable))
+        if gone >= MASS_LOSS_MIN and gone > MASS_LOSS_SHARE * live:
+            log.warning(
+                "%d of the %d photos under %s vanished at once: kept as offline, not "
+                "deleted (a mount problem?). If you removed them: imageclust index "
+                "--forget-missing",
+                gone,
+                live,
+                display_path(root),
+            )
+            lost.add(root)
+    return lost
+
+
+def unmounted_folders(
+    missing: Sequence[bytes], known: dict[bytes, KnownFile], roots: Sequence[bytes]
+) -> set[bytes]:
+    """Folders under the roots where the filesystem missing photos lived on is unmounted.
+
+    The deepest folder still there above a missing photo is on another device than
+    the photo was: the photo's filesystem was mounted there and is not now (the empty
+    mount point a drive or share leaves under a root).
+    """
+    found: set[bytes] = set()
+    above: dict[bytes, tuple[bytes, int] | None] = {}
+    for path in missing:
+        folder = os.path.dirname(path)
+        if folder not in above:
+            above[folder] = _deepest_existing(folder, roots)
+        hit = above[folder]
+        if hit is not None and hit[1] != known[path].signature[3]:
+            found.add(hit[0])
+    for folder in sorted(found):
+        log.warning(
+            "%s: its drive or share is not mounted; its photos are kept offline",
+            display_path(folder),
+        )
+    return found
+
+
+def _deepest_existing(folder: bytes, roots: Sequence[bytes]) -> tuple[bytes, int] | None:
+    """(folder, st_dev) of `folder` or its nearest existing parent, within the roots."""
+    while under_any(folder, roots):
+        try:
+            return folder, os.stat(folder).st_dev
+        except OSError:
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                return None
+            folder = parent
+    return None
+
+
 def plan(
     scanned: Iterable[FileStat],
     known: dict[bytes, KnownFile],
@@ -274,6 +344,7 @@ def index(
     settle_seconds: float = 0.0,
     on_defer: Callable[[list[bytes]], None] | None = None,
     whole_library: bool = False,
+    forget_missing: bool = False,
 ) -> IndexReport:
     """Scan `roots`, read what changed, embed what is new, forget nothing. Returns the counts.
 
@@ -283,7 +354,9 @@ def index(
     be being written; it is not read now but handed to `on_defer` (the daemon's watch
     buffer), so it is read once, complete. `whole_library`: `roots` are all of
     library.roots, so a photo under none of them (its root was removed from the
-    config) has left the library and is gone.
+    config) has left the library and is gone. Photos not found are offline, not gone,
+    when their folder cannot be read, their filesystem is no longer mounted, or too many
+    vanished at once (`mass_losses`); `forget_missing` says they are gone all the same.
     """
     started = time.monotonic()
     roots = [os.path.realpath(r) for r in roots]
@@ -299,11 +372,16 @@ def index(
         scanned = {f.path: f for f in found}
         known = store.files_at(list(only))
         looked_at = [r for r in roots if under_any(r, only)]  # a root itself deleted (unmounted)
-    for root in looked_at:  # an empty root that had photos is an unmounted drive, not a purge
-        if not any(under_any(p, [root]) for p in scanned) and any(
-            k.live and under_any(p, [root]) for p, k in known.items()
-        ):
-            unreachable.add(root)
+    if not forget_missing:
+        for root in looked_at:  # an empty root that had photos is an unmounted drive
+            if not any(under_any(p, [root]) for p in scanned) and any(
+                k.live and under_any(p, [root]) for p, k in known.items()
+            ):
+                unreachable.add(root)
+        if only is None:
+            missing = [p for p, k in known.items() if k.live and p not in scanned]
+            unreachable |= unmounted_folders(missing, known, roots)
+            unreachable |= mass_losses(missing, known, roots, unreachable)
     work = plan(scanned.values(), known, unreachable)
     if work.to_read:  # moved here from a path an earlier run already saw leave
         elsewhere = store.departed([f.signature for f in work.to_read])

@@ -106,8 +106,9 @@ def walk(
                 st = entry.stat(follow_symlinks=True)
             except FileNotFoundError:
                 continue  # vanished, or a dangling symlink: nothing to index
-            except OSError as exc:
+            except OSError as exc:  # EIO, ESTALE on a flaky share: unknown, not gone
                 on_error(entry.path, f"cannot stat: {exc.strerror or exc}")
+                lost.add(entry.path)
                 continue
             if stat.S_ISDIR(st.st_mode):
                 if (st.st_dev, st.st_ino) not in visited:
@@ -167,8 +168,10 @@ def look_at(
             st = os.stat(path)
         except FileNotFoundError:
             continue
-        except OSError as exc:
+        except OSError as exc:  # unknown, not gone
             on_error(path, f"cannot stat: {exc.strerror or exc}")
+            if unreachable is not None:
+                unreachable.add(path)
             continue
         if stat.S_ISDIR(st.st_mode):
             found: Iterator[FileStat] = walk(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sqlite3
 import time
 from pathlib import Path
 
 import blake3
+import pytest
 from PIL import Image
 
 from imageclust_daemon import models, pipeline
@@ -215,3 +218,88 @@ def test_a_photo_dated_in_the_future_is_read_not_deferred_forever(
         )
     assert report.embedded == 1
     assert deferred == [os.fsencode(fresh)]
+
+
+def _photos(folder: Path, n: int, first: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(first, first + n):
+        photos.save_jpeg(photos.photo_like(i, size=(64, 48)), folder / f"{i}.jpg")
+
+
+def test_a_drive_unmounted_inside_a_root_keeps_its_photos_offline(
+    tmp_path: Path,
+    make_config,  # type: ignore[no-untyped-def]
+) -> None:
+    """The empty mount point a drive leaves under a root: the folder above the missing
+    photos is now on another device than they were. (The mount is simulated by the
+    device the state remembers for them: mounting needs privileges tests lack.)"""
+    root = tmp_path / "Photos"
+    _photos(root, 2)
+    _photos(root / "nas", 6, first=2)
+    config = make_config([root])
+    assert _index(config)["embedded"] == 8
+    state = sqlite3.connect(tmp_path / "data" / "state.sqlite")
+    with state:
+        state.execute(  # as if nas/ had been another filesystem's mount point
+            "UPDATE files SET device = device + 1 WHERE path >= ? AND path < ?",
+            (os.fsencode(root / "nas") + b"/", os.fsencode(root / "nas") + b"0"),
+        )
+    state.close()
+    for name in os.listdir(root / "nas"):
+        os.unlink(root / "nas" / name)  # unmounted: the mount point is an empty folder
+    result = run_cli("--config", str(config), "index", "--json")
+    report = json.loads(result.stdout)
+    assert (report["gone"], report["offline"]) == (0, 6), result.stderr
+    assert "is not mounted" in result.stderr
+    os.unlink(root / "0.jpg")  # a photo deleted on the root's own filesystem is gone
+    assert _index(config)["gone"] == 1
+
+
+def test_many_photos_vanishing_at_once_are_kept_offline_until_confirmed(
+    tmp_path: Path,
+    make_config,  # type: ignore[no-untyped-def]
+) -> None:
+    root = tmp_path / "Photos"
+    _photos(root / "a", 60)
+    _photos(root / "b", 30, first=60)
+    config = make_config([root])
+    assert _index(config)["embedded"] == 90
+    for name in os.listdir(root / "a"):
+        os.unlink(root / "a" / name)
+    result = run_cli("--config", str(config), "index", "--json")
+    report = json.loads(result.stdout)
+    assert (report["gone"], report["offline"]) == (0, 60), result.stderr
+    assert "60 of the 90 photos" in result.stderr and "--forget-missing" in result.stderr
+    confirmed = cli_json(config, "index", "--forget-missing")
+    assert (confirmed["gone"], confirmed["offline"]) == (60, 0)
+    assert _status(config)["files"] == 30
+    for name in sorted(os.listdir(root / "b"))[:5]:  # a few at a time: just deleted
+        os.unlink(root / "b" / name)
+    assert _index(config)["gone"] == 5
+
+
+def test_a_photo_that_cannot_be_statted_is_offline_not_gone(
+    tmp_path: Path,
+    make_config,  # type: ignore[no-untyped-def]
+) -> None:
+    """A folder that lists but whose entries cannot be looked at (EACCES here; EIO or
+    ESTALE on a flaky share): what is in it is unknown, not deleted."""
+    root = tmp_path / "Photos"
+    _photos(root, 2)
+    _photos(root / "flaky", 3, first=2)
+    config = make_config([root])
+    assert _index(config)["embedded"] == 5
+    (root / "flaky").chmod(0o644)  # readable (listable) but not searchable: stat fails
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root without setpriv can stat anything")
+        caps = "-dac_override,-dac_read_search"
+        prefix = (setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}")
+    try:
+        result = run_cli("--config", str(config), "index", "--json", prefix=prefix)
+    finally:
+        (root / "flaky").chmod(0o755)
+    report = json.loads(result.stdout)
+    assert (report["gone"], report["offline"]) == (0, 3), result.stderr
