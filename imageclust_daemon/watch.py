@@ -195,6 +195,14 @@ class _OverflowAlarm(logging.Handler):
             self._buffer.request_rescan("file events were lost (inotify queue overflow)")
 
 
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        st = folder.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class Watcher:
     """Native observers where they work, polling where they cannot (network mounts, limits)."""
 
@@ -211,7 +219,7 @@ class Watcher:
         self._force_poll = force_poll
         self._poll_seconds = poll_seconds
         self._observers: list[BaseObserver] = []
-        self._watched: set[Path] = set()
+        self._watched: dict[Path, tuple[int, int] | None] = {}  # root -> (device, inode)
         self._alarm = _OverflowAlarm(buffer)
         self._lock = threading.Lock()
 
@@ -230,7 +238,7 @@ class Watcher:
                 if observer is None:
                     observer = self._start(PollingObserver(timeout=self._poll_seconds), root)
                 self._observers.append(observer)
-                self._watched.add(root)
+                self._watched[root] = _identity(root)
 
     def _start(self, observer: BaseObserver, root: Path) -> BaseObserver:
         """One observer per root, so one that fails or dies takes no other root with it."""
@@ -264,13 +272,19 @@ class Watcher:
                     return False
                 if not all(e.is_alive() for e in emitters):
                     return False
-            return all(r in self._watched for r in self.roots if r.is_dir())
+            # A root renamed away and made again: inotify follows the old folder (its
+            # emitter lives on) and never sees the new one at the root's path.
+            return all(
+                r in self._watched and self._watched[r] == _identity(r)
+                for r in self.roots
+                if r.is_dir()
+            )
 
     def stop(self) -> None:
         """Stop and join every observer; idempotent."""
         with self._lock:
             observers, self._observers = self._observers, []
-            self._watched = set()
+            self._watched = {}
             logging.getLogger("watchdog").removeHandler(self._alarm)
         for observer in observers:
             observer.stop()

@@ -29,9 +29,10 @@ def _pending(buffer: ChangeBuffer) -> set[str]:
     return {os.path.basename(os.fsdecode(p)) for p in buffer.take_settled()}
 
 
+@pytest.mark.parametrize("away", ["deleted", "renamed"])
 @pytest.mark.parametrize("poll", [False, True], ids=["native", "polling"])
-def test_a_root_deleted_and_recreated_is_noticed_and_watched_again(
-    tmp_path: Path, poll: bool
+def test_a_root_gone_and_made_again_is_noticed_and_watched_again(
+    tmp_path: Path, poll: bool, away: str
 ) -> None:
     root = tmp_path / "Pictures"
     root.mkdir()
@@ -42,10 +43,15 @@ def test_a_root_deleted_and_recreated_is_noticed_and_watched_again(
         (root / "a.jpg").write_bytes(b"a")
         assert _wait(lambda: "a.jpg" in _pending(buffer))
         assert watcher.healthy()
-        shutil.rmtree(root)  # an unmounted share: the root's emitter ends, its observer lives on
-        assert _wait(lambda: not watcher.healthy()), "a dead emitter must read as unhealthy"
+        if away == "deleted":  # the root's emitter ends, its observer lives on
+            shutil.rmtree(root)
+        else:  # inotify follows the renamed folder: its emitter lives on
+            root.rename(tmp_path / "elsewhere")
         root.mkdir()
-        watcher.restart()  # what the daemon's supervisor does when healthy() is False
+        if not poll:  # polling looks at the path, so it may well go on as it is
+            assert _wait(lambda: not watcher.healthy()), "the new folder is not watched yet"
+        if not watcher.healthy():
+            watcher.restart()  # what the daemon's supervisor does when healthy() is False
         assert watcher.healthy()
         (root / "b.jpg").write_bytes(b"b")
         assert _wait(lambda: "b.jpg" in _pending(buffer)), "the recreated root is watched"
