@@ -372,6 +372,15 @@ def from_mapping(doc: Mapping[str, Any], source: Path | None = None) -> Config:
             f"{values['cluster.max_size']})",
             source=where,
         )
+    organized: Path | None = values["organize.dir"]
+    for root in values["library.roots"] if organized is not None else ():
+        if organized == root or root in organized.parents:
+            raise ConfigError(
+                "organize.dir",
+                f"is inside library root {root}: its links would be indexed as photos "
+                "again; choose a folder outside library.roots",
+                source=where,
+            )
     return Config(values, source)
 
 

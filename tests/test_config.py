@@ -34,6 +34,11 @@ def test_the_shipped_config_is_valid_and_equals_the_defaults() -> None:
         ({"librar": {}}, "librar", "did you mean [library]"),
         ({"schedule": {"recluster_seconds": float("nan")}}, "schedule.recluster_seconds", "nan"),
         ({"library": {"settle_seconds": float("nan")}}, "library.settle_seconds", "nan"),
+        (
+            {"library": {"roots": ["/p"]}, "organize": {"dir": "/p/Albums"}},
+            "organize.dir",
+            "inside library root /p",
+        ),
         ({"library": {"roots": "/x"}}, "library.roots", "list of non-empty strings"),
         ({"model": {"batch_size": 0}}, "model.batch_size", ">= 1"),
         ({"model": {"batch_size": "8"}}, "model.batch_size", "expected an integer"),
