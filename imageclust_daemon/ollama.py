@@ -14,6 +14,7 @@ import base64
 import json
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ class RetryPolicy:
         return rng.uniform(0.0, min(self.cap, self.base * (2**retry)))
 
 
+_DEADLINE_GRACE = 0.25  # seconds past the timeout before an exchange is abandoned
+
+
 class OllamaClient:
     """One model on one Ollama server. Thread-safe (httpx.Client is); close() is idempotent."""
 
@@ -108,12 +112,44 @@ class OllamaClient:
     # -- one request -------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One attempt with an overall deadline; the decoded JSON body, or an OllamaError."""
-        if self._http is None:  # closed by a stop: nothing more will be asked this run
+        """One attempt with an overall deadline; the decoded JSON body, or an OllamaError.
+
+        httpx's timeouts are per read: a server sending its headers (or its body) a byte
+        at a time never trips them. So the exchange runs on a daemon thread and is
+        abandoned at the deadline; the body loop also checks it, to stop reading then.
+        """
+        http = self._http
+        if http is None:  # closed by a stop: nothing more will be asked this run
             raise OllamaUnavailable(self.host, "client is closed")
         deadline = time.monotonic() + self.timeout
+        outcome: list[tuple[bool, Any]] = []
+
+        def exchange() -> None:
+            try:
+                outcome.append((True, self._exchange(http, method, path, body, deadline)))
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append((False, exc))
+
+        worker = threading.Thread(target=exchange, name="imageclust-ollama", daemon=True)
+        worker.start()
+        worker.join(self.timeout + _DEADLINE_GRACE)  # httpx's own timeout, if it fires, says more
+        if not outcome:
+            raise OllamaUnavailable(self.host, f"no full answer in {self.timeout:g} s")
+        ok, value = outcome[0]
+        if ok:
+            return value
+        raise value
+
+    def _exchange(
+        self,
+        http: httpx.Client,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        deadline: float,
+    ) -> Any:
         try:
-            with self._http.stream(method, path, json=body) as response:
+            with http.stream(method, path, json=body) as response:
                 chunks, size = [], 0
                 for chunk in response.iter_bytes():
                     chunks.append(chunk)

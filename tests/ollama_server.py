@@ -13,6 +13,7 @@ What /api/generate does is chosen per request: the next entry of the script
     "500"            500 {"error": ...}
     "hang"           answer nothing for `hang_seconds` (then "ok"), or until stop()
     "drip"           200 headers, then the "ok" body one byte every `drip_interval` seconds
+    "drip_headers"   the status line and headers themselves one byte every `drip_interval`
     "close"          read the request, then close the socket without a response
     "not_json"       200, the response text is not JSON
     "missing_field"  200, JSON without "catchy_phrase"
@@ -47,6 +48,7 @@ MODES = (
     "500",
     "hang",
     "drip",
+    "drip_headers",
     "close",
     "not_json",
     "missing_field",
@@ -313,6 +315,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         elif mode == "drip":
             self._drip(_generate_response(model, json.dumps(fake._ok_reply())))
+        elif mode == "drip_headers":
+            self._drip_headers(_generate_response(model, json.dumps(fake._ok_reply())))
         elif mode == "close":
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -350,6 +354,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _text(self, status: int, text: str) -> None:
         self._send(status, "text/plain; charset=utf-8", text.encode())
+
+    def _drip_headers(self, data: Any) -> None:
+        payload = json.dumps(data).encode()
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"X-Padding: {'x' * 200}\r\nContent-Length: {len(payload)}\r\n\r\n"
+        ).encode()
+        self.close_connection = True
+        for i in range(len(head)):
+            if self.server.fake._wait(self.server.fake.drip_interval):
+                return
+            self.wfile.write(head[i : i + 1])
+            self.wfile.flush()
+        self.wfile.write(payload)
 
     def _drip(self, data: Any) -> None:
         payload = json.dumps(data).encode()

@@ -153,6 +153,20 @@ def test_a_drip_is_cut_by_the_overall_deadline(
     assert len(fake_ollama.generate_requests()) == 1
 
 
+def test_headers_dripping_are_cut_by_the_overall_deadline(
+    fake_ollama: FakeOllama, make_client: MakeClient
+) -> None:
+    """The deadline holds before the headers are in, too (a read timeout never fires)."""
+    fake_ollama.default = "drip_headers"
+    client = make_client(timeout=1.0, attempts=1)
+    start = time.monotonic()
+    with pytest.raises(OllamaUnavailable, match="no full answer in 1 s"):
+        client.label(PROMPT, IMAGES)
+    assert 0.9 <= time.monotonic() - start < 1.6
+    client.close()
+    fake_ollama.stop()  # ends the abandoned exchange
+
+
 def test_a_closed_connection_is_unavailable_after_all_attempts(
     fake_ollama: FakeOllama, make_client: MakeClient
 ) -> None:
