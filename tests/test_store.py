@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +118,36 @@ def test_close_is_idempotent(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s.sqlite")
     store.close()
     store.close()
+
+
+def test_a_transaction_that_reads_then_writes_waits_for_another_writer(tmp_path: Path) -> None:
+    """BEGIN IMMEDIATE: with a plain (deferred) BEGIN, a read followed by a write fails at
+    once ("database is locked") when another connection wrote in between; no busy wait
+    can save it. Taking the write lock at BEGIN makes the other writer wait instead."""
+    db = tmp_path / "state.sqlite"
+    with Store.open(db) as store:
+        read, wrote = threading.Event(), threading.Event()
+        errors: list[BaseException] = []
+
+        def other_writer() -> None:
+            read.wait(5)
+            conn = sqlite3.connect(db, timeout=10, isolation_level=None)
+            try:
+                conn.execute("INSERT INTO model_files VALUES (x'01', 1, 1, 'other')")
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                conn.close()
+                wrote.set()
+
+        thread = threading.Thread(target=other_writer)
+        thread.start()
+        with store.transaction() as conn:
+            conn.execute("SELECT count(*) FROM model_files").fetchone()  # a read snapshot
+            read.set()
+            wrote.wait(0.5)  # the other writer has tried by now
+            conn.execute("INSERT INTO model_files VALUES (x'02', 2, 2, 'ours')")
+        thread.join(10)
+        assert not errors
+        rows = store.conn.execute("SELECT sha256 FROM model_files ORDER BY path").fetchall()
+    assert rows == [("other",), ("ours",)]

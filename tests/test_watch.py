@@ -10,10 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from watchdog.events import FileCreatedEvent, FileMovedEvent
 from watchdog.observers import inotify_c
 from watchdog.observers.polling import PollingObserver
 
-from imageclust_daemon.watch import ChangeBuffer, Watcher
+from imageclust_daemon.watch import ChangeBuffer, Watcher, _Handler
 
 
 def _wait(condition: Callable[[], object], timeout: float = 10.0) -> bool:
@@ -81,3 +82,54 @@ def test_a_refused_native_watch_falls_back_to_polling(
         assert _wait(lambda: "c.jpg" in _pending(buffer)), "the refused root is polled"
     finally:
         watcher.stop()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_file_is_ready_only_once_its_size_and_mtime_stay_put(tmp_path: Path) -> None:
+    """Settled by size and mtime stable over settle_seconds, not by events: a slow copy
+    is read once, complete."""
+    clock = _Clock()
+    buffer = ChangeBuffer(2.0, clock=clock)
+    photo = tmp_path / "copying.jpg"
+    photo.write_bytes(b"x" * 10)
+    buffer.touch(os.fsencode(photo))
+    assert buffer.take_settled() == []  # first look: its size and mtime noted
+    clock.now += 1.5
+    with open(photo, "ab") as f:  # the copy goes on, with no event
+        f.write(b"y" * 10)
+    assert buffer.take_settled() == []  # changed since: the wait starts again
+    clock.now += 1.9
+    assert buffer.take_settled() == []
+    clock.now += 0.2
+    assert buffer.take_settled() == [os.fsencode(photo)]
+    assert len(buffer) == 0
+    gone = tmp_path / "gone.jpg"
+    buffer.touch(os.fsencode(gone))  # deleted or moved away: ready at once
+    assert buffer.take_settled() == [os.fsencode(gone)]
+
+
+def test_events_for_temporary_names_are_ignored_and_a_handler_error_asks_for_a_rescan(
+    tmp_path: Path,
+) -> None:
+    buffer = ChangeBuffer(0.0)
+    handler = _Handler(buffer)
+    for name in ("IMG_1.jpg.part", "x.crdownload", ".IMG_2.jpg.swp", "IMG_3.jpg~", "a.tmp"):
+        handler.on_any_event(FileCreatedEvent(str(tmp_path / name)))
+    assert len(buffer) == 0
+    handler.on_any_event(FileMovedEvent(str(tmp_path / "a.tmp"), str(tmp_path / "IMG_4.jpg")))
+    assert {os.path.basename(p) for p in buffer._pending} == {b"IMG_4.jpg"}
+
+    class Broken(ChangeBuffer):
+        def touch(self, path: bytes) -> None:
+            raise RuntimeError("boom")
+
+    broken = Broken(0.0)
+    _Handler(broken).on_any_event(FileCreatedEvent(str(tmp_path / "IMG_5.jpg")))  # no raise
+    assert broken.rescan.is_set() and "could not be handled" in broken.rescan_reason
