@@ -411,6 +411,31 @@ def test_a_stop_publishes_what_was_indexed(
     assert catalog_rows(data, "SELECT count(*) FROM photos WHERE status = 'indexed'") == [(5,)]
 
 
+def test_a_root_made_again_is_watched_again(
+    tmp_path: Path, daemon_config: Callable[..., Path], daemons: Callable[..., DaemonProcess]
+) -> None:
+    """A root renamed away and made again (a share remounted): the supervisor notices the
+    watch on the old folder and starts over, so a photo in the new folder is indexed in
+    seconds, not at the next full rescan hours later."""
+    root = tmp_path / "share"
+    scene_library(root, 1, 3)
+    data = tmp_path / "data"
+    daemon = daemons(daemon_config([root]))
+    wait_until(lambda: catalog_rows(data, "SELECT count(*) FROM photos") == [(3,)], TIMEOUT, "3")
+    root.rename(tmp_path / "old-share")
+    root.mkdir()
+    photos.save_jpeg(photos.photo_like(7, scene=1), root / "new.jpg")
+    wait_until(
+        lambda: (
+            [os.path.basename(p) for (p,) in catalog_rows(data, "SELECT path FROM photos")]
+            == ["new.jpg"]
+        ),
+        TIMEOUT,
+        f"the new folder's photo is indexed: {daemon}",
+    )
+    assert daemon.terminate()[0] == 0
+
+
 def test_polling_roots_still_see_changes(
     tmp_path: Path, daemon_config: Callable[..., Path], daemons: Callable[..., DaemonProcess]
 ) -> None:
