@@ -92,6 +92,17 @@ def under_any(path: bytes, folders: Collection[bytes]) -> bool:
     return any(path == f or path.startswith(f.rstrip(b"/") + b"/") for f in folders)
 
 
+def under_set(path: bytes, folders: set[bytes]) -> bool:
+    """`under_any` for many folders (absolute, no trailing slash): O(depth), not O(folders)."""
+    while True:
+        if path in folders:
+            return True
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+
+
 # A full rescan that finds this many of a root's photos missing, and more than this
 # share of them, keeps them offline: a flaky mount, not a purge (another photo manager
 # once marked 68,811 photos deleted in 6.6 s). `index --forget-missing` accepts it.
@@ -99,17 +110,38 @@ MASS_LOSS_MIN = 50
 MASS_LOSS_SHARE = 0.5
 
 
+def _vanished(
+    scanned: dict[bytes, FileStat],
+    known: dict[bytes, KnownFile],
+    roots: Sequence[bytes],
+    excluder: scan.Excluder,
+) -> list[bytes]:
+    """Live photos not found, less those that moved (their signature was scanned
+    elsewhere) and those the walk now leaves out (excluded, hidden): these vanished."""
+    arrived = {f.signature for f in scanned.values()}
+    out = []
+    for path, k in known.items():
+        if not k.live or path in scanned or k.signature in arrived:
+            continue
+        root = next((r for r in roots if under_any(path, [r])), None)
+        if root is not None and scan.skipped(path, root, excluder):
+            continue
+        out.append(path)
+    return out
+
+
 def mass_losses(
     missing: Sequence[bytes],
     known: dict[bytes, KnownFile],
     roots: Sequence[bytes],
-    unreachable: Collection[bytes] = (),
+    unreachable: set[bytes] | None = None,
 ) -> set[bytes]:
     """Roots that lost too many of their photos at once to believe it. No I/O."""
+    unreachable = unreachable or set()
     lost = set()
     for root in roots:
         live = sum(1 for p, k in known.items() if k.live and under_any(p, [root]))
-        gone = sum(1 for p in missing if under_any(p, [root]) and not under_any(p, unreachable))
+        gone = sum(1 for p in missing if under_any(p, [root]) and not under_set(p, unreachable))
         if gone >= MASS_LOSS_MIN and gone > MASS_LOSS_SHARE * live:
             log.warning(
                 "%d of the %d photos under %s vanished at once: kept as offline, not "
@@ -128,9 +160,10 @@ def unmounted_folders(
 ) -> set[bytes]:
     """Folders under the roots where the filesystem missing photos lived on is unmounted.
 
-    The deepest folder still there above a missing photo is on another device than
-    the photo was: the photo's filesystem was mounted there and is not now (the empty
-    mount point a drive or share leaves under a root).
+    The deepest folder still there above a missing photo is empty, and on another
+    device than the photo was: the photo's filesystem was mounted there and is not now
+    (the empty mount point a drive or share leaves under a root). Not empty: a folder
+    of symlinks to another drive, say, that lost one.
     """
     found: set[bytes] = set()
     above: dict[bytes, tuple[bytes, int] | None] = {}
@@ -139,7 +172,7 @@ def unmounted_folders(
         if folder not in above:
             above[folder] = _deepest_existing(folder, roots)
         hit = above[folder]
-        if hit is not None and hit[1] != known[path].signature[3]:
+        if hit is not None and hit[1] != known[path].signature[3] and _empty(hit[0]):
             found.add(hit[0])
     for folder in sorted(found):
         log.warning(
@@ -147,6 +180,14 @@ def unmounted_folders(
             display_path(folder),
         )
     return found
+
+
+def _empty(folder: bytes) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
 
 
 def _deepest_existing(folder: bytes, roots: Sequence[bytes]) -> tuple[bytes, int] | None:
@@ -160,6 +201,11 @@ def _deepest_existing(folder: bytes, roots: Sequence[bytes]) -> tuple[bytes, int
                 return None
             folder = parent
     return None
+
+
+def _some(names: Sequence[str], shown: int = 5) -> str:
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def plan(
@@ -187,8 +233,9 @@ def plan(
         else:
             fresh.append(f)
     missing = [p for p, k in known.items() if k.live and p not in seen]
-    offline = [p for p in missing if under_any(p, unreachable)] if unreachable else []
-    gone = [p for p in missing if not under_any(p, unreachable)] if unreachable else missing
+    lost = {u.rstrip(b"/") or b"/" for u in unreachable}
+    offline = [p for p in missing if under_set(p, lost)] if lost else []
+    gone = [p for p in missing if not under_set(p, lost)] if lost else missing
     online = [p for p in seen if p in known and known[p].offline]
     # A path that left and a path that arrived with the same (size, mtime, inode, device):
     # a rename or a move within one filesystem. Reuse the hash; read nothing.
@@ -372,16 +419,17 @@ def index(
         scanned = {f.path: f for f in found}
         known = store.files_at(list(only))
         looked_at = [r for r in roots if under_any(r, only)]  # a root itself deleted (unmounted)
-    if not forget_missing:
+    if forget_missing:  # a root that is no longer there too; unreadable folders stay unknown
+        unreachable = {u for u in unreachable if os.path.lexists(u)}
+    else:
         for root in looked_at:  # an empty root that had photos is an unmounted drive
             if not any(under_any(p, [root]) for p in scanned) and any(
                 k.live and under_any(p, [root]) for p, k in known.items()
             ):
                 unreachable.add(root)
-        if only is None:
-            missing = [p for p, k in known.items() if k.live and p not in scanned]
-            unreachable |= unmounted_folders(missing, known, roots)
-            unreachable |= mass_losses(missing, known, roots, unreachable)
+        missing = _vanished(scanned, known, roots, excluder)
+        unreachable |= unmounted_folders(missing, known, roots)
+        unreachable |= mass_losses(missing, known, roots, unreachable)
     work = plan(scanned.values(), known, unreachable)
     if work.to_read:  # moved here from a path an earlier run already saw leave
         elsewhere = store.departed([f.signature for f in work.to_read])
@@ -400,7 +448,7 @@ def index(
             "%d photos are under folders that are missing, empty or unreadable (%s); "
             "kept as offline, not deleted",
             len(work.offline),
-            ", ".join(sorted(display_path(u) for u in unreachable)),
+            _some(sorted(display_path(u) for u in unreachable)),
         )
         store.set_offline(work.offline, True)
     if work.online:
@@ -409,7 +457,8 @@ def index(
     if work.known_again:
         store.record([], work.known_again, [], model)
     gone = store.mark_gone(work.gone) if work.gone else 0
-    if whole_library and only is None:
+    if whole_library and only is None and not any(r in unreachable for r in roots):
+        # (not while a root is missing: a mistyped root would forget the real one's photos)
         left = store.live_outside(roots)
         if left:
             log.info("%d photos are no longer under library.roots: forgotten", len(left))

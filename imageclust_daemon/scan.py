@@ -52,6 +52,16 @@ class Excluder:
 
 NO_EXCLUDES = Excluder()
 
+
+def skipped(path: bytes, root: bytes, excluder: Excluder) -> bool:
+    """Whether the walk leaves `path` out: hidden, or excluded, anywhere below `root`."""
+    relative = os.fsdecode(os.path.relpath(path, root))
+    parts = [] if relative == "." else relative.split("/")
+    return any(p.startswith(".") for p in parts) or any(
+        excluder.excluded(parts[i], "/".join(parts[: i + 1])) for i in range(len(parts))
+    )
+
+
 OnError = Callable[[bytes, str], None]
 
 
@@ -158,11 +168,7 @@ def look_at(
         root = _root_of(path, roots)
         if root is None:
             continue
-        relative = os.fsdecode(os.path.relpath(path, root))
-        parts = [] if relative == "." else relative.split("/")
-        if any(p.startswith(".") for p in parts) or any(
-            excluder.excluded(parts[i], "/".join(parts[: i + 1])) for i in range(len(parts))
-        ):
+        if skipped(path, root, excluder):
             continue
         try:
             st = os.stat(path)

@@ -13,7 +13,7 @@ import blake3
 import pytest
 from PIL import Image
 
-from imageclust_daemon import models, pipeline
+from imageclust_daemon import models, pipeline, scan
 from imageclust_daemon.pipeline import Claims, plan, prepare
 from imageclust_daemon.records import FileStat, KnownFile, Preprocessing
 from imageclust_daemon.store import Store
@@ -303,3 +303,93 @@ def test_a_photo_that_cannot_be_statted_is_offline_not_gone(
         (root / "flaky").chmod(0o755)
     report = json.loads(result.stdout)
     assert (report["gone"], report["offline"]) == (0, 3), result.stderr
+
+
+def _index_in_process(
+    store: Store, loaded: pipeline.LoadedModel, roots: list[Path], **kwargs: object
+) -> pipeline.IndexReport:
+    return pipeline.index(
+        [os.fsencode(r) for r in roots],
+        store=store,
+        embedder=loaded.embedder,
+        spec=loaded.spec,
+        model=loaded.id,
+        whole_library=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_moves_exclusions_and_link_folders_are_not_taken_for_a_lost_mount(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """The offline rules judge what really vanished: not photos moved within the library
+    (however many), not photos a new exclude pattern leaves out, and not one link gone
+    from a folder of symlinks to another drive."""
+    root = tmp_path / "Photos"
+    _photos(root / "trip", 60)
+    _photos(root / "home", 30, first=60)
+    spec = models.load_manifest()["clip-vit-b32"]
+    with Store.open(tmp_path / "state.sqlite") as store:
+        loaded = pipeline.load_model(spec, tiny_model, store)
+        assert _index_in_process(store, loaded, [root]).embedded == 90
+        (root / "trip").rename(root / "Trip 2024")  # 60 of 90 at new paths: a move
+        moved = _index_in_process(store, loaded, [root])
+        assert (moved.moved, moved.gone, moved.offline, moved.bytes_read) == (60, 60, 0, 0)
+        excluded = _index_in_process(store, loaded, [root], excluder=scan.Excluder(("Trip 2024",)))
+        assert (excluded.gone, excluded.offline) == (60, 0)  # left out on purpose
+
+    links = tmp_path / "links"
+    links.mkdir()
+    for name in ("60.jpg", "61.jpg"):
+        (links / name).symlink_to(root / "home" / name)  # the stored device: the target's
+    with Store.open(tmp_path / "links.sqlite") as store:
+        loaded = pipeline.load_model(spec, tiny_model, store)
+        assert _index_in_process(store, loaded, [links]).embedded == 2
+        (links / "60.jpg").unlink()
+        report = _index_in_process(store, loaded, [links])
+        assert (report.gone, report.offline) == (1, 0)
+
+
+def test_an_unmount_seen_through_a_watcher_event_keeps_the_photos_offline(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """A new photo at a root's top level makes watchdog report the root folder itself;
+    that walk must apply the unmount rule as a full rescan does."""
+    root = tmp_path / "Photos"
+    _photos(root, 1)
+    _photos(root / "nas", 6, first=1)
+    spec = models.load_manifest()["clip-vit-b32"]
+    with Store.open(tmp_path / "state.sqlite") as store:
+        loaded = pipeline.load_model(spec, tiny_model, store)
+        assert _index_in_process(store, loaded, [root]).embedded == 7
+        nas = os.fsencode(root / "nas")
+        with store.transaction() as conn:  # as if nas/ were another filesystem's mount point
+            conn.execute(
+                "UPDATE files SET device = device + 1 WHERE path >= ? AND path < ?",
+                (nas + b"/", nas + b"0"),
+            )
+        for name in os.listdir(root / "nas"):
+            os.unlink(root / "nas" / name)
+        _photos(root, 1, first=20)  # the event that names the root
+        report = _index_in_process(store, loaded, [root], only=[os.fsencode(root)])
+        assert (report.gone, report.offline, report.embedded) == (0, 6, 1)
+
+
+def test_a_missing_root_forgets_nothing_outside_it_and_forget_missing_clears_it(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """A mistyped root must not make the real one's photos leave the library; and
+    --forget-missing accepts a root that is gone for good."""
+    real, typo = tmp_path / "Pictures", tmp_path / "Pictrues"
+    _photos(real, 3)
+    spec = models.load_manifest()["clip-vit-b32"]
+    with Store.open(tmp_path / "state.sqlite") as store:
+        loaded = pipeline.load_model(spec, tiny_model, store)
+        assert _index_in_process(store, loaded, [real]).embedded == 3
+        assert _index_in_process(store, loaded, [typo]).gone == 0
+        assert store.status(loaded.id)["files"] == 3
+        shutil.rmtree(real)
+        kept = _index_in_process(store, loaded, [real])
+        assert (kept.gone, kept.offline) == (0, 3)
+        accepted = _index_in_process(store, loaded, [real], forget_missing=True)
+        assert accepted.gone == 3
