@@ -374,7 +374,8 @@ def from_mapping(doc: Mapping[str, Any], source: Path | None = None) -> Config:
         )
     organized: Path | None = values["organize.dir"]
     for root in values["library.roots"] if organized is not None else ():
-        if organized == root or root in organized.parents:
+        real, real_root = Path(os.path.realpath(organized)), Path(os.path.realpath(root))
+        if real == real_root or real_root in real.parents:
             raise ConfigError(
                 "organize.dir",
                 f"is inside library root {root}: its links would be indexed as photos "

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -159,7 +160,7 @@ class Daemon:
                     "storage.data_dir", "cannot change while the daemon runs: restart it"
                 )
             model = None if _model_settings(cfg) == _model_settings(jobs.cfg) else self._model(cfg)
-        except ImageclustError as exc:
+        except (ImageclustError, OSError, sqlite3.Error) as exc:  # e.g. model.path a folder
             log.error("config reload refused, keeping the old one: %s", exc)
         else:
             watcher.restart(cfg.roots)

@@ -313,6 +313,8 @@ class Jobs:
         now = time.monotonic()
         if not self._dirty or now - self._last_recluster < self.cfg["schedule.recluster_seconds"]:
             return
+        if self.buffer.rescan.is_set():
+            return  # a full rescan is due (or failed): group a library known in full
         self._dirty = False
         self._last_recluster = now
         try:

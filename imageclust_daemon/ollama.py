@@ -165,6 +165,8 @@ class OllamaClient:
             raise OllamaUnavailable(
                 self.host, f"cannot reach it: {exc or type(exc).__name__}"
             ) from None
+        except RuntimeError as exc:  # httpx: "the client has been closed" (a stop)
+            raise OllamaUnavailable(self.host, f"client is closed ({exc})") from None
         except httpx.HTTPError as exc:  # a body that does not decode, too many redirects
             raise OllamaError(self.host, f"bad answer: {exc or type(exc).__name__}") from None
         raw = b"".join(chunks)

@@ -235,10 +235,13 @@ class Watcher:
                 if use_poll and not self._force_poll:
                     log.warning("%s is on %s: no change events there; polling it", root, kind)
                 observer = None if use_poll else self._start_native(root)
+                native = observer is not None
                 if observer is None:
                     observer = self._start(PollingObserver(timeout=self._poll_seconds), root)
                 self._observers.append(observer)
-                self._watched[root] = _identity(root)
+                # Polling looks at the path whatever folder is there now; and network
+                # filesystems' inode numbers may not be stable. So only native roots.
+                self._watched[root] = _identity(root) if native else None
 
     def _start(self, observer: BaseObserver, root: Path) -> BaseObserver:
         """One observer per root, so one that fails or dies takes no other root with it."""
@@ -275,7 +278,7 @@ class Watcher:
             # A root renamed away and made again: inotify follows the old folder (its
             # emitter lives on) and never sees the new one at the root's path.
             return all(
-                r in self._watched and self._watched[r] == _identity(r)
+                r in self._watched and self._watched[r] in (None, _identity(r))
                 for r in self.roots
                 if r.is_dir()
             )

@@ -115,3 +115,15 @@ def test_every_setting_is_documented_in_readme_and_default_config() -> None:
         before = body.split(f"\n{name} = ")[0] if f"\n{name} = " in body else ""
         assert before.rstrip().splitlines()[-1].startswith("#"), f"{setting.key} has no comment"
         assert f"`{setting.key}`" in readme, f"{setting.key} missing from README.md"
+
+
+def test_organize_dir_inside_a_root_reached_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data" / "Pictures").mkdir(parents=True)
+    (tmp_path / "Pics").symlink_to(tmp_path / "data" / "Pictures")
+    path = write_config(
+        tmp_path / "c.toml",
+        library={"roots": [str(tmp_path / "Pics")]},
+        organize={"dir": str(tmp_path / "data" / "Pictures" / "Albums")},
+    )
+    with pytest.raises(ConfigError, match="inside library root"):
+        config.load(path)

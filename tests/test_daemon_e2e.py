@@ -389,10 +389,17 @@ def test_sighup_switches_the_model_and_refuses_a_bad_one(
     dims = state_rows(data, "SELECT model_id, dim, count(*) FROM embeddings GROUP BY model_id")
     assert sorted(dims) == sorted([(old_model, 32, 8), (new_model, 24, 8)])
 
-    daemon_config([root], model={"path": str(tmp_path / "missing.onnx")})
-    daemon.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: "config reload refused" in str(daemon), TIMEOUT, "a refused reload")
+    for bad in (tmp_path / "missing.onnx", tmp_path):  # no such file; a folder
+        daemon_config([root], model={"path": str(bad)})
+        refusals = str(daemon).count("config reload refused")
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_until(
+            lambda: str(daemon).count("config reload refused") > refusals,  # noqa: B023
+            TIMEOUT,
+            f"a refused reload: {daemon}",
+        )
     time.sleep(1.5)  # a publish tick: nothing may have changed
+    assert daemon.proc.poll() is None, f"the daemon is still running: {daemon}"
     assert model_and_indexed() == (new_model, 8, 2)
     assert daemon.terminate()[0] == 0
 
