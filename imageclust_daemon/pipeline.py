@@ -138,7 +138,9 @@ def mass_losses(
 ) -> set[bytes]:
     """Roots that lost too many of their photos at once to believe it. No I/O."""
     unreachable = unreachable or set()
-    lost = set()
+    lost: set[bytes] = set()
+    if len(missing) < MASS_LOSS_MIN:
+        return lost
     for root in roots:
         live = sum(1 for p, k in known.items() if k.live and under_any(p, [root]))
         gone = sum(1 for p in missing if under_any(p, [root]) and not under_set(p, unreachable))
@@ -160,10 +162,11 @@ def unmounted_folders(
 ) -> set[bytes]:
     """Folders under the roots where the filesystem missing photos lived on is unmounted.
 
-    The deepest folder still there above a missing photo is empty, and on another
-    device than the photo was: the photo's filesystem was mounted there and is not now
-    (the empty mount point a drive or share leaves under a root). Not empty: a folder
-    of symlinks to another drive, say, that lost one.
+    The deepest folder still there above a missing photo is on another device than the
+    photo was, and either it is empty (the mount point a drive or share leaves), or the
+    folder below it on the photo's path is gone (an automounter removed the mount point,
+    or a folder symlink into the drive dangles): that folder is the unmounted one. A
+    folder of symlinks to another drive that lost one is neither, and its photo is gone.
     """
     found: set[bytes] = set()
     above: dict[bytes, tuple[bytes, int] | None] = {}
@@ -172,14 +175,39 @@ def unmounted_folders(
         if folder not in above:
             above[folder] = _deepest_existing(folder, roots)
         hit = above[folder]
-        if hit is not None and hit[1] != known[path].signature[3] and _empty(hit[0]):
-            found.add(hit[0])
+        if hit is None or hit[1] == known[path].signature[3]:
+            continue
+        there = hit[0]
+        if there != folder:  # the first folder on the way down that is not there
+            found.add(there.rstrip(b"/") + b"/" + os.path.relpath(folder, there).split(b"/")[0])
+        elif _empty(there):
+            found.add(there)
     for folder in sorted(found):
         log.warning(
             "%s: its drive or share is not mounted; its photos are kept offline",
             display_path(folder),
         )
     return found
+
+
+def _under_real_root(path: bytes, given: Sequence[bytes], real: Sequence[bytes]) -> bytes:
+    """`path` under a root as configured (say ~/Pictures, a symlink), as stored: under the
+    root's real path. Folders inside the root keep their own names, symlinks or not."""
+    path = os.path.abspath(path)
+    for root, real_root in zip(given, real, strict=True):
+        if root != real_root and (path == root or path.startswith(root + b"/")):
+            return real_root + path[len(root) :]
+    return path
+
+
+def _no_such_path(path: bytes) -> bool:
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:  # EACCES, EIO, ESTALE: there, but unreadable
+        return False
+    return False
 
 
 def _empty(folder: bytes) -> bool:
@@ -194,7 +222,7 @@ def _deepest_existing(folder: bytes, roots: Sequence[bytes]) -> tuple[bytes, int
     """(folder, st_dev) of `folder` or its nearest existing parent, within the roots."""
     while under_any(folder, roots):
         try:
-            return folder, os.stat(folder).st_dev
+            return folder, os.stat(folder).st_dev  # (a dangling folder symlink: not there)
         except OSError:
             parent = os.path.dirname(folder)
             if parent == folder:
@@ -406,7 +434,10 @@ def index(
     vanished at once (`mass_losses`); `forget_missing` says they are gone all the same.
     """
     started = time.monotonic()
+    given = [os.path.abspath(r).rstrip(b"/") or b"/" for r in roots]
     roots = [os.path.realpath(r) for r in roots]
+    if only is not None:  # the watcher names paths under the roots as configured (symlinks)
+        only = [_under_real_root(p, given, roots) for p in only]
     extensions = scan.image_extensions(enable_heif())
     unreachable: set[bytes] = set()
     if only is None:
@@ -419,17 +450,19 @@ def index(
         scanned = {f.path: f for f in found}
         known = store.files_at(list(only))
         looked_at = [r for r in roots if under_any(r, only)]  # a root itself deleted (unmounted)
+    unreachable = {u.rstrip(b"/") or b"/" for u in unreachable}
     if forget_missing:  # a root that is no longer there too; unreadable folders stay unknown
-        unreachable = {u for u in unreachable if os.path.lexists(u)}
+        unreachable = {u for u in unreachable if not _no_such_path(u)}
     else:
-        for root in looked_at:  # an empty root that had photos is an unmounted drive
+        missing = _vanished(scanned, known, roots, excluder)
+        for root in looked_at:  # an empty root that lost photos is an unmounted drive
             if not any(under_any(p, [root]) for p in scanned) and any(
-                k.live and under_any(p, [root]) for p, k in known.items()
+                under_any(p, [root]) for p in missing
             ):
                 unreachable.add(root)
-        missing = _vanished(scanned, known, roots, excluder)
         unreachable |= unmounted_folders(missing, known, roots)
-        unreachable |= mass_losses(missing, known, roots, unreachable)
+        # Only where the walk covered whole roots: `known` then holds all of their photos.
+        unreachable |= mass_losses(missing, known, looked_at, unreachable)
     work = plan(scanned.values(), known, unreachable)
     if work.to_read:  # moved here from a path an earlier run already saw leave
         elsewhere = store.departed([f.signature for f in work.to_read])
@@ -491,6 +524,8 @@ def index(
         returned=len(work.known_again) - work.moved,
         gone=gone,
         offline=len(work.offline),
+        went_offline=sum(1 for p in work.offline if not known[p].offline),
+        came_online=len(work.online),
     )
     claims = Claims(settled)
     batch = _Batch()

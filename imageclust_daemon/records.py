@@ -87,12 +87,20 @@ class IndexReport:
     failed: int = 0  # files or contents that failed this run
     gone: int = 0  # files that disappeared since the last scan
     offline: int = 0  # files under a folder that is missing, empty or unlistable: kept
+    went_offline: int = 0  # of those, the ones that were not offline before this run
+    came_online: int = 0  # offline files seen again
     seconds: float = 0.0
 
     @property
     def changed(self) -> bool:
         """Whether anything the catalog shows may have changed."""
-        return bool(self.scanned != self.unchanged or self.gone or self.offline or self.embedded)
+        return bool(
+            self.scanned != self.unchanged
+            or self.gone
+            or self.went_offline
+            or self.came_online
+            or self.embedded
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -299,10 +299,15 @@ def test_a_photo_that_cannot_be_statted_is_offline_not_gone(
         prefix = (setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}")
     try:
         result = run_cli("--config", str(config), "index", "--json", prefix=prefix)
+        forced = run_cli(
+            "--config", str(config), "index", "--json", "--forget-missing", prefix=prefix
+        )
     finally:
         (root / "flaky").chmod(0o755)
     report = json.loads(result.stdout)
     assert (report["gone"], report["offline"]) == (0, 3), result.stderr
+    forced_report = json.loads(forced.stdout)  # unreadable is unknown, not missing
+    assert (forced_report["gone"], forced_report["offline"]) == (0, 3), forced.stderr
 
 
 def _index_in_process(
@@ -393,3 +398,79 @@ def test_a_missing_root_forgets_nothing_outside_it_and_forget_missing_clears_it(
         assert (kept.gone, kept.offline) == (0, 3)
         accepted = _index_in_process(store, loaded, [real], forget_missing=True)
         assert accepted.gone == 3
+
+
+def _as_other_device(store: Store, folder: Path) -> None:
+    """As if `folder` had been another filesystem's mount point when it was indexed."""
+    raw = os.fsencode(folder)
+    with store.transaction() as conn:
+        conn.execute(
+            "UPDATE files SET device = device + 1 WHERE path >= ? AND path < ?",
+            (raw + b"/", raw + b"0"),
+        )
+
+
+def test_offline_rules_in_the_cases_reviews_found(tmp_path: Path, tiny_model: Path) -> None:
+    spec = models.load_manifest()["clip-vit-b32"]
+    media, library = tmp_path / "media", tmp_path / "library"
+    _photos(media / "DRIVE1", 4)
+    _photos(media / "DRIVE2", 3, first=4)
+    drive = tmp_path / "drive"
+    _photos(drive / "photos", 3, first=10)
+    (media / "ext").symlink_to(drive / "photos")
+    _photos(library / "a", 60, first=20)
+    _photos(library / "b", 140, first=80)
+    with Store.open(tmp_path / "state.sqlite") as store:
+        loaded = pipeline.load_model(spec, tiny_model, store)
+        assert _index_in_process(store, loaded, [media, library]).embedded == 210
+        _as_other_device(store, media / "DRIVE1")
+        _as_other_device(store, media / "ext")
+
+        # An automounter removes the mount point; a folder symlink into a drive dangles.
+        shutil.rmtree(media / "DRIVE1")
+        shutil.rmtree(drive)
+        first = _index_in_process(store, loaded, [media, library])
+        assert (first.gone, first.offline, first.went_offline) == (0, 7, 7)
+        again = _index_in_process(store, loaded, [media, library])  # nothing new happened
+        assert (again.offline, again.went_offline, again.changed) == (7, 0, False)
+
+        # 60 of a 200-photo root deleted, seen through the watcher: an ordinary delete.
+        shutil.rmtree(library / "a")
+        deleted = _index_in_process(
+            store, loaded, [media, library], only=[os.fsencode(library / "a")]
+        )
+        assert (deleted.gone, deleted.offline) == (60, 0)
+
+
+def test_a_root_emptied_by_a_move_to_another_root_is_not_offline(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    _photos(one, 5)
+    two.mkdir()
+    spec = models.load_manifest()["clip-vit-b32"]
+    with Store.open(tmp_path / "state.sqlite") as store:
+        loaded = pipeline.load_model(spec, tiny_model, store)
+        assert _index_in_process(store, loaded, [one, two]).embedded == 5
+        for name in os.listdir(one):
+            os.rename(one / name, two / name)
+        report = _index_in_process(store, loaded, [one, two])
+        assert (report.moved, report.gone, report.offline) == (5, 5, 0)
+        assert store.status(loaded.id)["files"] == 5
+
+
+def test_watcher_paths_under_a_symlinked_root_are_indexed(tmp_path: Path, tiny_model: Path) -> None:
+    """~/Pictures as a symlink: events name paths under the link, the store the real ones."""
+    real = tmp_path / "data" / "Pictures"
+    _photos(real, 2)
+    link = tmp_path / "Pictures"
+    link.symlink_to(real)
+    spec = models.load_manifest()["clip-vit-b32"]
+    with Store.open(tmp_path / "state.sqlite") as store:
+        loaded = pipeline.load_model(spec, tiny_model, store)
+        assert _index_in_process(store, loaded, [link]).embedded == 2
+        _photos(link, 1, first=5)
+        (link / "0.jpg").unlink()
+        events = [os.fsencode(link / "5.jpg"), os.fsencode(link / "0.jpg")]
+        report = _index_in_process(store, loaded, [link], only=events)
+        assert (report.scanned, report.embedded, report.gone) == (1, 1, 1)
