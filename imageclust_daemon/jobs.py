@@ -47,6 +47,7 @@ STATUS_EVERY = 10.0  # seconds between progress STATUS lines during an index
 
 MODEL_IDLE_SECONDS = 300.0  # drop the ONNX session after this long with nothing to embed
 RETRY_AFTER = 60.0  # seconds from a failed rescan or ingest to the full rescan that retries it
+GIVE_UP_WAITING = 3  # failed rescans in a row after which regroup goes on without one
 MAINTENANCE_AFTER_START = 600.0  # seconds from a start to the first maintenance
 
 
@@ -110,6 +111,7 @@ class Jobs:
     _client: OllamaClient | None = None
     _next_model: LazyModel | None = None  # from a reload, taken up between jobs
     _failed_at: float = float("-inf")  # when a rescan or an ingest last failed
+    _failed_rescans: int = 0  # in a row: past GIVE_UP_WAITING, regroup stops waiting
     _lock: threading.Lock = field(default_factory=threading.Lock)
     scheduler: BackgroundScheduler | None = None
 
@@ -278,6 +280,7 @@ class Jobs:
             self._retry_rescan()
             raise
         self._started = True
+        self._failed_rescans = 0
         self.status(
             f"idle: {report.scanned} photos; last full rescan took "
             f"{time.monotonic() - started:.0f} s"
@@ -287,6 +290,7 @@ class Jobs:
         """A failed rescan or ingest (database busy, disk gone): ingest runs a full rescan
         RETRY_AFTER seconds on, so no change it was to pick up is lost."""
         self._failed_at = time.monotonic()
+        self._failed_rescans += 1
         self.buffer.request_rescan("retrying after a failure")
 
     def ingest(self) -> None:
@@ -313,8 +317,8 @@ class Jobs:
         now = time.monotonic()
         if not self._dirty or now - self._last_recluster < self.cfg["schedule.recluster_seconds"]:
             return
-        if self.buffer.rescan.is_set():
-            return  # a full rescan is due (or failed): group a library known in full
+        if self.buffer.rescan.is_set() and self._failed_rescans < GIVE_UP_WAITING:
+            return  # a full rescan is due: group the library once it is known in full
         self._dirty = False
         self._last_recluster = now
         try:

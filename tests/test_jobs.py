@@ -146,6 +146,26 @@ def test_a_failed_regroup_or_publish_runs_again(
         conn.close()
 
 
+def test_regroup_waits_for_a_due_rescan_but_not_forever(
+    make_jobs: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 200)
+    cfg, root, buffer, jobs = make_jobs()
+    scene_library(root, 2, 4)
+    jobs.reconcile()
+    buffer.request_rescan("test")
+    jobs.regroup()
+    assert jobs._dirty, "waits: the library is about to be rescanned"
+    for _ in range(jobs_module.GIVE_UP_WAITING):
+        with _database_locked(cfg):
+            jobs._guarded("reconcile", jobs.reconcile)()
+    assert buffer.rescan.is_set()
+    jobs.regroup()  # rescans keep failing: group what is known rather than never
+    with Store.open(cfg.state_db_path) as store:
+        groups = store.conn.execute("SELECT count(*) FROM clusters").fetchone()[0]
+    assert groups == 2
+
+
 def test_stop_during_a_hung_ollama_request_ends_the_relabel_at_once(
     make_jobs: Callable[..., Any], fake_ollama: Any
 ) -> None:
