@@ -16,6 +16,7 @@ are picked up by the next run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat as statmod
@@ -158,28 +159,39 @@ def mass_losses(
 
 
 def unmounted_folders(
-    missing: Sequence[bytes], known: dict[bytes, KnownFile], roots: Sequence[bytes]
+    missing: Sequence[bytes],
+    known: dict[bytes, KnownFile],
+    roots: Sequence[bytes],
+    mounted: set[int] | None = None,
 ) -> set[bytes]:
     """Folders under the roots where the filesystem missing photos lived on is unmounted.
 
-    The deepest folder still there above a missing photo is on another device than the
-    photo was, and either it is empty (the mount point a drive or share leaves), or the
-    folder below it on the photo's path is gone (an automounter removed the mount point,
-    or a folder symlink into the drive dangles): that folder is the unmounted one. A
-    folder of symlinks to another drive that lost one is neither, and its photo is gone.
+    The photo's device is mounted nowhere now (`mounted`: the devices in
+    /proc/self/mountinfo; None where there is no such list), and the deepest folder
+    still there above it is on another device. Then the folder below that on the photo's
+    path is the one unmounted (an automounter removed the mount point; a folder symlink
+    into the drive dangles), or, when the photo's own folder is there, that folder if it
+    is empty (the mount point a drive leaves). Without a list of mounts only a dangling
+    symlink or an empty folder counts. A folder the user deleted from a mounted drive,
+    or a folder of symlinks that lost one, is gone.
     """
     found: set[bytes] = set()
     above: dict[bytes, tuple[bytes, int] | None] = {}
     for path in missing:
+        device = known[path].signature[3]
+        if mounted is not None and device in mounted:
+            continue  # its filesystem is mounted: the photo was deleted
         folder = os.path.dirname(path)
         if folder not in above:
             above[folder] = _deepest_existing(folder, roots)
         hit = above[folder]
-        if hit is None or hit[1] == known[path].signature[3]:
+        if hit is None or hit[1] == device:
             continue
         there = hit[0]
         if there != folder:  # the first folder on the way down that is not there
-            found.add(there.rstrip(b"/") + b"/" + os.path.relpath(folder, there).split(b"/")[0])
+            child = there.rstrip(b"/") + b"/" + os.path.relpath(folder, there).split(b"/")[0]
+            if mounted is not None or os.path.islink(child):
+                found.add(child)
         elif _empty(there):
             found.add(there)
     for folder in sorted(found):
@@ -188,6 +200,24 @@ def unmounted_folders(
             display_path(folder),
         )
     return found
+
+
+def mounted_devices(mountinfo: str = "/proc/self/mountinfo") -> set[int] | None:
+    """The st_dev of every mounted filesystem (Linux), from "major:minor" in mountinfo;
+    no stat of a mount point, which could hang on a dead network share."""
+    try:
+        with open(mountinfo, "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    devices = set()
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) > 2 and b":" in fields[2]:
+            major, _, minor = fields[2].partition(b":")
+            with contextlib.suppress(ValueError):
+                devices.add(os.makedev(int(major), int(minor)))
+    return devices or None
 
 
 def _under_real_root(path: bytes, given: Sequence[bytes], real: Sequence[bytes]) -> bytes:
@@ -460,7 +490,7 @@ def index(
                 under_any(p, [root]) for p in missing
             ):
                 unreachable.add(root)
-        unreachable |= unmounted_folders(missing, known, roots)
+        unreachable |= unmounted_folders(missing, known, roots, mounted_devices())
         # Only where the walk covered whole roots: `known` then holds all of their photos.
         unreachable |= mass_losses(missing, known, looked_at, unreachable)
     work = plan(scanned.values(), known, unreachable)

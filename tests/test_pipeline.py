@@ -241,7 +241,7 @@ def test_a_drive_unmounted_inside_a_root_keeps_its_photos_offline(
     state = sqlite3.connect(tmp_path / "data" / "state.sqlite")
     with state:
         state.execute(  # as if nas/ had been another filesystem's mount point
-            "UPDATE files SET device = device + 1 WHERE path >= ? AND path < ?",
+            "UPDATE files SET device = 987654321 WHERE path >= ? AND path < ?",
             (os.fsencode(root / "nas") + b"/", os.fsencode(root / "nas") + b"0"),
         )
     state.close()
@@ -370,7 +370,7 @@ def test_an_unmount_seen_through_a_watcher_event_keeps_the_photos_offline(
         nas = os.fsencode(root / "nas")
         with store.transaction() as conn:  # as if nas/ were another filesystem's mount point
             conn.execute(
-                "UPDATE files SET device = device + 1 WHERE path >= ? AND path < ?",
+                "UPDATE files SET device = 987654321 WHERE path >= ? AND path < ?",
                 (nas + b"/", nas + b"0"),
             )
         for name in os.listdir(root / "nas"):
@@ -405,7 +405,7 @@ def _as_other_device(store: Store, folder: Path) -> None:
     raw = os.fsencode(folder)
     with store.transaction() as conn:
         conn.execute(
-            "UPDATE files SET device = device + 1 WHERE path >= ? AND path < ?",
+            "UPDATE files SET device = 987654321 WHERE path >= ? AND path < ?",
             (raw + b"/", raw + b"0"),
         )
 
@@ -474,3 +474,28 @@ def test_watcher_paths_under_a_symlinked_root_are_indexed(tmp_path: Path, tiny_m
         events = [os.fsencode(link / "5.jpg"), os.fsencode(link / "0.jpg")]
         report = _index_in_process(store, loaded, [link], only=events)
         assert (report.scanned, report.embedded, report.gone) == (1, 1, 1)
+
+
+def test_a_folder_deleted_from_a_drive_that_is_still_mounted_is_gone(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """Its photos were on another device than the folder above, but that device is still
+    mounted (here: the one /proc is on): the user deleted the folder."""
+    if pipeline.mounted_devices() is None:
+        pytest.skip("no /proc/self/mountinfo: only dangling links and empty folders count")
+    root = tmp_path / "Photos"
+    _photos(root / "links", 3)
+    _photos(root, 1, first=5)
+    spec = models.load_manifest()["clip-vit-b32"]
+    with Store.open(tmp_path / "state.sqlite") as store:
+        loaded = pipeline.load_model(spec, tiny_model, store)
+        assert _index_in_process(store, loaded, [root]).embedded == 4
+        raw = os.fsencode(root / "links")
+        with store.transaction() as conn:
+            conn.execute(
+                "UPDATE files SET device = ? WHERE path >= ? AND path < ?",
+                (os.stat("/proc").st_dev, raw + b"/", raw + b"0"),
+            )
+        shutil.rmtree(root / "links")
+        report = _index_in_process(store, loaded, [root])
+        assert (report.gone, report.offline) == (3, 0)
