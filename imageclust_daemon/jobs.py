@@ -259,6 +259,8 @@ class Jobs:
             on_defer=self.buffer.touch_all,
             whole_library=True,
         )
+        if report.needs_rescan:
+            self.buffer.request_rescan("many photos vanished at once")
         if report.changed:
             self._dirty = self._publish_due = True
             log.info(

@@ -158,6 +158,24 @@ def mass_losses(
     return lost
 
 
+def _too_many_for_a_walk(
+    missing: Sequence[bytes], roots: Sequence[bytes], unreachable: set[bytes], store: Store
+) -> set[bytes]:
+    """Roots where a watcher walk found as many photos vanished as `mass_losses` would
+    doubt in a full rescan (measured against the whole root)."""
+    doubtful = set()
+    for root in roots:
+        gone = sum(1 for p in missing if under_any(p, [root]) and not under_set(p, unreachable))
+        if gone >= MASS_LOSS_MIN and gone > MASS_LOSS_SHARE * store.live_count_under(root):
+            log.warning(
+                "%d photos under %s vanished at once; kept until a full rescan checks",
+                gone,
+                display_path(root),
+            )
+            doubtful.add(root)
+    return doubtful
+
+
 def unmounted_folders(
     missing: Sequence[bytes],
     known: dict[bytes, KnownFile],
@@ -481,6 +499,7 @@ def index(
         known = store.files_at(list(only))
         looked_at = [r for r in roots if under_any(r, only)]  # a root itself deleted (unmounted)
     unreachable = {u.rstrip(b"/") or b"/" for u in unreachable}
+    needs_rescan = False
     if forget_missing:  # a root that is no longer there too; unreadable folders stay unknown
         unreachable = {u for u in unreachable if not _no_such_path(u)}
     else:
@@ -493,6 +512,13 @@ def index(
         unreachable |= unmounted_folders(missing, known, roots, mounted_devices())
         # Only where the walk covered whole roots: `known` then holds all of their photos.
         unreachable |= mass_losses(missing, known, looked_at, unreachable)
+        if only is not None:
+            # A watcher walk sees one side of a big move, or a share that lists empty for
+            # a moment: too many vanished for its part of the root. Keep them for now and
+            # let a full rescan, which sees both sides, decide.
+            doubtful = _too_many_for_a_walk(missing, roots, unreachable, store)
+            unreachable |= doubtful
+            needs_rescan = bool(doubtful)
     work = plan(scanned.values(), known, unreachable)
     if work.to_read:  # moved here from a path an earlier run already saw leave
         elsewhere = store.departed([f.signature for f in work.to_read])
@@ -556,6 +582,7 @@ def index(
         offline=len(work.offline),
         went_offline=sum(1 for p in work.offline if not known[p].offline),
         came_online=len(work.online),
+        needs_rescan=needs_rescan,
     )
     claims = Claims(settled)
     batch = _Batch()

@@ -89,6 +89,7 @@ class IndexReport:
     offline: int = 0  # files under a folder that is missing, empty or unlistable: kept
     went_offline: int = 0  # of those, the ones that were not offline before this run
     came_online: int = 0  # offline files seen again
+    needs_rescan: bool = False  # a watcher walk saw too many vanish: a full rescan decides
     seconds: float = 0.0
 
     @property

@@ -162,6 +162,14 @@ class Store:
                 known[row[0]] = _known_file(row[1:])
         return known
 
+    def live_count_under(self, root: bytes) -> int:
+        low, high = _under(root)
+        row = self.conn.execute(
+            "SELECT count(*) FROM files WHERE path >= ? AND path < ? AND state = 'live'",
+            (low, high),
+        ).fetchone()
+        return int(row[0])
+
     def live_outside(self, roots: Sequence[bytes]) -> list[bytes]:
         """Live paths under none of `roots` (a root since removed from the config)."""
         inside = sorted(_under(root) for root in roots)

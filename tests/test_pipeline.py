@@ -499,3 +499,28 @@ def test_a_folder_deleted_from_a_drive_that_is_still_mounted_is_gone(
         shutil.rmtree(root / "links")
         report = _index_in_process(store, loaded, [root])
         assert (report.gone, report.offline) == (3, 0)
+
+
+def test_a_watcher_walk_that_sees_most_of_a_root_vanish_leaves_it_to_a_full_rescan(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """`mv a/* b/` reported in two batches, sources first (the destinations are still
+    settling): the first batch must not mark 60 of 90 photos gone; a full rescan, which
+    sees both sides, finds the move."""
+    root = tmp_path / "Photos"
+    _photos(root / "a", 60)
+    _photos(root / "c", 30, first=60)
+    (root / "b").mkdir()
+    spec = models.load_manifest()["clip-vit-b32"]
+    with Store.open(tmp_path / "state.sqlite") as store:
+        loaded = pipeline.load_model(spec, tiny_model, store)
+        assert _index_in_process(store, loaded, [root]).embedded == 90
+        names = sorted(os.listdir(root / "a"))
+        for name in names:
+            os.rename(root / "a" / name, root / "b" / name)
+        sources = [os.fsencode(root / "a" / name) for name in names]
+        first = _index_in_process(store, loaded, [root], only=sources)
+        assert (first.gone, first.offline, first.needs_rescan) == (0, 60, True)
+        full = _index_in_process(store, loaded, [root])
+        assert (full.moved, full.gone, full.offline, full.bytes_read) == (60, 60, 0, 0)
+        assert store.status(loaded.id)["files"] == 90
