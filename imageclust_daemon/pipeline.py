@@ -133,47 +133,27 @@ def _vanished(
 
 def mass_losses(
     missing: Sequence[bytes],
-    known: dict[bytes, KnownFile],
     roots: Sequence[bytes],
+    live_under: Callable[[bytes], int],
     unreachable: set[bytes] | None = None,
-) -> set[bytes]:
-    """Roots that lost too many of their photos at once to believe it. No I/O."""
+) -> dict[bytes, tuple[int, int]]:
+    """Roots that lost too many of their photos at once to believe it:
+    root -> (photos vanished, photos it had). `live_under(root)` counts the latter."""
     unreachable = unreachable or set()
-    lost: set[bytes] = set()
+    lost: dict[bytes, tuple[int, int]] = {}
     if len(missing) < MASS_LOSS_MIN:
         return lost
     for root in roots:
-        live = sum(1 for p, k in known.items() if k.live and under_any(p, [root]))
         gone = sum(1 for p in missing if under_any(p, [root]) and not under_set(p, unreachable))
-        if gone >= MASS_LOSS_MIN and gone > MASS_LOSS_SHARE * live:
-            log.warning(
-                "%d of the %d photos under %s vanished at once: kept as offline, not "
-                "deleted (a mount problem?). If you removed them: imageclust index "
-                "--forget-missing",
-                gone,
-                live,
-                display_path(root),
-            )
-            lost.add(root)
+        if gone >= MASS_LOSS_MIN:
+            live = live_under(root)
+            if gone > MASS_LOSS_SHARE * live:
+                lost[root] = (gone, live)
     return lost
 
 
-def _too_many_for_a_walk(
-    missing: Sequence[bytes], roots: Sequence[bytes], unreachable: set[bytes], store: Store
-) -> set[bytes]:
-    """Roots where a watcher walk found as many photos vanished as `mass_losses` would
-    doubt in a full rescan (measured against the whole root)."""
-    doubtful = set()
-    for root in roots:
-        gone = sum(1 for p in missing if under_any(p, [root]) and not under_set(p, unreachable))
-        if gone >= MASS_LOSS_MIN and gone > MASS_LOSS_SHARE * store.live_count_under(root):
-            log.warning(
-                "%d photos under %s vanished at once; kept until a full rescan checks",
-                gone,
-                display_path(root),
-            )
-            doubtful.add(root)
-    return doubtful
+def _live_under(known: dict[bytes, KnownFile], root: bytes) -> int:
+    return sum(1 for p, k in known.items() if k.live and under_any(p, [root]))
 
 
 def unmounted_folders(
@@ -510,15 +490,25 @@ def index(
             ):
                 unreachable.add(root)
         unreachable |= unmounted_folders(missing, known, roots, mounted_devices())
-        # Only where the walk covered whole roots: `known` then holds all of their photos.
-        unreachable |= mass_losses(missing, known, looked_at, unreachable)
-        if only is not None:
-            # A watcher walk sees one side of a big move, or a share that lists empty for
-            # a moment: too many vanished for its part of the root. Keep them for now and
-            # let a full rescan, which sees both sides, decide.
-            doubtful = _too_many_for_a_walk(missing, roots, unreachable, store)
-            unreachable |= doubtful
-            needs_rescan = bool(doubtful)
+        if only is None:
+            lost = mass_losses(missing, roots, lambda r: _live_under(known, r), unreachable)
+        else:  # measured against the whole root, not just the part the walk looked at
+            lost = mass_losses(missing, roots, store.live_count_under, unreachable)
+        for root, (gone, live) in lost.items():
+            # A full rescan: a flaky mount, not a purge, until --forget-missing says so. A
+            # watcher walk sees one side of a big move, or a share that lists empty for a
+            # moment: kept for now, and a full rescan, which sees both sides, decides.
+            log.warning(
+                "%d of the %d photos under %s vanished at once: kept as offline, not deleted; %s",
+                gone,
+                live,
+                display_path(root),
+                "a full rescan checks them"
+                if only is not None
+                else "a mount problem? If you removed them: imageclust index --forget-missing",
+            )
+        unreachable |= set(lost)
+        needs_rescan = only is not None and bool(lost)
     work = plan(scanned.values(), known, unreachable)
     if work.to_read:  # moved here from a path an earlier run already saw leave
         elsewhere = store.departed([f.signature for f in work.to_read])
