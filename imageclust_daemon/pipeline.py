@@ -124,7 +124,7 @@ def _vanished(
     for path, k in known.items():
         if not k.live or path in scanned or k.signature in arrived:
             continue
-        root = next((r for r in roots if under_any(path, [r])), None)
+        root = scan.root_of(path, roots)
         if root is not None and scan.skipped(path, root, excluder):
             continue
         out.append(path)

@@ -144,7 +144,8 @@ def walk_all(
                 yield found
 
 
-def _root_of(path: bytes, roots: Sequence[bytes]) -> bytes | None:
+def root_of(path: bytes, roots: Sequence[bytes]) -> bytes | None:
+    """The root `path` is under (or is), if any."""
     for root in roots:
         if path == root or path.startswith(root.rstrip(b"/") + b"/"):
             return root
@@ -165,7 +166,7 @@ def look_at(
     """
     seen: set[bytes] = set()
     for path in paths:
-        root = _root_of(path, roots)
+        root = root_of(path, roots)
         if root is None:
             continue
         if skipped(path, root, excluder):

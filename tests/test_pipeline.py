@@ -367,12 +367,7 @@ def test_an_unmount_seen_through_a_watcher_event_keeps_the_photos_offline(
     with Store.open(tmp_path / "state.sqlite") as store:
         loaded = pipeline.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [root]).embedded == 7
-        nas = os.fsencode(root / "nas")
-        with store.transaction() as conn:  # as if nas/ were another filesystem's mount point
-            conn.execute(
-                "UPDATE files SET device = 987654321 WHERE path >= ? AND path < ?",
-                (nas + b"/", nas + b"0"),
-            )
+        _as_other_device(store, root / "nas")
         for name in os.listdir(root / "nas"):
             os.unlink(root / "nas" / name)
         _photos(root, 1, first=20)  # the event that names the root
@@ -400,13 +395,14 @@ def test_a_missing_root_forgets_nothing_outside_it_and_forget_missing_clears_it(
         assert accepted.gone == 3
 
 
-def _as_other_device(store: Store, folder: Path) -> None:
-    """As if `folder` had been another filesystem's mount point when it was indexed."""
+def _as_other_device(store: Store, folder: Path, device: int = 987654321) -> None:
+    """As if `folder` had been a mount point of `device` (by default one mounted nowhere)
+    when it was indexed: mounting needs privileges tests lack."""
     raw = os.fsencode(folder)
     with store.transaction() as conn:
         conn.execute(
-            "UPDATE files SET device = 987654321 WHERE path >= ? AND path < ?",
-            (raw + b"/", raw + b"0"),
+            "UPDATE files SET device = ? WHERE path >= ? AND path < ?",
+            (device, raw + b"/", raw + b"0"),
         )
 
 
@@ -490,12 +486,7 @@ def test_a_folder_deleted_from_a_drive_that_is_still_mounted_is_gone(
     with Store.open(tmp_path / "state.sqlite") as store:
         loaded = pipeline.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [root]).embedded == 4
-        raw = os.fsencode(root / "links")
-        with store.transaction() as conn:
-            conn.execute(
-                "UPDATE files SET device = ? WHERE path >= ? AND path < ?",
-                (os.stat("/proc").st_dev, raw + b"/", raw + b"0"),
-            )
+        _as_other_device(store, root / "links", os.stat("/proc").st_dev)
         shutil.rmtree(root / "links")
         report = _index_in_process(store, loaded, [root])
         assert (report.gone, report.offline) == (3, 0)
