@@ -321,7 +321,8 @@ def _group_merges(tree: Tree, min_size: int) -> np.ndarray:
             inside[a] = inside[b] = True
         elif joins[j]:
             inside[a if small[j, 0] else b] = True
-    return ~joins & ~inside[m:]
+    counted: np.ndarray = ~joins & ~inside[m:]
+    return counted
 
 
 def _at(heights: np.ndarray, i: int) -> float:
