@@ -25,10 +25,11 @@ from imageclust_daemon import (
     scan,
     service,
 )
+from imageclust_daemon.embed import short_provider
 from imageclust_daemon.errors import ConfigError, ImageclustError, UsageError
 from imageclust_daemon.lock import InstanceLock
 from imageclust_daemon.ollama import client_for
-from imageclust_daemon.records import ModelSpec, display_path
+from imageclust_daemon.records import ROLES, TEXT, VISION, WORDS_ROLES, display_path
 from imageclust_daemon.store import Store
 
 log = logging.getLogger("imageclust")
@@ -101,11 +102,16 @@ def _parser() -> argparse.ArgumentParser:
     command(msub, "list", help="the models imageclust knows")
     dl = command(msub, "download", help="download a model into the data dir and verify it")
     dl.add_argument("name", nargs="?", help="manifest name (default: model.name)")
-    dl.add_argument("--url", help="download from this URL instead of the manifest's")
+    dl.add_argument(
+        "--url", help="download the vision file from this URL (for mirrors set $HF_ENDPOINT)"
+    )
+    dl.add_argument(
+        "--vision-only", action="store_true", help="skip the text tower (search by words)"
+    )
     dl.add_argument("--no-progress", action="store_true")
     qz = command(msub, "quantize", help="write an int8 copy of the model (faster; see README)")
     qz.add_argument("name", nargs="?", help="manifest name (default: model.name)")
-    vf = command(msub, "verify", help="check a model file's size, checksum and contract")
+    vf = command(msub, "verify", help="check each file of a model: size, checksum, content")
     vf.add_argument("name", nargs="?", help="manifest name (default: model.name)")
 
     sv = command(sub, "service", help="install, remove or show the systemd/launchd service")
@@ -129,20 +135,6 @@ def _parser() -> argparse.ArgumentParser:
 def _load_config(args: argparse.Namespace) -> config.Config:
     named_by = "--config" if args.config else f"${config.ENV_CONFIG}"
     return config.load(config.config_path(args.config, os.environ), named_by)
-
-
-def _spec(cfg: config.Config, name: str | None = None) -> ModelSpec:
-    manifest = models.load_manifest()
-    wanted = name or cfg["model.name"]
-    if wanted not in manifest:
-        key = "model.name" if name is None else "NAME"
-        raise ConfigError(key, f"unknown model {wanted!r}; known: {', '.join(sorted(manifest))}")
-    return manifest[wanted]
-
-
-def _model_path(cfg: config.Config, spec: ModelSpec) -> Path:
-    configured: Path | None = cfg["model.path"]
-    return configured or models.model_file(cfg.data_dir, spec)
 
 
 def _human_bytes(n: float) -> str:
@@ -191,10 +183,15 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
         roots = cfg.roots
         if not roots:
             raise ConfigError("library.roots", "no folders to index; give PATH or set it")
-    spec = _spec(cfg)
+    located = models.locate(cfg)
+    spec = located.spec
     with Store.open(cfg.state_db_path) as store:
         model = pipeline.load_model(
-            spec, _model_path(cfg, spec), store, threads=cfg["model.threads"]
+            spec,
+            located.vision_path,
+            store,
+            threads=cfg["model.threads"],
+            providers=tuple(cfg["model.providers"]),
         )
         bar = None
         if not args.no_progress:
@@ -230,7 +227,7 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
                 bar.close()
     _publish(cfg, model.id)
     if args.json:
-        print(json.dumps(asdict(report)))
+        print(json.dumps({**asdict(report), "provider": model.embedder.provider}))
         return 0
     r = report
     print(
@@ -240,6 +237,7 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
         + f"{r.hashed} read "
         f"({_human_bytes(r.bytes_read)}), {r.embedded} embedded, {r.reused} already known, "
         f"{r.failed} failed, {r.gone} gone"
+        + (f"; {spec.name} on {short_provider(model.embedder.provider)}" if r.embedded else "")
     )
     if r.failed:
         print(
@@ -250,9 +248,9 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
-    spec = _spec(cfg)
+    located = models.locate(cfg)
     with Store.open(cfg.state_db_path) as store:
-        model_id = pipeline.model_id_of(spec, _model_path(cfg, spec), store)
+        model_id = pipeline.model_id_of(located.spec, located.vision_path, store)
         run = pipeline.recluster(
             store,
             model_id,
@@ -282,13 +280,13 @@ def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def cmd_relabel(args: argparse.Namespace, cfg: config.Config) -> int:
-    spec = _spec(cfg)
-    path = _model_path(cfg, spec)
+    located = models.locate(cfg)
+    path = located.vision_path
     with Store.open(cfg.state_db_path) as store, client_for(cfg, os.environ) as client:
         report = pipeline.relabel(
             store, client, everything=args.all, parallel=cfg["ollama.parallel"]
         )
-        model_id = pipeline.model_id_of(spec, path, store) if path.is_file() else None
+        model_id = pipeline.model_id_of(located.spec, path, store) if path.is_file() else None
     if report.changed:
         _publish(cfg, model_id)
     if args.json:
@@ -340,12 +338,12 @@ def cmd_query(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
-    spec = _spec(cfg)
-    path = _model_path(cfg, spec)
+    located = models.locate(cfg)
+    path = located.vision_path
     with Store.open(cfg.state_db_path) as store:
         model_id = None
         if path.is_file():
-            model_id = pipeline.model_id_of(spec, path, store)
+            model_id = pipeline.model_id_of(located.spec, path, store)
         counts: dict[str, Any] = store.status(model_id)
     counts["model"] = model_id
     counts["database"] = str(cfg.state_db_path)
@@ -360,44 +358,92 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
 
 def cmd_models(args: argparse.Namespace, cfg: config.Config) -> int:
     if args.models_command == "list":
-        manifest = models.load_manifest()
-        for name, spec in manifest.items():
-            path = models.model_file(cfg.data_dir, spec)
+        for name, spec in models.load_manifest().items():
+            located = models.locate(cfg, name)
             mark = "*" if name == cfg["model.name"] else " "
-            have = "downloaded" if path.is_file() else ("no download" if not spec.url else "")
-            print(f"{mark} {name:<28} dim {spec.dim:<5} {spec.title}  {have}".rstrip())
+            have = [r for r in ROLES if spec.file(r) and located.paths[r].is_file()]
+            if not spec.downloadable:
+                state = "no download"
+            elif not have:
+                state = ""
+            elif len(have) == len(spec.files):
+                state = "downloaded"
+            else:
+                state = f"downloaded: {', '.join(have)}"
+            words = "" if spec.file(TEXT) else "  (no search by words)"
+            print(f"{mark} {name:<28} dim {spec.dim:<5} {spec.title}{words}  {state}".rstrip())
         return 0
-    spec = _spec(cfg, args.name)
-    path = _model_path(cfg, spec) if args.name is None else models.model_file(cfg.data_dir, spec)
+    located = models.locate(cfg, args.name)
+    spec = located.spec
     if args.models_command == "quantize":
+        path = located.vision_path
         dest = models.quantize(path, models.int8_file(path))
         print(f"{spec.name}: wrote {dest}")
         print(f'use it with model.path = "{dest}" (a different model: photos are re-embedded)')
         return 0
     if args.models_command == "download":
-        from tqdm import tqdm
+        return _download(args, located)
+    reports = models.verify(located)
+    for report in reports:
+        _print_file_report(spec.name, report)
+    return 0 if all(r.ok for r in reports if r.needed) else 1
 
-        bar = tqdm(unit="B", unit_scale=True, desc=spec.name, disable=args.no_progress or None)
 
-        def progress(done: int, total: int | None) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+def _download(args: argparse.Namespace, located: models.Located) -> int:
+    from tqdm import tqdm
 
-        try:
-            models.download(spec, path, url=args.url, progress=progress)
-        finally:
-            bar.close()
-        print(f"{spec.name}: downloaded and verified: {path}")
-        return 0
-    own = args.name is None and cfg["model.path"] is not None
-    result = models.verify(spec, path, own_file=own)
-    for problem in result.problems:
-        print(f"{spec.name}: {problem}")
-    if result.ok:
-        what = "your own file (model.path): its contract" if own else "size, checksum, contract"
-        print(f"{spec.name}: ok ({what}): {path} (sha256 {result.sha256})")
-        return 0
-    return 1
+    spec = located.spec
+    roles = (VISION,) if args.vision_only else ROLES
+    endpoint = models.endpoint_from(os.environ)
+    if endpoint != models.DEFAULT_ENDPOINT and args.url is None:
+        print(f"downloading from {endpoint} (${models.ENDPOINT_ENV})")
+    bar = tqdm(unit="B", unit_scale=True, desc=spec.name, disable=args.no_progress or None)
+
+    def progress(done: int, total: int | None) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        fetched = models.download_model(
+            located, roles=roles, endpoint=endpoint, vision_url=args.url, progress=progress
+        )
+    finally:
+        bar.close()
+    for item in fetched:
+        if item.kept:
+            print(f"{spec.name} {item.role}: {item.path}: {item.kept}")
+            continue
+        print(f"{spec.name} {item.role}: downloaded and verified: {item.path}")
+        if item.fallback:
+            print(
+                f"  note: the pinned revision {spec.revision} answered 'not found'; the same "
+                f"file came from {models.FALLBACK_REVISION} ({item.url}): its size and sha256 "
+                "are the manifest's"
+            )
+    if not any(spec.file(r) for r in WORDS_ROLES):
+        print(f"{spec.name} has no text tower in the manifest: search by words is not offered")
+    elif args.vision_only:
+        print("text tower skipped (--vision-only): search by words needs it")
+    return 0
+
+
+def _print_file_report(name: str, report: models.FileReport) -> None:
+    label = f"{name} {report.role}"
+    if not report.present and not report.needed:
+        print(f"{label}: missing ({report.path}): {models.PURPOSE[report.role]}")
+        print(f"  get it with: imageclust models download {name}")
+        return
+    for problem in report.problems:
+        print(f"{label}: {problem}")
+    if not report.present:
+        print(f"  get it with: imageclust models download {name}")
+    if report.ok:
+        whose = (
+            f"your own file ({models.OWN_FILE_KEYS[report.role]}): its content"
+            if report.own
+            else "size, checksum, content"
+        )
+        print(f"{label}: ok ({whose}): {report.path} (sha256 {report.sha256})")
 
 
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:

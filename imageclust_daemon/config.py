@@ -134,6 +134,26 @@ SETTINGS: tuple[Setting, ...] = (
         "The ONNX file; empty = <data_dir>/models/<the manifest's file name>.",
     ),
     Setting(
+        "model.text_path",
+        "",
+        "path",
+        "The text tower's ONNX file (search by words); empty = <data_dir>/models/<the "
+        "manifest's file name>.",
+    ),
+    Setting(
+        "model.tokenizer_path",
+        "",
+        "path",
+        "The text tower's tokenizer.json; empty = <data_dir>/models/<the manifest's file name>.",
+    ),
+    Setting(
+        "model.providers",
+        ["auto"],
+        "providers",
+        "ONNX Runtime execution providers in order of preference: 'auto' (CUDA when the "
+        "installed ONNX Runtime offers it), 'cuda', 'coreml', 'cpu'; the CPU is always last.",
+    ),
+    Setting(
         "model.batch_size",
         16,
         "int",
@@ -244,6 +264,9 @@ SETTINGS: tuple[Setting, ...] = (
 
 SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
 
+# `model.providers` values; embed.PROVIDERS maps them to ONNX Runtime's names.
+_PROVIDER_NAMES = ("auto", "cuda", "coreml", "cpu")
+
 _ENV_VAR = re.compile(r"\$(\w+|\{[^}]*\})")
 
 
@@ -293,6 +316,15 @@ def _validate(setting: Setting, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(key, f"expected true or false, got {value!r}")
         return value
+    if kind == "providers":
+        if not isinstance(value, list) or not value:
+            raise ConfigError(key, f"expected a non-empty list of names, got {value!r}")
+        for name in value:
+            if name not in _PROVIDER_NAMES:
+                raise ConfigError(
+                    key, f"unknown provider {name!r}; expected some of {list(_PROVIDER_NAMES)}"
+                )
+        return list(value)
     if kind in ("paths", "globs"):
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(key, f"expected a list of non-empty strings, got {value!r}")
@@ -373,8 +405,9 @@ def from_mapping(doc: Mapping[str, Any], source: Path | None = None) -> Config:
             source=where,
         )
     organized: Path | None = values["organize.dir"]
+    real = Path(os.path.realpath(organized)) if organized is not None else Path()
     for root in values["library.roots"] if organized is not None else ():
-        real, real_root = Path(os.path.realpath(organized)), Path(os.path.realpath(root))
+        real_root = Path(os.path.realpath(root))
         if real == real_root or real_root in real.parents:
             raise ConfigError(
                 "organize.dir",

@@ -26,6 +26,7 @@ from types import FrameType
 
 from imageclust_daemon import models, pipeline
 from imageclust_daemon.config import Config
+from imageclust_daemon.embed import short_provider
 from imageclust_daemon.errors import ConfigError, ImageclustError
 from imageclust_daemon.jobs import Jobs, LazyModel
 from imageclust_daemon.lock import InstanceLock
@@ -118,15 +119,15 @@ class Daemon:
 
     def _model(self, cfg: Config) -> LazyModel:
         """Check the model now (a bad file fails the start), then hold only its identity."""
-        manifest = models.load_manifest()
-        name = cfg["model.name"]
-        if name not in manifest:
-            raise ConfigError("model.name", f"unknown model {name!r}; known: {sorted(manifest)}")
-        spec = manifest[name]
-        path = cfg["model.path"] or models.model_file(cfg.data_dir, spec)
+        located = models.locate(cfg)
+        spec, path = located.spec, located.vision_path
+        threads, providers = cfg["model.threads"], tuple(cfg["model.providers"])
         with Store.open(cfg.state_db_path) as store:
-            loaded = pipeline.load_model(spec, path, store, threads=cfg["model.threads"])
-        return LazyModel(spec, path, loaded.id, cfg["model.threads"])
+            loaded = pipeline.load_model(spec, path, store, threads=threads, providers=providers)
+        log.info(
+            "model %s (%s) runs on %s", spec.name, path, short_provider(loaded.embedder.provider)
+        )
+        return LazyModel(spec, path, loaded.id, threads, providers)
 
     def _supervise(self, watcher: Watcher, jobs: Jobs) -> None:
         watchdog_usec = int(self._environ.get("WATCHDOG_USEC", "0") or 0)
@@ -170,4 +171,4 @@ class Daemon:
 
 
 def _model_settings(cfg: Config) -> tuple[object, ...]:
-    return cfg["model.name"], cfg["model.path"], cfg["model.threads"]
+    return cfg["model.name"], cfg["model.path"], cfg["model.threads"], cfg["model.providers"]

@@ -20,21 +20,30 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from imageclust_daemon import migrate, models
 from imageclust_daemon.config import Config
-from imageclust_daemon.embed import file_sha256, model_io, open_session
+from imageclust_daemon.embed import (
+    available_providers,
+    choose_providers,
+    file_sha256,
+    model_io,
+    open_session,
+    provider_of,
+    short_provider,
+)
 from imageclust_daemon.errors import (
+    ConfigError,
     ImageclustError,
     ModelError,
     OllamaError,
     OllamaUnavailable,
 )
 from imageclust_daemon.ollama import OllamaClient, RetryPolicy, resolve_host
-from imageclust_daemon.records import ModelSpec
+from imageclust_daemon.records import TEXT, TOKENIZER, VISION, WORDS_ROLES, ModelSpec
 
 # Below this the state database and a catalog snapshot may not fit: each
 # publish writes a full new catalog file next to the old one before the rename.
@@ -198,23 +207,25 @@ def check_database(path: Path) -> Check:
 
 
 def check_model(cfg: Config) -> list[Check]:
-    """The model file and its checksum, ONNX Runtime, and the file's input/output contract."""
+    """Each of the model's files (the vision tower essential, the text tower and tokenizer
+    for search by words), ONNX Runtime, the vision tower's contract and where it runs."""
     try:
-        manifest = models.load_manifest()
+        located = models.locate(cfg)
+    except ConfigError as exc:
+        known = ", ".join(sorted(models.load_manifest()))
+        return [Check("model", False, True, f"{exc.key}: {exc.problem}", f"use one of: {known}")]
     except ModelError as exc:
         return [Check("model", False, True, str(exc), "reinstall imageclust")]
-    name: str = cfg["model.name"]
-    if name not in manifest:
-        known = ", ".join(sorted(manifest))
-        return [Check("model", False, True, f"unknown model.name {name!r}", f"use one of: {known}")]
-    spec = manifest[name]
-    own: Path | None = cfg["model.path"]
-    path = own or models.model_file(cfg.data_dir, spec)
-    checks = [check_model_file(spec, path, own=own is not None)]
+    spec, path = located.spec, located.vision_path
+    own = VISION in located.own
+    checks = [check_model_file(spec, path, own=own)]
     runtime = check_onnxruntime()
     checks.append(runtime)
     if checks[0].ok and runtime.ok:
-        checks.append(check_model_contract(spec, path, own=own is not None))
+        checks.extend(
+            check_model_contract(spec, path, own=own, providers=tuple(cfg["model.providers"]))
+        )
+    checks.extend(check_words(located))
     return checks
 
 
@@ -234,8 +245,9 @@ def check_model_file(spec: ModelSpec, path: Path, *, own: bool) -> Check:
         digest = file_sha256(path)
     except OSError as exc:
         return Check(name, False, True, f"{path}: cannot read it: {exc.strerror}", download)
-    known = spec.sha256 is not None
-    matches = digest == spec.sha256 and spec.size_bytes in (None, size)
+    vision = spec.vision
+    known = vision.sha256 is not None
+    matches = digest == vision.sha256 and vision.size_bytes in (None, size)
     if own:
         # model.path names the user's own file on purpose: a different checksum is
         # expected, and harmless (embeddings are kept per model id, which has the sha256).
@@ -247,10 +259,10 @@ def check_model_file(spec: ModelSpec, path: Path, *, own: bool) -> Check:
         )
     if matches:
         return Check(name, True, True, f"{path}: sha256 matches the manifest")
-    if spec.size_bytes is not None and size != spec.size_bytes:
-        problem = f"it is {size} bytes, the manifest expects {spec.size_bytes}"
+    if vision.size_bytes is not None and size != vision.size_bytes:
+        problem = f"it is {size} bytes, the manifest expects {vision.size_bytes}"
     else:
-        problem = f"sha256 {digest} is not the manifest's {spec.sha256}"
+        problem = f"sha256 {digest} is not the manifest's {vision.sha256}"
     return Check(
         name,
         False,
@@ -269,28 +281,47 @@ def check_onnxruntime() -> Check:
         return Check(name, False, True, f"cannot import it: {exc}", reinstall)
     providers = list(ort.get_available_providers())
     detail = f"{ort.__version__}; providers: {', '.join(providers) or 'none'}"
-    if "CPUExecutionProvider" not in providers:  # the only one imageclust uses
+    if "CPUExecutionProvider" not in providers:  # the one every session falls back to
         return Check(name, False, True, detail + "; no CPUExecutionProvider", reinstall)
     return Check(name, True, True, detail)
 
 
-def check_model_contract(spec: ModelSpec, path: Path, *, own: bool) -> Check:
-    """Loads in ONNX Runtime with one image input and the manifest's embedding output."""
+def check_model_contract(
+    spec: ModelSpec,
+    path: Path,
+    *,
+    own: bool,
+    providers: Sequence[str] = ("auto",),
+    available: Sequence[str] | None = None,
+) -> list[Check]:
+    """Loads in ONNX Runtime on the configured providers with one image input and the
+    manifest's embedding output; then which provider it runs on."""
     name = "model contract"
     crop = spec.preprocessing.crop
+    output = spec.vision.output_name
+    offered = list(available) if available is not None else available_providers()
     try:
-        session = open_session(path, threads=1)  # loading only: no thread pool needed
-        io = model_io(session, path=str(path), image_size=crop, output_name=spec.output_name)
+        session = open_session(path, threads=1, providers=providers, available=offered)
+        io = model_io(session, path=str(path), image_size=crop, output_name=output)
     except ModelError as exc:
         fix = (
             f"model.path must be a CLIP vision export: one float input [N,3,{crop},{crop}] "
-            f"and an output {spec.output_name!r} [N,D]"
+            f"and an output {output!r} [N,D]"
             if own
             else f"imageclust models download {spec.name}"
         )
-        return Check(name, False, True, str(exc), fix)
-    detail = f"input {io.input_name} [N,3,{crop},{crop}] -> {io.output_name} [N,{io.dim}]"
-    if io.dim == spec.dim and io.input_name == spec.input_name:
+        return [Check(name, False, True, str(exc), fix)]
+    checks = [_contract_check(spec, io.input_name, io.output_name, io.dim, crop, own=own)]
+    checks.append(check_provider(provider_of(session), providers, offered))
+    return checks
+
+
+def _contract_check(
+    spec: ModelSpec, input_name: str, output_name: str, dim: int, crop: int, *, own: bool
+) -> Check:
+    name = "model contract"
+    detail = f"input {input_name} [N,3,{crop},{crop}] -> {output_name} [N,{dim}]"
+    if dim == spec.dim and input_name == spec.vision.input_name:
         return Check(name, True, True, detail)
     if own:
         return Check(name, True, True, f"{detail} (not {spec.name}'s {spec.dim}: your own model)")
@@ -298,9 +329,77 @@ def check_model_contract(spec: ModelSpec, path: Path, *, own: bool) -> Check:
         name,
         False,
         True,
-        f"{detail}; the manifest's {spec.name} has {spec.input_name} -> [N,{spec.dim}]",
+        f"{detail}; the manifest's {spec.name} has {spec.vision.input_name} -> [N,{spec.dim}]",
         f"imageclust models download {spec.name}",
     )
+
+
+def check_provider(running: str, requested: Sequence[str], available: Sequence[str]) -> Check:
+    """Which execution provider the model runs on; a warning when one asked for is not it."""
+    name = "execution provider"
+    choice = choose_providers(list(requested), available)
+    detail = (
+        f"the model runs on {short_provider(running)} "
+        f"(model.providers = {list(requested)}; offered: "
+        f"{', '.join(short_provider(p) for p in available) or 'none'})"
+    )
+    if choice.unavailable:
+        return Check(
+            name,
+            False,
+            False,
+            f"{detail}; {', '.join(choice.unavailable)} is not offered by this ONNX Runtime",
+            f"{sys.executable} -m pip uninstall -y onnxruntime && "
+            f"{sys.executable} -m pip install onnxruntime-gpu (CUDA), or remove it from "
+            "model.providers",
+        )
+    if running != choice.providers[0]:
+        return Check(
+            name,
+            False,
+            False,
+            f"{detail}; {short_provider(choice.providers[0])} did not start (see the log)",
+            "check the GPU driver and CUDA libraries that onnxruntime-gpu needs",
+        )
+    return Check(name, True, False, detail)
+
+
+def check_words(located: models.Located) -> list[Check]:
+    """The text tower and tokenizer: search by words needs them, indexing does not (warn)."""
+    spec = located.spec
+    reports = {r.role: r for r in models.verify(located, roles=WORDS_ROLES)}
+    if not reports:
+        return [
+            Check(
+                "text tower",
+                True,
+                False,
+                f"{spec.name} has none in the manifest: search by words is not offered; "
+                "model.text_path and model.tokenizer_path can name files you have",
+            )
+        ]
+    checks = []
+    for role, label in ((TEXT, "text tower"), (TOKENIZER, "tokenizer")):
+        report = reports.get(role)
+        if report is None:
+            continue
+        own_key = models.OWN_FILE_KEYS[role]
+        if not report.present:
+            fix = (
+                f"point {own_key} at a file that exists"
+                if report.own
+                else f"imageclust models download {spec.name}"
+            )
+            detail = f"{report.path}: missing; {models.PURPOSE[role]}"
+            checks.append(Check(label, False, False, detail, fix))
+        elif report.problems:
+            detail = f"{report.path}: " + "; ".join(report.problems)
+            fix = f"fix {own_key}" if report.own else f"imageclust models download {spec.name}"
+            checks.append(Check(label, False, False, detail, fix))
+        else:
+            whose = f"your own file ({own_key})" if report.own else "matches the manifest"
+            checks.append(Check(label, True, False, f"{report.path}: {whose}"))
+    return checks
 
 
 # --- Ollama ----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
     ├── QueryRefused            `imageclust query` refused a statement (exit code 2)
     ├── ModelError              a model cannot be used
     │   ├── ModelNotFoundError  the ONNX file is missing (path, name)
-    │   ├── ModelContractError  the ONNX file lacks the expected input/output (path, reason)
+    │   ├── ModelContractError  an ONNX tower lacks the expected input/output (path, reason)
     │   └── DownloadError       a download failed or did not verify (url, reason)
     ├── PhotoError              one photo cannot be used (path, reason)
     │   └── DecodeError         its bytes are not a usable image
@@ -91,19 +91,40 @@ class ModelNotFoundError(ModelError):
 class ModelContractError(ModelError):
     """The ONNX file does not have the input/output a CLIP vision export has."""
 
-    def __init__(self, path: str, reason: str) -> None:
+    def __init__(self, path: str, reason: str, *, what: str = "CLIP vision model") -> None:
         self.path = path
         self.reason = reason
-        super().__init__(f"{path}: not a usable CLIP vision model: {reason}")
+        super().__init__(f"{path}: not a usable {what}: {reason}")
 
 
 class DownloadError(ModelError):
-    """A model download failed or the file did not verify."""
+    """A model download failed or the file did not verify.
 
-    def __init__(self, url: str, reason: str) -> None:
+    `attempts` lists every (URL, what it answered) tried, in order; `url` and
+    `reason` are the last of them. `next_step` says what the user can do.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        reason: str,
+        *,
+        attempts: tuple[tuple[str, str], ...] = (),
+        next_step: str = "",
+        what: str = "",
+    ) -> None:
         self.url = url
         self.reason = reason
-        super().__init__(f"download of {url} failed: {reason}")
+        self.attempts = attempts or ((url, reason),)
+        self.next_step = next_step
+        if len(self.attempts) == 1:
+            text = f"download of {url} failed: {reason}"
+        else:
+            tried = "".join(f"\n  {u}: {r}" for u, r in self.attempts)
+            text = f"download of {what or 'the file'} failed; tried:{tried}"
+        if next_step:
+            text += f"\n  next: {next_step}"
+        super().__init__(text)
 
 
 class PhotoError(ImageclustError):

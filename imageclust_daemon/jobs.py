@@ -33,7 +33,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from imageclust_daemon import pipeline, scan
 from imageclust_daemon.config import Config
-from imageclust_daemon.embed import Embedder
+from imageclust_daemon.embed import Embedder, short_provider
 from imageclust_daemon.errors import ImageclustError
 from imageclust_daemon.ollama import OllamaClient, client_for
 from imageclust_daemon.records import IndexReport, ModelSpec, display_path
@@ -63,13 +63,18 @@ class LazyModel:
     path: Path
     id: str
     threads: int = 0
+    providers: tuple[str, ...] = ("cpu",)
     _embedder: Embedder | None = None
     _used: float = 0.0
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         if self._embedder is None:
-            log.info("loading the model %s", self.path)
-            self._embedder = pipeline.open_embedder(self.spec, self.path, threads=self.threads)
+            self._embedder = pipeline.open_embedder(
+                self.spec, self.path, threads=self.threads, providers=self.providers
+            )
+            log.info(
+                "loaded the model %s on %s", self.path, short_provider(self._embedder.provider)
+            )
         self._used = time.monotonic()
         return self._embedder.embed(batch)
 

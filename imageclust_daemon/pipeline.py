@@ -952,22 +952,33 @@ def model_id_of(spec: ModelSpec, path: Path, store: Store) -> str:
     return model_id(spec.name, digest)
 
 
-def open_embedder(spec: ModelSpec, path: Path, *, threads: int = 0) -> Embedder:
-    """An ONNX Runtime session over `path`, its contract checked."""
-    session = open_session(path, threads=threads)
+def open_embedder(
+    spec: ModelSpec, path: Path, *, threads: int = 0, providers: Sequence[str] = ("cpu",)
+) -> Embedder:
+    """An ONNX Runtime session over `path` on the first of `providers` that starts, its
+    contract checked."""
+    session = open_session(path, threads=threads, providers=providers)
     io = model_io(
         session,
         path=str(path),
         image_size=spec.preprocessing.crop,
-        output_name=spec.output_name,
+        output_name=spec.vision.output_name,
     )
     return Embedder(session, io)
 
 
-def load_model(spec: ModelSpec, path: Path, store: Store, *, threads: int = 0) -> LoadedModel:
+def load_model(
+    spec: ModelSpec,
+    path: Path,
+    store: Store,
+    *,
+    threads: int = 0,
+    providers: Sequence[str] = ("cpu",),
+) -> LoadedModel:
     """Name the model by its file's sha256, open it and check its contract."""
     identity = model_id_of(spec, path, store)
-    return LoadedModel(spec, path, identity, open_embedder(spec, path, threads=threads))
+    embedder = open_embedder(spec, path, threads=threads, providers=providers)
+    return LoadedModel(spec, path, identity, embedder)
 
 
 _heif_lock = threading.Lock()

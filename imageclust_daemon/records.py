@@ -55,21 +55,61 @@ class Preprocessing:
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 
+VISION, TEXT, TOKENIZER, VOCAB, MERGES = "vision", "text", "tokenizer", "vocab", "merges"
+ROLES = (VISION, TEXT, VOCAB, MERGES, TOKENIZER)
+"""A model's files, in the order a download fetches them: the vision tower first (indexing
+needs only it), the tokenizer last (its check compares it with the vocab and merges)."""
+WORDS_ROLES = (TEXT, TOKENIZER)
+"""The files search by words needs besides the vision tower."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFile:
+    """One file of a model: where it comes from, what it must be, and its name on disk."""
+
+    role: str  # one of ROLES
+    filename: str  # under <data_dir>/models/
+    repo_path: str | None = None  # its path in the model's hub repository, at the pinned revision
+    url: str | None = None  # or an absolute URL (a file not on a hub); neither: not downloadable
+    sha256: str | None = None  # None where no published checksum could be confirmed
+    size_bytes: int | None = None
+    input_name: str | None = None  # ONNX towers: the input fed
+    output_name: str | None = None  # ONNX towers: the embedding output
+    probe_text: str | None = None  # tokenizer: a text whose token ids are known...
+    probe_ids: tuple[int, ...] = ()  # ...and those ids, start and end tokens included
+
+    @property
+    def downloadable(self) -> bool:
+        return self.repo_path is not None or self.url is not None
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """One entry of models/manifest.toml."""
+    """One entry of models/manifest.toml: the model's files and how to feed it."""
 
     name: str
     title: str
-    filename: str
-    url: str | None
-    sha256: str | None  # None where no published checksum could be confirmed
-    size_bytes: int | None
     dim: int
-    input_name: str = "pixel_values"
-    output_name: str = "image_embeds"
+    files: tuple[ModelFile, ...]  # in ROLES order; the vision tower always among them
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    repo: str | None = None  # hub repository ("owner/name") of the files with a repo_path
+    revision: str | None = None  # the commit those files are pinned to
+    context_length: int = 77  # token ids per text the text tower takes
     notes: str = ""
+
+    def file(self, role: str) -> ModelFile | None:
+        return next((f for f in self.files if f.role == role), None)
+
+    @property
+    def vision(self) -> ModelFile:
+        found = self.file(VISION)
+        if found is None:  # the manifest loader refuses such an entry
+            raise AssertionError(f"model {self.name!r} has no vision file")
+        return found
+
+    @property
+    def downloadable(self) -> bool:
+        return self.vision.downloadable
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,3 +65,64 @@ def build_tiny_clip(path: Path, dim: int = 32, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, path)
     return path
+
+
+CONTEXT_LENGTH = 77
+VOCAB_SIZE = 49408  # CLIP's
+
+
+def build_tiny_clip_text(
+    path: Path, dim: int = 32, seed: int = 0, *, with_mask: bool = False, width: int = 8
+) -> Path:
+    """Write a model `input_ids` int64 [N,77] (and `attention_mask` with `with_mask`) ->
+    `text_embeds` float32 [N,dim], the contract of a CLIP text export.
+
+    Gather from a [49408, width] token table -> (times the mask) -> mean over the 77
+    positions -> MatMul with a [width, dim] projection, all drawn from `seed`: different
+    token ids give different, deterministic embeddings; same arguments, same bytes.
+    """
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((VOCAB_SIZE, width)).astype(np.float32)
+    projection = rng.standard_normal((width, dim)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["token_table", "input_ids"], ["tokens"], axis=0)]
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", CONTEXT_LENGTH])
+    ]
+    pooled_from = "tokens"
+    if with_mask:
+        inputs.append(
+            helper.make_tensor_value_info(
+                "attention_mask", TensorProto.INT64, ["batch", CONTEXT_LENGTH]
+            )
+        )
+        nodes += [
+            helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["mask_f", "last_axis"], ["mask_3d"]),
+            helper.make_node("Mul", ["tokens", "mask_3d"], ["masked"]),
+        ]
+        pooled_from = "masked"
+    nodes += [
+        helper.make_node("ReduceMean", [pooled_from], ["pooled"], axes=[1], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "text_projection"], ["text_embeds"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(table, name="token_table"),
+        numpy_helper.from_array(projection, name="text_projection"),
+    ]
+    if with_mask:
+        initializers.append(numpy_helper.from_array(np.array([2], np.int64), name="last_axis"))
+    graph = helper.make_graph(
+        nodes=nodes,
+        name="tiny_clip_text",
+        inputs=inputs,
+        outputs=[helper.make_tensor_value_info("text_embeds", TensorProto.FLOAT, ["batch", dim])],
+        initializer=initializers,
+    )
+    model = helper.make_model(
+        graph, producer_name="imageclust-tests", opset_imports=[helper.make_opsetid("", OPSET)]
+    )
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    return path

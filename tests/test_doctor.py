@@ -8,9 +8,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from imageclust_daemon import config, doctor
+from imageclust_daemon import config, doctor, models
 from imageclust_daemon.store import Store
+from tests.clip_vocab import write_tokenizer_json
 from tests.conftest import run_cli
+from tests.onnx_models import build_tiny_clip_text
 
 
 def _closed_port() -> int:
@@ -139,6 +141,62 @@ def test_own_model_file_is_checked_by_its_contract(tiny_model: Path, tmp_path: P
     cfg = config.from_mapping({"model": {"path": str(junk)}})
     contract = {c.name: c for c in doctor.check_model(cfg)}["model contract"]
     assert (contract.ok, contract.essential) == (False, True)
+
+
+def test_the_text_tower_and_tokenizer_are_warnings_that_say_what_they_are_for(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    cfg = config.from_mapping(
+        {"storage": {"data_dir": str(tmp_path)}, "model": {"path": str(tiny_model)}}
+    )
+    checks = {c.name: c for c in doctor.check_model(cfg)}
+    for name in ("text tower", "tokenizer"):
+        assert (checks[name].ok, checks[name].essential) == (False, False)
+        assert "search by words needs it" in checks[name].detail
+        assert checks[name].fix == "imageclust models download clip-vit-b32"
+
+    text = build_tiny_clip_text(tmp_path / "text.onnx", dim=32)
+    tok = write_tokenizer_json(tmp_path / "tokenizer.json")
+    cfg = config.from_mapping(
+        {"model": {"path": str(tiny_model), "text_path": str(text), "tokenizer_path": str(tok)}}
+    )
+    checks = {c.name: c for c in doctor.check_model(cfg)}
+    assert (
+        checks["text tower"].ok and "your own file (model.text_path)" in checks["text tower"].detail
+    )
+    assert checks["tokenizer"].ok
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{}", encoding="utf-8")
+    cfg = config.from_mapping({"model": {"path": str(tiny_model), "tokenizer_path": str(broken)}})
+    check = {c.name: c for c in doctor.check_model(cfg)}["tokenizer"]
+    assert not check.ok and "not a usable tokenizer.json" in check.detail
+
+
+def test_a_model_without_a_text_tower_says_search_is_not_offered(tmp_path: Path) -> None:
+    cfg = config.from_mapping(
+        {"storage": {"data_dir": str(tmp_path)}, "model": {"name": "clip-vit-l14"}}
+    )
+    checks = {c.name: c for c in doctor.check_model(cfg)}
+    assert (
+        checks["text tower"].ok and "search by words is not offered" in checks["text tower"].detail
+    )
+
+
+def test_the_execution_provider_is_named_and_a_missing_one_is_a_warning(
+    tiny_model: Path,
+) -> None:
+    cfg = config.from_mapping({"model": {"path": str(tiny_model)}})
+    checks = {c.name: c for c in doctor.check_model(cfg)}
+    assert checks["execution provider"].ok
+    assert "the model runs on CPU" in checks["execution provider"].detail
+
+    spec = models.load_manifest()["clip-vit-b32"]
+    _, provider = doctor.check_model_contract(
+        spec, tiny_model, own=True, providers=["cuda"], available=["CPUExecutionProvider"]
+    )
+    assert (provider.ok, provider.essential) == (False, False)
+    assert "cuda is not offered" in provider.detail and "onnxruntime-gpu" in provider.fix
 
 
 def test_onnxruntime_has_the_cpu_provider() -> None:

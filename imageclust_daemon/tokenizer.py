@@ -1,0 +1,103 @@
+"""CLIP's text tokenizer: reading and checking a model's `tokenizer.json`.
+
+A `tokenizer.json` (Hugging Face's `tokenizers` format) holds the whole
+pipeline: normalization, the pre-tokenizer's split pattern, the byte-level BPE
+vocabulary and merges, and the start and end tokens. The `tokenizers` library
+(Rust, Apache-2.0, Hugging Face's own) reads and runs it; writing BPE by hand
+would be slower and one more thing to get subtly wrong.
+
+A tokenizer file that parses is not yet the right one: a file for another
+vocabulary encodes every text to other ids, and the text tower then embeds
+nonsense without any error. So a file is checked by content: it must encode a
+probe text to the ids the manifest records, and (when the vocabulary's
+original `vocab.json` and `merges.txt` are at hand, checked by their sha256) hold
+exactly that vocabulary and those merges.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from imageclust_daemon.errors import ModelError
+
+
+def load(path: Path) -> Any:
+    """A `tokenizers.Tokenizer` read from `path`; ModelError naming the file if it cannot be."""
+    from tokenizers import Tokenizer  # imported here: only search and model checks need it
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # the Rust side raises a plain Exception with its parse error
+        raise ModelError(f"{path}: not a usable tokenizer.json: {_first_line(exc)}") from None
+
+
+def problems(
+    path: Path,
+    *,
+    probe_text: str | None,
+    probe_ids: tuple[int, ...] = (),
+    vocab: Path | None = None,
+    merges: Path | None = None,
+) -> list[str]:
+    """What keeps `path` from being the tokenizer described (empty: nothing).
+
+    Checks that it parses; that it encodes `probe_text` to exactly `probe_ids`
+    (start and end tokens included); and, given `vocab` (vocab.json) and/or
+    `merges` (merges.txt), that its BPE vocabulary and merges equal theirs.
+    """
+    try:
+        tok = load(path)
+    except ModelError as exc:
+        return [str(exc)]
+    found: list[str] = []
+    if probe_text is not None:
+        ids = tuple(tok.encode(probe_text).ids)
+        if ids != probe_ids:
+            found.append(
+                f"it encodes {probe_text!r} as {list(ids)}, expected {list(probe_ids)}: "
+                "a tokenizer for another vocabulary"
+            )
+    if vocab is None and merges is None:
+        return found
+    try:
+        model = json.loads(path.read_text(encoding="utf-8")).get("model", {})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        return [*found, f"cannot read its vocabulary: {_first_line(exc)}"]
+    if vocab is not None:
+        try:
+            expected = json.loads(vocab.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return [*found, f"cannot read {vocab.name} to compare: {_first_line(exc)}"]
+        if model.get("vocab") != expected:
+            found.append(f"its vocabulary is not the one in {vocab.name}")
+    if merges is not None:
+        try:
+            lines = merges.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            return [*found, f"cannot read {merges.name} to compare: {_first_line(exc)}"]
+        wanted = [line for line in lines if line and not line.startswith("#version")]
+        if _merge_lines(model.get("merges")) != wanted:
+            found.append(f"its merges are not the ones in {merges.name}")
+    return found
+
+
+def _merge_lines(merges: object) -> list[str] | None:
+    """Merges as "a b" lines: tokenizers writes them as such strings or as [a, b] pairs."""
+    if not isinstance(merges, list):
+        return None
+    lines = []
+    for merge in merges:
+        if isinstance(merge, str):
+            lines.append(merge)
+        elif isinstance(merge, list) and len(merge) == 2:
+            lines.append(f"{merge[0]} {merge[1]}")
+        else:
+            return None
+    return lines
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
