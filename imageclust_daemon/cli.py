@@ -386,6 +386,8 @@ def cmd_models(args: argparse.Namespace, cfg: config.Config) -> int:
     reports = models.verify(located)
     for report in reports:
         _print_file_report(spec.name, report)
+    if any(not r.present and not r.own for r in reports) and spec.downloadable:
+        print(f"get what is missing with: imageclust models download {spec.name}")
     return 0 if all(r.ok for r in reports if r.needed) else 1
 
 
@@ -429,14 +431,11 @@ def _download(args: argparse.Namespace, located: models.Located) -> int:
 
 def _print_file_report(name: str, report: models.FileReport) -> None:
     label = f"{name} {report.role}"
-    if not report.present and not report.needed:
+    if not report.present:
         print(f"{label}: missing ({report.path}): {models.PURPOSE[report.role]}")
-        print(f"  get it with: imageclust models download {name}")
         return
     for problem in report.problems:
         print(f"{label}: {problem}")
-    if not report.present:
-        print(f"  get it with: imageclust models download {name}")
     if report.ok:
         whose = (
             f"your own file ({models.OWN_FILE_KEYS[report.role]}): its content"

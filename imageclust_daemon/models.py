@@ -664,8 +664,10 @@ def _fetch(
         if have:
             headers["Range"] = f"bytes={have}-"
         received, total = have, expected
+        answered = False
         try:
             with http.stream("GET", url, headers=headers, timeout=timeout) as response:
+                answered = True
                 status = response.status_code
                 if status == 200:
                     start, total = 0, _int_or_none(response.headers.get("Content-Length"))
@@ -707,10 +709,14 @@ def _fetch(
         except httpx.HTTPError as exc:
             of = f" of {total}" if total is not None else ""
             kept = f"{out.name} keeps what arrived; " if received else ""
+            what = (
+                f"the transfer stopped at {received}{of} bytes"
+                if received or answered
+                else "no answer"
+            )
             raise DownloadError(
                 url,
-                f"the transfer stopped at {received}{of} bytes ({exc}); "
-                f"{kept}run the download again to resume",
+                f"{what} ({exc or type(exc).__name__}); {kept}run the download again to resume",
                 next_step=f"check the network (or ${ENDPOINT_ENV}, a proxy), then run the "
                 "same command again: it resumes",
             ) from exc
