@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -262,6 +263,31 @@ class QueryResult:
     rows: list[tuple[object, ...]]
 
 
+@dataclass(frozen=True)
+class QueryStream:
+    """An open query's columns and its rows, produced one at a time as they are read."""
+
+    columns: list[str]
+    rows: Iterator[tuple[object, ...]]
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    """Where `imageclust query` stops a result (exit 2): rows, bytes of values, one value.
+
+    Rows are streamed, so none of these is about memory on the way out; they stop a
+    runaway (an endless recursive CTE, a cross join of the photos with themselves)
+    before it fills a disk or a terminal. `value_bytes` is SQLite's own length limit:
+    `zeroblob(1000000000)` fails at once instead of allocating a gigabyte.
+    """
+
+    seconds: float = 30.0
+    rows: int = 10_000_000  # a 1M-photo library's photos, ten times over
+    bytes: int = 1_000_000_000  # of values, as they are counted in _size
+    value_bytes: int = 32 << 20  # no path, title or catalog value comes near it
+    heap_bytes: int = 1 << 30  # SQLite's own memory (sorts, DISTINCT, recursive UNIONs)
+
+
 # Pragmas that only describe the schema, allowed without an argument to set
 # (`SELECT * FROM pragma_table_info('photos')`); every other pragma is refused.
 _SCHEMA_PRAGMAS = {
@@ -292,7 +318,22 @@ def _authorize(action: int, arg1: object, arg2: object, *rest: object) -> int:
 
 
 def query(catalog: Path, sql: str, *, timeout: float = 30.0) -> QueryResult:
-    """Run one read-only statement against the catalog. Refusals raise QueryRefused."""
+    """Run one read-only statement against the catalog and return every row (for small
+    results; `open_query` streams). Refusals raise QueryRefused."""
+    with open_query(catalog, sql, QueryLimits(seconds=timeout)) as result:
+        return QueryResult(result.columns, list(result.rows))
+
+
+@contextmanager
+def open_query(
+    catalog: Path, sql: str, limits: QueryLimits = QueryLimits()
+) -> Iterator[QueryStream]:
+    """Run one read-only statement against the catalog; its rows stream as they are read.
+
+    Refusals (a write, several statements, past a limit of `limits`) raise QueryRefused,
+    also while the rows are iterated; a damaged catalog raises DatabaseError saying the
+    next publish rebuilds it.
+    """
     if catalog.exists() and not catalog.is_file():
         raise DatabaseError(f"{catalog} is not a file: set catalog.path to a file name")
     if not catalog.is_file():
@@ -303,27 +344,81 @@ def query(catalog: Path, sql: str, *, timeout: float = 30.0) -> QueryResult:
     conn = sqlite3.connect(uri(catalog, mode="ro"), uri=True)
     try:
         conn.execute("PRAGMA query_only = ON")
+        # SQLite's heap limit is per process: only `imageclust query` runs this.
+        conn.execute(f"PRAGMA hard_heap_limit = {int(limits.heap_bytes)}")
         conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limits.value_bytes)
         conn.set_authorizer(_authorize)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limits.seconds
         conn.set_progress_handler(lambda: int(time.monotonic() > deadline), _TICKS)
-        try:
+        with _translated(catalog, limits):
             cursor = conn.execute(text)
-            rows = cursor.fetchall()
-        except sqlite3.ProgrammingError as exc:  # "You can only execute one statement at a time."
-            raise QueryRefused(f"one statement only: {exc}") from None
-        except sqlite3.DatabaseError as exc:
-            message = str(exc)
-            if "not authorized" in message or "readonly" in message or "read-only" in message:
-                raise QueryRefused(
-                    f"the catalog is read-only; only SELECT is allowed ({message})"
-                ) from None
-            if "interrupted" in message:
-                raise QueryRefused(
-                    f"query took longer than {timeout:g} s and was stopped"
-                ) from None
-            raise QueryRefused(message) from None
-        columns = [d[0] for d in cursor.description or []]
-        return QueryResult(columns, rows)
+            columns = [d[0] for d in cursor.description or []]
+        yield QueryStream(columns, _rows(cursor, catalog, limits))
     finally:
         conn.close()
+
+
+def _rows(
+    cursor: sqlite3.Cursor, catalog: Path, limits: QueryLimits
+) -> Iterator[tuple[object, ...]]:
+    count = size = 0
+    with _translated(catalog, limits):
+        while rows := cursor.fetchmany(256):
+            for row in rows:
+                count += 1
+                size += sum(_size(v) for v in row)
+                if count > limits.rows:
+                    raise QueryRefused(
+                        f"stopped after {limits.rows:,} rows (--max-rows raises the limit)"
+                    )
+                if size > limits.bytes:
+                    raise QueryRefused(
+                        f"stopped after {limits.bytes:,} bytes of values "
+                        "(--max-bytes raises the limit)"
+                    )
+                yield row
+
+
+def _size(value: object) -> int:
+    if isinstance(value, str | bytes):
+        return len(value)
+    return 8
+
+
+@contextmanager
+def _translated(catalog: Path, limits: QueryLimits) -> Iterator[None]:
+    """SQLite's errors while preparing or stepping, as what a person can act on."""
+    try:
+        yield
+    except sqlite3.ProgrammingError as exc:  # "You can only execute one statement at a time."
+        raise QueryRefused(f"one statement only: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        message = str(exc)
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            raise DatabaseError(
+                f"the catalog {catalog} is damaged ({message}); the next publish "
+                "rebuilds it (`imageclust index`, or the daemon within a minute)"
+            ) from None
+        if "not authorized" in message or "readonly" in message or "read-only" in message:
+            raise QueryRefused(
+                f"the catalog is read-only; only SELECT is allowed ({message})"
+            ) from None
+        if "interrupted" in message:
+            raise QueryRefused(
+                f"query took longer than {limits.seconds:g} s and was stopped"
+            ) from None
+        if "too big" in message:
+            raise QueryRefused(
+                f"a value is longer than {limits.value_bytes >> 20} MB ({message})"
+            ) from None
+        if code == sqlite3.SQLITE_NOMEM:
+            raise QueryRefused(
+                f"the query needs more than {limits.heap_bytes >> 20} MB of memory ({message})"
+            ) from None
+        raise QueryRefused(message) from None
+    except MemoryError:
+        raise QueryRefused("the result does not fit in memory") from None
+
+

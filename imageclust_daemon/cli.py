@@ -93,6 +93,21 @@ def _parser() -> argparse.ArgumentParser:
     fmt = qy.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="a JSON array of objects")
     fmt.add_argument("--csv", action="store_true", help="RFC 4180 CSV with a header row")
+    defaults = catalog.QueryLimits()
+    qy.add_argument(
+        "--max-rows",
+        type=_positive_int,
+        default=defaults.rows,
+        metavar="N",
+        help=f"stop (exit 2) past N rows (default {defaults.rows:,})",
+    )
+    qy.add_argument(
+        "--max-bytes",
+        type=_positive_int,
+        default=defaults.bytes,
+        metavar="N",
+        help=f"stop (exit 2) past N bytes of values (default {defaults.bytes:,})",
+    )
 
     st = command(sub, "status", help="what is indexed, pending and failed")
     st.add_argument("--json", action="store_true", help="one JSON object")
@@ -130,6 +145,16 @@ def _parser() -> argparse.ArgumentParser:
         sub, "doctor", help="check config, model, ONNX Runtime, Ollama, database, disk and watches"
     )
     return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
 
 
 def _load_config(args: argparse.Namespace) -> config.Config:
@@ -318,22 +343,24 @@ def _json_value(value: object) -> object:
 
 
 def cmd_query(args: argparse.Namespace, cfg: config.Config) -> int:
-    result = catalog.query(cfg.catalog_path, args.sql)
-    if args.json:
-        rows = [
-            {c: _json_value(v) for c, v in zip(result.columns, row, strict=True)}
-            for row in result.rows
-        ]
-        json.dump(rows, sys.stdout, ensure_ascii=False)
-        sys.stdout.write("\n")
-    elif args.csv:
-        writer = csv.writer(sys.stdout, lineterminator="\r\n")
-        writer.writerow(result.columns)
-        writer.writerows([[_json_value(v) for v in row] for row in result.rows])
-    else:
-        print("\t".join(result.columns))
-        for row in result.rows:
-            print("\t".join("" if v is None else str(_json_value(v)) for v in row))
+    limits = catalog.QueryLimits(rows=args.max_rows, bytes=args.max_bytes)
+    with catalog.open_query(cfg.catalog_path, args.sql, limits) as result:
+        # Rows are printed as they come: a result never has to fit in memory.
+        if args.json:
+            sys.stdout.write("[")
+            for i, row in enumerate(result.rows):
+                item = {c: _json_value(v) for c, v in zip(result.columns, row, strict=True)}
+                sys.stdout.write(("," if i else "") + json.dumps(item, ensure_ascii=False))
+            sys.stdout.write("]\n")
+        elif args.csv:
+            writer = csv.writer(sys.stdout, lineterminator="\r\n")
+            writer.writerow(result.columns)
+            for row in result.rows:
+                writer.writerow([_json_value(v) for v in row])
+        else:
+            print("\t".join(result.columns))
+            for row in result.rows:
+                print("\t".join("" if v is None else str(_json_value(v)) for v in row))
     return 0
 
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,19 @@ def run_cli(
         timeout=300,
         **kwargs,
     )
+
+
+def memory_limit(megabytes: int) -> Callable[[], None]:
+    """A `preexec_fn` capping a child's address space: a regression that asks for too much
+    memory fails in that child (MemoryError, or killed) instead of taking the machine down."""
+
+    def apply() -> None:
+        import resource
+
+        cap = megabytes << 20
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    return apply
 
 
 @pytest.fixture

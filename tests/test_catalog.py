@@ -20,7 +20,7 @@ import pytest
 
 from imageclust_daemon import catalog, organize
 from imageclust_daemon.errors import QueryRefused
-from tests.conftest import REPO, run_cli, write_config
+from tests.conftest import REPO, memory_limit, run_cli, write_config
 from tests.library import scene_library
 from tests.test_index_e2e import build_library
 
@@ -241,6 +241,69 @@ def test_query_runaway_is_stopped(published: dict[str, Any]) -> None:
     sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n"
     with pytest.raises(QueryRefused, match="longer than"):
         catalog.query(published["catalog"], sql, timeout=0.3)
+
+
+def test_query_streams_a_result_larger_than_its_memory(published: dict[str, Any]) -> None:
+    """150,000 rows of 10 kB (1.5 GB) pass through a process capped at 1 GB."""
+    sql = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 150000) "
+        "SELECT i, hex(zeroblob(5000)) AS pad FROM n"
+    )
+    done = subprocess.run(
+        [*CLI, "--config", str(published["config"]), "query", sql, "--max-bytes", "3000000000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+        preexec_fn=memory_limit(1024),
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("sql", "options", "expected"),
+    [
+        ("SELECT zeroblob(1000000000) FROM photos", (), "a value is longer than 32 MB"),
+        (
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i FROM n",
+            ("--max-rows", "1000"),
+            "stopped after 1,000 rows (--max-rows raises the limit)",
+        ),
+        (
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
+            "SELECT zeroblob(1000) FROM n",
+            ("--max-bytes", "100000"),
+            "stopped after 100,000 bytes of values (--max-bytes raises the limit)",
+        ),
+    ],
+)
+def test_query_past_a_limit_stops_with_exit_2_and_no_traceback(
+    published: dict[str, Any], sql: str, options: tuple[str, ...], expected: str
+) -> None:
+    done = run_cli(
+        "--config",
+        str(published["config"]),
+        "query",
+        sql,
+        *options,
+        preexec_fn=memory_limit(1024),
+    )
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr and "Traceback" not in done.stderr
+    if "--max-rows" in options:
+        assert done.stdout.splitlines()[1:] == [str(i) for i in range(1, 1001)]
+
+
+def test_a_damaged_catalog_says_the_next_publish_rebuilds_it(tmp_path: Path) -> None:
+    damaged = tmp_path / "catalog.sqlite"
+    damaged.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    config = write_config(tmp_path / "c.toml", catalog={"path": str(damaged)})
+
+    done = run_cli("--config", str(config), "query", "SELECT count(*) FROM photos")
+
+    assert done.returncode == 1, done.stderr
+    assert "is damaged" in done.stderr and "the next publish rebuilds it" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_opening_the_catalog_to_write_fails(published: dict[str, Any]) -> None:
