@@ -414,8 +414,12 @@ def cmd_models(args: argparse.Namespace, cfg: config.Config) -> int:
     for report in reports:
         _print_file_report(spec.name, report)
     if any(not r.present and not r.own for r in reports) and spec.downloadable:
-        print(f"get what is missing with: imageclust models download {spec.name}")
-    return 0 if all(r.ok for r in reports if r.needed) else 1
+        # Without NAME, `models download` keeps the config's own files (model.path, ...).
+        named = f" {spec.name}" if args.name else ""
+        print(f"get what is missing with: imageclust models download{named}")
+    # A file that is missing only costs search by words; one that is there and wrong, or a
+    # missing vision tower, is an error.
+    return 0 if all(r.ok for r in reports if r.needed or r.present) else 1
 
 
 def _download(args: argparse.Namespace, located: models.Located) -> int:
@@ -458,7 +462,7 @@ def _download(args: argparse.Namespace, located: models.Located) -> int:
 
 def _print_file_report(name: str, report: models.FileReport) -> None:
     label = f"{name} {report.role}"
-    if not report.present:
+    if report.path is not None and not report.path.exists():
         print(f"{label}: missing ({report.path}): {models.PURPOSE[report.role]}")
         return
     for problem in report.problems:

@@ -239,7 +239,8 @@ def check_model_file(spec: ModelSpec, path: Path, *, own: bool) -> Check:
             if own
             else download
         )
-        return Check(name, False, True, f"{path}: no such file", fix)
+        what = "not a file (a folder?)" if path.exists() else "no such file"
+        return Check(name, False, True, f"{path}: {what}", fix)
     try:
         size = path.stat().st_size
         digest = file_sha256(path)
@@ -344,14 +345,18 @@ def check_provider(running: str, requested: Sequence[str], available: Sequence[s
         f"{', '.join(short_provider(p) for p in available) or 'none'})"
     )
     if choice.unavailable:
+        fixes = {
+            "cuda": f"{sys.executable} -m pip uninstall -y onnxruntime && "
+            f"{sys.executable} -m pip install onnxruntime-gpu",
+            "coreml": "CoreML is in ONNX Runtime's macOS builds only",
+        }
+        fix = "; ".join(fixes[p] for p in choice.unavailable if p in fixes)
         return Check(
             name,
             False,
             False,
             f"{detail}; {', '.join(choice.unavailable)} is not offered by this ONNX Runtime",
-            f"{sys.executable} -m pip uninstall -y onnxruntime && "
-            f"{sys.executable} -m pip install onnxruntime-gpu (CUDA), or remove it from "
-            "model.providers",
+            f"{fix}; or remove it from model.providers",
         )
     if running != choice.providers[0]:
         return Check(
@@ -384,17 +389,20 @@ def check_words(located: models.Located) -> list[Check]:
         if report is None:
             continue
         own_key = models.OWN_FILE_KEYS[role]
-        if not report.present:
-            fix = (
-                f"point {own_key} at a file that exists"
-                if report.own
-                else f"imageclust models download {spec.name}"
-            )
-            detail = f"{report.path}: missing; {models.PURPOSE[role]}"
+        # Without a name, `models download` keeps the config's own files (model.path, ...).
+        download = "imageclust models download"
+        if report.path is None or (report.own and not report.present):
+            fix = f"point {own_key} at a file that exists"
+            problem = report.problems[0] if report.path is None else "no such file"
+            detail = f"{report.path or own_key}: {problem}; {models.PURPOSE[role]}"
             checks.append(Check(label, False, False, detail, fix))
+        elif not report.present:
+            what = "missing" if not report.path.exists() else report.problems[0]
+            detail = f"{report.path}: {what}; {models.PURPOSE[role]}"
+            checks.append(Check(label, False, False, detail, download))
         elif report.problems:
             detail = f"{report.path}: " + "; ".join(report.problems)
-            fix = f"fix {own_key}" if report.own else f"imageclust models download {spec.name}"
+            fix = f"fix {own_key}" if report.own else download
             checks.append(Check(label, False, False, detail, fix))
         else:
             whose = f"your own file ({own_key})" if report.own else "matches the manifest"

@@ -111,6 +111,10 @@ PURPOSE = {
     VOCAB: "the tokenizer's vocabulary (checks tokenizer.json)",
     MERGES: "the tokenizer's merges (checks tokenizer.json)",
 }
+# The probe an own tokenizer is checked with where the manifest lists none: every OpenAI
+# CLIP model shares one BPE vocabulary, and these are its ids (start, a, photo, of, a,
+# cat, end), as in clip-vit-b32's manifest entry and open_clip's BPE file (tests check it).
+CLIP_PROBE = ("a photo of a cat", (49406, 320, 1125, 539, 320, 2368, 49407))
 # Config keys that name a user's own file in place of the manifest's, per role.
 OWN_FILE_KEYS = {VISION: "model.path", TEXT: "model.text_path", TOKENIZER: "model.tokenizer_path"}
 
@@ -359,7 +363,15 @@ class Located:
         if found is not None or role not in self.own:
             return found
         names = {TEXT: ("input_ids", "text_embeds")}.get(role, (None, None))
-        return ModelFile(role, self.paths[role].name, input_name=names[0], output_name=names[1])
+        probe = CLIP_PROBE if role == TOKENIZER else (None, ())
+        return ModelFile(
+            role,
+            self.paths[role].name,
+            input_name=names[0],
+            output_name=names[1],
+            probe_text=probe[0],
+            probe_ids=probe[1],
+        )
 
 
 def find_spec(name: str, *, key: str = "model.name") -> ModelSpec:
@@ -387,9 +399,22 @@ def locate(cfg: Config, name: str | None = None) -> Located:
 
 
 def endpoint_from(environ: Mapping[str, str]) -> str:
-    """The hub to download from: $HF_ENDPOINT (as Hugging Face's tools read it), else theirs."""
+    """The hub to download from: $HF_ENDPOINT (as Hugging Face's tools read it), else theirs.
+
+    Raises ConfigError naming the variable when it is not an http(s) URL with a host.
+    """
     value = environ.get(ENDPOINT_ENV, "").strip()
-    return (value or DEFAULT_ENDPOINT).rstrip("/")
+    if not value:
+        return DEFAULT_ENDPOINT
+    try:
+        parsed = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"${ENDPOINT_ENV}", f"not a URL ({exc}): {value!r}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(
+            f"${ENDPOINT_ENV}", f"expected an http:// or https:// URL with a host, got {value!r}"
+        )
+    return value.rstrip("/")
 
 
 def hub_url(endpoint: str, repo: str, revision: str, repo_path: str) -> str:
@@ -487,6 +512,12 @@ def download(
             next_step=f"pass --url, or set {OWN_FILE_KEYS.get(role, 'model.path')} "
             "to a file you have",
         )
+    if dest.is_dir():
+        raise DownloadError(
+            urls[0],
+            f"{dest} is a folder, where the {role} file goes",
+            next_step="move the folder away, or point the config at another file",
+        )
     part = part_path(dest)
     http = client if client is not None else default_client(timeout)
     attempts: list[tuple[str, str]] = []
@@ -497,16 +528,20 @@ def download(
             try:
                 for i, source in enumerate(urls):
                     try:
-                        _fetch(http, source, out, f.size_bytes, progress, timeout)
+                        fetched = _fetch(http, source, out, f.size_bytes, progress, timeout)
+                        problems = _check_fetched(spec, f, out, part, dict(companions or {}))
+                        if problems and not fetched:
+                            # A complete .part left by an earlier run that was not this file:
+                            # nothing was asked of the server yet; ask it now.
+                            fetched = _fetch(http, source, out, f.size_bytes, progress, timeout)
+                            problems = _check_fetched(spec, f, out, part, dict(companions or {}))
                     except _Gone as gone:
                         attempts.append((source, gone.status))
                         continue
                     except DownloadError as exc:
                         attempts.append((source, exc.reason))
-                        raise _failed(what, attempts, exc.next_step) from exc
-                    out.flush()
-                    os.fsync(out.fileno())
-                    problems = _check_part(spec, f, part, dict(companions or {}))
+                        step = exc.next_step or _wrong_file_step(spec, f, i > 0)
+                        raise _failed(what, attempts, step) from exc
                     if problems:
                         attempts.append((source, "; ".join(problems) + f"; {part.name} deleted"))
                         raise _failed(what, attempts, _wrong_file_step(spec, f, i > 0))
@@ -525,6 +560,17 @@ def download(
             http.close()
     _fsync_dir(dest.parent)
     return Fetched(role, dest, source, fallback=i > 0)
+
+
+def _check_fetched(
+    spec: ModelSpec, f: ModelFile, out: IO[bytes], part: Path, companions: dict[str, Path]
+) -> list[str]:
+    out.flush()
+    os.fsync(out.fileno())
+    problems = _check_part(spec, f, part, companions)
+    if problems:
+        out.truncate(0)  # a wrong file: never resumed from; removed when the download fails
+    return problems
 
 
 def _failed(what: str, attempts: list[tuple[str, str]], next_step: str) -> DownloadError:
@@ -580,6 +626,12 @@ def download_model(
         if f.role not in roles:
             continue
         dest = located.paths[f.role]
+        if dest.is_dir():
+            raise DownloadError(
+                str(dest),
+                f"{dest} is a folder, where the {f.role} file goes",
+                next_step="move the folder away, or point the config at another file",
+            )
         if dest.is_file() and _matches(f, dest):
             done.append(Fetched(f.role, dest, None, kept="already in place and verified"))
         elif dest.exists() and f.role in located.own:
@@ -646,10 +698,11 @@ def _fetch(
     expected: int | None,
     progress: Progress | None,
     timeout: float,
-) -> None:
+) -> bool:
     """Append the rest of the file to `out` (opened for append), resuming from its length.
 
     `expected` is the manifest's size, when known. Raises _Gone for a 404 or 410.
+    Returns False when nothing was asked of the server (the .part was already complete).
     """
     have = os.fstat(out.fileno()).st_size
     if expected is not None and have > expected:
@@ -658,7 +711,7 @@ def _fetch(
     if expected is not None and have == expected:
         # Complete from an earlier run that stopped before the rename; the checks decide.
         _report(progress, have, expected)
-        return
+        return False
     while True:
         headers = {"Accept-Encoding": "identity"}  # ranges must count stored bytes, not gzip
         if have:
@@ -685,13 +738,13 @@ def _fetch(
                         have = 0
                         continue
                     _check_total(url, total, expected)
-                    return  # the .part already holds the whole file
+                    return True  # the .part already holds the whole file
                 else:
-                    answered = f"HTTP {status} {response.reason_phrase}".rstrip()
+                    status_line = f"HTTP {status} {response.reason_phrase}".rstrip()
                     if status in _GONE:
-                        raise _Gone(answered)
+                        raise _Gone(status_line)
                     later = "the server failed; try again later" if status >= 500 else ""
-                    raise DownloadError(url, answered, next_step=later)
+                    raise DownloadError(url, status_line, next_step=later)
                 encoding = response.headers.get("Content-Encoding", "identity").lower()
                 if encoding not in ("", "identity"):
                     raise DownloadError(url, f"the server sent a {encoding}-encoded body")
@@ -706,6 +759,8 @@ def _fetch(
                     out.write(chunk)
                     received += len(chunk)
                     _report(progress, received, total)
+        except httpx.InvalidURL as exc:
+            raise DownloadError(url, f"not a valid URL ({exc})", next_step="check the URL") from exc
         except httpx.HTTPError as exc:
             of = f" of {total}" if total is not None else ""
             kept = f"{out.name} keeps what arrived; " if received else ""
@@ -724,7 +779,7 @@ def _fetch(
             raise DownloadError(
                 url, f"the body ended after {received} of {total} bytes; run again to resume"
             )
-        return
+        return True
 
 
 def _remove_if_empty(out: IO[bytes], part: Path) -> None:
@@ -747,7 +802,7 @@ def _check_total(url: str, total: int | None, expected: int | None) -> None:
 def _check_part(
     spec: ModelSpec, f: ModelFile, part: Path, companions: dict[str, Path]
 ) -> list[str]:
-    """What is wrong with the finished .part (empty: nothing); a wrong one is deleted.
+    """What is wrong with the finished .part (empty: nothing).
 
     `_fetch` only returns once the body is as long as the server or manifest said,
     so a size that still differs means the server's file is not the manifest's.
@@ -762,8 +817,6 @@ def _check_part(
             problems.append(f"sha256 mismatch: expected {f.sha256}, got {actual}")
     if not problems:
         problems = content_problems(spec, f, part, companions=companions)
-    if problems:
-        part.unlink(missing_ok=True)
     return problems
 
 
@@ -774,6 +827,7 @@ def content_problems(
     *,
     exact: bool = True,
     companions: Mapping[str, Path] | None = None,
+    dim: int | None = None,
 ) -> list[str]:
     """What keeps the file at `path` from doing its job as `f` (empty: nothing).
 
@@ -786,7 +840,9 @@ def content_problems(
       are present and match their own sha256).
 
     With `exact`, an ONNX tower's input name and embedding size must also be the
-    manifest's (a published file); a user's own export may differ in those.
+    manifest's (a published file); a user's own export may differ in those, but a text
+    tower's embeddings must always be `dim` long (the vision tower's), or the two
+    towers' vectors could not be compared.
     """
     if f.role == TOKENIZER:
         others = {
@@ -813,7 +869,7 @@ def content_problems(
                 image_size=spec.preprocessing.crop,
                 output_name=f.output_name,
             )
-            input_name, output_name, dim = io.input_name, io.output_name, io.dim
+            input_name, output_name, out_dim = io.input_name, io.output_name, io.dim
         else:
             text = text_model_io(
                 session,
@@ -821,17 +877,23 @@ def content_problems(
                 context_length=spec.context_length,
                 output_name=f.output_name,
             )
-            input_name, output_name, dim = text.input_name, text.output_name, text.dim
+            input_name, output_name, out_dim = text.input_name, text.output_name, text.dim
     except ModelError as exc:
         return [str(exc)]
     problems: list[str] = []
+    wanted = dim if dim is not None else spec.dim
+    if f.role == TEXT and (exact or dim is not None) and out_dim != wanted:
+        problems.append(
+            f"its output {output_name!r} has {out_dim} values, the vision tower's {wanted}: "
+            "not the same model's text tower"
+        )
     if not exact:
         return problems
     if f.input_name is not None and input_name != f.input_name:
         problems.append(f"its input is {input_name!r}, the manifest says {f.input_name!r}")
-    if dim != spec.dim:
+    if f.role == VISION and out_dim != spec.dim:
         problems.append(
-            f"its output {output_name!r} has {dim} values, the manifest says {spec.dim}"
+            f"its output {output_name!r} has {out_dim} values, the manifest says {spec.dim}"
         )
     return problems
 
@@ -876,7 +938,7 @@ class FileReport:
     """What `imageclust models verify` (and `doctor`) found for one file of a model."""
 
     role: str
-    path: Path
+    path: Path | None  # None: the config names no such file (an own text tower's tokenizer)
     present: bool
     own: bool  # the user's own file (model.path, ...): only its content is checked
     sha256: str | None  # of the file as it is; None when missing or unreadable
@@ -894,24 +956,51 @@ class FileReport:
 
 def verify(located: Located, *, roles: Sequence[str] = ROLES) -> list[FileReport]:
     """Check each of the model's files: present, the manifest's size and sha256 (a
-    published file, when known), and its content (`content_problems`). Reports rather
-    than raises, so `models verify` and `doctor` can list every problem."""
+    published file, when known), and its content (`content_problems`); a text tower's
+    embeddings must be as long as the vision tower's. Reports rather than raises, so
+    `models verify` and `doctor` can list every problem."""
     reports = []
+    have = {f.role for f in located.spec.files} | set(located.own)
+    vision_dim = located.spec.dim
+    if VISION in located.own and TEXT in have and TEXT in roles:
+        vision_dim = _own_vision_dim(located) or vision_dim
     for role in ROLES:
         f = located.file(role)
-        if role not in roles or f is None:
+        if role not in roles:
             continue
-        reports.append(verify_file(located, f))
+        if f is None:
+            if role == TOKENIZER and TEXT in have:  # an own text tower without a tokenizer
+                problem = f"a text tower needs its tokenizer: set {OWN_FILE_KEYS[TOKENIZER]}"
+                reports.append(FileReport(role, None, False, True, None, (problem,)))
+            continue
+        reports.append(verify_file(located, f, dim=vision_dim))
     return reports
 
 
-def verify_file(located: Located, f: ModelFile) -> FileReport:
+def _own_vision_dim(located: Located) -> int | None:
+    """The embedding length of the user's own vision tower, None when it cannot be read."""
+    path = located.vision_path
+    try:
+        session = open_session(path, threads=1)
+        io = model_io(
+            session,
+            path=str(path),
+            image_size=located.spec.preprocessing.crop,
+            output_name=located.spec.vision.output_name,
+        )
+    except (ModelError, OSError):
+        return None
+    return io.dim
+
+
+def verify_file(located: Located, f: ModelFile, *, dim: int | None = None) -> FileReport:
+    """One file's report; `dim`: the embedding length a text tower must have."""
     path = located.paths[f.role]
     own = f.role in located.own
     if not path.is_file():
         problem = f"{path}: no such file"
         if path.exists():
-            problem = f"{path}: not a file"
+            problem = f"{path}: not a file (a folder?)"
         return FileReport(f.role, path, False, own, None, (problem,))
     try:
         size = path.stat().st_size
@@ -925,7 +1014,14 @@ def verify_file(located: Located, f: ModelFile) -> FileReport:
         problems.append(f"sha256 mismatch: expected {f.sha256}, got {digest}")
     if not problems or f.role in (VISION, TEXT):  # list every problem of a tower
         problems.extend(
-            content_problems(located.spec, f, path, exact=not own, companions=located.paths)
+            content_problems(
+                located.spec,
+                f,
+                path,
+                exact=not own,
+                companions=located.paths,
+                dim=dim if f.role == TEXT else None,
+            )
         )
     return FileReport(f.role, path, True, own, digest, tuple(problems))
 

@@ -153,7 +153,7 @@ def test_the_text_tower_and_tokenizer_are_warnings_that_say_what_they_are_for(
     for name in ("text tower", "tokenizer"):
         assert (checks[name].ok, checks[name].essential) == (False, False)
         assert "search by words needs it" in checks[name].detail
-        assert checks[name].fix == "imageclust models download clip-vit-b32"
+        assert checks[name].fix == "imageclust models download"  # keeps model.path as it is
 
     text = build_tiny_clip_text(tmp_path / "text.onnx", dim=32)
     tok = write_tokenizer_json(tmp_path / "tokenizer.json")
@@ -197,6 +197,10 @@ def test_the_execution_provider_is_named_and_a_missing_one_is_a_warning(
     )
     assert (provider.ok, provider.essential) == (False, False)
     assert "cuda is not offered" in provider.detail and "onnxruntime-gpu" in provider.fix
+    _, coreml = doctor.check_model_contract(
+        spec, tiny_model, own=True, providers=["coreml"], available=["CPUExecutionProvider"]
+    )
+    assert "macOS builds only" in coreml.fix and "onnxruntime-gpu" not in coreml.fix
 
 
 def test_onnxruntime_has_the_cpu_provider() -> None:

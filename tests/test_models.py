@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 
 from imageclust_daemon import models
-from imageclust_daemon.errors import DownloadError, ModelError
+from imageclust_daemon.errors import ConfigError, DownloadError, ModelError
 from imageclust_daemon.records import (
     MERGES,
     ROLES,
@@ -787,6 +788,60 @@ def test_a_tokenizer_with_another_vocabulary_than_vocab_json_is_refused(
     assert report.problems == ("its merges are not the ones in tiny-merges.txt",)
 
 
+def test_a_leftover_complete_part_of_another_file_is_fetched_again(
+    server: FileServer, model_bytes: bytes, tmp_path: Path
+) -> None:
+    server.body = model_bytes
+    spec = spec_for(model_bytes, server.url)
+    dest = tmp_path / "model.onnx"
+    models.part_path(dest).write_bytes(bytes(len(model_bytes)))  # right size, wrong bytes
+
+    fetched = models.download(spec, dest, timeout=5)
+
+    assert dest.read_bytes() == model_bytes and no_part(dest)
+    assert fetched.url == server.url
+    assert [(r.range, r.status) for r in server.requests] == [(None, 200)]
+
+
+def test_a_server_offering_another_size_says_what_to_do(
+    server: FileServer, model_bytes: bytes, tmp_path: Path
+) -> None:
+    spec = hub_spec({VISION: ("onnx/vision_model.onnx", model_bytes)})
+    server.routes[hub_path(COMMIT, "onnx/vision_model.onnx")] = model_bytes + b"x"
+
+    with pytest.raises(DownloadError, match="offers") as caught:
+        models.download(spec, tmp_path / "v.onnx", endpoint=server.base, timeout=5)
+
+    assert "next: the server sent another file" in str(caught.value)
+
+
+def test_a_folder_where_a_model_file_goes_is_named(
+    server: FileServer, model_bytes: bytes, tmp_path: Path
+) -> None:
+    server.body = model_bytes
+    spec = spec_for(model_bytes, server.url)
+    located = located_in(tmp_path, spec)
+    located.paths[VISION].mkdir(parents=True)
+
+    with pytest.raises(DownloadError, match="is a folder, where the vision file goes"):
+        models.download_model(located, timeout=5)
+    (report,) = models.verify(located)
+    assert report.problems == (f"{located.paths[VISION]}: not a file (a folder?)",)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:8080", "ftp://mirror", "http://[::1"])
+def test_a_bad_hf_endpoint_is_named(value: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        models.endpoint_from({"HF_ENDPOINT": value})
+    assert caught.value.key == "$HF_ENDPOINT"
+
+    config = write_config(tmp_path / "c.toml", storage={"data_dir": str(tmp_path / "data")})
+    done = run_cli("--config", str(config), "models", "download", env={"HF_ENDPOINT": value})
+    assert done.returncode == 2 and "$HF_ENDPOINT" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # --- manifest ----------------------------------------------------------------------------------
 
 
@@ -1098,6 +1153,40 @@ def test_own_text_tower_and_tokenizer_from_the_config_are_verified(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "text: ok (your own file (model.text_path): its content)" in done.stdout
     assert "tokenizer: ok (your own file (model.tokenizer_path): its content)" in done.stdout
+
+
+def test_own_towers_must_belong_together(
+    tiny_model: Path, tmp_path: Path, text_bytes: bytes
+) -> None:
+    """An own text tower whose embeddings differ in length from the vision tower's, an own
+    tokenizer for another vocabulary, an own text tower without a tokenizer: each named."""
+    short = build_tiny_clip_text(tmp_path / "short.onnx", dim=16)
+    other = json.loads(write_tokenizer_json(tmp_path / "clip.json").read_text(encoding="utf-8"))
+    vocab = other["model"]["vocab"]
+    vocab["photo</w>"], vocab["cat</w>"] = vocab["cat</w>"], vocab["photo</w>"]
+    (tmp_path / "other.json").write_text(json.dumps(other), encoding="utf-8")
+    data = str(tmp_path / "data")
+
+    def verify(**model: str) -> subprocess.CompletedProcess[str]:
+        config = write_config(tmp_path / "c.toml", storage={"data_dir": data}, model=model)
+        return run_cli("--config", str(config), "models", "verify")
+
+    mismatched = verify(path=str(tiny_model), text_path=str(short))
+    assert mismatched.returncode == 1, mismatched.stdout
+    assert "has 16 values, the vision tower's 32" in mismatched.stdout
+
+    l14 = verify(
+        name="clip-vit-l14",
+        path=str(tiny_model),
+        text_path=str(tmp_path / "t.onnx"),
+        tokenizer_path=str(tmp_path / "other.json"),
+    )
+    assert "clip-vit-l14 tokenizer: it encodes 'a photo of a cat' as" in l14.stdout
+    assert l14.returncode == 1
+
+    (tmp_path / "t.onnx").write_bytes(text_bytes)
+    alone = verify(name="clip-vit-l14", path=str(tiny_model), text_path=str(tmp_path / "t.onnx"))
+    assert "a text tower needs its tokenizer: set model.tokenizer_path" in alone.stdout
 
 
 def test_cli_download_from_a_dead_mirror_names_the_urls_and_exits_1(
