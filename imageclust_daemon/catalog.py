@@ -142,6 +142,7 @@ def publish(
     """Build the catalog from `state_db` and swap it in at `dest` atomically."""
     started = time.monotonic()
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(dest)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:
@@ -162,6 +163,39 @@ def publish(
     finally:
         conn.close()
     return PublishReport(dest, photos, clusters, dest.stat().st_size, time.monotonic() - started)
+
+
+def remove_dead_temps(dest: Path) -> list[Path]:
+    """Remove the temporary catalogs (``.<name>.<pid>.tmp``) that processes now dead left
+    beside `dest` when they were killed mid-publish; those of a live process stay."""
+    removed: list[Path] = []
+    prefix = f".{dest.name}."
+    try:
+        names = os.listdir(dest.parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid_text = name[len(prefix) : -len(".tmp")]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+            continue
+        try:
+            (dest.parent / name).unlink()
+        except OSError:
+            continue
+        removed.append(dest.parent / name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def uri(path: Path, **params: str) -> str:
@@ -420,5 +454,3 @@ def _translated(catalog: Path, limits: QueryLimits) -> Iterator[None]:
         raise QueryRefused(message) from None
     except MemoryError:
         raise QueryRefused("the result does not fit in memory") from None
-
-

@@ -9,7 +9,9 @@ import csv
 import json
 import logging
 import os
+import sqlite3
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +21,7 @@ from imageclust_daemon import (
     __version__,
     catalog,
     config,
+    decode,
     doctor,
     models,
     pipeline,
@@ -26,7 +29,7 @@ from imageclust_daemon import (
     service,
 )
 from imageclust_daemon.embed import short_provider
-from imageclust_daemon.errors import ConfigError, ImageclustError, UsageError
+from imageclust_daemon.errors import ConfigError, ImageclustError, UsageError, is_disk_full
 from imageclust_daemon.lock import InstanceLock
 from imageclust_daemon.ollama import client_for
 from imageclust_daemon.records import ROLES, TEXT, VISION, WORDS_ROLES, display_path
@@ -246,6 +249,7 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
                 on_scan_error=scan_error,
                 whole_library=not args.paths,
                 forget_missing=args.forget_missing,
+                journal=cfg.journal_path,
             )
         finally:
             if bar is not None:
@@ -547,26 +551,60 @@ def configure_logging(level: str) -> None:
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)
     logging.getLogger("watchdog").setLevel(logging.WARNING)
+    # Libraries' warnings (Pillow on a photo's odd EXIF, ...) as log lines, not raw stderr.
+    warnings.showwarning = _log_warning
+    warnings.filterwarnings("always", module="PIL")  # one line per photo, naming it
+
+
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """A warning as one log line; raised while a photo is decoded, it names the photo and
+    is INFO (the photo is recorded with its own outcome: the warning is a detail)."""
+    photo = decode.DECODING.get()
+    if photo:
+        libraries.info("%s: %s: %s", photo, category.__name__, message)
+    else:
+        libraries.warning("%s: %s (%s:%d)", category.__name__, message, filename, lineno)
+
+
+libraries = logging.getLogger("imageclust.libraries")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level or ("INFO" if args.command == "run" else "WARNING"))
+    cfg: config.Config | None = None
     try:
         cfg = _load_config(args)
         if args.command not in WRITERS:
             return COMMANDS[args.command](args, cfg)
         with InstanceLock(cfg.data_dir / "daemon.lock", args.command):
             return COMMANDS[args.command](args, cfg)
-    except ImageclustError as exc:
-        print(f"imageclust: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except BrokenPipeError:  # `imageclust query ... | head`: the reader has all it wants
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except OSError as exc:  # a data dir on a full or read-only disk, a file where a folder was
-        print(f"imageclust: error: {exc}", file=sys.stderr)
+    except (OSError, sqlite3.Error, ImageclustError) as exc:
+        if isinstance(exc, BrokenPipeError):  # `imageclust query ... | head`: all it wants
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        where = f" holding {cfg.data_dir}" if cfg is not None else ""
+        if is_disk_full(exc) or (exc.__cause__ is not None and is_disk_full(exc.__cause__)):
+            print(
+                f"imageclust: error: no space left on the device{where}; nothing was lost: "
+                "free some space and run the command again",
+                file=sys.stderr,
+            )
+        elif isinstance(exc, ImageclustError):
+            print(f"imageclust: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        elif isinstance(exc, sqlite3.Error):
+            print(f"imageclust: error: state database: {exc}", file=sys.stderr)
+        else:  # a data dir on a read-only disk, a file where a folder was
+            print(f"imageclust: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("imageclust: interrupted; finished batches are saved", file=sys.stderr)

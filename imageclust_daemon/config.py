@@ -377,6 +377,11 @@ class Config:
         return self.data_dir / "state.sqlite"
 
     @property
+    def journal_path(self) -> Path:
+        """Which photos are being decoded right now (see `inflight`)."""
+        return self.data_dir / "decoding.journal"
+
+    @property
     def catalog_path(self) -> Path:
         configured: Path | None = self.values["catalog.path"]
         return configured or self.data_dir / "catalog.sqlite"

@@ -9,6 +9,7 @@ while decoding is caught here and nowhere else.
 from __future__ import annotations
 
 import io
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
@@ -21,15 +22,37 @@ from imageclust_daemon.errors import DecodeError
 from imageclust_daemon.preprocess import model_input, to_rgb
 from imageclust_daemon.records import PhotoMeta, Preprocessing
 
-# Pillow warns above this and raises at twice it; indexing treats anything above
-# it as a decompression bomb (~89 MP: a 12k x 7k panorama still passes).
+# Pillow warns above this and raises at twice it; indexing decodes no more than this
+# many pixels of one photo (~89 MP: a 12k x 7k panorama still passes). A JPEG counts
+# at the scale it is decoded at (1/2, 1/4 or 1/8 of each side), so a 100 MP camera
+# JPEG is read at 1/8 scale, 1.6 MP.
 MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+# The most memory the decoded pixels of one photo may take: MAX_PIXELS at 4 bytes a
+# pixel (how Pillow stores RGB, RGBA, CMYK, 32-bit and float pixels); with the
+# reduction below, the conversions and the resize after it add little.
+DECODE_BYTES = MAX_PIXELS * 4
+# Wider or taller than this: refused. The centre crop would keep 1/40 of it, which is
+# not the picture; and a 1-pixel strip is no photo (nor, after the crop, anything).
+MAX_ASPECT = 40
+# The formats imageclust opens, whatever a file's name says: what cameras, phones and
+# image tools write. Pillow knows ~40 more (BLP, DDS, EPS through Ghostscript, ...);
+# each is decoder code that a crafted file could reach. HEIF/AVIF are opened when a
+# plugin registers them.
+FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
+# Pillow's bytes per stored pixel by mode; every mode not listed takes 4.
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+# Modes whose pixels can be averaged (Image.reduce); not palette indices or 16-bit.
+_REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F"})
 
 _EXIF_IFD = 0x8769
 _GPS_IFD = 0x8825
 _DATETIME_ORIGINAL = 0x9003
 _OFFSET_TIME_ORIGINAL = 0x9011
 _DATETIME = 0x0132
+
+
+DECODING: ContextVar[str] = ContextVar("imageclust_decoding", default="")
+"""The photo this thread is decoding, so a library's warning can name it (see cli)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +144,47 @@ def _oriented(image: Image.Image) -> Image.Image:
         return image
 
 
+def allowed_formats() -> list[str]:
+    """FORMATS that this Pillow (with its plugins) can open."""
+    Image.init()
+    return [f for f in FORMATS if f in Image.OPEN]
+
+
+def check_shape(width: int, height: int, *, path: str = "") -> None:
+    """Refuse an image whose header describes no photo: empty, or a strip."""
+    if width < 1 or height < 1:
+        raise DecodeError(path, f"image is {width}x{height}: no pixels")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise DecodeError(
+            path,
+            f"image is {width}x{height}, over {MAX_ASPECT}:1: not a photo (a strip, or a "
+            "crafted file)",
+        )
+
+
+def check_cost(image: Image.Image, *, path: str = "") -> None:
+    """Refuse an image whose pixels, as they will be decoded, pass the budget."""
+    width, height = image.size
+    pixels = width * height
+    cost = pixels * _PIXEL_BYTES.get(image.mode, 4)
+    if pixels > MAX_PIXELS or cost > DECODE_BYTES:
+        raise DecodeError(
+            path,
+            f"image is {width}x{height} ({pixels / 1e6:.0f} MP, {cost / 1e6:.0f} MB to decode), "
+            f"over the {MAX_PIXELS / 1e6:.0f} MP limit for one photo (decompression bomb?)",
+        )
+
+
+def reduced(image: Image.Image, spec: Preprocessing) -> Image.Image:
+    """A large image averaged down by a whole factor while its shortest side stays at least
+    twice the resize target, before any conversion copies it: what JPEG's reduced-scale
+    decode does in the DCT, for every other format (a 50 MP PNG: 200 MB -> 2 MB)."""
+    factor = min(image.size) // (2 * spec.resize_shortest)
+    if factor < 2 or image.mode not in _REDUCIBLE:
+        return image
+    return image.reduce(factor)
+
+
 def decode(
     data: bytes | BinaryIO,
     spec: Preprocessing,
@@ -137,34 +201,43 @@ def decode(
     """
     if isinstance(data, bytes) and not data:
         raise DecodeError(path, "empty file (0 bytes)")
+    token = DECODING.set(path)
+    try:
+        return _decode(data, spec, path=path, reduced_decode=reduced_decode)
+    finally:
+        DECODING.reset(token)
+
+
+def _decode(
+    data: bytes | BinaryIO, spec: Preprocessing, *, path: str, reduced_decode: bool
+) -> DecodedPhoto:
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        with Image.open(source) as image:
+        with Image.open(source, formats=allowed_formats()) as image:
             width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise DecodeError(
-                    path,
-                    f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
-                    f"{MAX_PIXELS / 1e6:.0f} MP limit for one photo (decompression bomb?)",
-                )
-            if reduced_decode and image.format == "JPEG":
+            check_shape(width, height, path=path)
+            if reduced_decode and image.format in ("JPEG", "MPO"):
                 # JPEG decodes at 1/2, 1/4 or 1/8 scale in the DCT for a fraction of the cost
                 # (a 12 MP photo: 70 -> 32 ms), kept at >= 2x the resize target so the
                 # bicubic resize still does the final filtering. Differs from the full-size
                 # path by <= 0.05 (mean <= 0.005) in normalized units: tests/test_decode.py.
                 target = 2 * spec.resize_shortest
                 image.draft(None, (target, target))
+            check_cost(image, path=path)
             image.load()
             orientation = _orientation(image)
             shown = (height, width) if orientation in _SWAPS_AXES else (width, height)
             meta = _metadata(image, *shown)
+            small = reduced(image, spec) if reduced_decode else image
             # exif_transpose copies the image even when there is nothing to turn
-            upright = _oriented(image) if orientation != 1 else image
+            upright = _oriented(small) if orientation != 1 else small
             pixels = model_input(upright, spec)
     except DecodeError:
         raise
     except UnidentifiedImageError:
-        raise DecodeError(path, "not an image format Pillow can read") from None
+        raise DecodeError(
+            path, f"not an image in a format imageclust reads ({_formats()})"
+        ) from None
     except Image.DecompressionBombError as exc:
         raise DecodeError(path, f"decompression bomb: {exc}") from None
     except Image.DecompressionBombWarning as exc:  # raised when warnings are errors
@@ -179,14 +252,17 @@ def decode(
     return DecodedPhoto(meta, pixels)
 
 
+def _formats() -> str:
+    return ", ".join(f for f in allowed_formats() if f != "MPO")
+
+
 def thumbnail_jpeg(data: bytes, longest: int = 672, quality: int = 85, *, path: str = "") -> bytes:
     """A small upright JPEG of a photo, for the labeling LLM (a few tens of KB, not megabytes)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise DecodeError(path, f"image is {width}x{height}, over the pixel limit")
+        with Image.open(io.BytesIO(data), formats=allowed_formats()) as image:
+            check_shape(*image.size, path=path)
             image.draft("RGB", (longest, longest))  # JPEG: decode at a reduced scale
+            check_cost(image, path=path)
             upright = _oriented(image)
             rgb = to_rgb(upright)
             rgb.thumbnail((longest, longest), Image.Resampling.LANCZOS)

@@ -22,6 +22,9 @@ content and goes on.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 
 class ImageclustError(Exception):
     """Base of every error imageclust raises on purpose."""
@@ -155,3 +158,12 @@ class OllamaUnavailable(OllamaError):
 
 class OllamaModelMissing(OllamaError):
     """The server does not have the model: `ollama pull MODEL` fixes it."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` says the disk (or the user's quota) is full: SQLite's SQLITE_FULL, or
+    ENOSPC / EDQUOT from the OS. Nothing is lost when a write fails so; it is worth one
+    clear line and a retry, not a traceback."""
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -34,7 +34,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from imageclust_daemon import pipeline, scan
 from imageclust_daemon.config import Config
 from imageclust_daemon.embed import Embedder, short_provider
-from imageclust_daemon.errors import ImageclustError
+from imageclust_daemon.errors import ImageclustError, is_disk_full
 from imageclust_daemon.ollama import OllamaClient, client_for
 from imageclust_daemon.records import IndexReport, ModelSpec, display_path
 from imageclust_daemon.store import Store
@@ -199,8 +199,16 @@ class Jobs:
                 fn()
             except ImageclustError as exc:
                 log.error("%s: %s", name, exc)
-            except Exception:
-                log.exception("%s failed; it runs again on schedule", name)
+            except Exception as exc:
+                if is_disk_full(exc):
+                    log.error(
+                        "%s: no space left on the device holding %s; nothing was lost, "
+                        "it runs again on schedule",
+                        name,
+                        self.cfg.data_dir,
+                    )
+                else:
+                    log.exception("%s failed; it runs again on schedule", name)
             finally:
                 self.heartbeat = time.monotonic()
 
@@ -263,6 +271,7 @@ class Jobs:
             settle_seconds=cfg["library.settle_seconds"],
             on_defer=self.buffer.touch_all,
             whole_library=True,
+            journal=cfg.journal_path,
         )
         if report.needs_rescan:
             self.buffer.request_rescan("many photos vanished at once")

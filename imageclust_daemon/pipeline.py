@@ -48,6 +48,7 @@ from imageclust_daemon.errors import (
     OllamaModelMissing,
     OllamaUnavailable,
 )
+from imageclust_daemon.inflight import InFlight
 from imageclust_daemon.ollama import OllamaClient
 from imageclust_daemon.places import Place, nearest_place
 from imageclust_daemon.records import (
@@ -63,6 +64,7 @@ from imageclust_daemon.records import (
     Preprocessing,
     display_path,
 )
+from imageclust_daemon.sandbox import decode_in_child
 from imageclust_daemon.store import Store
 
 log = logging.getLogger(__name__)
@@ -356,9 +358,18 @@ _HASH_CHUNK = 1 << 20
 FUTURE_SLACK_NS = 2_000_000_000  # mtimes this far ahead of the clock still count as "now"
 
 
-def prepare(stat: FileStat, claims: Claims, spec: Preprocessing) -> Prepared:
-    """Read, hash and (if its content is new) decode one file. Never raises for a bad file."""
+def prepare(
+    stat: FileStat, claims: Claims, spec: Preprocessing, journal: InFlight | None = None
+) -> Prepared:
+    """Read, hash and (if its content is new) decode one file. Never raises for a bad file.
+
+    With a `journal`, each decode is recorded before it starts and after it ends, and a
+    content an earlier run left in flight (it may have killed that process) is decoded in
+    a child process (`sandbox`), where a crash costs the child.
+    """
     shown = display_path(stat.path)
+    if stat.kind:  # never opened: a FIFO would block, a device could have side effects
+        return Prepared(FileRow(stat, None, f"not a regular file ({stat.kind})"))
     try:
         # O_NONBLOCK: a FIFO swapped in since the scan must not block the worker forever.
         fd = os.open(stat.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -390,9 +401,16 @@ def prepare(stat: FileStat, claims: Claims, spec: Preprocessing) -> Prepared:
         if not claims.claim(content_hash):
             return Prepared(row, ContentRow(content_hash, size), bytes_read=size)
         try:
-            if data is None:
-                f.seek(0)
-            decoded = decode.decode(data if data is not None else f, spec, path=shown)
+            if journal is not None:
+                journal.begin(content_hash)
+            if journal is not None and content_hash in journal.suspects:
+                log.warning("%s: decoding it alone in a child process (see the log above)", shown)
+                source = data if data is not None else os.fsdecode(stat.path)
+                decoded = decode_in_child(source, spec, path=shown)
+            else:
+                if data is None:
+                    f.seek(0)
+                decoded = decode.decode(data if data is not None else f, spec, path=shown)
         except DecodeError as exc:
             content = ContentRow(content_hash, size, decoded=True, error=exc.reason)
             return Prepared(row, content, bytes_read=size)
@@ -402,6 +420,9 @@ def prepare(stat: FileStat, claims: Claims, spec: Preprocessing) -> Prepared:
             reason = "not enough memory" if isinstance(exc, MemoryError) else exc.strerror
             log.warning("%s: cannot decode now (%s); will retry next run", shown, reason)
             return Prepared(row, ContentRow(content_hash, size), bytes_read=size, retry=True)
+        finally:
+            if journal is not None:
+                journal.end(content_hash)  # reached only if the process lived through it
     content = ContentRow(content_hash, size, decoded=True, meta=decoded.meta)
     return Prepared(row, content, decoded.pixels, bytes_read=size)
 
@@ -448,6 +469,7 @@ def index(
     on_defer: Callable[[list[bytes]], None] | None = None,
     whole_library: bool = False,
     forget_missing: bool = False,
+    journal: Path | None = None,
 ) -> IndexReport:
     """Scan `roots`, read what changed, embed what is new, forget nothing. Returns the counts.
 
@@ -460,6 +482,8 @@ def index(
     config) has left the library and is gone. Photos not found are offline, not gone,
     when their folder cannot be read, their filesystem is no longer mounted, or too many
     vanished at once (`mass_losses`); `forget_missing` says they are gone all the same.
+    `journal`: the file that records what is being decoded (`inflight`), so a photo that
+    killed an earlier run is decoded in a child process instead of killing this one.
     """
     started = time.monotonic()
     given = [os.path.abspath(r).rstrip(b"/") or b"/" for r in roots]
@@ -589,8 +613,21 @@ def index(
 
     threads = workers or min(4, os.cpu_count() or 1)
     done = 0
-    with ThreadPoolExecutor(threads, thread_name_prefix="imageclust-read") as pool:
-        work_fn = lambda f: prepare(f, claims, spec.preprocessing)  # noqa: E731
+    in_flight = InFlight(journal) if journal is not None else None
+    if in_flight is not None and in_flight.suspects:
+        log.warning(
+            "%d photo(s) were being decoded when an earlier run stopped without finishing "
+            "(killed, out of memory, or a crash in a decoder): each is decoded alone in a "
+            "child process, and one that kills it is recorded as failed",
+            len(in_flight.suspects),
+        )
+    with (
+        contextlib.ExitStack() as cleanup,
+        ThreadPoolExecutor(threads, thread_name_prefix="imageclust-read") as pool,
+    ):
+        if in_flight is not None:
+            cleanup.callback(in_flight.close)
+        work_fn = lambda f: prepare(f, claims, spec.preprocessing, in_flight)  # noqa: E731
         for item in ordered_map(pool, work_fn, to_read, ahead=2 * batch_size + threads):
             if stop is not None and stop.is_set():
                 pool.shutdown(wait=True, cancel_futures=True)

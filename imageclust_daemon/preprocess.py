@@ -25,7 +25,9 @@ from imageclust_daemon.records import Preprocessing
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
+    "box": Image.Resampling.BOX,
     "bilinear": Image.Resampling.BILINEAR,
+    "hamming": Image.Resampling.HAMMING,
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
@@ -74,17 +76,35 @@ def resized_size(width: int, height: int, shortest: int) -> tuple[int, int]:
     return int(shortest * width / height), shortest
 
 
+# Resizing a whole image costs its resized size: 16 crops' worth (a 16:1 strip, 3.2 MB) is
+# nothing; past it only the part that survives the crop is resampled (see resize_and_crop).
+WHOLE_RESIZE_MAX = 16
+
+
 def resize_and_crop(image: Image.Image, spec: Preprocessing) -> Image.Image:
-    """Shortest side to spec.resize_shortest, then a centred spec.crop square (RGB in, RGB out)."""
+    """Shortest side to spec.resize_shortest, then a centred spec.crop square (RGB in, RGB out).
+
+    An image of ordinary shape is resized whole and cropped, exactly as the reference
+    does. One whose resized size would pass WHOLE_RESIZE_MAX crops (a strip; a
+    100000x1 PNG resized whole asks for ~20 GB) has only the part that survives the
+    crop resampled (Pillow's `box`): each output pixel is centred at the same source
+    position with the same filter width, so the picture is the same; Pillow's
+    rounding between its two passes differs, by up to a few levels of 255.
+    """
     w, h = resized_size(image.width, image.height, spec.resize_shortest)
+    c = spec.crop
+    top, left = (h - c) // 2, (w - c) // 2
+    if w >= c and h >= c and w * h > WHOLE_RESIZE_MAX * c * c:
+        sx, sy = image.width / w, image.height / h
+        box = (left * sx, top * sy, (left + c) * sx, (top + c) * sy)
+        return image.resize((c, c), resample=resample_filter(spec.resample), box=box)
     if (w, h) != image.size:
         image = image.resize((w, h), resample=resample_filter(spec.resample))
-    c = spec.crop
     if w < c or h < c:  # the reference pads with zeros before cropping; only for crop > resize
         canvas = Image.new("RGB", (max(w, c), max(h, c)))
         canvas.paste(image, ((max(w, c) - w) // 2, (max(h, c) - h) // 2))
         image, w, h = canvas, canvas.width, canvas.height
-    top, left = (h - c) // 2, (w - c) // 2
+        top, left = (h - c) // 2, (w - c) // 2
     return image.crop((left, top, left + c, top + c))
 
 

@@ -18,13 +18,15 @@ def display_path(path: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class FileStat:
-    """One image-like regular file found under a root, as `stat` saw it."""
+    """One image-like file found under a root, as `stat` saw it (a FIFO or device with a
+    photo's name too: it gets a row, failed, and is never opened)."""
 
     path: bytes
     size: int
     mtime_ns: int
     inode: int
     device: int
+    kind: str = ""  # "" for a regular file; else what it is ("a FIFO"): never opened
 
     @property
     def signature(self) -> tuple[int, int, int, int]:

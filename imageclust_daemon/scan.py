@@ -124,8 +124,27 @@ def walk(
                 if (st.st_dev, st.st_ino) not in visited:
                     visited.add((st.st_dev, st.st_ino))
                     stack.append(entry.path)
-            elif stat.S_ISREG(st.st_mode) and os.path.splitext(name)[1].lower() in extensions:
-                yield FileStat(entry.path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+            elif os.path.splitext(name)[1].lower() in extensions:
+                yield _found(entry.path, st)
+
+
+def _found(path: bytes, st: os.stat_result) -> FileStat:
+    return FileStat(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, kind=_kind(st.st_mode))
+
+
+def _kind(mode: int) -> str:
+    """ "" for a regular file; else what it is, for the row that says why it was not read."""
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "not a file"
 
 
 def walk_all(
@@ -184,8 +203,8 @@ def look_at(
             found: Iterator[FileStat] = walk(
                 path, extensions, excluder, on_error, unreachable, root
             )
-        elif stat.S_ISREG(st.st_mode) and os.path.splitext(path)[1].lower() in extensions:
-            found = iter([FileStat(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)])
+        elif os.path.splitext(path)[1].lower() in extensions:
+            found = iter([_found(path, st)])
         else:
             continue
         for f in found:

@@ -80,12 +80,30 @@ def test_symlinked_folder_outside_the_root_is_followed(tmp_path: Path) -> None:
     assert _names(root) == ["linked/x.jpg"]
 
 
-def test_dangling_symlinks_fifos_and_folders_named_like_images(tmp_path: Path) -> None:
+def test_dangling_symlinks_and_folders_named_like_images_are_not_files(tmp_path: Path) -> None:
     os.symlink(tmp_path / "nowhere.jpg", tmp_path / "dangling.jpg")
-    os.mkfifo(tmp_path / "pipe.jpg")
     (tmp_path / "folder.jpg").mkdir()
     _touch(tmp_path / "folder.jpg" / "inner.png")
     assert _names(tmp_path) == ["folder.jpg/inner.png"]
+
+
+def test_fifos_sockets_and_devices_named_like_images_are_listed_with_their_kind(
+    tmp_path: Path,
+) -> None:
+    """They get a row (failed, with the reason): the README promises one for every
+    image-like file. Listing them opens nothing (a FIFO would block)."""
+    import socket
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    os.symlink("/dev/null", tmp_path / "device.png")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(os.fspath(tmp_path / "socket.jpg"))
+        found = {os.path.basename(f.path): f.kind for f in scan.walk(os.fsencode(tmp_path), EXT)}
+        assert found == {
+            b"device.png": "a character device",
+            b"pipe.jpg": "a FIFO",
+            b"socket.jpg": "a socket",
+        }
 
 
 def test_non_utf8_names_are_kept_as_exact_bytes(tmp_path: Path) -> None:
