@@ -19,6 +19,7 @@ from imageclust_daemon.cluster import (
     representatives,
     ward_tree,
 )
+from tests.metrics import adjusted_rand_index
 
 
 def sphere(n: int, d: int, seed: int) -> np.ndarray:
@@ -249,3 +250,16 @@ def test_a_cancelled_clustering_stops_between_steps() -> None:
         with pytest.raises(Cancelled):
             cluster(x, 5, 200, cancelled=cancel_on_second_poll, **kw)  # type: ignore[arg-type]
         assert len(polls) == 2
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_two_close_scenes_are_two_albums(seed: int) -> None:
+    """Six scenes of 10, two of them 0.61 apart with a spread of 0.17 each: the largest
+    absolute jump in merge height merged those two (5 groups) in about half the seeds;
+    the largest relative jump keeps the 6 a person sees."""
+    from tests.tools.grouping_check import two_close
+
+    x, truth, lo, hi = two_close(np.random.default_rng(seed))
+    result = cluster(x.astype(np.float32), lo, hi)
+    assert result.n_clusters == 6
+    assert adjusted_rand_index(truth, result.labels) == 1.0
