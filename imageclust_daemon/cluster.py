@@ -32,9 +32,12 @@ How photos become groups
 
 Choosing the number of groups
 -----------------------------
-With `n_clusters=k` the price `lam` is searched so the cut has k groups (or
-as close as the limits allow); with min_size=1 and max_size>=n this is
-SciPy's `fcluster(linkage(X, "ward"), k, "maxclust")`. With `n_clusters=None`
+With `n_clusters=k` the price `lam` is searched so the cut has k groups; under
+size limits the count is not monotone in the price, so the nearest cut is then
+moved along the tree (`_to_count`: merge the lowest sibling pair that fits, or
+split the highest group whose halves can be groups) to exactly k, or as near as
+the limits allow. With min_size=1 and max_size>=n this is SciPy's
+`fcluster(linkage(X, "ward"), k, "maxclust")`. With `n_clusters=None`
 k is read off the tree: among the cluster counts the limits allow
 (ceil(n/max_size) .. n/min_size), the one before the largest *relative* jump
 in merge height: the merge undone is the most times higher than the next
@@ -217,13 +220,17 @@ def _node_sizes(tree: Tree) -> np.ndarray:
     return np.concatenate([tree.weights, tree.merges[:, 3]])
 
 
-def cut_tree(tree: Tree, min_size: int, max_size: int, lam: float) -> _Cut:
+def cut_tree(
+    tree: Tree, min_size: int, max_size: int, lam: float, *, free_outliers: bool = True
+) -> _Cut:
     """Best cut under the size limits: fewest points outside groups, then least SSE + lam/group.
 
     Outliers do not count as points outside groups: a subtree smaller than min_size
     that joins the rest only above the cut height (sqrt(2*lam)) is left out for
     `_adopt_orphans`. Counting it would keep its whole branch in one group, merging
-    every album with it (one odd photo made a library of 4 albums into 1).
+    every album with it (one odd photo made a library of 4 albums into 1). With
+    `free_outliers` False every point counts (a count asked for: low prices would
+    otherwise leave most points out, to be adopted by too few groups).
     """
     m = tree.n_leaves
     if m == 0:
@@ -242,7 +249,7 @@ def cut_tree(tree: Tree, min_size: int, max_size: int, lam: float) -> _Cut:
             orphans[v], cost[v] = (0.0, lam) if fits else (sizes[v], 0.0)
             continue
         a, b = (int(x) for x in tree.merges[v - m, :2])
-        above = tree.merges[v - m, 2] > cut_height
+        above = free_outliers and tree.merges[v - m, 2] > cut_height
         left_out = [0.0 if above and sizes[c] < min_size else orphans[c] for c in (a, b)]
         split = (left_out[0] + left_out[1], cost[a] + cost[b])
         if fits and (0.0, sse[v] + lam) <= split:
@@ -260,6 +267,56 @@ def cut_tree(tree: Tree, min_size: int, max_size: int, lam: float) -> _Cut:
         else:
             stack.extend(int(x) for x in tree.merges[v - m, :2])
     return _Cut(sorted(groups), sorted(left))
+
+
+def _to_count(tree: Tree, cut: _Cut, k: int, min_size: int, max_size: int) -> _Cut:
+    """The cut moved along the tree to exactly k groups, or as near as the limits allow.
+
+    Under size limits the group count is not monotone in the price (a higher price can
+    split an oversized group into more), so no price may give k. From the nearest cut:
+    while too many, merge the two sibling groups whose union fits max_size and whose
+    merge is lowest; while too few, split the group whose two halves can each be a group
+    and whose split is highest. Each step is the one the dendrogram itself would take.
+    """
+    m = tree.n_leaves
+    sizes = _node_sizes(tree)
+    parent = np.full(2 * m - 1, -1, dtype=np.int64)
+    for i, (a, b, _, _) in enumerate(tree.merges):
+        parent[int(a)] = parent[int(b)] = m + i
+    groups = set(cut.groups)
+    while len(groups) > k:
+        best: tuple[float, int] | None = None
+        for g in groups:
+            p = int(parent[g])
+            if p < 0 or sizes[p] > max_size:
+                continue
+            a, b = (int(x) for x in tree.merges[p - m, :2])
+            if a in groups and b in groups:
+                height = float(tree.merges[p - m, 2])
+                if best is None or (height, p) < best:
+                    best = (height, p)
+        if best is None:
+            break
+        p = best[1]
+        a, b = (int(x) for x in tree.merges[p - m, :2])
+        groups -= {a, b}
+        groups.add(p)
+    while len(groups) < k:
+        best = None
+        for g in groups:
+            if g < m:
+                continue
+            a, b = (int(x) for x in tree.merges[g - m, :2])
+            if sizes[a] >= min_size and sizes[b] >= min_size:
+                height = float(tree.merges[g - m, 2])
+                if best is None or (-height, g) < best:
+                    best = (-height, g)
+        if best is None:
+            break
+        g = best[1]
+        groups.discard(g)
+        groups.update(int(x) for x in tree.merges[g - m, :2])
+    return _Cut(sorted(groups), cut.orphans)
 
 
 def _leaves(tree: Tree, node: int) -> list[int]:
@@ -548,6 +605,14 @@ def cluster(
         tree = ward_tree(sums / weights[:, None], weights, cancelled)
     lam = choose_price(tree, n, min_size, max_size, n_clusters)
     cut = cut_tree(tree, min_size, max_size, lam)
+    if n_clusters is not None:
+        cut = _to_count(
+            tree,
+            cut_tree(tree, min_size, max_size, lam, free_outliers=False),
+            n_clusters,
+            min_size,
+            max_size,
+        )
     point_labels = _adopt_orphans(xs, _leaf_labels(tree, cut)[leaf_of_point], max_size)
     leaf_rank = np.empty(tree.n_leaves, dtype=np.int64)
     leaf_rank[_leaf_order(tree)] = np.arange(tree.n_leaves)

@@ -263,3 +263,26 @@ def test_two_close_scenes_are_two_albums(seed: int) -> None:
     result = cluster(x.astype(np.float32), lo, hi)
     assert result.n_clusters == 6
     assert adjusted_rand_index(truth, result.labels) == 1.0
+
+
+def _uneven_objects() -> tuple[np.ndarray, np.ndarray]:
+    """60 objects of 6-24 views (868 points): many more than max_size 12 must be split."""
+    sizes = [int(s) for s in np.random.default_rng(3).integers(6, 25, size=60)]
+    return blobs(sizes, 96, seed=9, spread=0.04)
+
+
+@pytest.mark.parametrize("k", [109, 116, 130, 151, 172])
+def test_asking_for_k_groups_gives_k_under_size_limits(k: int) -> None:
+    """Under size limits the count is not monotone in the price: every k from 116 to 193
+    used to give the same 112 groups."""
+    x, _ = _uneven_objects()
+    result = cluster(x, 3, 12, n_clusters=k)
+    assert result.n_clusters == k and result.unclustered_fraction == 0.0
+    sizes = np.bincount(result.labels)
+    assert sizes.min() >= 3 and sizes.max() <= 12
+
+
+def test_asking_for_an_impossible_count_gives_the_nearest_the_limits_allow() -> None:
+    x, _ = blobs([10] * 20, 64, seed=2, spread=0.03)
+    assert cluster(x, 3, 12, n_clusters=5).n_clusters == 20  # two 10s never fit in 12
+    assert cluster(x, 3, 12, n_clusters=100).n_clusters <= 60  # at least 3 a group
