@@ -5,12 +5,22 @@ boundary and stripped of quotes and markup. A reply that is empty, not JSON, or
 missing either field is a failed attempt, never a label. When the LLM cannot
 answer, `fallback_label` builds a title from what the photos themselves say:
 where (the nearest place to their GPS positions) and when (their EXIF dates).
+
+A title must be true of the album, not of one photo in it. So a place is named
+only when most of the album's photos carry positions within AGREE_KM of each
+other's centre (`agreed_position`; one wallpaper with GPS in Aarhus does not make
+an album of animals "Århus"), and dates only when most photos have a date a
+camera could mean: not January 1st at 00:00:00 (the epoch of a clock never set:
+1970, 1980, 1998, 2000, ...) and not in the future; the range given is the one
+the middle 80% of those dates fall in (`album_when`). Otherwise the title says
+less: a folder name, or nothing but the group's number.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import statistics
 from collections import Counter
@@ -105,16 +115,27 @@ def _trim(text: str) -> str:
 
 def describe_when(taken_at: Sequence[str], southern: bool = False) -> str | None:
     """ "June 2024", "Summer 2019", "2019" or "2017-2019" for a set of capture times."""
-    days = sorted(d for d in (_parse_day(t) for t in taken_at) if d is not None)
+    return _describe_days(
+        sorted(d for d in (_parse_day(t) for t in taken_at) if d is not None), southern
+    )
+
+
+def _describe_days(days: Sequence[datetime], southern: bool | None) -> str | None:
+    """`southern` None: the hemisphere is unknown, so no season is named (July is summer
+    in Paris and winter in Sydney); the months are, which are true anywhere."""
     if not days:
         return None
     first, last = days[0], days[-1]
     if (first.year, first.month) == (last.year, last.month):
         return f"{_MONTHS[first.month - 1]} {first.year}"  # not strftime: it follows the locale
-    season_first, season_last = _season(first, southern), _season(last, southern)
-    if season_first == season_last and (last - first).days < 100:
-        name, year = season_first
-        return f"{name} {year}"
+    if southern is None:
+        if first.year == last.year:
+            return f"{_MONTHS[first.month - 1]}–{_MONTHS[last.month - 1]} {first.year}"
+    else:
+        season_first, season_last = _season(first, southern), _season(last, southern)
+        if season_first == season_last and (last - first).days < 100:
+            name, year = season_first
+            return f"{name} {year}"
     if first.year == last.year:
         return str(first.year)
     return f"{first.year}–{last.year}"
@@ -163,10 +184,12 @@ def centre(positions: Sequence[tuple[float, float]]) -> tuple[float, float] | No
     return lat, lon - 360.0 if lon > 180.0 else lon
 
 
-def build_prompt(facts: GroupFacts, place: str | None, n_images: int) -> str:
+def build_prompt(
+    facts: GroupFacts, place: str | None, n_images: int, *, now: datetime | None = None
+) -> str:
     """The instruction sent with the group's representative photos."""
     hints = []
-    when = describe_when(facts.taken_at, southern=_southern(facts))
+    when = album_when(facts, now)
     if when:
         hints.append(f"taken {when}")
     if place:
@@ -207,11 +230,66 @@ def parse_reply(text: str) -> Label:
     return Label(fields["title"], fields["catchy_phrase"], "ollama")
 
 
+# -- what is true of the whole album ------------------------------------------------------------
+
+# Positions within this distance of the album's centre count as one place: a city and
+# its surroundings, a day trip; not two cities.
+AGREE_KM = 50.0
+# Dates outside the middle 80% of an album's dates do not stretch its range: one camera
+# with a wrong clock among phones must not turn "June 2024" into "2009-2024".
+TRIM_SHARE = 0.10
+
+
+def _km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    p1, p2 = math.radians(a[0]), math.radians(b[0])
+    dp, dl = p2 - p1, math.radians(b[1] - a[1])
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 6371.0 * 2 * math.asin(min(1.0, math.sqrt(h)))
+
+
+def agreed_position(facts: GroupFacts) -> tuple[float, float] | None:
+    """The album's position, when more than half of its photos carry positions within
+    AGREE_KM of their common centre; else None (say no place rather than a false one)."""
+    valid = [p for p in facts.positions if all(map(math.isfinite, p)) and abs(p[0]) <= 90]
+    where = centre(valid)
+    if where is None:
+        return None
+    near = [p for p in valid if _km(p, where) <= AGREE_KM]
+    if 2 * len(near) <= facts.size:
+        return None
+    return centre(near)
+
+
+def plausible_day(text: str, now: datetime | None = None) -> datetime | None:
+    """A capture time a camera could mean, or None: unparseable, January 1st at midnight
+    (a clock never set starts at its epoch), or after `now` (plus a day of time zones)."""
+    day = _parse_day(text)
+    if day is None:
+        return None
+    if (day.month, day.day, day.hour, day.minute, day.second) == (1, 1, 0, 0, 0):
+        return None
+    if now is not None and (day - now.replace(tzinfo=None)).days >= 1:
+        return None
+    return day
+
+
+def album_when(facts: GroupFacts, now: datetime | None = None) -> str | None:
+    """When the album's photos were taken, when more than half of them have a plausible
+    date: the range of the middle 80% of those dates ("June 2024", "2017-2019")."""
+    days = sorted(d for d in (plausible_day(t, now) for t in facts.taken_at) if d is not None)
+    if 2 * len(days) <= facts.size:
+        return None
+    trim = int(len(days) * TRIM_SHARE)
+    core = days[trim : len(days) - trim] or days
+    where = agreed_position(facts)
+    return _describe_days(core, None if where is None else where[0] < 0)
+
+
 # -- the offline fallback ---------------------------------------------------------------------
 
 
 def _southern(facts: GroupFacts) -> bool:
-    where = centre(facts.positions)
+    where = agreed_position(facts)
     return where is not None and where[0] < 0
 
 
@@ -228,9 +306,14 @@ def _common_folder(folders: Sequence[str]) -> str | None:
     return name
 
 
-def fallback_label(facts: GroupFacts, place: str | None, group_id: int) -> Label:
-    """A title from place and dates, else the common folder name, else the group's number."""
-    when = describe_when(facts.taken_at, southern=_southern(facts))
+def fallback_label(
+    facts: GroupFacts, place: str | None, group_id: int, *, now: datetime | None = None
+) -> Label:
+    """A title from place and dates, else the common folder name, else the group's number.
+
+    `place` must be the name of `agreed_position(facts)` (None when there is none).
+    """
+    when = album_when(facts, now)
     folder = _common_folder(facts.folders)
     candidates = [
         f"{place}, {when}" if place and when else None,

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -828,6 +829,7 @@ def relabel(
     the groups not yet answered for the next run. `progress`: called per group titled.
     """
     started = time.monotonic()
+    now = datetime.now()  # capture times after it are a camera's wrong clock
     jobs = store.label_jobs(everything=everything)
     if not jobs:
         return LabelReport()
@@ -862,7 +864,7 @@ def relabel(
     todo: list[tuple[LabelJob, label.GroupFacts, Place | None]] = []
     for job in waiting:
         facts = store.group_facts(job.cluster_id)
-        where = label.centre(facts.positions)
+        where = label.agreed_position(facts)  # a place only when most photos agree on it
         todo.append((job, facts, place_of(*where) if where else None))
 
     def ask(
@@ -874,7 +876,7 @@ def relabel(
         images = _thumbnails(job)
         if not images:
             return None, False
-        prompt = label.build_prompt(facts, str(place) if place else None, len(images))
+        prompt = label.build_prompt(facts, str(place) if place else None, len(images), now=now)
         try:
             return client.label(prompt, images), True
         except (OllamaUnavailable, OllamaModelMissing) as exc:
@@ -889,7 +891,9 @@ def relabel(
     for (job, facts, place), (answer, asked) in zip(todo, answers, strict=False):
         requested += asked
         if answer is None:
-            answer = label.fallback_label(facts, place.city if place else None, job.cluster_id)
+            answer = label.fallback_label(
+                facts, place.city if place else None, job.cluster_id, now=now
+            )
             fallback += 1
         else:
             ollama += 1

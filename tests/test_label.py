@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import string
+from datetime import datetime
 
 import pytest
 from hypothesis import given, settings
@@ -15,12 +16,15 @@ from imageclust_daemon.label import (
     GroupFacts,
     Label,
     ReplyError,
+    agreed_position,
+    album_when,
     build_prompt,
     centre,
     clean_text,
     describe_when,
     fallback_label,
     parse_reply,
+    plausible_day,
 )
 
 QUOTES = "\"'“”‘’«»„‟`"
@@ -216,7 +220,7 @@ def test_build_prompt_mentions_size_and_limits(
 
 
 def test_build_prompt_gives_when_and_where() -> None:
-    facts = GroupFacts(size=40, taken_at=("2024-06-02T10:00:00", "2024-06-20T18:30:00"))
+    facts = GroupFacts(size=4, taken_at=("2024-06-02T10:00:00", "2024-06-20T18:30:00") * 2)
     prompt = build_prompt(facts, "Paris", 3)
     assert "(taken June 2024, near Paris)" in prompt
     assert "(" not in build_prompt(GroupFacts(size=5), None, 3).split(".")[0]
@@ -313,16 +317,21 @@ def test_fallback_label_always_fits(facts: GroupFacts, place: str | None, group_
 @pytest.mark.parametrize(
     ("facts", "place", "title"),
     [
-        (GroupFacts(12, taken_at=("2024-06-02", "2024-06-20")), "Paris", "Paris, June 2024"),
+        (GroupFacts(2, taken_at=("2024-06-02", "2024-06-20")), "Paris", "Paris, June 2024"),
         (GroupFacts(12), "Paris", "Paris"),
-        (GroupFacts(12, taken_at=("2019-07-01", "2019-08-15")), None, "Summer 2019"),
+        (
+            GroupFacts(2, taken_at=("2019-07-01", "2019-08-15"), positions=((48.8, 2.3),) * 2),
+            None,
+            "Summer 2019",
+        ),
+        (GroupFacts(2, taken_at=("2019-07-01", "2019-08-15")), None, "July–August 2019"),
         (
             GroupFacts(3, taken_at=("2019-07-01",) * 2, positions=((-33.9, 151.2),) * 2),
             "Sydney",
             "Sydney, July 2019",
         ),
         (
-            GroupFacts(3, taken_at=("2019-07-01", "2019-08-20"), positions=((-33.9, 151.2),)),
+            GroupFacts(3, taken_at=("2019-07-01", "2019-08-20"), positions=((-33.9, 151.2),) * 2),
             None,
             "Winter 2019",  # southern hemisphere
         ),
@@ -336,3 +345,64 @@ def test_fallback_label_examples(facts: GroupFacts, place: str | None, title: st
     assert label.title == title
     assert label.catchy_phrase.startswith(f"{facts.size} photos")
     assert label.source == "fallback"
+
+
+# -- titles that are true of the whole album --------------------------------------------------
+
+NOW = datetime(2026, 11, 30, 12, 0)
+
+
+def test_one_photo_with_gps_does_not_name_an_album() -> None:
+    """28 flowers, one phone shot in Madrid: not "Moncloa-Aravaca"."""
+    facts = GroupFacts(28, positions=((40.43, -3.72),), folders=("flowers",) * 28)
+    assert agreed_position(facts) is None
+    assert fallback_label(facts, None, 3, now=NOW).title == "flowers"
+
+
+def test_an_unset_clock_a_bad_date_and_one_position_say_nothing_false() -> None:
+    """142 photos: one with GPS in Arezzo, a camera that never had its clock set, a date
+    in the future; once titled "Arezzo, 1998–2026"."""
+    facts = GroupFacts(
+        142,
+        taken_at=("1998-01-01T00:00:00", "2031-05-05T10:00:00", "2021-03-04T10:00:00"),
+        positions=((43.46, 11.88),),
+        folders=tuple(f"wallpapers-{i % 9}" for i in range(142)),
+    )
+    assert agreed_position(facts) is None and album_when(facts, NOW) is None
+    label = fallback_label(facts, None, 12, now=NOW)
+    assert label.title == "Photo group 12" and label.catchy_phrase == "142 photos"
+
+
+def test_most_photos_agreeing_name_the_place_and_the_dates_they_share() -> None:
+    """Paris in June 2024, with one photo geotagged in Lyon and one camera a decade off."""
+    june = tuple(f"2024-06-{d:02d}T12:00:00" for d in range(1, 19))
+    facts = GroupFacts(
+        20,
+        taken_at=(*june, "2014-06-03T09:00:00", "1980-01-01T00:00:00"),
+        positions=((48.85, 2.35),) * 12 + ((45.76, 4.83),),
+    )
+    where = agreed_position(facts)
+    assert where is not None and abs(where[0] - 48.85) < 0.01
+    assert album_when(facts, NOW) == "June 2024"
+    assert fallback_label(facts, "Paris", 1, now=NOW).title == "Paris, June 2024"
+
+
+def test_a_place_needs_more_than_half_of_the_album() -> None:
+    paris = ((48.85, 2.35),)
+    assert agreed_position(GroupFacts(10, positions=paris * 5)) is None
+    assert agreed_position(GroupFacts(10, positions=paris * 6)) is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "plausible"),
+    [
+        ("2000-01-01T00:00:00", False),  # a clock never set
+        ("1970-01-01T00:00:00", False),
+        ("2000-01-01T00:00:01", True),  # a real New Year's photo
+        ("2026-12-02T10:00:00", False),  # past tomorrow: a wrong clock
+        ("2026-11-30T23:00:00+09:00", True),
+        ("not a date", False),
+    ],
+)
+def test_plausible_capture_times(text: str, plausible: bool) -> None:
+    assert (plausible_day(text, NOW) is not None) == plausible
