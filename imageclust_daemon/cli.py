@@ -254,6 +254,7 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
         finally:
             if bar is not None:
                 bar.close()
+        failed_now = store.status(model.id)["failed"]  # this run's and earlier runs' failures
     _publish(cfg, model.id)
     if args.json:
         print(json.dumps({**asdict(report), "provider": model.embedder.provider}))
@@ -265,10 +266,12 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
         + (f"{r.returned} back, " if r.returned else "")
         + f"{r.hashed} read "
         f"({_human_bytes(r.bytes_read)}), {r.embedded} embedded, {r.reused} already known, "
-        f"{r.failed} failed, {r.gone} gone"
+        f"{r.failed} failed"
+        + (f" ({failed_now} failed in the library)" if failed_now != r.failed else "")
+        + f", {r.gone} gone"
         + (f"; {spec.name} on {short_provider(model.embedder.provider)}" if r.embedded else "")
     )
-    if r.failed:
+    if failed_now:
         print(
             "failed photos and why: imageclust query "
             "\"SELECT path, error FROM photos WHERE status = 'failed'\""
@@ -381,8 +384,13 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
     if args.json:
         print(json.dumps(counts))
         return 0
-    width = max(len(k) for k in counts)
-    for key, value in counts.items():
+    shown: dict[str, Any] = dict(counts)
+    if model_id is None:
+        shown["model"] = f"{located.spec.name}: not downloaded (imageclust models download)"
+    if counts["clusters"] == 0 and counts["embedded"]:
+        shown["clusters"] = "0 (group the photos with: imageclust recluster)"
+    width = max(len(k) for k in shown)
+    for key, value in shown.items():
         print(f"{key:<{width}}  {value}")
     return 0
 

@@ -764,16 +764,19 @@ def _fetch(
         except httpx.HTTPError as exc:
             of = f" of {total}" if total is not None else ""
             kept = f"{out.name} keeps what arrived; " if received else ""
+            host = httpx.URL(url).host or url
             what = (
                 f"the transfer stopped at {received}{of} bytes"
                 if received or answered
-                else "no answer"
+                else f"could not reach {host}"
             )
             raise DownloadError(
                 url,
                 f"{what} ({exc or type(exc).__name__}); {kept}run the download again to resume",
                 next_step=f"check the network (or ${ENDPOINT_ENV}, a proxy), then run the "
-                "same command again: it resumes",
+                "same command again: it resumes. Without a network here: fetch the file on "
+                "another machine and set model.path (model.text_path, model.tokenizer_path) "
+                f"to it, or point ${ENDPOINT_ENV} or --url at a mirror you can reach",
             ) from exc
         if total is not None and received < total:
             raise DownloadError(

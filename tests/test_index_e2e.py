@@ -351,3 +351,25 @@ def test_unreadable_file_is_recorded_and_the_run_goes_on(tmp_path: Path, make_co
     (root / "locked.jpg").chmod(0o644)
     assert _index(config, root)["embedded"] == 1
     assert _status(config)["failed"] == 0
+
+
+def test_the_summary_counts_failures_left_from_earlier_runs_and_status_says_what_next(
+    make_config,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(3):
+        photos.save_jpeg(photos.photo_like(i), root / f"IMG_{i}.jpg")
+    photos.write_truncated_jpeg(root / "broken.jpg")
+    config = make_config(roots=[root])
+    first = run_cli("--config", str(config), "index", "--no-progress")
+    assert ", 1 failed, " in first.stdout, first.stdout
+    photos.save_jpeg(photos.photo_like(9), root / "IMG_9.jpg")
+
+    second = run_cli("--config", str(config), "index", "--no-progress")
+
+    assert "0 failed (1 failed in the library)" in second.stdout, second.stdout
+    assert "failed photos and why: imageclust query" in second.stdout
+    status = run_cli("--config", str(config), "status")
+    assert "clusters     0 (group the photos with: imageclust recluster)" in status.stdout

@@ -718,7 +718,7 @@ def test_a_server_that_never_answers_times_out_and_leaves_nothing(
     spec = spec_for(model_bytes, server.url)
     dest = tmp_path / "model.onnx"
 
-    with pytest.raises(DownloadError, match="no answer") as caught:
+    with pytest.raises(DownloadError, match=r"stopped at 0 of|could not reach") as caught:
         models.download(spec, dest, timeout=1)
 
     assert "run the same command again" in str(caught.value)
