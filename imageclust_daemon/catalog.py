@@ -18,6 +18,7 @@ it gets " (2)", " (3)", ... appended, so `path` stays a key and a publish never 
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
@@ -178,7 +179,10 @@ def remove_dead_temps(dest: Path) -> list[Path]:
         if not (name.startswith(prefix) and name.endswith(".tmp")):
             continue
         pid_text = name[len(prefix) : -len(".tmp")]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+        if not (pid_text.isascii() and pid_text.isdigit() and len(pid_text) <= 9):
+            continue  # not one of ours (PIDs fit in 9 digits: Linux's limit is 4,194,304)
+        pid = int(pid_text)
+        if pid == os.getpid() or _alive(pid):
             continue
         try:
             (dest.parent / name).unlink()
@@ -193,7 +197,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process: alive
+    except (PermissionError, OverflowError, ValueError):  # another user's, or not a pid
         return True
     return True
 
@@ -383,35 +387,58 @@ def open_query(
         conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limits.value_bytes)
         conn.set_authorizer(_authorize)
-        deadline = time.monotonic() + limits.seconds
-        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), _TICKS)
-        with _translated(catalog, limits):
+        clock = _SqliteClock(limits.seconds)
+        conn.set_progress_handler(clock.expired, _TICKS)
+        with _translated(catalog, limits), clock:
             cursor = conn.execute(text)
             columns = [d[0] for d in cursor.description or []]
-        yield QueryStream(columns, _rows(cursor, catalog, limits))
+        yield QueryStream(columns, _rows(cursor, catalog, limits, clock))
     finally:
         conn.close()
 
 
 def _rows(
-    cursor: sqlite3.Cursor, catalog: Path, limits: QueryLimits
+    cursor: sqlite3.Cursor, catalog: Path, limits: QueryLimits, clock: _SqliteClock
 ) -> Iterator[tuple[object, ...]]:
     count = size = 0
     with _translated(catalog, limits):
-        while rows := cursor.fetchmany(256):
-            for row in rows:
-                count += 1
-                size += sum(_size(v) for v in row)
-                if count > limits.rows:
-                    raise QueryRefused(
-                        f"stopped after {limits.rows:,} rows (--max-rows raises the limit)"
-                    )
-                if size > limits.bytes:
-                    raise QueryRefused(
-                        f"stopped after {limits.bytes:,} bytes of values "
-                        "(--max-bytes raises the limit)"
-                    )
-                yield row
+        while True:
+            with clock:
+                row = cursor.fetchone()  # one at a time: memory holds one row, not a batch
+            if row is None:
+                return
+            count += 1
+            size += sum(_size(v) for v in row)
+            if count > limits.rows:
+                raise QueryRefused(
+                    f"stopped after {limits.rows:,} rows (--max-rows raises the limit)"
+                )
+            if size > limits.bytes:
+                raise QueryRefused(
+                    f"stopped after {limits.bytes:,} bytes of values (--max-bytes raises the limit)"
+                )
+            yield row
+
+
+class _SqliteClock:
+    """Time spent inside SQLite, against the query's budget: the progress handler stops a
+    query past it, while the time a slow reader (a pager, a pipe) takes does not count."""
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+        self._deadline = math.inf
+        self._started = 0.0
+
+    def expired(self) -> int:
+        return int(time.monotonic() > self._deadline)
+
+    def __enter__(self) -> None:
+        self._started = time.monotonic()
+        self._deadline = self._started + self.left
+
+    def __exit__(self, *exc: object) -> None:
+        self.left -= time.monotonic() - self._started
+        self._deadline = math.inf
 
 
 def _size(value: object) -> int:

@@ -351,6 +351,8 @@ def _json_value(value: object) -> object:
 
 def cmd_query(args: argparse.Namespace, cfg: config.Config) -> int:
     limits = catalog.QueryLimits(rows=args.max_rows, bytes=args.max_bytes)
+    if hasattr(sys.stdout, "reconfigure"):  # a value the terminal cannot show: escaped, not fatal
+        sys.stdout.reconfigure(errors="backslashreplace")
     with catalog.open_query(cfg.catalog_path, args.sql, limits) as result:
         # Rows are printed as they come: a result never has to fit in memory.
         if args.json:

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imageclust_daemon.errors import DecodeError
-from imageclust_daemon.preprocess import model_input, to_rgb
+from imageclust_daemon.preprocess import model_input, to_rgb, wide_to_8bit
 from imageclust_daemon.records import PhotoMeta, Preprocessing
 
 # Pillow warns above this and raises at twice it; indexing decodes no more than this
@@ -175,14 +175,70 @@ def check_cost(image: Image.Image, *, path: str = "") -> None:
         )
 
 
-def reduced(image: Image.Image, spec: Preprocessing) -> Image.Image:
+def reduced(image: Image.Image, target: int) -> Image.Image:
     """A large image averaged down by a whole factor while its shortest side stays at least
-    twice the resize target, before any conversion copies it: what JPEG's reduced-scale
-    decode does in the DCT, for every other format (a 50 MP PNG: 200 MB -> 2 MB)."""
-    factor = min(image.size) // (2 * spec.resize_shortest)
-    if factor < 2 or image.mode not in _REDUCIBLE:
+    `target`, before the conversions copy it: what JPEG's reduced-scale decode does in the
+    DCT, for every other format (a 50 MP PNG: 200 MB -> 2 MB). Palette and 16-bit images
+    are first turned into a mode whose pixels can be averaged (once, at full size: the
+    conversions after it then cost the reduced size)."""
+    factor = min(image.size) // target
+    if factor < 2:
         return image
-    return image.reduce(factor)
+    if image.mode not in _REDUCIBLE:
+        image = to_averageable(image)
+    return image.reduce(factor) if image.mode in _REDUCIBLE else image
+
+
+def to_averageable(image: Image.Image) -> Image.Image:
+    if image.mode in {"I;16", "I;16L", "I;16B", "I;16N"}:
+        return wide_to_8bit(image)
+    keyed = image.info.get("transparency") is not None
+    if image.mode in {"P", "PA", "1", "LA", "La"} or keyed:
+        return image.convert("RGBA" if keyed or "A" in image.mode else "RGB")
+    return image
+
+
+def check_layout(image: Image.Image, *, path: str = "") -> None:
+    """Refuse what the header hides from the image size: a tile or strip larger than the
+    image budget (a 64x64 TIFF with one 23168x23168 tile), or a progressive JPEG whose
+    coefficient buffer (full size, not the reduced scale) passes it."""
+    for tile in getattr(image, "tile", ()):
+        x0, y0, x1, y1 = tile[1]
+        area = (x1 - x0) * (y1 - y0)
+        # Tiles inside the image are counted by check_cost; only one larger than it hides.
+        if area > image.width * image.height and area * 4 > DECODE_BYTES:
+            raise DecodeError(
+                path,
+                f"a {x1 - x0}x{y1 - y0} tile in a {image.width}x{image.height} image: over the "
+                f"{DECODE_BYTES / 1e6:.0f} MB a photo may take to decode",
+            )
+    tags = getattr(image, "tag_v2", None)
+    if image.format == "TIFF" and tags is not None:  # libtiff allocates a whole tile or strip
+        if tags.get(322):  # TileWidth x TileLength
+            width, rows = int(tags.get(322) or 0), int(tags.get(323) or 0)
+        else:  # a strip: the image's width x RowsPerStrip (2**32-1, "all", by default)
+            width = image.width
+            rows = min(int(tags.get(278) or image.height), image.height)
+        samples = int(tags.get(277) or 1)
+        bits = tags.get(258) or (8,)
+        depth = max(int(b) for b in bits) if isinstance(bits, tuple) else int(bits)
+        chunk = width * rows * samples * max(depth, 8) // 8
+        if chunk > DECODE_BYTES:
+            raise DecodeError(
+                path,
+                f"a TIFF tile or strip of {width}x{rows} ({chunk / 1e6:.0f} MB) in a "
+                f"{image.width}x{image.height} image: over the {DECODE_BYTES / 1e6:.0f} MB a "
+                "photo may take to decode",
+            )
+    if image.format in ("JPEG", "MPO") and image.info.get("progressive"):
+        width, height = getattr(image, "_size", image.size)
+        full = width * height * len(image.getbands()) * 2  # 16-bit coefficients, whole image
+        if full > DECODE_BYTES:
+            raise DecodeError(
+                path,
+                f"a progressive JPEG of {width}x{height} needs {full / 1e6:.0f} MB to decode, "
+                f"over the {DECODE_BYTES / 1e6:.0f} MB limit for one photo",
+            )
 
 
 def decode(
@@ -216,6 +272,7 @@ def _decode(
         with Image.open(source, formats=allowed_formats()) as image:
             width, height = image.size
             check_shape(width, height, path=path)
+            check_layout(image, path=path)
             if reduced_decode and image.format in ("JPEG", "MPO"):
                 # JPEG decodes at 1/2, 1/4 or 1/8 scale in the DCT for a fraction of the cost
                 # (a 12 MP photo: 70 -> 32 ms), kept at >= 2x the resize target so the
@@ -228,7 +285,7 @@ def _decode(
             orientation = _orientation(image)
             shown = (height, width) if orientation in _SWAPS_AXES else (width, height)
             meta = _metadata(image, *shown)
-            small = reduced(image, spec) if reduced_decode else image
+            small = reduced(image, 2 * spec.resize_shortest) if reduced_decode else image
             # exif_transpose copies the image even when there is nothing to turn
             upright = _oriented(small) if orientation != 1 else small
             pixels = model_input(upright, spec)
@@ -261,9 +318,11 @@ def thumbnail_jpeg(data: bytes, longest: int = 672, quality: int = 85, *, path: 
     try:
         with Image.open(io.BytesIO(data), formats=allowed_formats()) as image:
             check_shape(*image.size, path=path)
+            check_layout(image, path=path)
             image.draft("RGB", (longest, longest))  # JPEG: decode at a reduced scale
             check_cost(image, path=path)
-            upright = _oriented(image)
+            small = reduced(image, longest)  # bounded like indexing, before any copy
+            upright = _oriented(small)
             rgb = to_rgb(upright)
             rgb.thumbnail((longest, longest), Image.Resampling.LANCZOS)
             out = io.BytesIO()

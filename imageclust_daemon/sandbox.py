@@ -12,8 +12,13 @@ with the reason and goes on.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import multiprocessing
+import os
 import signal
+import stat
+import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -27,17 +32,26 @@ CHILD_ADDRESS_SPACE = 3 << 30
 CHILD_SECONDS = 120.0  # the slowest legitimate decode here takes ~2 s (an 89 MP PNG)
 
 
-def _child(conn: Connection, data: bytes | str, spec: Preprocessing, path: str) -> None:
+def _child(
+    conn: Connection, data: bytes | str, spec: Preprocessing, path: str, log_level: str
+) -> None:
     import resource
 
-    from imageclust_daemon import decode
+    from imageclust_daemon import cli, decode, pipeline
+
+    cli.configure_logging(log_level)  # warnings as log lines, as in the parent
+    pipeline.enable_heif()  # the parent's formats: HEIC must not fail for want of a plugin
 
     # A lower limit already set by the parent's environment stays (setrlimit refuses).
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
     try:
         if isinstance(data, str):
-            with open(data, "rb") as f:
+            # O_NONBLOCK and a type check: a FIFO swapped in since the scan must not block.
+            fd = os.open(data, os.O_RDONLY | os.O_NONBLOCK)
+            with open(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file any more")
                 result: Any = decode.decode(f, spec, path=path)
         else:
             result = decode.decode(data, spec, path=path)
@@ -46,7 +60,7 @@ def _child(conn: Connection, data: bytes | str, spec: Preprocessing, path: str) 
     except MemoryError:
         result = ("refused", f"decoding it needs more than {CHILD_ADDRESS_SPACE >> 30} GB")
     except OSError as exc:
-        result = ("refused", f"cannot read: {exc.strerror or exc}")
+        result = ("retry", f"cannot read: {exc.strerror or exc}")
     conn.send(result)
     conn.close()
 
@@ -55,12 +69,27 @@ def decode_in_child(
     data: bytes | str, spec: Preprocessing, *, path: str, seconds: float = CHILD_SECONDS
 ) -> Any:
     """`decode.decode(data, spec)` in a child process: its DecodedPhoto, or DecodeError when
-    the photo is refused, the child dies (a signal, an exit) or runs past `seconds`.
+    the photo is refused, kills the child (a signal) or runs past `seconds`; OSError
+    (retried next run) when the child fails for a reason that is not the photo's.
     `data` is the file's bytes, or its path for a file too large to pass whole."""
+    with _one_at_a_time:
+        return _decode_in_child(data, spec, path=path, seconds=seconds)
+
+
+# One child at a time: two suspects decoding side by side could each take the blame
+# for the other's death.
+_one_at_a_time = threading.Lock()
+
+
+def _decode_in_child(data: bytes | str, spec: Preprocessing, *, path: str, seconds: float) -> Any:
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     child = context.Process(
-        target=_child, args=(send, data, spec, path), name="imageclust-decode", daemon=True
+        target=_child,
+        args=(send, data, spec, path, level if isinstance(level, str) else "WARNING"),
+        name="imageclust-decode",
+        daemon=True,
     )
     child.start()
     send.close()
@@ -80,10 +109,15 @@ def decode_in_child(
             child.kill()
             child.join()
     if result is None:
-        raise DecodeError(
-            path, f"decoding it killed the decoder ({_how(child.exitcode)}); not retried"
-        )
+        code = child.exitcode
+        if code is not None and code < 0:  # a signal: the photo killed its decoder
+            raise DecodeError(path, f"decoding it killed the decoder ({_how(code)}); not retried")
+        # An exit without a signal (an import error after an upgrade, ...) says nothing
+        # about the photo: it stays pending and is tried again.
+        raise OSError(errno.EIO, f"the decoding child exited ({_how(code)})")
     if isinstance(result, tuple):
+        if result[0] == "retry":
+            raise OSError(errno.EIO, result[1])
         raise DecodeError(path, result[1])
     return result
 

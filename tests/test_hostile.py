@@ -312,3 +312,29 @@ def test_formats_outside_the_list_are_refused_whatever_the_name() -> None:
     tga.save(out, format="TGA")  # a real image, in a format no camera writes
     with pytest.raises(DecodeError, match="not an image in a format"):
         decode.decode(out.getvalue(), SPEC, path="x.png")
+
+
+def test_a_progressive_jpeg_is_charged_its_full_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libjpeg keeps a progressive file's coefficients at full size whatever the reduced
+    scale: a 13000x13000 one (2 MB) took 1 GB. Charged so, it is refused past the budget."""
+    import io
+
+    out = io.BytesIO()
+    Image.new("RGB", (1200, 900), (30, 60, 90)).save(out, "JPEG", progressive=True)
+    data = out.getvalue()
+    decode.decode(data, SPEC, path="p.jpg")  # within the budget: indexed
+    monkeypatch.setattr(decode, "DECODE_BYTES", 1200 * 900 * 3 * 2 - 1)
+    with pytest.raises(DecodeError, match="a progressive JPEG of 1200x900 needs"):
+        decode.decode(data, SPEC, path="p.jpg")
+
+
+def test_sixteen_bit_and_palette_images_are_reduced_before_conversion() -> None:
+    """A 9400x9400 16-bit PNG took 1.8 GB (float64 temporaries), a palette PNG with a
+    transparent colour 1.5 GB (full-size RGBA copies): both are now averaged down first."""
+    grey = Image.new("I;16", (1800, 2400), 40000)
+    small = decode.reduced(grey, 448)
+    assert small.mode == "L" and small.size == (450, 600)
+    pal = Image.new("P", (2400, 1800), 3)
+    pal.info["transparency"] = 3
+    small = decode.reduced(pal, 448)
+    assert small.mode == "RGBA" and small.size == (600, 450)
