@@ -24,11 +24,31 @@ How photos become groups
    structure instead of overriding it.
 4. **Points left over.** A subtree smaller than min_size whose parent is
    larger than max_size cannot be a group on its own; each such point joins
-   the group whose centroid is nearest (cosine) and still has room. If every
-   group is full, the rest are taken in dendrogram leaf order (neighbours
-   stay together) and cut into as many new groups as the limits allow. So a
-   point stays `-1` only when every group is full and fewer than min_size
-   points are left: no valid group can hold it.
+   the group most of its 5 nearest grouped neighbours are in (similarity
+   weighted) that still has room (the nearest centroid when there are too many
+   to compare: a group is often not round). If every group is full, the rest
+   are taken in dendrogram leaf order (neighbours stay together) and cut into
+   as many new groups as the limits allow.
+5. **Polish** (automatic count only: a count asked for stays a cut of the
+   tree). Hartigan's moves under the limits: a point moves to another group
+   when that lowers the within-group sum of squares, as long as both groups
+   stay within [min_size, max_size]; rounds repeat while the total falls.
+6. **Photos that fit no group.** A photo farther from its group's centre
+   (the centre of the group's closer half) than 2.5 times the group's median
+   distance stays ungrouped, at most 2% of the photos, never taking a group
+   below min_size: a one-off shot among albums then stays out instead of
+   making one impure. Otherwise a point is `-1` only when every group is full
+   and fewer than min_size points are left.
+
+Measured (`tests/tools/real_features_check.py`: EfficientNet-Lite0 features of 114
+real photographs from scikit-image, scikit-learn, opencv-doc and Debian's wallpaper
+packages, 10 camera-like shots each), the previous version -> this one: at the
+default limits (5-200), 11 groups (ARI 0.103 against the photographs; groups 0.342
+pure by scene) -> 91 groups (ARI 0.660; 0.991 pure by scene: the chessboard
+calibration shots and the stereo pairs of one scene are merged, as a person would);
+at 3-12, ARI 0.904 -> 0.905 (purity 0.992 -> 0.993); at 3-30, 0.793 -> 0.776 (0.991
+both); coverage 1.000 -> 0.998. The polish and the neighbour vote move these by about
+0.01 either way; the relative jump is what makes albums at the defaults.
 
 Choosing the number of groups
 -----------------------------
@@ -58,7 +78,7 @@ group's last points), nor merges inside such a subtree; otherwise a few odd
 photos split the real jump and every album merges into one. When everything
 fits in one group and no jump stands out (the undone merge less than
 `SIGNIFICANT_JUMP` times the next one), the data is one group. Then the
-limits split what is too big, and outliers join the nearest group with room.
+limits split what is too big.
 """
 
 from __future__ import annotations
@@ -524,7 +544,10 @@ def _adopt_orphans(x: np.ndarray, labels: np.ndarray, max_size: int) -> np.ndarr
         return labels
     labels = labels.copy()
     centres, counts = _centroids(x, labels, k)
-    sims = x[orphans].astype(np.float64) @ centres.T
+    if orphans.size * labels.size <= NEIGHBOUR_MAX_WORK:
+        sims = _neighbour_votes(x, labels, orphans, k)
+    else:
+        sims = x[orphans].astype(np.float64) @ centres.T
     room = counts < max_size
     # most confident first, so a full group turns away its weakest candidates
     for i in np.argsort(-sims.max(axis=1), kind="stable"):
@@ -536,6 +559,160 @@ def _adopt_orphans(x: np.ndarray, labels: np.ndarray, max_size: int) -> np.ndarr
         counts[g] += 1
         room[g] = counts[g] < max_size
     return labels
+
+
+# Hartigan-style moves after the cut: at most this many rounds (each round moves every
+# point that lowers the within-group sum of squares; 2-3 rounds settle on real data).
+POLISH_ROUNDS = 8
+# The polish compares every point with every group: skipped past this many
+# point x group x dimension products (100k photos in 1,600 groups x 512 is 82e9).
+POLISH_MAX_WORK = 4e9
+# A photo farther from its group's centre than this many times the group's median
+# distance, and nearer to no other group, is left ungrouped rather than make the group
+# impure; at most OUTLIER_SHARE of the photos, the farthest first.
+OUTLIER_FACTOR = 2.5
+OUTLIER_SHARE = 0.02
+
+
+def polish(
+    x: np.ndarray,
+    labels: np.ndarray,
+    min_size: int,
+    max_size: int,
+    cancelled: Cancel = _never,
+) -> np.ndarray:
+    """Move points between groups while the total within-group sum of squares falls and
+    every group stays within [min_size, max_size] (Hartigan's moves, constrained).
+
+    The tree's cut is greedy: a point that joined a branch early stays with it even when
+    it sits closer to a neighbouring group at the end. Moving x from A to B changes the
+    sum of squares by |B|/(|B|+1)·|x-m_B|² - |A|/(|A|-1)·|x-m_A|²; each round applies
+    the moves with the largest gains first, one per point, and keeps the round only if
+    the total fell. Deterministic: ties go to the lower index.
+    """
+    labels = labels.copy()
+    k = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    grouped = np.flatnonzero(labels >= 0)
+    if k < 2 or grouped.size * k * x.shape[1] > POLISH_MAX_WORK:
+        return labels
+    xg = x[grouped].astype(np.float64)
+    sq = np.einsum("ij,ij->i", xg, xg)
+    lab = labels[grouped]
+    total = _sse(xg, sq, lab, k)
+    for _ in range(POLISH_ROUNDS):
+        if cancelled():
+            raise Cancelled
+        sums = np.zeros((k, x.shape[1]))
+        np.add.at(sums, lab, xg)
+        counts = np.bincount(lab, minlength=k).astype(np.float64)
+        means = sums / counts[:, None]
+        dist = sq[:, None] - 2.0 * (xg @ means.T) + np.einsum("ij,ij->i", means, means)[None, :]
+        own = dist[np.arange(lab.size), lab]
+        stay = counts[lab] / np.maximum(counts[lab] - 1.0, 1.0) * own
+        move = counts[None, :] / (counts[None, :] + 1.0) * dist
+        move[np.arange(lab.size), lab] = np.inf
+        target = np.argmin(move, axis=1)
+        gain = stay - move[np.arange(lab.size), target]
+        trial = lab.copy()
+        size = counts.astype(np.int64)
+        moved = 0
+        for i in np.lexsort((np.arange(lab.size), -gain)):
+            if gain[i] <= 1e-12:
+                break
+            a, b = lab[i], target[i]
+            if size[a] - 1 < min_size or size[b] + 1 > max_size:
+                continue
+            trial[i] = b
+            size[a] -= 1
+            size[b] += 1
+            moved += 1
+        if not moved:
+            break
+        after = _sse(xg, sq, trial, k)
+        if after >= total - 1e-9:
+            break
+        lab, total = trial, after
+    labels[grouped] = lab
+    return labels
+
+
+def _sse(x: np.ndarray, sq: np.ndarray, lab: np.ndarray, k: int) -> float:
+    sums = np.zeros((k, x.shape[1]))
+    np.add.at(sums, lab, x)
+    counts = np.bincount(lab, minlength=k).astype(np.float64)
+    keep = counts > 0
+    return float(sq.sum() - (np.einsum("ij,ij->i", sums[keep], sums[keep]) / counts[keep]).sum())
+
+
+def set_aside_outliers(x: np.ndarray, labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Leave ungrouped (-1) the photos that fit no group well: farther from their group's
+    centre than OUTLIER_FACTOR times the group's median distance; at most OUTLIER_SHARE
+    of all photos, the farthest (relative to their group's spread) first; never below
+    min_size in a group. A one-off shot among albums then stays out instead of making
+    an album impure (the polish already moved it if another group fits it better)."""
+    labels = labels.copy()
+    k = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    budget = int(OUTLIER_SHARE * labels.size)
+    if k == 0 or budget == 0:
+        return labels
+    sums, counts = _group_sums(x, labels, k)
+    grouped = np.flatnonzero(labels >= 0)
+    lab = labels[grouped]
+    # The centre of each group's closer half: a few far photos pull a small group's mean
+    # (and its median distance) towards themselves, and would hide.
+    dist = _distances(x, grouped, lab, sums / np.maximum(counts, 1)[:, None])
+    median = np.zeros(k)
+    for g in range(k):
+        median[g] = np.median(dist[lab == g])
+    core = np.full(labels.size, -1, dtype=np.int64)
+    closer = dist <= median[lab]
+    core[grouped[closer]] = lab[closer]
+    core_sums, core_counts = _group_sums(x, core, k)
+    dist = _distances(x, grouped, lab, core_sums / np.maximum(core_counts, 1)[:, None])
+    for g in range(k):
+        median[g] = np.median(dist[lab == g])
+    ratio = dist / np.maximum(median[lab], 1e-12)
+    size = counts.copy()
+    for i in np.lexsort((grouped, -ratio)):
+        if budget == 0 or ratio[i] <= OUTLIER_FACTOR:
+            break
+        g = lab[i]
+        if size[g] - 1 < min_size:
+            continue
+        labels[grouped[i]] = -1
+        size[g] -= 1
+        budget -= 1
+    return labels
+
+
+# Leftovers join the group most of their nearest grouped neighbours are in (a group is
+# often not round: its centroid can sit nearer another group's edge than its own).
+NEIGHBOURS = 5
+# Leftovers x points compared at once (float32: 80 MB); beyond it, the nearest centroid.
+NEIGHBOUR_MAX_WORK = 2e7
+
+
+def _neighbour_votes(x: np.ndarray, labels: np.ndarray, orphans: np.ndarray, k: int) -> np.ndarray:
+    """[len(orphans), k]: each group's share of cosine similarity among an orphan's
+    NEIGHBOURS nearest grouped points (ties broken by the similarity itself)."""
+    grouped = np.flatnonzero(labels >= 0)
+    sims = x[orphans] @ x[grouped].T
+    take = min(NEIGHBOURS, grouped.size)
+    nearest = np.argpartition(-sims, take - 1, axis=1)[:, :take]
+    votes = np.zeros((orphans.size, k))
+    rows = np.repeat(np.arange(orphans.size), take)
+    np.add.at(votes, (rows, labels[grouped][nearest].ravel()), sims[rows, nearest.ravel()])
+    return votes
+
+
+def _distances(x: np.ndarray, rows: np.ndarray, lab: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Each row's distance to its group's centre, in blocks (100k x 512 at once: 200 MB)."""
+    centres32 = centres.astype(np.float32)
+    out = np.empty(rows.size)
+    for start in range(0, rows.size, _CHUNK):
+        diff = x[rows[start : start + _CHUNK]] - centres32[lab[start : start + _CHUNK]]
+        out[start : start + _CHUNK] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    return out
 
 
 def _group_the_rest(
@@ -617,6 +794,9 @@ def cluster(
     leaf_rank = np.empty(tree.n_leaves, dtype=np.int64)
     leaf_rank[_leaf_order(tree)] = np.arange(tree.n_leaves)
     point_labels = _group_the_rest(point_labels, leaf_rank[leaf_of_point], min_size, max_size)
+    if n_clusters is None:  # a count asked for is a cut of the tree (SciPy's, without limits)
+        point_labels = polish(xs, point_labels, min_size, max_size, cancelled)
+        point_labels = set_aside_outliers(xs, point_labels, min_size)
     point_labels = _canonical_labels(point_labels)
     labels = np.empty(n, dtype=np.int64)
     labels[order] = point_labels

@@ -125,7 +125,7 @@ def main() -> None:
     p.add_argument("--case", choices=sorted(CASES), action="append")
     args = p.parse_args()
     for name in args.case or list(CASES):
-        right, aris, covered = 0, [], []
+        right, aris, covered, odd_out = 0, [], [], []
         for seed in range(args.seeds):
             x, truth, lo, hi = CASES[name](np.random.default_rng(seed))
             result = cluster(x.astype(np.float32), lo, hi)
@@ -134,9 +134,13 @@ def main() -> None:
             real = truth >= 0
             aris.append(adjusted_rand_index(truth[real], result.labels[real]))
             covered.append(float((result.labels[real] >= 0).mean()))
+            if (~real).any():
+                odd_out.append(float((result.labels[~real] < 0).mean()))
         print(
             f"{name:<13} right count {right / args.seeds:.2f}  mean ARI {np.mean(aris):.3f}  "
-            f"coverage {np.mean(covered):.3f}  ({args.seeds} seeds)"
+            f"coverage {np.mean(covered):.3f}"
+            + (f"  one-offs left out {np.mean(odd_out):.2f}" if odd_out else "")
+            + f"  ({args.seeds} seeds)"
         )
 
 
