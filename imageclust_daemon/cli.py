@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from imageclust_daemon import (
     __version__,
@@ -32,7 +32,14 @@ from imageclust_daemon.embed import short_provider
 from imageclust_daemon.errors import ConfigError, ImageclustError, UsageError, is_disk_full
 from imageclust_daemon.lock import InstanceLock
 from imageclust_daemon.ollama import client_for
-from imageclust_daemon.records import ROLES, TEXT, VISION, WORDS_ROLES, display_path
+from imageclust_daemon.records import (
+    ROLES,
+    TEXT,
+    VISION,
+    WORDS_ROLES,
+    ClusterRun,
+    display_path,
+)
 from imageclust_daemon.store import Store
 
 log = logging.getLogger("imageclust")
@@ -72,10 +79,17 @@ def _parser() -> argparse.ArgumentParser:
 
     command(sub, "run", help="the daemon, in the foreground: watch, index, group, title, publish")
 
-    ix = command(sub, "index", help="scan, hash and embed photos once (with a progress bar)")
+    ix = command(
+        sub, "index", help="scan, embed, group and title the photos once (with a progress bar)"
+    )
     ix.add_argument("paths", nargs="*", metavar="PATH", help="folders (default: library.roots)")
     ix.add_argument("--json", action="store_true", help="print the run's counts as JSON")
     ix.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ix.add_argument(
+        "--no-group",
+        action="store_true",
+        help="only scan and embed: no regrouping or titles (the daemon or `recluster` does)",
+    )
     ix.add_argument(
         "--forget-missing",
         action="store_true",
@@ -255,9 +269,24 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
             if bar is not None:
                 bar.close()
         failed_now = store.status(model.id)["failed"]  # this run's and earlier runs' failures
-    _publish(cfg, model.id)
+        grouped: ClusterRun | None = None
+        titled: pipeline.LabelReport | None = None
+        if not args.no_group:  # what the daemon does next: regroup, then title what changed
+            grouped = pipeline.recluster(
+                store,
+                model.id,
+                min_size=cfg["cluster.min_size"],
+                max_size=cfg["cluster.max_size"],
+            )
+            with client_for(cfg, os.environ) as client:
+                titled = pipeline.relabel(store, client, parallel=cfg["ollama.parallel"])
     if args.json:
-        print(json.dumps({**asdict(report), "provider": model.embedder.provider}))
+        _publish(cfg, model.id)
+        out: dict[str, Any] = {**asdict(report), "provider": model.embedder.provider}
+        if grouped is not None and titled is not None:
+            out["groups"] = asdict(grouped)
+            out["titles"] = asdict(titled)
+        print(json.dumps(out))
         return 0
     r = report
     print(
@@ -276,7 +305,42 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
             "failed photos and why: imageclust query "
             "\"SELECT path, error FROM photos WHERE status = 'failed'\""
         )
+    sys.stdout.flush()  # the summary stands even if the publish below fails
+    _publish(cfg, model.id)
+    if grouped is not None and titled is not None:
+        _print_albums(cfg, grouped, titled)
     return 0
+
+
+def _print_albums(cfg: config.Config, grouped: ClusterRun, titled: pipeline.LabelReport) -> None:
+    """What a person reads after `index`: the albums, the biggest few, where they are."""
+    biggest = catalog.query(
+        cfg.catalog_path,
+        "SELECT title, size FROM clusters ORDER BY size DESC, id LIMIT 5",
+    ).rows
+    total = cast(int, catalog.query(cfg.catalog_path, "SELECT count(*) FROM clusters").rows[0][0])
+    if not total:
+        print("no albums yet: too few photos for cluster.min_size")
+        return
+    change = (
+        "unchanged"
+        if grouped.skipped
+        else f"{grouped.new_clusters} new, {grouped.changed_clusters} changed"
+    )
+    print(f"{_count(total, 'album')} ({change}); the biggest:")
+    for title, size in biggest:
+        print(f"  {title or '(untitled)'}  ({_count(cast(int, size), 'photo')})")
+    if titled.fallback and titled.problem:
+        print(
+            f"titles from the photos' dates and places: {titled.problem} "
+            "(start Ollama and run `imageclust relabel` for better ones)"
+        )
+    print(f"catalog: {cfg.catalog_path}")
+    print('  look: imageclust query "SELECT title, size FROM clusters ORDER BY size DESC"')
+    if cfg["organize.dir"] is not None:
+        print(f"organized view (a folder per album): {cfg['organize.dir']}")
+    else:
+        print("a folder per album: set organize.dir in the config")
 
 
 def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:

@@ -187,7 +187,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "cluster.max_size",
-        200,
+        30,
         "int",
         "Largest group; bigger ones are split.",
         minimum=1,

@@ -54,7 +54,7 @@ def test_recluster_recovers_groups_and_keeps_ids(tmp_path: Path, make_config) ->
     truth = _library(root)
     config = make_config(cluster={"min_size": MIN_SIZE, "max_size": MAX_SIZE})
     db = tmp_path / "data" / "state.sqlite"
-    assert cli_json(config, "index", str(root))["embedded"] == SCENES * PER_SCENE
+    assert cli_json(config, "index", str(root), "--no-group")["embedded"] == SCENES * PER_SCENE
 
     first = cli_json(config, "recluster")
     assert first["n_points"] == SCENES * PER_SCENE, "the duplicate counts once"
@@ -85,7 +85,7 @@ def test_recluster_recovers_groups_and_keeps_ids(tmp_path: Path, make_config) ->
     # ~2% new photos, all of scene 3: only the group they join changes; the others keep ids.
     for path in add_photos(root, scene=3, count=2, first_seed=3500):
         truth[os.fsdecode(path)] = 3
-    added = cli_json(config, "index", str(root))
+    added = cli_json(config, "index", str(root), "--no-group")
     assert added["embedded"] == 2, json.dumps(added)
     after = cli_json(config, "recluster")
     assert after["new_clusters"] == 0 and after["retired_clusters"] == 0

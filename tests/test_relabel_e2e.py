@@ -38,7 +38,7 @@ def test_relabel_titles_changed_groups_only_and_falls_back_offline(
             "backoff_cap": 0.05,
         },
     )
-    cli_json(config, "index", str(root))
+    cli_json(config, "index", str(root), "--no-group")
     assert cli_json(config, "recluster")["n_clusters"] == SCENES
 
     first = cli_json(config, "relabel")
@@ -61,7 +61,7 @@ def test_relabel_titles_changed_groups_only_and_falls_back_offline(
 
     # New photos join one group: exactly that group is sent again.
     add_photos(root, scene=2, count=2, first_seed=2500)
-    cli_json(config, "index", str(root))
+    cli_json(config, "index", str(root), "--no-group")
     regroup = cli_json(config, "recluster")
     assert regroup["changed_clusters"] == 1 and regroup["new_clusters"] == 0
     generated = len(fake_ollama.generate_requests())
@@ -72,7 +72,7 @@ def test_relabel_titles_changed_groups_only_and_falls_back_offline(
     # Ollama down: the changed group gets a fallback title promptly; the run exits 0.
     fake_ollama.stop()
     add_photos(root, scene=0, count=2, first_seed=500)
-    cli_json(config, "index", str(root))
+    cli_json(config, "index", str(root), "--no-group")
     assert cli_json(config, "recluster")["changed_clusters"] == 1
     started = time.monotonic()
     offline = cli_json(config, "relabel")
