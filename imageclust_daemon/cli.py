@@ -249,22 +249,25 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
         def scan_error(path: bytes, reason: str) -> None:
             log.warning("%s: %s", display_path(path), reason)
 
+        # Log lines while the bar is drawn go through it, not across it.
+        redirect = _through_bar() if bar is not None else contextlib.nullcontext()
         try:
-            report = pipeline.index(
-                [os.fsencode(r) for r in roots],
-                store=store,
-                embedder=model.embedder,
-                spec=spec,
-                model=model.id,
-                excluder=scan.Excluder(tuple(cfg["library.exclude"])),
-                workers=cfg["index.workers"],
-                batch_size=cfg["model.batch_size"],
-                progress=progress,
-                on_scan_error=scan_error,
-                whole_library=not args.paths,
-                forget_missing=args.forget_missing,
-                journal=cfg.journal_path,
-            )
+            with redirect:
+                report = pipeline.index(
+                    [os.fsencode(r) for r in roots],
+                    store=store,
+                    embedder=model.embedder,
+                    spec=spec,
+                    model=model.id,
+                    excluder=scan.Excluder(tuple(cfg["library.exclude"])),
+                    workers=cfg["index.workers"],
+                    batch_size=cfg["model.batch_size"],
+                    progress=progress,
+                    on_scan_error=scan_error,
+                    whole_library=not args.paths,
+                    forget_missing=args.forget_missing,
+                    journal=cfg.journal_path,
+                )
         finally:
             if bar is not None:
                 bar.close()
@@ -300,6 +303,11 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
         + f", {r.gone} gone"
         + (f"; {spec.name} on {short_provider(model.embedder.provider)}" if r.embedded else "")
     )
+    if r.heif_unread:
+        print(
+            f"{_count(r.heif_unread, 'HEIC/HEIF photo')} not read: that needs pillow-heif "
+            "(pip install 'imageclust-daemon[heif]', or '.[heif]' from a clone)"
+        )
     if failed_now:
         print(
             "failed photos and why: imageclust query "
@@ -310,6 +318,13 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
     if grouped is not None and titled is not None:
         _print_albums(cfg, grouped, titled)
     return 0
+
+
+def _through_bar() -> contextlib.AbstractContextManager[None]:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    redirect: contextlib.AbstractContextManager[None] = logging_redirect_tqdm()
+    return redirect
 
 
 def _print_albums(cfg: config.Config, grouped: ClusterRun, titled: pipeline.LabelReport) -> None:
@@ -356,6 +371,8 @@ def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
         )
     if not run.skipped:
         _publish(cfg, model_id)
+    elif pipeline.refresh_view(cfg.catalog_path, cfg["organize.dir"]):
+        log.warning("built the organized view at %s", cfg["organize.dir"])
     if args.json:
         print(json.dumps(asdict(run)))
         return 0
@@ -385,6 +402,8 @@ def cmd_relabel(args: argparse.Namespace, cfg: config.Config) -> int:
         model_id = pipeline.model_id_of(located.spec, path, store) if path.is_file() else None
     if report.changed:
         _publish(cfg, model_id)
+    elif pipeline.refresh_view(cfg.catalog_path, cfg["organize.dir"]):
+        log.warning("built the organized view at %s", cfg["organize.dir"])
     if args.json:
         print(json.dumps(asdict(report)))
         return 0

@@ -93,6 +93,15 @@ def build(groups: Sequence[Group], dest: Path) -> int:
     return links
 
 
+def is_current(dest: Path, catalog: Path) -> bool:
+    """Whether the view at `dest` exists and was built after the catalog was published."""
+    try:
+        built = os.lstat(dest).st_mtime_ns
+        return dest.is_dir() and built >= os.stat(catalog).st_mtime_ns
+    except OSError:
+        return False
+
+
 def groups_from_catalog(catalog: Path) -> list[Group]:
     """The titled groups and their files, as the published catalog has them."""
     import sqlite3
@@ -101,9 +110,12 @@ def groups_from_catalog(catalog: Path) -> list[Group]:
 
     conn = sqlite3.connect(uri(catalog, mode="ro"), uri=True)
     try:
+        # One link per distinct photo: a duplicate (same content at two paths) is shown
+        # once, at its first path, as `clusters.size` counts it once.
         rows = conn.execute(
-            "SELECT c.id, c.title, p.path_bytes FROM clusters c JOIN photos p "
-            "ON p.cluster_id = c.id ORDER BY c.id, p.path_bytes"
+            "SELECT c.id, c.title, min(p.path_bytes) AS first FROM clusters c JOIN photos p "
+            "ON p.cluster_id = c.id GROUP BY c.id, coalesce(p.content_hash, p.path_bytes) "
+            "ORDER BY c.id, first"
         ).fetchall()
     finally:
         conn.close()

@@ -22,7 +22,7 @@ import os
 import stat as statmod
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -493,8 +493,9 @@ def index(
         only = [_under_real_root(p, given, roots) for p in only]
     extensions = scan.image_extensions(enable_heif())
     unreachable: set[bytes] = set()
+    unread: Counter[bytes] = Counter()
     if only is None:
-        found = scan.walk_all(roots, extensions, excluder, on_scan_error, unreachable)
+        found = scan.walk_all(roots, extensions, excluder, on_scan_error, unreachable, unread)
         scanned = {f.path: f for f in found}
         known = store.files_under(roots)
         looked_at = roots
@@ -598,6 +599,7 @@ def index(
         went_offline=sum(1 for p in work.offline if not known[p].offline),
         came_online=len(work.online),
         needs_rescan=needs_rescan,
+        heif_unread=sum(unread.values()),
     )
     claims = Claims(settled)
     batch = _Batch()
@@ -966,6 +968,17 @@ def publish(
     if organize_dir is not None:
         organize.build(organize.groups_from_catalog(catalog_path), organize_dir)
     return report
+
+
+def refresh_view(catalog_path: Path, organize_dir: Path | None) -> bool:
+    """Build the organized view from the published catalog when it is missing or older than
+    the catalog (organize.dir set after the last publish); True when it was built."""
+    if organize_dir is None or not catalog_path.is_file():
+        return False
+    if organize.is_current(organize_dir, catalog_path):
+        return False
+    organize.build(organize.groups_from_catalog(catalog_path), organize_dir)
+    return True
 
 
 # -- model -------------------------------------------------------------------------------------

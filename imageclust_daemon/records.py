@@ -132,6 +132,7 @@ class IndexReport:
     went_offline: int = 0  # of those, the ones that were not offline before this run
     came_online: int = 0  # offline files seen again
     needs_rescan: bool = False  # a watcher walk saw too many vanish: a full rescan decides
+    heif_unread: int = 0  # .heic/.heif files seen that this install cannot read (no plugin)
     seconds: float = 0.0
 
     @property

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -76,6 +77,7 @@ def walk(
     on_error: OnError = _ignore,
     unreachable: set[bytes] | None = None,
     base: bytes | None = None,
+    unread: Counter[bytes] | None = None,
 ) -> Iterator[FileStat]:
     """Every image-like file under `root` (depth-first, sorted by name within a folder).
 
@@ -124,8 +126,10 @@ def walk(
                 if (st.st_dev, st.st_ino) not in visited:
                     visited.add((st.st_dev, st.st_ino))
                     stack.append(entry.path)
-            elif os.path.splitext(name)[1].lower() in extensions:
+            elif (ext := os.path.splitext(name)[1].lower()) in extensions:
                 yield _found(entry.path, st)
+            elif unread is not None and ext in HEIF_EXTENSIONS:
+                unread[ext] += 1  # a photo this install cannot read (no HEIF plugin)
 
 
 def _found(path: bytes, st: os.stat_result) -> FileStat:
@@ -153,11 +157,12 @@ def walk_all(
     excluder: Excluder = NO_EXCLUDES,
     on_error: OnError = _ignore,
     unreachable: set[bytes] | None = None,
+    unread: Counter[bytes] | None = None,
 ) -> Iterator[FileStat]:
     """`walk` over several roots; a file reachable from two roots is listed once."""
     seen: set[bytes] = set()
     for root in roots:
-        for found in walk(root, extensions, excluder, on_error, unreachable):
+        for found in walk(root, extensions, excluder, on_error, unreachable, unread=unread):
             if found.path not in seen:
                 seen.add(found.path)
                 yield found

@@ -373,3 +373,23 @@ def test_the_summary_counts_failures_left_from_earlier_runs_and_status_says_what
     assert "failed photos and why: imageclust query" in second.stdout
     status = run_cli("--config", str(config), "status")
     assert "clusters     0 (group the photos with: imageclust recluster)" in status.stdout
+
+
+def test_heic_photos_this_install_cannot_read_are_counted_with_how_to_read_them(
+    make_config, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    from imageclust_daemon import scan
+
+    if scan.heif_available():
+        pytest.skip("pillow-heif is installed: HEIC files are read")
+    root = tmp_path / "photos"
+    root.mkdir()
+    photos.save_jpeg(photos.photo_like(1), root / "IMG_1.jpg")
+    for name in ("IMG_2.HEIC", "IMG_3.heic", "IMG_4.heif"):
+        (root / name).write_bytes(b"\x00\x00\x00\x18ftypheic")
+    config = make_config(roots=[root])
+
+    done = run_cli("--config", str(config), "index", "--no-progress")
+
+    assert done.returncode == 0, done.stderr
+    assert "3 HEIC/HEIF photos not read: that needs pillow-heif" in done.stdout

