@@ -281,7 +281,14 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
                 min_size=cfg["cluster.min_size"],
                 max_size=cfg["cluster.max_size"],
             )
+            waiting = len(store.label_jobs())
             with client_for(cfg, os.environ) as client:
+                if waiting and not args.json:  # a vision model on a CPU takes a while
+                    print(
+                        f"titling {_count(waiting, 'album')} with {client.model} at "
+                        f"{client.host}...",
+                        flush=True,
+                    )
                 titled = pipeline.relabel(store, client, parallel=cfg["ollama.parallel"])
     if args.json:
         _publish(cfg, model.id)
