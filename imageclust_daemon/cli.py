@@ -28,7 +28,7 @@ from imageclust_daemon import (
     scan,
     service,
 )
-from imageclust_daemon.embed import short_provider
+from imageclust_daemon.embed import Embedder, short_provider
 from imageclust_daemon.errors import ConfigError, ImageclustError, UsageError, is_disk_full
 from imageclust_daemon.lock import InstanceLock
 from imageclust_daemon.ollama import client_for
@@ -38,6 +38,7 @@ from imageclust_daemon.records import (
     VISION,
     WORDS_ROLES,
     ClusterRun,
+    IndexReport,
     display_path,
 )
 from imageclust_daemon.store import Store
@@ -272,6 +273,8 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
             if bar is not None:
                 bar.close()
         failed_now = store.status(model.id)["failed"]  # this run's and earlier runs' failures
+        if not args.json:  # the counts stand whatever happens next (titling can take long)
+            _print_index_summary(report, len(roots), failed_now, spec.name, model.embedder)
         grouped: ClusterRun | None = None
         titled: pipeline.LabelReport | None = None
         if not args.no_group:  # what the daemon does next: regroup, then title what changed
@@ -281,26 +284,24 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
                 min_size=cfg["cluster.min_size"],
                 max_size=cfg["cluster.max_size"],
             )
-            waiting = len(store.label_jobs())
-            with client_for(cfg, os.environ) as client:
-                if waiting and not args.json:  # a vision model on a CPU takes a while
-                    print(
-                        f"titling {_count(waiting, 'album')} with {client.model} at "
-                        f"{client.host}...",
-                        flush=True,
-                    )
-                titled = pipeline.relabel(store, client, parallel=cfg["ollama.parallel"])
+            titled = _title(args, cfg, store)
     if args.json:
-        _publish(cfg, model.id)
         out: dict[str, Any] = {**asdict(report), "provider": model.embedder.provider}
         if grouped is not None and titled is not None:
             out["groups"] = asdict(grouped)
             out["titles"] = asdict(titled)
-        print(json.dumps(out))
-        return 0
-    r = report
+        print(json.dumps(out), flush=True)
+    _publish(cfg, model.id)
+    if grouped is not None and titled is not None and not args.json:
+        _print_albums(cfg, grouped, titled)
+    return 0
+
+
+def _print_index_summary(
+    r: IndexReport, folders: int, failed_now: int, model: str, embedder: Embedder
+) -> None:
     print(
-        f"{r.scanned} photos under {len(roots)} folder(s) in {r.seconds:.1f} s: "
+        f"{r.scanned} photos under {folders} folder(s) in {r.seconds:.1f} s: "
         f"{r.unchanged} unchanged, {r.moved} moved, "
         + (f"{r.returned} back, " if r.returned else "")
         + f"{r.hashed} read "
@@ -308,7 +309,7 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
         f"{r.failed} failed"
         + (f" ({failed_now} failed in the library)" if failed_now != r.failed else "")
         + f", {r.gone} gone"
-        + (f"; {spec.name} on {short_provider(model.embedder.provider)}" if r.embedded else "")
+        + (f"; {model} on {short_provider(embedder.provider)}" if r.embedded else "")
     )
     if r.heif_unread:
         print(
@@ -320,11 +321,32 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
             "failed photos and why: imageclust query "
             "\"SELECT path, error FROM photos WHERE status = 'failed'\""
         )
-    sys.stdout.flush()  # the summary stands even if the publish below fails
-    _publish(cfg, model.id)
-    if grouped is not None and titled is not None:
-        _print_albums(cfg, grouped, titled)
-    return 0
+    sys.stdout.flush()
+
+
+def _title(args: argparse.Namespace, cfg: config.Config, store: Store) -> pipeline.LabelReport:
+    """Title the albums that need it, with a progress bar: a vision model on a CPU can take
+    a minute an album."""
+    waiting = len(store.label_jobs())
+    with client_for(cfg, os.environ) as client:
+        bar = None
+        if waiting and not args.json:
+            print(f"titling {_count(waiting, 'album')} with {client.model} at {client.host}...")
+            sys.stdout.flush()
+            if not args.no_progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=waiting, unit="album", desc="titling", disable=None)
+        try:
+            return pipeline.relabel(
+                store,
+                client,
+                parallel=cfg["ollama.parallel"],
+                progress=(lambda: bar.update(1)) if bar is not None else None,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 def _through_bar() -> contextlib.AbstractContextManager[None]:
@@ -341,8 +363,11 @@ def _print_albums(cfg: config.Config, grouped: ClusterRun, titled: pipeline.Labe
         "SELECT title, size FROM clusters ORDER BY size DESC, id LIMIT 5",
     ).rows
     total = cast(int, catalog.query(cfg.catalog_path, "SELECT count(*) FROM clusters").rows[0][0])
+    if grouped.skipped and not grouped.note.startswith("nothing changed"):
+        print(f"albums not regrouped: {grouped.note}")
     if not total:
-        print("no albums yet: too few photos for cluster.min_size")
+        if not grouped.skipped:
+            print("no albums: too few photos for cluster.min_size")
         return
     change = (
         "unchanged"

@@ -255,7 +255,7 @@ def agreed_position(facts: GroupFacts) -> tuple[float, float] | None:
     if where is None:
         return None
     near = [p for p in valid if _km(p, where) <= AGREE_KM]
-    if 2 * len(near) <= facts.size:
+    if 2 * len(near) <= max(facts.size, len(facts.positions)):
         return None
     return centre(near)
 
@@ -277,9 +277,11 @@ def album_when(facts: GroupFacts, now: datetime | None = None) -> str | None:
     """When the album's photos were taken, when more than half of them have a plausible
     date: the range of the middle 80% of those dates ("June 2024", "2017-2019")."""
     days = sorted(d for d in (plausible_day(t, now) for t in facts.taken_at) if d is not None)
-    if 2 * len(days) <= facts.size:
+    if 2 * len(days) <= max(facts.size, len(facts.taken_at)):
         return None
-    trim = int(len(days) * TRIM_SHARE)
+    # At least one date off each end from 5 dates on: one wrong clock among a handful of
+    # photos must not stretch "June 2024" to "2009-2024" either.
+    trim = max(int(len(days) * TRIM_SHARE), 1 if len(days) >= 5 else 0)
     core = days[trim : len(days) - trim] or days
     where = agreed_position(facts)
     return _describe_days(core, None if where is None else where[0] < 0)
@@ -301,7 +303,7 @@ def _common_folder(folders: Sequence[str]) -> str | None:
     generic = re.fullmatch(
         r"(?i)(dcim|\d{3}[a-z_]*|camera|photos?|pictures?|images?|img|\W*)", name
     )
-    if generic or count * 2 < len(folders):
+    if generic or count * 2 <= len(folders):  # most of them: more than half
         return None
     return name
 

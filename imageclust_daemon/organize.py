@@ -111,15 +111,21 @@ def groups_from_catalog(catalog: Path) -> list[Group]:
     conn = sqlite3.connect(uri(catalog, mode="ro"), uri=True)
     try:
         # One link per distinct photo: a duplicate (same content at two paths) is shown
-        # once, at its first path, as `clusters.size` counts it once.
+        # once, as `clusters.size` counts it once: at its first path that is online.
         rows = conn.execute(
-            "SELECT c.id, c.title, min(p.path_bytes) AS first FROM clusters c JOIN photos p "
-            "ON p.cluster_id = c.id GROUP BY c.id, coalesce(p.content_hash, p.path_bytes) "
-            "ORDER BY c.id, first"
+            "SELECT c.id, c.title, coalesce(p.content_hash, p.path), p.path_bytes "
+            "FROM clusters c JOIN photos p ON p.cluster_id = c.id "
+            "ORDER BY c.id, 3, p.offline, p.path_bytes"
         ).fetchall()
     finally:
         conn.close()
     groups: dict[int, tuple[str | None, list[bytes]]] = {}
-    for cluster_id, title, path in rows:
+    shown: set[tuple[int, str]] = set()
+    for cluster_id, title, content, path in rows:
+        if (cluster_id, content) in shown:
+            continue
+        shown.add((cluster_id, content))
         groups.setdefault(cluster_id, (title, []))[1].append(path)
+    for _, paths in groups.values():
+        paths.sort()
     return [Group(cid, title, tuple(paths)) for cid, (title, paths) in groups.items()]

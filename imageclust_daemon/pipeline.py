@@ -22,7 +22,7 @@ import os
 import stat as statmod
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -493,7 +493,7 @@ def index(
         only = [_under_real_root(p, given, roots) for p in only]
     extensions = scan.image_extensions(enable_heif())
     unreachable: set[bytes] = set()
-    unread: Counter[bytes] = Counter()
+    unread: set[bytes] = set()  # paths, so a folder under two roots counts once
     if only is None:
         found = scan.walk_all(roots, extensions, excluder, on_scan_error, unreachable, unread)
         scanned = {f.path: f for f in found}
@@ -599,7 +599,7 @@ def index(
         went_offline=sum(1 for p in work.offline if not known[p].offline),
         came_online=len(work.online),
         needs_rescan=needs_rescan,
-        heif_unread=sum(unread.values()),
+        heif_unread=len(unread),
     )
     claims = Claims(settled)
     batch = _Batch()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -77,7 +76,7 @@ def walk(
     on_error: OnError = _ignore,
     unreachable: set[bytes] | None = None,
     base: bytes | None = None,
-    unread: Counter[bytes] | None = None,
+    unread: set[bytes] | None = None,
 ) -> Iterator[FileStat]:
     """Every image-like file under `root` (depth-first, sorted by name within a folder).
 
@@ -129,7 +128,7 @@ def walk(
             elif (ext := os.path.splitext(name)[1].lower()) in extensions:
                 yield _found(entry.path, st)
             elif unread is not None and ext in HEIF_EXTENSIONS:
-                unread[ext] += 1  # a photo this install cannot read (no HEIF plugin)
+                unread.add(entry.path)  # a photo this install cannot read (no HEIF plugin)
 
 
 def _found(path: bytes, st: os.stat_result) -> FileStat:
@@ -157,7 +156,7 @@ def walk_all(
     excluder: Excluder = NO_EXCLUDES,
     on_error: OnError = _ignore,
     unreachable: set[bytes] | None = None,
-    unread: Counter[bytes] | None = None,
+    unread: set[bytes] | None = None,
 ) -> Iterator[FileStat]:
     """`walk` over several roots; a file reachable from two roots is listed once."""
     seen: set[bytes] = set()

@@ -330,3 +330,20 @@ def test_the_polish_never_raises_the_sum_of_squares_or_breaks_the_limits(
     sizes = np.bincount(polished[polished >= 0])
     assert all(min_size <= s <= max_size for s in sizes[sizes > 0])
     assert sse(polished) <= sse(labels) + 1e-6
+
+
+def test_a_leftover_whose_neighbours_are_all_in_full_groups_joins_the_nearest_with_room() -> None:
+    """Every group with room scored 0 by the neighbour vote, and argmax took group 0."""
+    from imageclust_daemon.cluster import _adopt_orphans
+
+    rng = np.random.default_rng(0)
+    d = 32
+    axes = np.eye(d, dtype=np.float32)
+    far = axes[0] + rng.normal(0, 0.01, (3, d)).astype(np.float32)  # group 0, far away
+    full = axes[1] + rng.normal(0, 0.01, (5, d)).astype(np.float32)  # group 1, full
+    near = 0.6 * axes[1] + 0.8 * axes[2] + rng.normal(0, 0.01, (3, d)).astype(np.float32)
+    orphan = (0.9 * axes[1] + 0.44 * axes[2])[None, :]  # beside the full group, then `near`
+    x = np.vstack([far, full, near, orphan]).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = np.array([0] * 3 + [1] * 5 + [2] * 3 + [-1])
+    assert _adopt_orphans(x, labels, max_size=5)[-1] == 2

@@ -376,7 +376,8 @@ def test_the_summary_counts_failures_left_from_earlier_runs_and_status_says_what
 
 
 def test_heic_photos_this_install_cannot_read_are_counted_with_how_to_read_them(
-    make_config, tmp_path: Path  # type: ignore[no-untyped-def]
+    make_config,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     from imageclust_daemon import scan
 
@@ -393,3 +394,9 @@ def test_heic_photos_this_install_cannot_read_are_counted_with_how_to_read_them(
 
     assert done.returncode == 0, done.stderr
     assert "3 HEIC/HEIF photos not read: that needs pillow-heif" in done.stdout
+    (root / "inner").mkdir()
+    (root / "IMG_3.heic").rename(root / "inner" / "IMG_3.heic")
+    both = run_cli(
+        "--config", str(config), "index", "--no-progress", str(root), str(root / "inner")
+    )
+    assert "3 HEIC/HEIF photos not read" in both.stdout, both.stdout  # each counted once

@@ -406,3 +406,14 @@ def test_a_place_needs_more_than_half_of_the_album() -> None:
 )
 def test_plausible_capture_times(text: str, plausible: bool) -> None:
     assert (plausible_day(text, NOW) is not None) == plausible
+
+
+def test_one_wrong_clock_among_a_handful_does_not_stretch_the_range() -> None:
+    june = tuple(f"2024-06-{d:02d}T12:00:00" for d in (2, 5, 9, 14))
+    facts = GroupFacts(5, taken_at=(*june, "2009-03-03T10:00:00"))
+    assert album_when(facts, NOW) == "June 2024"
+
+
+def test_a_folder_needs_more_than_half_of_the_album() -> None:
+    half = GroupFacts(4, folders=("Rome", "Rome", "a", "b"))
+    assert fallback_label(half, None, 2, now=NOW).title == "Photo group 2"

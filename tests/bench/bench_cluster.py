@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from imageclust_daemon.cluster import EXACT_MAX, cluster
 from tests.metrics import adjusted_rand_index
 
-MIN_SIZE, MAX_SIZE = 5, 200
+# The config's defaults (cluster.min_size, cluster.max_size); --limits changes them.
+MIN_SIZE, MAX_SIZE = 5, 30
 
 
 def mixture(
@@ -51,11 +52,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def one(n: int, exact_max: int) -> dict[str, object]:
+def one(n: int, exact_max: int, lo: int, hi: int) -> dict[str, object]:
     x, truth = mixture(n)
     data_rss = peak_rss_mb()
     started = time.perf_counter()
-    result = cluster(x, MIN_SIZE, MAX_SIZE, exact_max=exact_max)
+    result = cluster(x, lo, hi, exact_max=exact_max)
     seconds = time.perf_counter() - started
     sizes = np.bincount(result.labels[result.labels >= 0])
     return {
@@ -73,9 +74,18 @@ def one(n: int, exact_max: int) -> dict[str, object]:
     }
 
 
-def run_child(n: int, exact_max: int) -> dict[str, object]:
+def run_child(n: int, exact_max: int, lo: int, hi: int) -> dict[str, object]:
     out = subprocess.run(
-        [sys.executable, __file__, "--one", str(n), "--exact-max", str(exact_max)],
+        [
+            sys.executable,
+            __file__,
+            "--one",
+            str(n),
+            "--exact-max",
+            str(exact_max),
+            "--limits",
+            f"{lo}-{hi}",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -89,25 +99,27 @@ def main() -> None:
     p.add_argument("--exact-n", type=int, default=EXACT_MAX)
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     p.add_argument("--exact-max", type=int, default=EXACT_MAX, help=argparse.SUPPRESS)
+    p.add_argument("--limits", default=f"{MIN_SIZE}-{MAX_SIZE}", help="min-max group size")
     args = p.parse_args()
+    lo, hi = (int(v) for v in args.limits.split("-"))
     if args.one:
-        print(json.dumps(one(args.one, args.exact_max)))
+        print(json.dumps(one(args.one, args.exact_max, lo, hi)))
         return
-    print(f"min_size={MIN_SIZE} max_size={MAX_SIZE}, 512 dims, mixture on the sphere")
+    print(f"min_size={lo} max_size={hi}, 512 dims, mixture on the sphere")
     print(
         f"{'n':>7} {'method':>9} {'seconds':>8} {'peak RSS':>9} {'(data)':>7} {'groups':>7} "
         f"{'truth':>6} {'ARI':>6} {'unclustered':>11} {'sizes':>9}"
     )
     for n in args.sizes:
-        r = run_child(n, EXACT_MAX)
+        r = run_child(n, EXACT_MAX, lo, hi)
         print(
             f"{r['n']:>7} {r['method']:>9} {r['seconds']:>8} {r['peak_rss_mb']:>6} MB "
             f"{r['data_rss_mb']:>4} MB {r['groups']:>7} {r['true_groups']:>6} {r['ari_truth']:>6} "
             f"{r['unclustered']:>11.4f} {r['size_range']!s:>9}"
         )
     n = args.exact_n
-    exact = run_child(n, n)
-    staged = run_child(n, 0)
+    exact = run_child(n, n, lo, hi)
+    staged = run_child(n, 0, lo, hi)
     agreement = adjusted_rand_index(np.array(exact["labels"]), np.array(staged["labels"]))
     print(
         f"\nat n={n}: exact {exact['seconds']} s, {exact['peak_rss_mb']} MB, ARI truth "
