@@ -488,14 +488,33 @@ def cmd_query(args: argparse.Namespace, cfg: config.Config) -> int:
     return 0
 
 
+# The counts `status` prints, in order (Store.status's keys).
+STATUS_COUNTS = (
+    "files",
+    "offline",
+    "contents",
+    "embedded",
+    "pending",
+    "failed",
+    "undecodable",
+    "unreadable",
+    "clusters",
+    "labeled",
+)
+
+
 def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
     located = models.locate(cfg)
     path = located.vision_path
-    with Store.open(cfg.state_db_path) as store:
-        model_id = None
-        if path.is_file():
-            model_id = pipeline.model_id_of(located.spec, path, store)
-        counts: dict[str, Any] = store.status(model_id)
+    model_id = None
+    if not cfg.state_db_path.is_file():  # before the first index: nothing, and nothing made
+        counts: dict[str, Any] = dict.fromkeys(STATUS_COUNTS, 0)
+    else:
+        # Read only: beside the daemon, and on a data dir this user cannot write.
+        with Store.open_readonly(cfg.state_db_path) as store:
+            if path.is_file():
+                model_id = pipeline.model_id_of(located.spec, path, store, remember=False)
+            counts = store.status(model_id)
     counts["model"] = model_id
     counts["database"] = str(cfg.state_db_path)
     if args.json:

@@ -992,8 +992,9 @@ class LoadedModel:
     embedder: Embedder
 
 
-def model_id_of(spec: ModelSpec, path: Path, store: Store) -> str:
-    """Name plus the file's sha256, the digest cached under the file's stat (350 MB to hash)."""
+def model_id_of(spec: ModelSpec, path: Path, store: Store, *, remember: bool = True) -> str:
+    """Name plus the file's sha256, the digest cached under the file's stat (350 MB to hash).
+    `remember` False: a reader's store, which reads the cache but never writes it."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -1002,7 +1003,8 @@ def model_id_of(spec: ModelSpec, path: Path, store: Store) -> str:
     digest = store.cached_sha256(raw, st.st_size, st.st_mtime_ns)
     if digest is None:
         digest = file_sha256(path)
-        store.remember_sha256(raw, st.st_size, st.st_mtime_ns, digest)
+        if remember:
+            store.remember_sha256(raw, st.st_size, st.st_mtime_ns, digest)
     return model_id(spec.name, digest)
 
 

@@ -115,6 +115,47 @@ class Store:
             raise
         return cls(conn, path)
 
+    @classmethod
+    def open_readonly(cls, path: Path, migrations: list[migrate.Migration] | None = None) -> Store:
+        """Open the database at `path` to read only: no migration, no journal-mode switch, no
+        write, no file created (a missing database is DatabaseError).
+
+        For readers (`status`; search and the gallery later): they work beside the daemon
+        and on a data dir they cannot write. `mode=ro` first; when SQLite cannot open it so
+        (a WAL database whose shared-memory file it may not create: a copy, a read-only
+        mount, another user's dir with no writer running), `immutable=1`, which is safe
+        because then nobody writes it.
+        """
+        if not path.is_file():
+            raise DatabaseError(f"no state database at {path} yet")
+        last: sqlite3.Error | None = None
+        for params in ("mode=ro", "immutable=1"):
+            try:
+                conn = sqlite3.connect(
+                    f"{path.absolute().as_uri()}?{params}",
+                    uri=True,
+                    isolation_level=None,
+                    timeout=BUSY_TIMEOUT_MS / 1000,
+                )
+                found = migrate.current_version(conn)
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            shipped = migrations if migrations is not None else migrate.load_migrations()
+            newest = shipped[-1].version if shipped else 0
+            if found > newest:
+                conn.close()
+                raise SchemaTooNewError(str(path), found, newest)
+            if found < newest:
+                conn.close()
+                raise DatabaseError(
+                    f"{path} was written by an older imageclust (schema {found}, this one "
+                    f"needs {newest}): run `imageclust index` or the daemon once to upgrade it"
+                )
+            conn.execute("PRAGMA query_only = ON")
+            return cls(conn, path)
+        raise DatabaseError(f"cannot open state database {path} to read: {last}")
+
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -87,7 +87,9 @@ def test_sizes_within_limits_and_leftovers_only_when_nothing_can_hold_them(
     # when the clustering is automatic (a count asked for is a cut of the tree).
     outliers = int(OUTLIER_SHARE * len(x)) if k is None else 0
     if left > outliers:
-        assert all(s == max_size for s in sizes), "an unclustered point while a group had room"
+        # room only where a photo was set aside (a leftover had been refused before it)
+        room = sum(max_size - s for s in sizes)
+        assert room <= outliers, "an unclustered point while a group had room"
         assert left - outliers < min_size, "enough unclustered points to form a group"
 
 

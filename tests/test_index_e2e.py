@@ -284,10 +284,14 @@ def test_missing_model_is_a_clear_error(
 def test_an_unusable_data_dir_is_a_message_not_a_traceback(make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    config = make_config(storage={"data_dir": str(blocker / "data")})
-    result = run_cli("--config", str(config), "status")
+    root = tmp_path / "photos"
+    root.mkdir()
+    config = make_config(roots=[root], storage={"data_dir": str(blocker / "data")})
+    result = run_cli("--config", str(config), "index")
     assert result.returncode == 1
-    assert "cannot open state database" in result.stderr and "Traceback" not in result.stderr
+    assert "Not a directory" in result.stderr and "Traceback" not in result.stderr
+    status = run_cli("--config", str(config), "status")  # reads only: nothing there yet
+    assert status.returncode == 0 and "files        0" in status.stdout, status.stderr
 
 
 def test_command_line_mistakes_say_what_is_wrong(make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -400,3 +404,54 @@ def test_heic_photos_this_install_cannot_read_are_counted_with_how_to_read_them(
         "--config", str(config), "index", "--no-progress", str(root), str(root / "inner")
     )
     assert "3 HEIC/HEIF photos not read" in both.stdout, both.stdout  # each counted once
+
+
+def test_status_reads_a_data_dir_it_cannot_write_and_changes_nothing(
+    make_config,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """The same counts from a copy of the data dir that cannot be written: mounted
+    read-only when the tests run as root (root ignores file modes), else made read-only."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(4):
+        photos.save_jpeg(photos.photo_like(i), root / f"IMG_{i}.jpg")
+    photos.write_truncated_jpeg(root / "broken.jpg")
+    config = make_config(roots=[root])
+    assert run_cli("--config", str(config), "index", "--no-progress").returncode == 0
+    original = cli_json(config, "status")
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "data", copy)
+    before = _manifest(copy)
+    ro_config = make_config(roots=[root], storage={"data_dir": str(copy)})
+    mounted = False
+    if os.geteuid() == 0:
+        bind = subprocess.run(["mount", "--bind", str(copy), str(copy)], capture_output=True)
+        remount = subprocess.run(["mount", "-o", "remount,ro,bind", str(copy)], capture_output=True)
+        mounted = bind.returncode == 0 and remount.returncode == 0
+        if not mounted:
+            if bind.returncode == 0:
+                subprocess.run(["umount", str(copy)], check=False)
+            pytest.skip("needs a read-only bind mount (root in a sandbox that allows mounts)")
+    else:
+        for folder, _dirs, files in os.walk(copy):
+            os.chmod(folder, 0o555)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o444)
+    try:
+        probe = copy / "probe"
+        with pytest.raises(OSError):
+            probe.write_bytes(b"x")  # truly unwritable
+        done = run_cli("--config", str(ro_config), "status", "--json")
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(copy)], check=False)
+        else:
+            for folder, _dirs, _files in os.walk(copy):
+                os.chmod(folder, 0o755)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert {k: v for k, v in seen.items() if k != "database"} == {
+        k: v for k, v in original.items() if k != "database"
+    }
+    assert _manifest(copy) == before  # not a byte written, no file made
