@@ -349,3 +349,14 @@ def test_a_leftover_whose_neighbours_are_all_in_full_groups_joins_the_nearest_wi
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     labels = np.array([0] * 3 + [1] * 5 + [2] * 3 + [-1])
     assert _adopt_orphans(x, labels, max_size=5)[-1] == 2
+
+
+def test_room_freed_by_a_photo_set_aside_is_not_a_refused_leftover() -> None:
+    """Found by the property test: 57 points, limits 3-4. The last group formed from the
+    leftovers lost its farthest photo to the outlier rule; the one leftover refused
+    before stays out, and the group with room is the set-aside's doing."""
+    x = sphere(57, 2, 0)
+    labels = constrained_ward(x, 3, 4)
+    sizes = np.bincount(labels[labels >= 0])
+    assert (sizes >= 3).all() and (sizes <= 4).all()
+    assert int((labels < 0).sum()) == 2 and int((4 - sizes).sum()) == 1
