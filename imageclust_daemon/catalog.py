@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from imageclust_daemon.durable import fsync_dir
 from imageclust_daemon.errors import DatabaseError, QueryRefused
 from imageclust_daemon.migrate import statements
 
@@ -129,14 +130,6 @@ def _iso(ts: float | None) -> str:
     return datetime.fromtimestamp(ts or 0, UTC).isoformat(timespec="seconds")
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def publish(
     state_db: Path, dest: Path, *, model_id: str | None, daemon_version: str
 ) -> PublishReport:
@@ -152,7 +145,7 @@ def publish(
             os.fsync(f.fileno())
         os.chmod(tmp, 0o444)
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except sqlite3.Error as exc:
         raise DatabaseError(f"cannot publish the catalog to {dest}: {exc}") from exc
     finally:

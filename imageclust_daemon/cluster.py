@@ -121,7 +121,8 @@ class Cancelled(Exception):
 Cancel = Callable[[], bool]  # polled between steps: True = stop now
 
 
-def _never() -> bool:
+def never() -> bool:
+    """The Cancel of a clustering nobody stops."""
     return False
 
 
@@ -155,7 +156,7 @@ class Clustering:
 
 
 def ward_tree(
-    points: np.ndarray, weights: np.ndarray | None = None, cancelled: Cancel = _never
+    points: np.ndarray, weights: np.ndarray | None = None, cancelled: Cancel = never
 ) -> Tree:
     """Ward agglomeration of (weighted) points by the nearest-neighbour chain. O(m^2) memory."""
     c = np.asarray(points, dtype=np.float64)
@@ -472,7 +473,7 @@ def _price_for_count(
 # -- the two-stage summary ------------------------------------------------------------------
 
 
-def _kmeans(x: np.ndarray, k: int, iterations: int, cancelled: Cancel = _never) -> np.ndarray:
+def _kmeans(x: np.ndarray, k: int, iterations: int, cancelled: Cancel = never) -> np.ndarray:
     """Lloyd's k-means, seeded on the (canonical) row order; returns each row's centre."""
     n = x.shape[0]
     rng = np.random.default_rng(0)
@@ -597,7 +598,7 @@ def polish(
     labels: np.ndarray,
     min_size: int,
     max_size: int,
-    cancelled: Cancel = _never,
+    cancelled: Cancel = never,
 ) -> np.ndarray:
     """Move points between groups while the total within-group sum of squares falls and
     every group stays within [min_size, max_size] (Hartigan's moves, constrained).
@@ -768,7 +769,7 @@ def cluster(
     *,
     exact_max: int = EXACT_MAX,
     micro_clusters: int = MICRO_CLUSTERS,
-    cancelled: Cancel = _never,
+    cancelled: Cancel = never,
 ) -> Clustering:
     """Constrained Ward clustering with its diagnostics (see the module docstring).
 

@@ -45,6 +45,7 @@ import httpx
 
 from imageclust_daemon import __version__, tokenizer
 from imageclust_daemon.config import Config
+from imageclust_daemon.durable import fsync_dir
 from imageclust_daemon.embed import file_sha256, model_io, open_session, text_model_io
 from imageclust_daemon.errors import ConfigError, DownloadError, ModelError
 from imageclust_daemon.records import (
@@ -559,7 +560,7 @@ def download(
     finally:
         if client is None:
             http.close()
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return Fetched(role, dest, source, fallback=i > 0)
 
 
@@ -918,20 +919,6 @@ def _int_or_none(value: str | None) -> int | None:
 def _report(progress: Progress | None, done: int, total: int | None) -> None:
     if progress is not None:
         progress(done, total)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable; best effort where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- verify ------------------------------------------------------------------------------------

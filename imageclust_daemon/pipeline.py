@@ -463,7 +463,7 @@ def index(
     workers: int = 0,
     batch_size: int = 16,
     progress: Progress | None = None,
-    on_scan_error: scan.OnError = scan._ignore,
+    on_scan_error: scan.OnError = scan.ignore_error,
     only: Sequence[bytes] | None = None,
     stop: threading.Event | None = None,
     settle_seconds: float = 0.0,
@@ -730,7 +730,7 @@ def recluster(
         return replace(last, skipped=True, note=f"nothing changed since run #{last.run_id}")
     try:
         result = cluster.cluster(
-            x, min_size, max_size, cancelled=stop.is_set if stop is not None else cluster._never
+            x, min_size, max_size, cancelled=stop.is_set if stop is not None else cluster.never
         )
     except cluster.Cancelled:
         return ClusterRun(model, min_size, max_size, digest, skipped=True, note="stopped")

@@ -65,7 +65,8 @@ def skipped(path: bytes, root: bytes, excluder: Excluder) -> bool:
 OnError = Callable[[bytes, str], None]
 
 
-def _ignore(path: bytes, reason: str) -> None:
+def ignore_error(path: bytes, reason: str) -> None:
+    """The OnError that says nothing (callers that record errors pass their own)."""
     pass
 
 
@@ -73,7 +74,7 @@ def walk(
     root: bytes,
     extensions: frozenset[bytes],
     excluder: Excluder = NO_EXCLUDES,
-    on_error: OnError = _ignore,
+    on_error: OnError = ignore_error,
     unreachable: set[bytes] | None = None,
     base: bytes | None = None,
     unread: set[bytes] | None = None,
@@ -154,7 +155,7 @@ def walk_all(
     roots: Sequence[bytes],
     extensions: frozenset[bytes],
     excluder: Excluder = NO_EXCLUDES,
-    on_error: OnError = _ignore,
+    on_error: OnError = ignore_error,
     unreachable: set[bytes] | None = None,
     unread: set[bytes] | None = None,
 ) -> Iterator[FileStat]:
@@ -180,7 +181,7 @@ def look_at(
     roots: Sequence[bytes],
     extensions: frozenset[bytes],
     excluder: Excluder = NO_EXCLUDES,
-    on_error: OnError = _ignore,
+    on_error: OnError = ignore_error,
     unreachable: set[bytes] | None = None,
 ) -> Iterator[FileStat]:
     """Like `walk_all`, but only over `paths` (files, or folders walked whole) that changed.

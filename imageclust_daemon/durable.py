@@ -1,0 +1,30 @@
+"""Making a rename survive a power cut: one helper, for every file swapped into place.
+
+A file written to a temporary name, fsynced and renamed over the old one is complete
+for every reader at once; the rename itself is only durable once the folder holding
+it is fsynced too. Used by the catalog publish and the model download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync `directory`, so a rename in it survives a power cut.
+
+    Best effort: some filesystems (and platforms) cannot open or fsync a folder; the
+    rename has already happened and every reader sees the new file, so that failure
+    only costs durability across a power cut, and is not an error.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
