@@ -34,6 +34,10 @@ DECODE_BYTES = MAX_PIXELS * 4
 # Wider or taller than this: refused. The centre crop would keep 1/40 of it, which is
 # not the picture; and a 1-pixel strip is no photo (nor, after the crop, anything).
 MAX_ASPECT = 40
+# A progressive JPEG is a series of scans, each decoded over the whole image: cameras
+# and encoders write about 10 (libjpeg's default script has 10). Repeating the last
+# scan 2,000 times made a 2.4 MB file take 207 s to decode; past this it is refused.
+MAX_JPEG_SCANS = 100
 # The formats imageclust opens, whatever a file's name says: what cameras, phones and
 # image tools write. Pillow knows ~40 more (BLP, DDS, EPS through Ghostscript, ...);
 # each is decoder code that a crafted file could reach. HEIF/AVIF are opened when a
@@ -175,6 +179,19 @@ def check_cost(image: Image.Image, *, path: str = "") -> None:
         )
 
 
+def check_scans(data: bytes, *, path: str = "") -> None:
+    """Refuse a JPEG with more scans than any encoder writes: decoding time grows with
+    each. Counting the start-of-scan markers is exact: inside entropy-coded data every
+    0xFF byte is followed by 0x00 (byte stuffing), so 0xFFDA only ever starts a scan."""
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise DecodeError(
+            path,
+            f"a JPEG of {scans} scans (encoders write about 10): over the {MAX_JPEG_SCANS} "
+            "imageclust decodes, as decoding time grows with each",
+        )
+
+
 def reduced(image: Image.Image, target: int) -> Image.Image:
     """A large image averaged down by a whole factor while its shortest side stays at least
     `target`, before the conversions copy it: what JPEG's reduced-scale decode does in the
@@ -273,6 +290,8 @@ def _decode(
             width, height = image.size
             check_shape(width, height, path=path)
             check_layout(image, path=path)
+            if isinstance(data, bytes) and image.format in ("JPEG", "MPO"):
+                check_scans(data, path=path)
             if reduced_decode and image.format in ("JPEG", "MPO"):
                 # JPEG decodes at 1/2, 1/4 or 1/8 scale in the DCT for a fraction of the cost
                 # (a 12 MP photo: 70 -> 32 ms), kept at >= 2x the resize target so the
@@ -319,6 +338,8 @@ def thumbnail_jpeg(data: bytes, longest: int = 672, quality: int = 85, *, path: 
         with Image.open(io.BytesIO(data), formats=allowed_formats()) as image:
             check_shape(*image.size, path=path)
             check_layout(image, path=path)
+            if image.format in ("JPEG", "MPO"):
+                check_scans(data, path=path)
             image.draft("RGB", (longest, longest))  # JPEG: decode at a reduced scale
             check_cost(image, path=path)
             small = reduced(image, longest)  # bounded like indexing, before any copy

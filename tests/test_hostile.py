@@ -338,3 +338,20 @@ def test_sixteen_bit_and_palette_images_are_reduced_before_conversion() -> None:
     pal.info["transparency"] = 3
     small = decode.reduced(pal, 448)
     assert small.mode == "RGBA" and small.size == (600, 450)
+
+
+def test_a_jpeg_with_endless_scans_is_refused_before_it_is_decoded() -> None:
+    """Each scan is decoded over the whole image: 2,000 repeats of the last one took 207 s
+    in a worker thread. A real progressive JPEG (about 10 scans) still decodes."""
+    import io
+
+    out = io.BytesIO()
+    photos.photo_like(2, size=(640, 480)).save(out, "JPEG", progressive=True)
+    real = out.getvalue()
+    assert 2 <= real.count(b"\xff\xda") <= decode.MAX_JPEG_SCANS
+    decode.decode(real, SPEC, path="ok.jpg")
+    last = real.rindex(b"\xff\xda")
+    end = real.rindex(b"\xff\xd9")
+    endless = real[:end] + real[last:end] * 150 + real[end:]
+    with pytest.raises(DecodeError, match=r"a JPEG of 1[56][0-9] scans"):
+        decode.decode(endless, SPEC, path="endless.jpg")
