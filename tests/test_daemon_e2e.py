@@ -23,6 +23,8 @@ from tests.conftest import run_cli, write_config
 from tests.library import scene_library
 from tests.onnx_models import build_tiny_clip
 
+pytestmark = pytest.mark.slow  # end to end through the real CLI or daemon: minutes
+
 TIMEOUT = 60.0
 
 

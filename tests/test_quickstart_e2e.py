@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
 from tests.conftest import run_cli, write_config
+
+pytestmark = pytest.mark.slow  # end to end through the real CLI or daemon: minutes
 
 SUBJECTS = ("astronaut", "coffee", "chelsea", "rocket")
 

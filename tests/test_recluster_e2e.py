@@ -9,10 +9,13 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import cli_json, run_cli
 from tests.library import add_photos, scene_library
 from tests.metrics import adjusted_rand_index
+
+pytestmark = pytest.mark.slow  # end to end through the real CLI or daemon: minutes
 
 SCENES = 10
 PER_SCENE = 10

@@ -6,8 +6,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import cli_json
 from tests.library import add_photos, scene_library
+
+pytestmark = pytest.mark.slow  # end to end through the real CLI or daemon: minutes
 
 SCENES, PER_SCENE = 4, 8
 

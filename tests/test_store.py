@@ -7,10 +7,12 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from imageclust_daemon.errors import DatabaseError
 from imageclust_daemon.records import ContentRow, FileRow, FileStat, PhotoMeta
 from imageclust_daemon.store import Store, blob_to_vector, vector_to_blob
 
@@ -117,20 +119,33 @@ def test_non_utf8_paths_round_trip(tmp_path: Path) -> None:
 def test_close_is_idempotent(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s.sqlite")
     store.close()
-    store.close()
+    store.close()  # a second close is no error...
+    with pytest.raises(DatabaseError, match="closed"):
+        store.conn  # noqa: B018  ...and a closed store refuses to be used
 
 
 def test_a_transaction_that_reads_then_writes_waits_for_another_writer(tmp_path: Path) -> None:
     """BEGIN IMMEDIATE: with a plain (deferred) BEGIN, a read followed by a write fails at
     once ("database is locked") when another connection wrote in between; no busy wait
-    can save it. Taking the write lock at BEGIN makes the other writer wait instead."""
+    can save it. Taking the write lock at BEGIN makes the other writer wait instead: it
+    is refused while our transaction is open (a probe without a busy timeout shows it),
+    and writes after our commit."""
     db = tmp_path / "state.sqlite"
     with Store.open(db) as store:
-        read, wrote = threading.Event(), threading.Event()
+        read, refused, committed = threading.Event(), threading.Event(), threading.Event()
         errors: list[BaseException] = []
 
         def other_writer() -> None:
             read.wait(5)
+            probe = sqlite3.connect(db, timeout=0, isolation_level=None)
+            try:
+                probe.execute("INSERT INTO model_files VALUES (x'01', 1, 1, 'other')")
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc):
+                    refused.set()  # our transaction holds the write lock since its BEGIN
+            finally:
+                probe.close()
+            committed.wait(5)
             conn = sqlite3.connect(db, timeout=10, isolation_level=None)
             try:
                 conn.execute("INSERT INTO model_files VALUES (x'01', 1, 1, 'other')")
@@ -138,15 +153,15 @@ def test_a_transaction_that_reads_then_writes_waits_for_another_writer(tmp_path:
                 errors.append(exc)
             finally:
                 conn.close()
-                wrote.set()
 
         thread = threading.Thread(target=other_writer)
         thread.start()
         with store.transaction() as conn:
             conn.execute("SELECT count(*) FROM model_files").fetchone()  # a read snapshot
             read.set()
-            wrote.wait(0.5)  # the other writer has tried by now
+            assert refused.wait(5), "the other writer got in during our transaction"
             conn.execute("INSERT INTO model_files VALUES (x'02', 2, 2, 'ours')")
+        committed.set()
         thread.join(10)
         assert not errors
         rows = store.conn.execute("SELECT sha256 FROM model_files ORDER BY path").fetchall()
