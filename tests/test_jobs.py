@@ -222,4 +222,7 @@ print("rescan" if buffer.rescan.is_set() else "no rescan")
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True
     )
     assert result.stdout.strip() == "rescan"
-    assert result.stderr == "", "the ERROR level still hides warnings"
+    # Only warnings are hidden: watchdog may log an ERROR of its own when an observer
+    # stops right after it started ("queue_events() called when the thread is inactive").
+    shown = [line for line in result.stderr.splitlines() if " ERROR " not in line]
+    assert shown == [], "the ERROR level still hides warnings"
