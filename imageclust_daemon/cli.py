@@ -41,7 +41,7 @@ from imageclust_daemon.records import (
     IndexReport,
     display_path,
 )
-from imageclust_daemon.store import Store
+from imageclust_daemon.store import STATUS_KEYS, Store
 
 log = logging.getLogger("imageclust")
 
@@ -488,27 +488,12 @@ def cmd_query(args: argparse.Namespace, cfg: config.Config) -> int:
     return 0
 
 
-# The counts `status` prints, in order (Store.status's keys).
-STATUS_COUNTS = (
-    "files",
-    "offline",
-    "contents",
-    "embedded",
-    "pending",
-    "failed",
-    "undecodable",
-    "unreadable",
-    "clusters",
-    "labeled",
-)
-
-
 def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
     located = models.locate(cfg)
     path = located.vision_path
     model_id = None
     if not cfg.state_db_path.is_file():  # before the first index: nothing, and nothing made
-        counts: dict[str, Any] = dict.fromkeys(STATUS_COUNTS, 0)
+        counts: dict[str, Any] = dict.fromkeys(STATUS_KEYS, 0)
     else:
         # Read only: beside the daemon, and on a data dir this user cannot write.
         with Store.open_readonly(cfg.state_db_path) as store:

@@ -680,16 +680,13 @@ def set_aside_outliers(x: np.ndarray, labels: np.ndarray, min_size: int) -> np.n
     # The centre of each group's closer half: a few far photos pull a small group's mean
     # (and its median distance) towards themselves, and would hide.
     dist = _distances(x, grouped, lab, sums / np.maximum(counts, 1)[:, None])
-    median = np.zeros(k)
-    for g in range(k):
-        median[g] = np.median(dist[lab == g])
+    median = _group_medians(dist, lab, k)
     core = np.full(labels.size, -1, dtype=np.int64)
     closer = dist <= median[lab]
     core[grouped[closer]] = lab[closer]
     core_sums, core_counts = _group_sums(x, core, k)
     dist = _distances(x, grouped, lab, core_sums / np.maximum(core_counts, 1)[:, None])
-    for g in range(k):
-        median[g] = np.median(dist[lab == g])
+    median = _group_medians(dist, lab, k)
     ratio = dist / np.maximum(median[lab], 1e-12)
     size = counts.copy()
     for i in np.lexsort((grouped, -ratio)):
@@ -722,6 +719,20 @@ def _neighbour_votes(x: np.ndarray, labels: np.ndarray, orphans: np.ndarray, k: 
     rows = np.repeat(np.arange(orphans.size), take)
     np.add.at(votes, (rows, labels[grouped][nearest].ravel()), sims[rows, nearest.ravel()])
     return votes
+
+
+def _group_medians(values: np.ndarray, lab: np.ndarray, k: int) -> np.ndarray:
+    """The median of `values` within each group 0..k-1 (0 for an empty one), in one sort:
+    a mask per group costs n x k (100k photos in 4,500 groups: 450 million comparisons)."""
+    order = np.lexsort((values, lab))
+    bounds = np.searchsorted(lab[order], np.arange(k + 1))
+    out = np.zeros(k)
+    for g in range(k):
+        part = values[order[bounds[g] : bounds[g + 1]]]
+        if part.size:
+            mid = part.size // 2
+            out[g] = part[mid] if part.size % 2 else (part[mid - 1] + part[mid]) / 2
+    return out
 
 
 def _distances(x: np.ndarray, rows: np.ndarray, lab: np.ndarray, centres: np.ndarray) -> np.ndarray:

@@ -248,7 +248,7 @@ def check_layout(image: Image.Image, *, path: str = "") -> None:
                 "photo may take to decode",
             )
     if image.format in ("JPEG", "MPO") and image.info.get("progressive"):
-        width, height = getattr(image, "_size", image.size)
+        width, height = image.size  # called before draft(): the full size
         full = width * height * len(image.getbands()) * 2  # 16-bit coefficients, whole image
         if full > DECODE_BYTES:
             raise DecodeError(

@@ -63,6 +63,21 @@ def blob_to_vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4")
 
 
+# What `status` counts, in the order it prints them (the keys of Store.status).
+STATUS_KEYS = (
+    "files",
+    "offline",
+    "contents",
+    "embedded",
+    "pending",
+    "failed",
+    "undecodable",
+    "unreadable",
+    "clusters",
+    "labeled",
+)
+
+
 class Store:
     """One connection to the state database, owned by one thread."""
 

@@ -517,6 +517,13 @@ def whole_model(model_bytes: bytes, text_bytes: bytes, tok: dict[str, bytes]) ->
     )
 
 
+def serve_pinned(server: FileServer, spec: ModelSpec, bodies: dict[str, bytes]) -> None:
+    """Serve each file of `spec` at its pinned hub path, with the body given for its role."""
+    for f in spec.files:
+        assert f.repo_path is not None
+        server.routes[hub_path(COMMIT, f.repo_path)] = bodies[f.role]
+
+
 def located_in(data_dir: Path, spec: ModelSpec) -> models.Located:
     paths = {f.role: data_dir / "models" / f.filename for f in spec.files}
     return models.Located(spec, paths, frozenset())
@@ -638,10 +645,7 @@ def test_every_file_of_a_model_in_one_run_with_one_progress_over_the_total(
     tmp_path: Path,
 ) -> None:
     spec = whole_model(model_bytes, text_bytes, tokenizer_files)
-    for f in spec.files:
-        assert f.repo_path is not None
-        body = {VISION: model_bytes, TEXT: text_bytes, **tokenizer_files}[f.role]
-        server.routes[hub_path(COMMIT, f.repo_path)] = body
+    serve_pinned(server, spec, {VISION: model_bytes, TEXT: text_bytes, **tokenizer_files})
     located = located_in(tmp_path / "data", spec)
     calls: list[tuple[int, int | None]] = []
     total = sum(f.size_bytes or 0 for f in spec.files)
@@ -691,10 +695,7 @@ def test_a_failing_text_file_keeps_the_vision_tower_and_a_rerun_fetches_the_rest
     tmp_path: Path,
 ) -> None:
     spec = whole_model(model_bytes, text_bytes, tokenizer_files)
-    for f in spec.files:
-        assert f.repo_path is not None
-        body = {VISION: model_bytes, TEXT: text_bytes, **tokenizer_files}[f.role]
-        server.routes[hub_path(COMMIT, f.repo_path)] = body
+    serve_pinned(server, spec, {VISION: model_bytes, TEXT: text_bytes, **tokenizer_files})
     text_route = hub_path(COMMIT, "onnx/text_model.onnx")
     server.routes[text_route] = text_bytes[: len(text_bytes) // 3]  # a truncated body...
     located = located_in(tmp_path / "data", spec)

@@ -166,3 +166,10 @@ def test_a_transaction_that_reads_then_writes_waits_for_another_writer(tmp_path:
         assert not errors
         rows = store.conn.execute("SELECT sha256 FROM model_files ORDER BY path").fetchall()
     assert rows == [("other",), ("ours",)]
+
+
+def test_status_counts_are_the_keys_status_prints(tmp_path: Path) -> None:
+    from imageclust_daemon.store import STATUS_KEYS
+
+    with Store.open(tmp_path / "s.sqlite") as store:
+        assert tuple(store.status(None)) == STATUS_KEYS
