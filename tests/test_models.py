@@ -107,6 +107,9 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         state = self.server.state
         limit, state.drop_next_after = state.drop_next_after, None
+        chunk = payload if limit is None else payload[:limit]
+        # Recorded before answering: the client may act on the answer before this thread resumes.
+        state.requests.append(Served(asked, status, len(chunk), self.path))
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(payload)))  # the full length, even if dropping
@@ -114,13 +117,11 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in extra.items():
             self.send_header(name, value)
         self.end_headers()
-        chunk = payload if limit is None else payload[:limit]
         try:
             self.wfile.write(chunk)
             self.wfile.flush()
         except ConnectionError:
             pass  # the client gave up first (a refused download); nothing to do
-        state.requests.append(Served(asked, status, len(chunk), self.path))
         self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
