@@ -193,7 +193,7 @@ def _publish(cfg: config.Config, model_id: str | None) -> None:
         cfg.state_db_path,
         cfg.catalog_path,
         model_id=model_id,
-        organize_dir=cfg["organize.dir"],
+        organize_dir=cfg.organize.dir,
     )
     log.info(
         "published %s: %d photos, %d groups, %d bytes in %.2f s",
@@ -233,8 +233,8 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
             spec,
             located.vision_path,
             store,
-            threads=cfg["model.threads"],
-            providers=tuple(cfg["model.providers"]),
+            threads=cfg.model.threads,
+            providers=tuple(cfg.model.providers),
         )
         bar = None
         if not args.no_progress:
@@ -260,9 +260,9 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
                     embedder=model.embedder,
                     spec=spec,
                     model=model.id,
-                    excluder=scan.Excluder(tuple(cfg["library.exclude"])),
-                    workers=cfg["index.workers"],
-                    batch_size=cfg["model.batch_size"],
+                    excluder=scan.Excluder(tuple(cfg.library.exclude)),
+                    workers=cfg.index.workers,
+                    batch_size=cfg.model.batch_size,
                     progress=progress,
                     on_scan_error=scan_error,
                     whole_library=not args.paths,
@@ -281,8 +281,8 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
             grouped = pipeline.recluster(
                 store,
                 model.id,
-                min_size=cfg["cluster.min_size"],
-                max_size=cfg["cluster.max_size"],
+                min_size=cfg.cluster.min_size,
+                max_size=cfg.cluster.max_size,
             )
             titled = _title(args, cfg, store)
     if args.json:
@@ -341,7 +341,7 @@ def _title(args: argparse.Namespace, cfg: config.Config, store: Store) -> pipeli
             return pipeline.relabel(
                 store,
                 client,
-                parallel=cfg["ollama.parallel"],
+                parallel=cfg.ollama.parallel,
                 progress=(lambda: bar.update(1)) if bar is not None else None,
             )
         finally:
@@ -384,8 +384,8 @@ def _print_albums(cfg: config.Config, grouped: ClusterRun, titled: pipeline.Labe
         )
     print(f"catalog: {cfg.catalog_path}")
     print('  look: imageclust query "SELECT title, size FROM clusters ORDER BY size DESC"')
-    if cfg["organize.dir"] is not None:
-        print(f"organized view (a folder per album): {cfg['organize.dir']}")
+    if cfg.organize.dir is not None:
+        print(f"organized view (a folder per album): {cfg.organize.dir}")
     else:
         print("a folder per album: set organize.dir in the config")
 
@@ -397,14 +397,14 @@ def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
         run = pipeline.recluster(
             store,
             model_id,
-            min_size=cfg["cluster.min_size"],
-            max_size=cfg["cluster.max_size"],
+            min_size=cfg.cluster.min_size,
+            max_size=cfg.cluster.max_size,
             force=args.force,
         )
     if not run.skipped:
         _publish(cfg, model_id)
-    elif pipeline.refresh_view(cfg.catalog_path, cfg["organize.dir"]):
-        log.warning("built the organized view at %s", cfg["organize.dir"])
+    elif pipeline.refresh_view(cfg.catalog_path, cfg.organize.dir):
+        log.warning("built the organized view at %s", cfg.organize.dir)
     if args.json:
         print(json.dumps(asdict(run)))
         return 0
@@ -428,14 +428,12 @@ def cmd_relabel(args: argparse.Namespace, cfg: config.Config) -> int:
     located = models.locate(cfg)
     path = located.vision_path
     with Store.open(cfg.state_db_path) as store, client_for(cfg, os.environ) as client:
-        report = pipeline.relabel(
-            store, client, everything=args.all, parallel=cfg["ollama.parallel"]
-        )
+        report = pipeline.relabel(store, client, everything=args.all, parallel=cfg.ollama.parallel)
         model_id = pipeline.model_id_of(located.spec, path, store) if path.is_file() else None
     if report.changed:
         _publish(cfg, model_id)
-    elif pipeline.refresh_view(cfg.catalog_path, cfg["organize.dir"]):
-        log.warning("built the organized view at %s", cfg["organize.dir"])
+    elif pipeline.refresh_view(cfg.catalog_path, cfg.organize.dir):
+        log.warning("built the organized view at %s", cfg.organize.dir)
     if args.json:
         print(json.dumps(asdict(report)))
         return 0
@@ -445,7 +443,7 @@ def cmd_relabel(args: argparse.Namespace, cfg: config.Config) -> int:
     kept = report.groups - report.cached - report.ollama - report.fallback
     print(
         f"{_count(report.groups, 'group')} to title: {report.cached} from the cache, "
-        f"{report.ollama} from {cfg['ollama.model']}, {report.fallback} new fallback "
+        f"{report.ollama} from {cfg.ollama.model}, {report.fallback} new fallback "
         + (f"and {kept} kept their fallback title " if kept > 0 else "")
         + f"({report.requested} sent to Ollama) in {report.seconds:.1f} s"
     )
@@ -520,7 +518,7 @@ def cmd_models(args: argparse.Namespace, cfg: config.Config) -> int:
     if args.models_command == "list":
         for name, spec in models.load_manifest().items():
             located = models.locate(cfg, name)
-            mark = "*" if name == cfg["model.name"] else " "
+            mark = "*" if name == cfg.model.name else " "
             have = [r for r in ROLES if spec.file(r) and located.paths[r].is_file()]
             if not spec.downloadable:
                 state = "no download"

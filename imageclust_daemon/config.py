@@ -278,7 +278,7 @@ def _expand(key: str, text: str) -> Path:
     return Path(expanded)
 
 
-def _validate(setting: Setting, value: Any) -> Any:
+def validate(setting: Setting, value: Any) -> Any:
     key, kind = setting.key, setting.kind
     if kind in ("str", "url", "url?", "path"):
         if not isinstance(value, str):
@@ -324,11 +324,11 @@ def _validate(setting: Setting, value: Any) -> Any:
                 raise ConfigError(
                     key, f"unknown provider {name!r}; expected some of {list(_PROVIDER_NAMES)}"
                 )
-        return list(value)
+        return tuple(value)
     if kind in ("paths", "globs"):
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(key, f"expected a list of non-empty strings, got {value!r}")
-        return [_expand(key, v) for v in value] if kind == "paths" else list(value)
+        return tuple(_expand(key, v) for v in value) if kind == "paths" else tuple(value)
     raise AssertionError(f"unknown setting kind {kind}")  # a bug in SETTINGS, not user input
 
 
@@ -357,20 +357,115 @@ def _flatten(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
     return flat
 
 
+# -- typed settings: one frozen object per section, its fields the section's keys in SETTINGS --
+
+
+@dataclass(frozen=True, slots=True)
+class LibrarySettings:
+    roots: tuple[Path, ...]
+    exclude: tuple[str, ...]
+    settle_seconds: float
+    poll: bool
+    poll_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSettings:
+    reconcile_seconds: float
+    recluster_seconds: float
+    publish_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceSettings:
+    gc_days: float
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    data_dir: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogSettings:
+    path: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class OrganizeSettings:
+    dir: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    name: str
+    path: Path | None
+    text_path: Path | None
+    tokenizer_path: Path | None
+    providers: tuple[str, ...]
+    batch_size: int
+    threads: int
+
+
+@dataclass(frozen=True, slots=True)
+class IndexSettings:
+    workers: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    min_size: int
+    max_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class OllamaSettings:
+    host: str
+    model: str
+    parallel: int
+    timeout: float
+    connect_timeout: float
+    attempts: int
+    backoff_base: float
+    backoff_cap: float
+    keep_alive: str
+
+
+# The section objects by section name: `test_config` checks that their fields are exactly
+# the keys of SETTINGS and that each holds what its kind validates to.
+SECTIONS: Mapping[str, type[Any]] = {
+    "library": LibrarySettings,
+    "schedule": ScheduleSettings,
+    "maintenance": MaintenanceSettings,
+    "storage": StorageSettings,
+    "catalog": CatalogSettings,
+    "organize": OrganizeSettings,
+    "model": ModelSettings,
+    "index": IndexSettings,
+    "cluster": ClusterSettings,
+    "ollama": OllamaSettings,
+}
+
+
 @dataclass(frozen=True)
 class Config:
-    """Validated settings. `values` holds every key of SETTINGS."""
+    """Validated settings, one typed object per section (`cfg.model.batch_size`)."""
 
-    values: Mapping[str, Any]
+    library: LibrarySettings
+    schedule: ScheduleSettings
+    maintenance: MaintenanceSettings
+    storage: StorageSettings
+    catalog: CatalogSettings
+    organize: OrganizeSettings
+    model: ModelSettings
+    index: IndexSettings
+    cluster: ClusterSettings
+    ollama: OllamaSettings
     source: Path | None = None
-
-    def __getitem__(self, key: str) -> Any:
-        return self.values[key]
 
     @property
     def data_dir(self) -> Path:
-        configured: Path | None = self.values["storage.data_dir"]
-        return configured or Path(platformdirs.user_data_dir(APP, appauthor=False))
+        return self.storage.data_dir or Path(platformdirs.user_data_dir(APP, appauthor=False))
 
     @property
     def state_db_path(self) -> Path:
@@ -383,12 +478,20 @@ class Config:
 
     @property
     def catalog_path(self) -> Path:
-        configured: Path | None = self.values["catalog.path"]
-        return configured or self.data_dir / "catalog.sqlite"
+        return self.catalog.path or self.data_dir / "catalog.sqlite"
 
     @property
     def roots(self) -> list[Path]:
-        return list(self.values["library.roots"])
+        return list(self.library.roots)
+
+
+def _sections(values: Mapping[str, Any], source: Path | None) -> Config:
+    by_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in values.items():
+        section, name = key.split(".")
+        by_section[section][name] = value
+    made = {name: SECTIONS[name](**fields) for name, fields in by_section.items()}
+    return Config(**made, source=source)
 
 
 def from_mapping(doc: Mapping[str, Any], source: Path | None = None) -> Config:
@@ -399,7 +502,7 @@ def from_mapping(doc: Mapping[str, Any], source: Path | None = None) -> Config:
     for setting in SETTINGS:
         raw = given.get(setting.key, setting.default)
         try:
-            values[setting.key] = _validate(setting, raw)
+            values[setting.key] = validate(setting, raw)
         except ConfigError as exc:
             raise ConfigError(exc.key, exc.problem, source=where) from None
     if values["cluster.min_size"] > values["cluster.max_size"]:
@@ -420,7 +523,7 @@ def from_mapping(doc: Mapping[str, Any], source: Path | None = None) -> Config:
                 "again; choose a folder outside library.roots",
                 source=where,
             )
-    return Config(values, source)
+    return _sections(values, source)
 
 
 def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path | None:

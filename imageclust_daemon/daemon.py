@@ -90,12 +90,12 @@ class Daemon:
         try:
             Store.open(cfg.state_db_path).close()  # migrations, before anything else runs
             model = self._model(cfg)
-            buffer = ChangeBuffer(cfg["library.settle_seconds"])
+            buffer = ChangeBuffer(cfg.library.settle_seconds)
             watcher = Watcher(
                 cfg.roots,
                 buffer,
-                force_poll=cfg["library.poll"],
-                poll_seconds=cfg["library.poll_seconds"],
+                force_poll=cfg.library.poll,
+                poll_seconds=cfg.library.poll_seconds,
             )
             watcher.start()
             jobs = Jobs(cfg, model, buffer, self.stop, self._status)
@@ -121,7 +121,7 @@ class Daemon:
         """Check the model now (a bad file fails the start), then hold only its identity."""
         located = models.locate(cfg)
         spec, path = located.spec, located.vision_path
-        threads, providers = cfg["model.threads"], tuple(cfg["model.providers"])
+        threads, providers = cfg.model.threads, tuple(cfg.model.providers)
         with Store.open(cfg.state_db_path) as store:
             loaded = pipeline.load_model(spec, path, store, threads=threads, providers=providers)
         log.info(
@@ -171,4 +171,4 @@ class Daemon:
 
 
 def _model_settings(cfg: Config) -> tuple[object, ...]:
-    return cfg["model.name"], cfg["model.path"], cfg["model.threads"], cfg["model.providers"]
+    return cfg.model.name, cfg.model.path, cfg.model.threads, cfg.model.providers

@@ -88,7 +88,7 @@ def run_checks(
     checks = [check_config(cfg), check_data_dir(cfg.data_dir)]
     checks.append(check_free_disk(cfg.data_dir, min_free_bytes))
     checks.append(check_database(cfg.state_db_path))
-    checks.extend(check_outputs(cfg.catalog_path, cfg["organize.dir"]))
+    checks.extend(check_outputs(cfg.catalog_path, cfg.organize.dir))
     checks.extend(check_model(cfg))
     checks.append(check_ollama(cfg, environ, timeout=ollama_timeout))
     checks.extend(check_roots(cfg.roots))
@@ -223,7 +223,7 @@ def check_model(cfg: Config) -> list[Check]:
     checks.append(runtime)
     if checks[0].ok and runtime.ok:
         checks.extend(
-            check_model_contract(spec, path, own=own, providers=tuple(cfg["model.providers"]))
+            check_model_contract(spec, path, own=own, providers=tuple(cfg.model.providers))
         )
     checks.extend(check_words(located))
     return checks
@@ -418,12 +418,12 @@ def check_ollama(
 ) -> Check:
     """Reachable and has the model; never essential: without it groups get fallback titles."""
     name = "ollama"
-    host = resolve_host(cfg["ollama.host"], environ)
-    model: str = cfg["ollama.model"]
+    host = resolve_host(cfg.ollama.host, environ)
+    model: str = cfg.ollama.model
     # A service does not see the shell's environment: say where the host came from.
     source = (
         " (from $OLLAMA_HOST: set ollama.host for the service)"
-        if (not cfg["ollama.host"] and environ.get("OLLAMA_HOST", "").strip())
+        if (not cfg.ollama.host and environ.get("OLLAMA_HOST", "").strip())
         else ""
     )
     fallback = "until then groups get fallback titles (place and date)"
@@ -431,7 +431,7 @@ def check_ollama(
         host,
         model,
         timeout=timeout,
-        connect_timeout=min(timeout, cfg["ollama.connect_timeout"]),
+        connect_timeout=min(timeout, cfg.ollama.connect_timeout),
         retry=RetryPolicy(attempts=1),
     )
     try:

@@ -143,9 +143,9 @@ class Jobs:
         """(Re)schedule the jobs whose timing the config sets. The first full rescan runs
         now on a start; after a reload the rescan request (`buffer.rescan`) asks for it."""
         assert self.scheduler is not None
-        every = cfg["schedule.reconcile_seconds"]
-        tick_regroup = min(60.0, max(1.0, cfg["schedule.recluster_seconds"] / 10))
-        tick_publish = min(30.0, max(0.5, cfg["schedule.publish_seconds"] / 2))
+        every = cfg.schedule.reconcile_seconds
+        tick_regroup = min(60.0, max(1.0, cfg.schedule.recluster_seconds / 10))
+        tick_publish = min(30.0, max(0.5, cfg.schedule.publish_seconds / 2))
         jobs: list[tuple[str, Callable[[], None], IntervalTrigger]] = [
             ("reconcile", self.reconcile, IntervalTrigger(seconds=every, jitter=every / 10)),
             ("ingest", self.ingest, IntervalTrigger(seconds=1)),
@@ -261,14 +261,14 @@ class Jobs:
             embedder=self.model,
             spec=self.model.spec,
             model=self.model.id,
-            excluder=scan.Excluder(tuple(cfg["library.exclude"])),
-            workers=cfg["index.workers"],
-            batch_size=cfg["model.batch_size"],
+            excluder=scan.Excluder(tuple(cfg.library.exclude)),
+            workers=cfg.index.workers,
+            batch_size=cfg.model.batch_size,
             progress=progress,
             on_scan_error=scan_error,
             only=only,
             stop=self.stop,
-            settle_seconds=cfg["library.settle_seconds"],
+            settle_seconds=cfg.library.settle_seconds,
             on_defer=self.buffer.touch_all,
             whole_library=True,
             journal=cfg.journal_path,
@@ -331,7 +331,7 @@ class Jobs:
 
     def regroup(self) -> None:
         now = time.monotonic()
-        if not self._dirty or now - self._last_recluster < self.cfg["schedule.recluster_seconds"]:
+        if not self._dirty or now - self._last_recluster < self.cfg.schedule.recluster_seconds:
             return
         if self.buffer.rescan.is_set() and self._failed_rescans < GIVE_UP_WAITING:
             return  # a full rescan is due: group the library once it is known in full
@@ -347,8 +347,8 @@ class Jobs:
         run = pipeline.recluster(
             self.store,
             self.model.id,
-            min_size=self.cfg["cluster.min_size"],
-            max_size=self.cfg["cluster.max_size"],
+            min_size=self.cfg.cluster.min_size,
+            max_size=self.cfg.cluster.max_size,
             stop=self.stop,
         )
         if run.skipped:
@@ -374,7 +374,7 @@ class Jobs:
             report = pipeline.relabel(
                 self.store,
                 client,
-                parallel=self.cfg["ollama.parallel"],
+                parallel=self.cfg.ollama.parallel,
                 stop=self.stop,
                 progress=self._beat,
             )
@@ -398,7 +398,7 @@ class Jobs:
     def publish(self, *, now: bool = False) -> None:
         """Publish when something changed, at most every publish_seconds (or `now`)."""
         started = time.monotonic()
-        wait = self.cfg["schedule.publish_seconds"]
+        wait = self.cfg.schedule.publish_seconds
         if not self._publish_due or (not now and started - self._last_publish < wait):
             return
         self._publish_due = False
@@ -409,7 +409,7 @@ class Jobs:
                 self.cfg.state_db_path,
                 self.cfg.catalog_path,
                 model_id=self.model.id,
-                organize_dir=self.cfg["organize.dir"],
+                organize_dir=self.cfg.organize.dir,
             )
         except BaseException:
             self._publish_due = True  # again at the next tick past publish_seconds
@@ -417,7 +417,7 @@ class Jobs:
         log.info("published the catalog: %d photos, %d groups", report.photos, report.clusters)
 
     def maintenance(self) -> None:
-        files, contents = self.store.collect_garbage(self.cfg["maintenance.gc_days"])
+        files, contents = self.store.collect_garbage(self.cfg.maintenance.gc_days)
         if files or contents:
             log.info("maintenance: forgot %d gone files and %d unused contents", files, contents)
 

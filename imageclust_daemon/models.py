@@ -388,12 +388,16 @@ def locate(cfg: Config, name: str | None = None) -> Located:
     """The configured model's files (`model.name`, `model.path`, `model.text_path`,
     `model.tokenizer_path`), or with `name` the manifest model `name` at the places
     `models download NAME` uses, whatever the config says."""
-    spec = find_spec(name or cfg["model.name"], key="NAME" if name else "model.name")
+    spec = find_spec(name or cfg.model.name, key="NAME" if name else "model.name")
     paths = {f.role: cfg.data_dir / "models" / f.filename for f in spec.files}
     own: set[str] = set()
     if name is None:
-        for role, key in OWN_FILE_KEYS.items():
-            configured: Path | None = cfg[key]
+        own_paths = {
+            VISION: cfg.model.path,
+            TEXT: cfg.model.text_path,
+            TOKENIZER: cfg.model.tokenizer_path,
+        }
+        for role, configured in own_paths.items():
             if configured is not None:
                 paths[role] = configured
                 own.add(role)

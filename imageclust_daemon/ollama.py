@@ -237,12 +237,10 @@ class OllamaClient:
 def client_for(cfg: Config, environ: Mapping[str, str]) -> OllamaClient:
     """The client the config describes (`ollama.*`; $OLLAMA_HOST when `ollama.host` is empty)."""
     return OllamaClient(
-        resolve_host(cfg["ollama.host"], environ),
-        cfg["ollama.model"],
-        timeout=cfg["ollama.timeout"],
-        connect_timeout=cfg["ollama.connect_timeout"],
-        keep_alive=cfg["ollama.keep_alive"],
-        retry=RetryPolicy(
-            cfg["ollama.attempts"], cfg["ollama.backoff_base"], cfg["ollama.backoff_cap"]
-        ),
+        resolve_host(cfg.ollama.host, environ),
+        cfg.ollama.model,
+        timeout=cfg.ollama.timeout,
+        connect_timeout=cfg.ollama.connect_timeout,
+        keep_alive=cfg.ollama.keep_alive,
+        retry=RetryPolicy(cfg.ollama.attempts, cfg.ollama.backoff_base, cfg.ollama.backoff_cap),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ from tests.conftest import REPO, write_config
 
 def test_defaults_load_without_a_file() -> None:
     cfg = config.load(None)
-    assert cfg["model.name"] == "clip-vit-b32"
-    assert cfg["cluster.min_size"] <= cfg["cluster.max_size"]
+    assert cfg.model.name == "clip-vit-b32"
+    assert cfg.cluster.min_size <= cfg.cluster.max_size
     assert cfg.roots == [Path("~/Pictures").expanduser()]
     assert cfg.state_db_path.name == "state.sqlite"
 
@@ -23,7 +24,39 @@ def test_defaults_load_without_a_file() -> None:
 def test_the_shipped_config_is_valid_and_equals_the_defaults() -> None:
     shipped = config.load(REPO / "config" / "imageclust.toml")
     defaults = config.load(None)
-    assert dict(shipped.values) == dict(defaults.values)
+    assert replace(shipped, source=None) == defaults
+
+
+# What each kind of setting validates to, as its section object declares it.
+_KIND_TYPES = {
+    "paths": "tuple[Path, ...]",
+    "globs": "tuple[str, ...]",
+    "providers": "tuple[str, ...]",
+    "path": "Path | None",
+    "float": "float",
+    "int": "int",
+    "bool": "bool",
+    "str": "str",
+    "url?": "str",
+}
+
+
+def test_the_typed_sections_hold_exactly_the_keys_of_the_table() -> None:
+    """The table of settings stays the one source: each section object has one field per
+    key, typed for what the key's kind validates to, and the defaults fill it."""
+    assert set(config.SECTIONS) == {s.key.split(".")[0] for s in config.SETTINGS}
+    for section, cls in config.SECTIONS.items():
+        keys = [s for s in config.SETTINGS if s.key.startswith(section + ".")]
+        assert [f.name for f in fields(cls)] == [s.key.split(".")[1] for s in keys], section
+        hints = {f.name: f.type for f in fields(cls)}
+        for setting in keys:
+            name = setting.key.split(".")[1]
+            assert hints[name] == _KIND_TYPES[setting.kind], setting.key
+    defaults = config.load(None)
+    for setting in config.SETTINGS:
+        section, name = setting.key.split(".")
+        value = getattr(getattr(defaults, section), name)
+        assert value == config.validate(setting, setting.default), setting.key
 
 
 @pytest.mark.parametrize(
