@@ -25,6 +25,8 @@ from imageclust_daemon import (
     doctor,
     models,
     pipeline,
+    publish,
+    regroup,
     scan,
     service,
 )
@@ -189,7 +191,7 @@ def _human_bytes(n: float) -> str:
 
 
 def _publish(cfg: config.Config, model_id: str | None) -> None:
-    report = pipeline.publish(
+    report = publish.publish(
         cfg.state_db_path,
         cfg.catalog_path,
         model_id=model_id,
@@ -214,7 +216,7 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
                 raise UsageError(f"PATH {root}: {problem}")
         library = [os.fsencode(os.path.realpath(r)) for r in cfg.roots]
         for root in roots:
-            if not pipeline.under_any(os.fsencode(os.path.realpath(root)), library):
+            if not scan.under_any(os.fsencode(os.path.realpath(root)), library):
                 log.warning(
                     "%s is not under library.roots%s: its photos are indexed now, but the "
                     "next full rescan (the daemon's, or `imageclust index`) forgets them; "
@@ -229,7 +231,7 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
     located = models.locate(cfg)
     spec = located.spec
     with Store.open(cfg.state_db_path) as store:
-        model = pipeline.load_model(
+        model = models.load_model(
             spec,
             located.vision_path,
             store,
@@ -257,17 +259,12 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
                 report = pipeline.index(
                     [os.fsencode(r) for r in roots],
                     store=store,
-                    embedder=model.embedder,
-                    spec=spec,
-                    model=model.id,
-                    excluder=scan.Excluder(tuple(cfg.library.exclude)),
-                    workers=cfg.index.workers,
-                    batch_size=cfg.model.batch_size,
-                    progress=progress,
-                    on_scan_error=scan_error,
+                    model=model,
+                    options=pipeline.IndexOptions.from_config(cfg),
                     whole_library=not args.paths,
                     forget_missing=args.forget_missing,
-                    journal=cfg.journal_path,
+                    progress=progress,
+                    on_scan_error=scan_error,
                 )
         finally:
             if bar is not None:
@@ -276,9 +273,9 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
         if not args.json:  # the counts stand whatever happens next (titling can take long)
             _print_index_summary(report, len(roots), failed_now, spec.name, model.embedder)
         grouped: ClusterRun | None = None
-        titled: pipeline.LabelReport | None = None
+        titled: regroup.LabelReport | None = None
         if not args.no_group:  # what the daemon does next: regroup, then title what changed
-            grouped = pipeline.recluster(
+            grouped = regroup.recluster(
                 store,
                 model.id,
                 min_size=cfg.cluster.min_size,
@@ -324,7 +321,7 @@ def _print_index_summary(
     sys.stdout.flush()
 
 
-def _title(args: argparse.Namespace, cfg: config.Config, store: Store) -> pipeline.LabelReport:
+def _title(args: argparse.Namespace, cfg: config.Config, store: Store) -> regroup.LabelReport:
     """Title the albums that need it, with a progress bar: a vision model on a CPU can take
     a minute an album."""
     waiting = len(store.label_jobs())
@@ -338,7 +335,7 @@ def _title(args: argparse.Namespace, cfg: config.Config, store: Store) -> pipeli
 
                 bar = tqdm(total=waiting, unit="album", desc="titling", disable=None)
         try:
-            return pipeline.relabel(
+            return regroup.relabel(
                 store,
                 client,
                 parallel=cfg.ollama.parallel,
@@ -356,7 +353,7 @@ def _through_bar() -> contextlib.AbstractContextManager[None]:
     return redirect
 
 
-def _print_albums(cfg: config.Config, grouped: ClusterRun, titled: pipeline.LabelReport) -> None:
+def _print_albums(cfg: config.Config, grouped: ClusterRun, titled: regroup.LabelReport) -> None:
     """What a person reads after `index`: the albums, the biggest few, where they are."""
     biggest = catalog.query(
         cfg.catalog_path,
@@ -393,8 +390,8 @@ def _print_albums(cfg: config.Config, grouped: ClusterRun, titled: pipeline.Labe
 def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
     located = models.locate(cfg)
     with Store.open(cfg.state_db_path) as store:
-        model_id = pipeline.model_id_of(located.spec, located.vision_path, store)
-        run = pipeline.recluster(
+        model_id = models.model_id_of(located.spec, located.vision_path, store)
+        run = regroup.recluster(
             store,
             model_id,
             min_size=cfg.cluster.min_size,
@@ -403,7 +400,7 @@ def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
         )
     if not run.skipped:
         _publish(cfg, model_id)
-    elif pipeline.refresh_view(cfg.catalog_path, cfg.organize.dir):
+    elif publish.refresh_view(cfg.catalog_path, cfg.organize.dir):
         log.warning("built the organized view at %s", cfg.organize.dir)
     if args.json:
         print(json.dumps(asdict(run)))
@@ -428,11 +425,11 @@ def cmd_relabel(args: argparse.Namespace, cfg: config.Config) -> int:
     located = models.locate(cfg)
     path = located.vision_path
     with Store.open(cfg.state_db_path) as store, client_for(cfg, os.environ) as client:
-        report = pipeline.relabel(store, client, everything=args.all, parallel=cfg.ollama.parallel)
-        model_id = pipeline.model_id_of(located.spec, path, store) if path.is_file() else None
+        report = regroup.relabel(store, client, everything=args.all, parallel=cfg.ollama.parallel)
+        model_id = models.model_id_of(located.spec, path, store) if path.is_file() else None
     if report.changed:
         _publish(cfg, model_id)
-    elif pipeline.refresh_view(cfg.catalog_path, cfg.organize.dir):
+    elif publish.refresh_view(cfg.catalog_path, cfg.organize.dir):
         log.warning("built the organized view at %s", cfg.organize.dir)
     if args.json:
         print(json.dumps(asdict(report)))
@@ -496,7 +493,7 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
         # Read only: beside the daemon, and on a data dir this user cannot write.
         with Store.open_readonly(cfg.state_db_path) as store:
             if path.is_file():
-                model_id = pipeline.model_id_of(located.spec, path, store, remember=False)
+                model_id = models.model_id_of(located.spec, path, store, remember=False)
             counts = store.status(model_id)
     counts["model"] = model_id
     counts["database"] = str(cfg.state_db_path)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from types import FrameType
 
-from imageclust_daemon import models, pipeline
+from imageclust_daemon import models
 from imageclust_daemon.config import Config
 from imageclust_daemon.embed import short_provider
 from imageclust_daemon.errors import ConfigError, ImageclustError
@@ -123,7 +123,7 @@ class Daemon:
         spec, path = located.spec, located.vision_path
         threads, providers = cfg.model.threads, tuple(cfg.model.providers)
         with Store.open(cfg.state_db_path) as store:
-            loaded = pipeline.load_model(spec, path, store, threads=threads, providers=providers)
+            loaded = models.load_model(spec, path, store, threads=threads, providers=providers)
         log.info(
             "model %s (%s) runs on %s", spec.name, path, short_provider(loaded.embedder.provider)
         )

@@ -9,6 +9,7 @@ while decoding is caught here and nowhere else.
 from __future__ import annotations
 
 import io
+import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +19,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imageclust_daemon import scan
 from imageclust_daemon.errors import DecodeError
 from imageclust_daemon.preprocess import model_input, to_rgb, wide_to_8bit
 from imageclust_daemon.records import PhotoMeta, Preprocessing
@@ -353,3 +355,17 @@ def thumbnail_jpeg(data: bytes, longest: int = 672, quality: int = 85, *, path: 
         raise
     except Exception as exc:
         raise DecodeError(path, f"cannot make a thumbnail: {exc or type(exc).__name__}") from None
+
+
+_heif_lock = threading.Lock()
+
+
+def enable_heif() -> bool:
+    """Register pillow-heif's opener once, if installed; True when HEIC/HEIF can be read."""
+    with _heif_lock:
+        if not scan.heif_available():
+            return False
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        return True

@@ -31,7 +31,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from imageclust_daemon import pipeline, scan
+from imageclust_daemon import models, pipeline, publish, regroup
 from imageclust_daemon.config import Config
 from imageclust_daemon.embed import Embedder, short_provider
 from imageclust_daemon.errors import ImageclustError, is_disk_full
@@ -69,7 +69,7 @@ class LazyModel:
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         if self._embedder is None:
-            self._embedder = pipeline.open_embedder(
+            self._embedder = models.open_embedder(
                 self.spec, self.path, threads=self.threads, providers=self.providers
             )
             log.info(
@@ -258,20 +258,14 @@ class Jobs:
         report = pipeline.index(
             [os.fsencode(r) for r in cfg.roots],
             store=self.store,
-            embedder=self.model,
-            spec=self.model.spec,
-            model=self.model.id,
-            excluder=scan.Excluder(tuple(cfg.library.exclude)),
-            workers=cfg.index.workers,
-            batch_size=cfg.model.batch_size,
+            model=self.model,
+            options=pipeline.IndexOptions.from_config(cfg, settle=True),
+            only=only,
+            whole_library=True,
             progress=progress,
             on_scan_error=scan_error,
-            only=only,
-            stop=self.stop,
-            settle_seconds=cfg.library.settle_seconds,
             on_defer=self.buffer.touch_all,
-            whole_library=True,
-            journal=cfg.journal_path,
+            stop=self.stop,
         )
         if report.needs_rescan:
             self.buffer.request_rescan("many photos vanished at once")
@@ -344,7 +338,7 @@ class Jobs:
             raise
 
     def _regroup(self) -> None:
-        run = pipeline.recluster(
+        run = regroup.recluster(
             self.store,
             self.model.id,
             min_size=self.cfg.cluster.min_size,
@@ -371,7 +365,7 @@ class Jobs:
                 return
             self._client = client = client_for(self.cfg, os.environ)
         try:
-            report = pipeline.relabel(
+            report = regroup.relabel(
                 self.store,
                 client,
                 parallel=self.cfg.ollama.parallel,
@@ -405,7 +399,7 @@ class Jobs:
         self._last_publish = started
         try:
             self.store.checkpoint()
-            report = pipeline.publish(
+            report = publish.publish(
                 self.cfg.state_db_path,
                 self.cfg.catalog_path,
                 model_id=self.model.id,

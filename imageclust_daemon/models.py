@@ -42,12 +42,20 @@ from typing import IO, Any
 from urllib.parse import quote
 
 import httpx
+import numpy as np
 
 from imageclust_daemon import __version__, tokenizer
 from imageclust_daemon.config import Config
 from imageclust_daemon.durable import fsync_dir
-from imageclust_daemon.embed import file_sha256, model_io, open_session, text_model_io
-from imageclust_daemon.errors import ConfigError, DownloadError, ModelError
+from imageclust_daemon.embed import (
+    Embedder,
+    file_sha256,
+    model_id,
+    model_io,
+    open_session,
+    text_model_io,
+)
+from imageclust_daemon.errors import ConfigError, DownloadError, ModelError, ModelNotFoundError
 from imageclust_daemon.records import (
     MERGES,
     ROLES,
@@ -61,6 +69,7 @@ from imageclust_daemon.records import (
     Preprocessing,
 )
 from imageclust_daemon.resources import data_path
+from imageclust_daemon.store import Store
 
 Progress = Callable[[int, int | None], None]
 """Called with (bytes so far, total bytes or None when neither server nor manifest says)."""
@@ -1068,3 +1077,64 @@ class _DropRecordsFrom(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self._marker not in record.pathname
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An opened model: its manifest entry, its file, its identity, its session."""
+
+    spec: ModelSpec
+    path: Path
+    id: str
+    embedder: Embedder
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        return self.embedder.embed(batch)
+
+
+def model_id_of(spec: ModelSpec, path: Path, store: Store, *, remember: bool = True) -> str:
+    """Name plus the file's sha256, the digest cached under the file's stat (350 MB to hash).
+    `remember` False: a reader's store, which reads the cache but never writes it."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ModelNotFoundError(str(path), spec.name) from None
+    raw = os.fsencode(path.resolve())
+    digest = store.cached_sha256(raw, st.st_size, st.st_mtime_ns)
+    if digest is None:
+        digest = file_sha256(path)
+        if remember:
+            store.remember_sha256(raw, st.st_size, st.st_mtime_ns, digest)
+    return model_id(spec.name, digest)
+
+
+def open_embedder(
+    spec: ModelSpec, path: Path, *, threads: int = 0, providers: Sequence[str] = ("cpu",)
+) -> Embedder:
+    """An ONNX Runtime session over `path` on the first of `providers` that starts, its
+    contract checked."""
+    session = open_session(path, threads=threads, providers=providers)
+    io = model_io(
+        session,
+        path=str(path),
+        image_size=spec.preprocessing.crop,
+        output_name=spec.vision.output_name,
+    )
+    return Embedder(session, io)
+
+
+def load_model(
+    spec: ModelSpec,
+    path: Path,
+    store: Store,
+    *,
+    threads: int = 0,
+    providers: Sequence[str] = ("cpu",),
+) -> LoadedModel:
+    """Name the model by its file's sha256, open it and check its contract."""
+    identity = model_id_of(spec, path, store)
+    embedder = open_embedder(spec, path, threads=threads, providers=providers)
+    return LoadedModel(spec, path, identity, embedder)

@@ -37,10 +37,10 @@ def _child(
 ) -> None:
     import resource
 
-    from imageclust_daemon import cli, decode, pipeline
+    from imageclust_daemon import cli, decode
 
     cli.configure_logging(log_level)  # warnings as log lines, as in the parent
-    pipeline.enable_heif()  # the parent's formats: HEIC must not fail for want of a plugin
+    decode.enable_heif()  # the parent's formats: HEIC must not fail for want of a plugin
 
     # A lower limit already set by the parent's environment stays (setrlimit refuses).
     with contextlib.suppress(ValueError, OSError):

@@ -176,6 +176,22 @@ def root_of(path: bytes, roots: Sequence[bytes]) -> bytes | None:
     return None
 
 
+def under_any(path: bytes, folders: Sequence[bytes]) -> bool:
+    """Whether `path` is one of `folders` or under one."""
+    return root_of(path, folders) is not None
+
+
+def under_set(path: bytes, folders: set[bytes]) -> bool:
+    """`under_any` for many folders (absolute, no trailing slash): O(depth), not O(folders)."""
+    while True:
+        if path in folders:
+            return True
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+
+
 def look_at(
     paths: Sequence[bytes],
     roots: Sequence[bytes],

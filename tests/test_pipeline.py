@@ -13,9 +13,9 @@ import blake3
 import pytest
 from PIL import Image
 
-from imageclust_daemon import models, pipeline, scan
+from imageclust_daemon import models, pipeline, presence, scan
 from imageclust_daemon.pipeline import Claims, plan, prepare
-from imageclust_daemon.records import FileStat, KnownFile, Preprocessing
+from imageclust_daemon.records import FileStat, IndexReport, KnownFile, Preprocessing
 from imageclust_daemon.store import Store
 from tests import photos
 from tests.conftest import cli_json, run_cli
@@ -166,15 +166,13 @@ def test_a_root_the_watcher_reports_deleted_is_offline_but_a_subfolder_is_gone(
         photos.save_jpeg(photos.photo_like(i), root / ("sub" if i % 2 else ".") / f"{i}.jpg")
     spec = models.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
-        loaded = pipeline.load_model(spec, tiny_model, store)
+        loaded = models.load_model(spec, tiny_model, store)
 
-        def index(only: list[Path] | None = None) -> pipeline.IndexReport:
+        def index(only: list[Path] | None = None) -> IndexReport:
             return pipeline.index(
                 [os.fsencode(root)],
                 store=store,
-                embedder=loaded.embedder,
-                spec=spec,
-                model=loaded.id,
+                model=loaded,
                 only=None if only is None else [os.fsencode(p) for p in only],
             )
 
@@ -206,14 +204,12 @@ def test_a_photo_dated_in_the_future_is_read_not_deferred_forever(
     deferred: list[bytes] = []
     spec = models.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
-        loaded = pipeline.load_model(spec, tiny_model, store)
+        loaded = models.load_model(spec, tiny_model, store)
         report = pipeline.index(
             [os.fsencode(root)],
             store=store,
-            embedder=loaded.embedder,
-            spec=spec,
-            model=loaded.id,
-            settle_seconds=30,
+            model=loaded,
+            options=pipeline.IndexOptions(settle_seconds=30),
             on_defer=deferred.extend,
         )
     assert report.embedded == 1
@@ -311,14 +307,12 @@ def test_a_photo_that_cannot_be_statted_is_offline_not_gone(
 
 
 def _index_in_process(
-    store: Store, loaded: pipeline.LoadedModel, roots: list[Path], **kwargs: object
-) -> pipeline.IndexReport:
+    store: Store, loaded: models.LoadedModel, roots: list[Path], **kwargs: object
+) -> IndexReport:
     return pipeline.index(
         [os.fsencode(r) for r in roots],
         store=store,
-        embedder=loaded.embedder,
-        spec=loaded.spec,
-        model=loaded.id,
+        model=loaded,
         whole_library=True,
         **kwargs,  # type: ignore[arg-type]
     )
@@ -335,12 +329,14 @@ def test_moves_exclusions_and_link_folders_are_not_taken_for_a_lost_mount(
     _photos(root / "home", 30, first=60)
     spec = models.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
-        loaded = pipeline.load_model(spec, tiny_model, store)
+        loaded = models.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [root]).embedded == 90
         (root / "trip").rename(root / "Trip 2024")  # 60 of 90 at new paths: a move
         moved = _index_in_process(store, loaded, [root])
         assert (moved.moved, moved.gone, moved.offline, moved.bytes_read) == (60, 60, 0, 0)
-        excluded = _index_in_process(store, loaded, [root], excluder=scan.Excluder(("Trip 2024",)))
+        excluded = _index_in_process(
+            store, loaded, [root], options=pipeline.IndexOptions(scan.Excluder(("Trip 2024",)))
+        )
         assert (excluded.gone, excluded.offline) == (60, 0)  # left out on purpose
 
     links = tmp_path / "links"
@@ -348,7 +344,7 @@ def test_moves_exclusions_and_link_folders_are_not_taken_for_a_lost_mount(
     for name in ("60.jpg", "61.jpg"):
         (links / name).symlink_to(root / "home" / name)  # the stored device: the target's
     with Store.open(tmp_path / "links.sqlite") as store:
-        loaded = pipeline.load_model(spec, tiny_model, store)
+        loaded = models.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [links]).embedded == 2
         (links / "60.jpg").unlink()
         report = _index_in_process(store, loaded, [links])
@@ -365,7 +361,7 @@ def test_an_unmount_seen_through_a_watcher_event_keeps_the_photos_offline(
     _photos(root / "nas", 6, first=1)
     spec = models.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
-        loaded = pipeline.load_model(spec, tiny_model, store)
+        loaded = models.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [root]).embedded == 7
         _as_other_device(store, root / "nas")
         for name in os.listdir(root / "nas"):
@@ -384,7 +380,7 @@ def test_a_missing_root_forgets_nothing_outside_it_and_forget_missing_clears_it(
     _photos(real, 3)
     spec = models.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
-        loaded = pipeline.load_model(spec, tiny_model, store)
+        loaded = models.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [real]).embedded == 3
         assert _index_in_process(store, loaded, [typo]).gone == 0
         assert store.status(loaded.id)["files"] == 3
@@ -417,7 +413,7 @@ def test_offline_rules_in_the_cases_reviews_found(tmp_path: Path, tiny_model: Pa
     _photos(library / "a", 60, first=20)
     _photos(library / "b", 140, first=80)
     with Store.open(tmp_path / "state.sqlite") as store:
-        loaded = pipeline.load_model(spec, tiny_model, store)
+        loaded = models.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [media, library]).embedded == 210
         _as_other_device(store, media / "DRIVE1")
         _as_other_device(store, media / "ext")
@@ -446,7 +442,7 @@ def test_a_root_emptied_by_a_move_to_another_root_is_not_offline(
     two.mkdir()
     spec = models.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
-        loaded = pipeline.load_model(spec, tiny_model, store)
+        loaded = models.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [one, two]).embedded == 5
         for name in os.listdir(one):
             os.rename(one / name, two / name)
@@ -463,7 +459,7 @@ def test_watcher_paths_under_a_symlinked_root_are_indexed(tmp_path: Path, tiny_m
     link.symlink_to(real)
     spec = models.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
-        loaded = pipeline.load_model(spec, tiny_model, store)
+        loaded = models.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [link]).embedded == 2
         _photos(link, 1, first=5)
         (link / "0.jpg").unlink()
@@ -477,14 +473,14 @@ def test_a_folder_deleted_from_a_drive_that_is_still_mounted_is_gone(
 ) -> None:
     """Its photos were on another device than the folder above, but that device is still
     mounted (here: the one /proc is on): the user deleted the folder."""
-    if pipeline.mounted_devices() is None:
+    if presence.mounted_devices() is None:
         pytest.skip("no /proc/self/mountinfo: only dangling links and empty folders count")
     root = tmp_path / "Photos"
     _photos(root / "links", 3)
     _photos(root, 1, first=5)
     spec = models.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
-        loaded = pipeline.load_model(spec, tiny_model, store)
+        loaded = models.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [root]).embedded == 4
         _as_other_device(store, root / "links", os.stat("/proc").st_dev)
         shutil.rmtree(root / "links")
@@ -504,7 +500,7 @@ def test_a_watcher_walk_that_sees_most_of_a_root_vanish_leaves_it_to_a_full_resc
     (root / "b").mkdir()
     spec = models.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
-        loaded = pipeline.load_model(spec, tiny_model, store)
+        loaded = models.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [root]).embedded == 90
         names = sorted(os.listdir(root / "a"))
         for name in names:

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon import catalog, pipeline
+from imageclust_daemon import catalog, regroup
 from imageclust_daemon.label import Label
 from imageclust_daemon.records import ContentRow, FileRow, FileStat, PhotoMeta
 from imageclust_daemon.store import Store
@@ -58,7 +58,7 @@ def main() -> None:
             with Store.open(state) as store:
                 fill(store, n)
                 t0 = time.perf_counter()
-                run = pipeline.recluster(store, MODEL, min_size=5, max_size=200)
+                run = regroup.recluster(store, MODEL, min_size=5, max_size=200)
                 recluster_s = time.perf_counter() - t0
                 for job in store.label_jobs():
                     store.save_label(

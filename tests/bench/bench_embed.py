@@ -81,15 +81,13 @@ def ceiling(embedder: Embedder, paths: list[Path], spec: models.ModelSpec, batch
 
 def end_to_end(model_path: Path, library: Path, spec: models.ModelSpec, batch: int) -> float:
     with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "s.sqlite") as store:
-        loaded = pipeline.load_model(spec, model_path, store)
+        loaded = models.load_model(spec, model_path, store)
         loaded.embedder.embed(np.zeros((1, 3, 224, 224), np.float32))  # warm up, as (a)
         report = pipeline.index(
             [os.fsencode(library)],
             store=store,
-            embedder=loaded.embedder,
-            spec=spec,
-            model=loaded.id,
-            batch_size=batch,
+            model=loaded,
+            options=pipeline.IndexOptions(batch_size=batch),
         )
         assert report.embedded == report.scanned, report
         return report.embedded / report.seconds

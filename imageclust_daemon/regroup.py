@@ -1,0 +1,312 @@
+"""Regrouping: the library's contents into groups (recluster), and titles for the groups
+that changed (relabel). Both read and write the state database only; the catalog is
+published from it afterwards (`publish`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import TypeVar
+
+import blake3
+import numpy as np
+
+from imageclust_daemon import cluster, decode, label
+from imageclust_daemon.errors import (
+    DecodeError,
+    OllamaError,
+    OllamaModelMissing,
+    OllamaUnavailable,
+)
+from imageclust_daemon.ollama import OllamaClient
+from imageclust_daemon.places import Place, nearest_place
+from imageclust_daemon.records import ClusterRun, GroupRow, LabelJob, display_path
+from imageclust_daemon.store import Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+# -- recluster ---------------------------------------------------------------------------------
+
+
+def _digest(parts: Iterable[str]) -> str:
+    h = blake3.blake3()
+    for part in parts:
+        h.update(part.encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+UNFINISHED_SHARE = 0.10  # recluster waits while more than this share of contents lacks embeddings
+
+
+def recluster(
+    store: Store,
+    model: str,
+    *,
+    min_size: int,
+    max_size: int,
+    force: bool = False,
+    stop: threading.Event | None = None,
+) -> ClusterRun:
+    """Regroup the live library's distinct contents; keep ids; flag new and changed groups.
+
+    Does nothing (and says so: `skipped`) when the model, the limits and the set of
+    contents are those of the last run.
+    """
+    started, wall = time.monotonic(), time.time()
+    counts = store.status(model)
+    if not force and counts["pending"] > UNFINISHED_SHARE * counts["contents"]:
+        # Right after a model switch almost nothing has the new model's embedding yet:
+        # grouping now would retire every group (and its title) for nothing.
+        return ClusterRun(
+            model,
+            min_size,
+            max_size,
+            "",
+            skipped=True,
+            note=f"indexing unfinished: {counts['pending']} of {counts['contents']} photos "
+            "still need an embedding; run `imageclust index` first (or --force)",
+        )
+    hashes, x = store.live_embeddings(model)
+    digest = _digest([model, str(min_size), str(max_size), *hashes])
+    last = store.last_cluster_run()
+    if last is not None and last.input_digest == digest and not force:
+        return replace(last, skipped=True, note=f"nothing changed since run #{last.run_id}")
+    try:
+        result = cluster.cluster(
+            x, min_size, max_size, cancelled=stop.is_set if stop is not None else cluster.never
+        )
+    except cluster.Cancelled:
+        return ClusterRun(model, min_size, max_size, digest, skipped=True, note="stopped")
+    labels = result.labels
+    members: list[list[int]] = [[] for _ in range(result.n_clusters)]
+    for i, group in enumerate(labels.tolist()):
+        if group >= 0:
+            members[group].append(i)
+    previous = store.active_clusters()
+    ids = cluster.match_clusters(
+        previous,
+        [{hashes[i] for i in group} for group in members],
+        next_id=store.next_cluster_id(),
+    )
+    ranks = cluster.rank_members(x, labels) if len(hashes) else np.zeros(0, dtype=np.int64)
+    groups = []
+    for gid, group in zip(ids, members, strict=True):
+        idx = np.asarray(group)
+        centre = x[idx].astype(np.float64).sum(axis=0)
+        centre /= np.linalg.norm(centre) or 1.0
+        sims = x[idx].astype(np.float64) @ centre
+        member_hashes = sorted(hashes[i] for i in group)
+        groups.append(
+            GroupRow(
+                id=gid,
+                members=tuple(
+                    (hashes[i], int(ranks[i]), float(s)) for i, s in zip(group, sims, strict=True)
+                ),
+                centroid=centre.astype(np.float32),
+                members_digest=_digest(member_hashes),
+                is_new=gid not in previous,
+                changed=gid not in previous or previous[gid] != set(member_hashes),
+            )
+        )
+    kept = set(ids)
+    retired = sorted(gid for gid in previous if gid not in kept)
+    run = ClusterRun(
+        model_id=model,
+        min_size=min_size,
+        max_size=max_size,
+        input_digest=digest,
+        started_at=wall,
+        seconds=time.monotonic() - started,
+        method=result.method,
+        n_points=len(hashes),
+        n_clusters=result.n_clusters,
+        unclustered=int((labels < 0).sum()),
+        new_clusters=sum(g.is_new for g in groups),
+        changed_clusters=sum(g.changed and not g.is_new for g in groups),
+        retired_clusters=len(retired),
+    )
+    run_id = store.save_clustering(run, groups, retired)
+    return replace(run, run_id=run_id)
+
+
+# -- relabel -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelReport:
+    groups: int = 0  # groups that needed a title
+    cached: int = 0  # titled from the cache: no request
+    requested: int = 0  # groups sent to Ollama
+    ollama: int = 0  # titled by Ollama this run
+    fallback: int = 0  # titled from dates and places (Ollama is asked again next run)
+    changed: int = 0  # groups whose title, phrase or source is not what it was
+    problem: str | None = None  # why Ollama was not (fully) used
+    seconds: float = 0.0
+
+
+def _thumbnails(job: LabelJob) -> list[bytes]:
+    images = []
+    for path in job.representatives:
+        try:
+            with open(path, "rb") as f:
+                images.append(decode.thumbnail_jpeg(f.read(), path=display_path(path)))
+        except (OSError, DecodeError) as exc:
+            log.warning("%s: not sent for labeling: %s", display_path(path), exc)
+    return images
+
+
+def relabel(
+    store: Store,
+    client: OllamaClient,
+    *,
+    everything: bool = False,
+    parallel: int = 1,
+    place_of: Callable[[float, float], Place | None] = nearest_place,
+    stop: threading.Event | None = None,
+    progress: Callable[[], None] | None = None,
+) -> LabelReport:
+    """Title every group that needs it; only those. Never blocked by Ollama being down.
+
+    Titles come from the label cache when the same membership was titled before,
+    else from Ollama (at most `parallel` requests in flight), else from the
+    photos' own dates and places. Once Ollama fails to answer at all, the rest of
+    this run uses fallback titles without asking. `stop`: return at once, leaving
+    the groups not yet answered for the next run. `progress`: called per group titled.
+    """
+    started = time.monotonic()
+    now = datetime.now()  # capture times after it are a camera's wrong clock
+    jobs = store.label_jobs(everything=everything)
+    if not jobs:
+        return LabelReport()
+    llm, version = client.model, label.PROMPT_VERSION
+    cached = changed = 0
+    waiting: list[LabelJob] = []
+    for job in jobs:
+        hit = None if everything else store.cached_label(job.members_digest, llm, version)
+        if hit is not None:
+            store.save_label(job, hit, llm, version)
+            cached += 1
+            changed += _differs(job, hit)
+        else:
+            waiting.append(job)
+    if not waiting:
+        return LabelReport(len(jobs), cached, changed=changed, seconds=time.monotonic() - started)
+
+    problem: str | None = None
+    try:
+        if not client.has_model():
+            problem = (
+                f"model {client.model!r} is not on the server (run: ollama pull {client.model})"
+            )
+    except OllamaError as exc:
+        problem = str(exc)
+    down = threading.Event()
+    if problem:
+        down.set()
+        # Ollama is away: a group whose fallback title is current keeps it as it is; only
+        # new and changed groups need one now (a library without an LLM stays cheap).
+        waiting = [job for job in waiting if job.needs_label or everything]
+    todo: list[tuple[LabelJob, label.GroupFacts, Place | None]] = []
+    for job in waiting:
+        facts = store.group_facts(job.cluster_id)
+        where = label.agreed_position(facts)  # a place only when most photos agree on it
+        todo.append((job, facts, place_of(*where) if where else None))
+
+    def ask(
+        job: LabelJob, facts: label.GroupFacts, place: Place | None
+    ) -> tuple[label.Label | None, bool]:
+        """(the label or None, whether Ollama was asked)."""
+        if down.is_set():
+            return None, False
+        images = _thumbnails(job)
+        if not images:
+            return None, False
+        prompt = label.build_prompt(facts, str(place) if place else None, len(images), now=now)
+        try:
+            return client.label(prompt, images), True
+        except (OllamaUnavailable, OllamaModelMissing) as exc:
+            down.set()  # it will not answer the next group either: stop asking this run
+            log.warning("group %d: %s", job.cluster_id, exc)
+        except OllamaError as exc:
+            log.warning("group %d: %s", job.cluster_id, exc)
+        return None, True
+
+    requested = ollama = fallback = 0
+    answers = abandonable_map(lambda item: ask(*item), todo, parallel, stop, "imageclust-label")
+    for (job, facts, place), (answer, asked) in zip(todo, answers, strict=False):
+        requested += asked
+        if answer is None:
+            answer = label.fallback_label(
+                facts, place.city if place else None, job.cluster_id, now=now
+            )
+            fallback += 1
+        else:
+            ollama += 1
+        store.save_label(job, answer, llm, version)
+        changed += _differs(job, answer)
+        if progress is not None:
+            progress()
+    if down.is_set() and problem is None:
+        problem = "Ollama stopped answering; the remaining groups got fallback titles"
+    return LabelReport(
+        len(jobs), cached, requested, ollama, fallback, changed, problem, time.monotonic() - started
+    )
+
+
+def abandonable_map(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    workers: int,
+    stop: threading.Event | None,
+    name: str,
+) -> Iterator[R]:
+    """fn over items on `workers` daemon threads, results in order.
+
+    When `stop` is set the iteration ends at once. A thread still blocked in a request
+    (an Ollama that hangs: its read timeout can be minutes) is abandoned with its
+    result; daemon threads never hold up the process's exit, so SIGTERM stays prompt.
+    """
+    results: list[Future[R]] = [Future() for _ in items]
+    todo = deque(range(len(items)))
+
+    def work() -> None:
+        while not (stop is not None and stop.is_set()):
+            try:
+                i = todo.popleft()
+            except IndexError:
+                return
+            try:
+                results[i].set_result(fn(items[i]))
+            except BaseException as exc:  # re-raised in the caller's thread
+                results[i].set_exception(exc)
+
+    for n in range(min(workers, len(items))):
+        threading.Thread(target=work, name=f"{name}-{n}", daemon=True).start()
+    for result in results:
+        while True:
+            try:
+                yield result.result(timeout=0.1)
+                break
+            except TimeoutError:
+                if stop is not None and stop.is_set():
+                    return
+
+
+def _differs(job: LabelJob, new: label.Label) -> bool:
+    return (job.title, job.catchy_phrase, job.label_source) != (
+        new.title,
+        new.catchy_phrase,
+        new.source,
+    )
