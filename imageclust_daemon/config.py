@@ -82,7 +82,8 @@ SETTINGS: tuple[Setting, ...] = (
         "schedule.recluster_seconds",
         600.0,
         "float",
-        "Least time between two reclusters while changes keep arriving, in seconds.",
+        "Seconds between reclusters; each runs only if photos changed since the last "
+        "(the first right after the startup rescan).",
         minimum=0,
         maximum=30 * 86400,
     ),
@@ -90,7 +91,7 @@ SETTINGS: tuple[Setting, ...] = (
         "schedule.publish_seconds",
         30.0,
         "float",
-        "Least time between two catalog publishes while changes keep arriving, in seconds.",
+        "Seconds between catalog publishes; each runs only if something changed.",
         minimum=0,
         maximum=86400,
     ),

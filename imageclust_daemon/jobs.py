@@ -1,14 +1,17 @@
 """The daemon's work as scheduled jobs, run one at a time: the state database has one writer.
 
-Every job runs on the scheduler's single executor thread, so no two jobs ever
-overlap (each is also `max_instances=1`, `coalesce=True`):
+APScheduler owns time. Every job runs on its single executor thread, so no two
+jobs ever overlap (each is also `max_instances=1`, `coalesce=True`); interval
+jobs carry a tenth of their interval as jitter. What stays here is only what
+changed since a job last ran (`_dirty`, `_publish_due`, the watcher's buffer):
 
-    ingest       every second: index the paths the watcher reported, once settled
-    reconcile    at start, then every `schedule.reconcile_seconds` (with jitter), and at
-                 once after lost events: rescan every root
-    regroup      when something changed and `schedule.recluster_seconds` passed since
-                 the last recluster: recluster, then relabel the changed groups
-    publish      when something changed, at most every `schedule.publish_seconds`
+    ingest       every second: index the paths the watcher reported, once settled;
+                 a full rescan when the watcher lost events
+    reconcile    at start, then every `schedule.reconcile_seconds`: rescan every root
+    retry        once, RETRY_AFTER seconds after a rescan or an ingest failed: rescan
+    regroup      every `schedule.recluster_seconds`, and right after the first rescan:
+                 recluster and relabel the changed groups, if something changed
+    publish      every `schedule.publish_seconds`, if something changed
     maintenance  10 minutes after a start, then daily: forget long-gone files and their
                  embeddings, optimize, checkpoint
 """
@@ -24,11 +27,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from imageclust_daemon import models, pipeline, publish, regroup
@@ -110,23 +116,22 @@ class Jobs:
     _store: Store | None = None
     _started: bool = False  # the first reconcile has run: buffered events may be processed
     _dirty: bool = True  # something changed since the last recluster
-    _publish_due: bool = True
-    _last_recluster: float = float("-inf")
-    _last_publish: float = float("-inf")
+    _publish_due: bool = True  # something changed since the last publish
     _client: OllamaClient | None = None
     _next_model: LazyModel | None = None  # from a reload, taken up between jobs
-    _failed_at: float = float("-inf")  # when a rescan or an ingest last failed
     _failed_rescans: int = 0  # in a row: past GIVE_UP_WAITING, regroup stops waiting
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    scheduler: BackgroundScheduler | None = None
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self.scheduler = BackgroundScheduler(
+    scheduler: BackgroundScheduler = field(
+        default_factory=lambda: BackgroundScheduler(
             executors={"default": JobExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
+    )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, *, paused: bool = False) -> None:
+        """Schedule the jobs and start the clock (`paused`: jobs are scheduled, none runs)."""
         logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "skipped: busy" is normal
         self._schedule(self.cfg)
         # Not tied to the config, so a reload leaves it be; soon after each start too,
@@ -137,20 +142,20 @@ class Jobs:
             id="maintenance",
             next_run_time=_now(MAINTENANCE_AFTER_START),
         )
-        self.scheduler.start()
+        self.scheduler.start(paused=paused)
 
     def _schedule(self, cfg: Config) -> None:
         """(Re)schedule the jobs whose timing the config sets. The first full rescan runs
         now on a start; after a reload the rescan request (`buffer.rescan`) asks for it."""
-        assert self.scheduler is not None
         every = cfg.schedule.reconcile_seconds
-        tick_regroup = min(60.0, max(1.0, cfg.schedule.recluster_seconds / 10))
-        tick_publish = min(30.0, max(0.5, cfg.schedule.publish_seconds / 2))
+        # An interval of 0 ("as often as possible") is a tick of 1 s and 0.5 s.
+        regroup_every = max(1.0, cfg.schedule.recluster_seconds)
+        publish_every = max(0.5, cfg.schedule.publish_seconds)
         jobs: list[tuple[str, Callable[[], None], IntervalTrigger]] = [
-            ("reconcile", self.reconcile, IntervalTrigger(seconds=every, jitter=every / 10)),
+            ("reconcile", self.reconcile, _every(every)),
             ("ingest", self.ingest, IntervalTrigger(seconds=1)),
-            ("regroup", self.regroup, IntervalTrigger(seconds=tick_regroup)),
-            ("publish", self.publish, IntervalTrigger(seconds=tick_publish)),
+            ("regroup", self.regroup, _every(regroup_every)),
+            ("publish", self.publish, _every(publish_every)),
         ]
         first = not self._started
         for job_id, fn, trigger in jobs:
@@ -178,12 +183,12 @@ class Jobs:
         with self._lock:
             if self._client is not None:
                 self._client.close()  # an in-flight Ollama request ends now
-        if self.scheduler is not None and self.scheduler.running:
+        if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
             # What was indexed before the stop reaches the catalog now, not at the next
             # start (a publish takes < 1 s at 100k photos).
             try:
-                self.publish(now=True)
+                self.publish()
             except Exception as exc:
                 log.error("could not publish the catalog before stopping: %s", exc)
         if self._store is not None:
@@ -289,24 +294,37 @@ class Jobs:
         except BaseException:
             self._retry_rescan()
             raise
-        self._started = True
+        if not self._started:  # group the library as soon as it is known in full
+            self._started = True
+            self._run_soon("regroup")
         self._failed_rescans = 0
+        with contextlib.suppress(JobLookupError):  # a retry still waiting has nothing to do
+            self.scheduler.remove_job("retry")
         self.status(
             f"idle: {report.scanned} photos; last full rescan took "
             f"{time.monotonic() - started:.0f} s"
         )
 
     def _retry_rescan(self) -> None:
-        """A failed rescan or ingest (database busy, disk gone): ingest runs a full rescan
+        """A failed rescan or ingest (database busy, disk gone): a full rescan runs
         RETRY_AFTER seconds on, so no change it was to pick up is lost."""
-        self._failed_at = time.monotonic()
         self._failed_rescans += 1
         self.buffer.request_rescan("retrying after a failure")
+        self.scheduler.add_job(
+            self._guarded("retry", self.reconcile),
+            DateTrigger(_now(RETRY_AFTER)),
+            id="retry",
+            replace_existing=True,
+        )
+
+    def _run_soon(self, job_id: str) -> None:
+        if self.scheduler.get_job(job_id) is not None:
+            self.scheduler.modify_job(job_id, next_run_time=_now())
 
     def ingest(self) -> None:
         if self.buffer.rescan.is_set():
-            if time.monotonic() - self._failed_at < RETRY_AFTER:
-                return
+            if self.scheduler.get_job("retry") is not None:
+                return  # the retry job rescans
             if self._started:
                 log.info("rescanning every root: %s", self.buffer.rescan_reason or "requested")
             self.reconcile()
@@ -324,17 +342,15 @@ class Jobs:
             self.model.release_if_idle(time.monotonic())
 
     def regroup(self) -> None:
-        now = time.monotonic()
-        if not self._dirty or now - self._last_recluster < self.cfg.schedule.recluster_seconds:
+        if not self._dirty:
             return
         if self.buffer.rescan.is_set() and self._failed_rescans < GIVE_UP_WAITING:
             return  # a full rescan is due: group the library once it is known in full
         self._dirty = False
-        self._last_recluster = now
         try:
             self._regroup()
         except BaseException:
-            self._dirty = True  # again at the next tick past recluster_seconds
+            self._dirty = True  # again at the next run
             raise
 
     def _regroup(self) -> None:
@@ -389,14 +405,11 @@ class Jobs:
         if report.fallback:
             self._dirty = True  # ask Ollama again at the next regroup tick
 
-    def publish(self, *, now: bool = False) -> None:
-        """Publish when something changed, at most every publish_seconds (or `now`)."""
-        started = time.monotonic()
-        wait = self.cfg.schedule.publish_seconds
-        if not self._publish_due or (not now and started - self._last_publish < wait):
+    def publish(self) -> None:
+        """Publish the catalog if something changed since the last publish."""
+        if not self._publish_due:
             return
         self._publish_due = False
-        self._last_publish = started
         try:
             self.store.checkpoint()
             report = publish.publish(
@@ -406,7 +419,7 @@ class Jobs:
                 organize_dir=self.cfg.organize.dir,
             )
         except BaseException:
-            self._publish_due = True  # again at the next tick past publish_seconds
+            self._publish_due = True  # again at the next run
             raise
         log.info("published the catalog: %d photos, %d groups", report.photos, report.clusters)
 
@@ -416,7 +429,11 @@ class Jobs:
             log.info("maintenance: forgot %d gone files and %d unused contents", files, contents)
 
 
-def _now(later: float = 0.0) -> object:
-    from datetime import datetime, timedelta
-
+def _now(later: float = 0.0) -> datetime:
     return datetime.now().astimezone() + timedelta(seconds=later)
+
+
+def _every(seconds: float) -> IntervalTrigger:
+    """An interval trigger with a tenth of the interval as jitter: many daemons started at
+    once (a fleet of machines, or users' logins) do not stay in step."""
+    return IntervalTrigger(seconds=seconds, jitter=seconds / 10)

@@ -71,6 +71,7 @@ def make_jobs(
         model = Daemon(lambda: cfg)._model(cfg)
         buffer = ChangeBuffer(0.0)
         jobs = Jobs(cfg, model, buffer, threading.Event(), lambda text: None)
+        jobs.start(paused=True)  # jobs are scheduled; the tests run them by hand
         made.append(jobs)
         return cfg, root, buffer, jobs
 
@@ -106,11 +107,14 @@ def test_a_failed_ingest_or_first_rescan_is_retried_not_dropped(
     with _database_locked(cfg):
         jobs._guarded("reconcile", jobs.reconcile)()  # fails: database is locked
     assert not jobs._started and buffer.rescan.is_set()
-    jobs.ingest()  # within RETRY_AFTER of the failure: waits
+    retry = jobs.scheduler.get_job("retry")
+    due = datetime.now().astimezone() + timedelta(seconds=jobs_module.RETRY_AFTER)
+    assert abs((retry.next_run_time - due).total_seconds()) < 5, "a rescan is scheduled"
+    jobs.ingest()  # the retry job is pending: ingest leaves the rescan to it
     assert _live(cfg) == set()
-    monkeypatch.setattr(jobs_module, "RETRY_AFTER", 0.0)
-    jobs.ingest()
+    retry.func()  # what the scheduler runs when the retry is due
     assert jobs._started and _live(cfg) == {"before.jpg"}
+    assert jobs.scheduler.get_job("retry") is None, "a rescan that worked ends the retry"
 
     new = photos.save_jpeg(photos.photo_like(2), root / "new.jpg")
     buffer.touch(os.fsencode(new))
@@ -118,8 +122,21 @@ def test_a_failed_ingest_or_first_rescan_is_retried_not_dropped(
     with _database_locked(cfg):
         jobs._guarded("ingest", jobs.ingest)()  # takes the path from the buffer, then fails
     assert len(buffer) == 0 and buffer.rescan.is_set()
-    jobs.ingest()  # the rescan it asked for finds the photo
+    jobs.scheduler.get_job("retry").func()  # the rescan it asked for finds the photo
     assert _live(cfg) == {"before.jpg", "new.jpg"}
+
+
+def test_the_first_rescan_brings_the_first_regroup_forward(
+    make_jobs: Callable[..., Any],
+) -> None:
+    """Albums appear as soon as the library is known, not a recluster interval later."""
+    _, root, _, jobs = make_jobs(schedule={"recluster_seconds": 3600})
+    scene_library(root, 2, 4)
+    later = jobs.scheduler.get_job("regroup").next_run_time
+    assert (later - datetime.now().astimezone()).total_seconds() > 3000
+    jobs.reconcile()
+    soon = jobs.scheduler.get_job("regroup").next_run_time
+    assert (soon - datetime.now().astimezone()).total_seconds() < 5
 
 
 def test_a_failed_regroup_or_publish_runs_again(
@@ -195,7 +212,6 @@ def test_maintenance_runs_soon_after_a_start_and_a_reload_does_not_push_it_back(
     make_jobs: Callable[..., Any],
 ) -> None:
     cfg, _, _, jobs = make_jobs()
-    jobs.start()
     first = jobs.scheduler.get_job("maintenance").next_run_time
     soon = datetime.now().astimezone() + timedelta(seconds=jobs_module.MAINTENANCE_AFTER_START)
     assert abs((first - soon).total_seconds()) < 5
