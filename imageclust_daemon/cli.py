@@ -23,6 +23,8 @@ from imageclust_daemon import (
     config,
     decode,
     doctor,
+    hub,
+    manifest,
     models,
     pipeline,
     publish,
@@ -513,7 +515,7 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
 
 def cmd_models(args: argparse.Namespace, cfg: config.Config) -> int:
     if args.models_command == "list":
-        for name, spec in models.load_manifest().items():
+        for name, spec in manifest.load_manifest().items():
             located = models.locate(cfg, name)
             mark = "*" if name == cfg.model.name else " "
             have = [r for r in ROLES if spec.file(r) and located.paths[r].is_file()]
@@ -555,9 +557,9 @@ def _download(args: argparse.Namespace, located: models.Located) -> int:
 
     spec = located.spec
     roles = (VISION,) if args.vision_only else ROLES
-    endpoint = models.endpoint_from(os.environ)
-    if endpoint != models.DEFAULT_ENDPOINT and args.url is None:
-        print(f"downloading from {endpoint} (${models.ENDPOINT_ENV})")
+    endpoint = hub.endpoint_from(os.environ)
+    if endpoint != hub.DEFAULT_ENDPOINT and args.url is None:
+        print(f"downloading from {endpoint} (${hub.ENDPOINT_ENV})")
     bar = tqdm(unit="B", unit_scale=True, desc=spec.name, disable=args.no_progress or None)
 
     def progress(done: int, total: int | None) -> None:
@@ -565,7 +567,7 @@ def _download(args: argparse.Namespace, located: models.Located) -> int:
         bar.update(done - bar.n)
 
     try:
-        fetched = models.download_model(
+        fetched = hub.download_model(
             located, roles=roles, endpoint=endpoint, vision_url=args.url, progress=progress
         )
     finally:
@@ -578,7 +580,7 @@ def _download(args: argparse.Namespace, located: models.Located) -> int:
         if item.fallback:
             print(
                 f"  note: the pinned revision {spec.revision} answered 'not found'; the same "
-                f"file came from {models.FALLBACK_REVISION} ({item.url}): its size and sha256 "
+                f"file came from {hub.FALLBACK_REVISION} ({item.url}): its size and sha256 "
                 "are the manifest's"
             )
     if not any(spec.file(r) for r in WORDS_ROLES):
@@ -591,13 +593,13 @@ def _download(args: argparse.Namespace, located: models.Located) -> int:
 def _print_file_report(name: str, report: models.FileReport) -> None:
     label = f"{name} {report.role}"
     if report.path is not None and not report.path.exists():
-        print(f"{label}: missing ({report.path}): {models.PURPOSE[report.role]}")
+        print(f"{label}: missing ({report.path}): {manifest.PURPOSE[report.role]}")
         return
     for problem in report.problems:
         print(f"{label}: {problem}")
     if report.ok:
         whose = (
-            f"your own file ({models.OWN_FILE_KEYS[report.role]}): its content"
+            f"your own file ({manifest.OWN_FILE_KEYS[report.role]}): its content"
             if report.own
             else "size, checksum, content"
         )

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imageclust_daemon import migrate, models
+from imageclust_daemon import manifest, migrate, models
 from imageclust_daemon.config import Config
 from imageclust_daemon.embed import (
     available_providers,
@@ -212,7 +212,7 @@ def check_model(cfg: Config) -> list[Check]:
     try:
         located = models.locate(cfg)
     except ConfigError as exc:
-        known = ", ".join(sorted(models.load_manifest()))
+        known = ", ".join(sorted(manifest.load_manifest()))
         return [Check("model", False, True, f"{exc.key}: {exc.problem}", f"use one of: {known}")]
     except ModelError as exc:
         return [Check("model", False, True, str(exc), "reinstall imageclust")]
@@ -388,17 +388,17 @@ def check_words(located: models.Located) -> list[Check]:
         report = reports.get(role)
         if report is None:
             continue
-        own_key = models.OWN_FILE_KEYS[role]
+        own_key = manifest.OWN_FILE_KEYS[role]
         # Without a name, `models download` keeps the config's own files (model.path, ...).
         download = "imageclust models download"
         if report.path is None or (report.own and not report.present):
             fix = f"point {own_key} at a file that exists"
             problem = report.problems[0] if report.path is None else "no such file"
-            detail = f"{report.path or own_key}: {problem}; {models.PURPOSE[role]}"
+            detail = f"{report.path or own_key}: {problem}; {manifest.PURPOSE[role]}"
             checks.append(Check(label, False, False, detail, fix))
         elif not report.present:
             what = "missing" if not report.path.exists() else report.problems[0]
-            detail = f"{report.path}: {what}; {models.PURPOSE[role]}"
+            detail = f"{report.path}: {what}; {manifest.PURPOSE[role]}"
             checks.append(Check(label, False, False, detail, download))
         elif report.problems:
             detail = f"{report.path}: " + "; ".join(report.problems)

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from imageclust_daemon import config, doctor, models
+from imageclust_daemon import config, doctor, manifest
 from imageclust_daemon.store import Store
 from tests.clip_vocab import write_tokenizer_json
 from tests.conftest import run_cli
@@ -191,7 +191,7 @@ def test_the_execution_provider_is_named_and_a_missing_one_is_a_warning(
     assert checks["execution provider"].ok
     assert "the model runs on CPU" in checks["execution provider"].detail
 
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     _, provider = doctor.check_model_contract(
         spec, tiny_model, own=True, providers=["cuda"], available=["CPUExecutionProvider"]
     )

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from imageclust_daemon import config, models
+from imageclust_daemon import config, manifest
 from imageclust_daemon import jobs as jobs_module
 from imageclust_daemon import store as store_module
 from imageclust_daemon.config import Config
@@ -32,7 +32,7 @@ from tests.library import scene_library
 
 
 def test_the_session_opens_on_first_use_and_closes_when_idle(tiny_model: Path) -> None:
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     model = LazyModel(spec, tiny_model, "tiny@sha256:x")
     assert not model.loaded
     out = model.embed(np.zeros((2, 3, 224, 224), np.float32))

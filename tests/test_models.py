@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from imageclust_daemon import models
+from imageclust_daemon import hub, manifest, models
 from imageclust_daemon.errors import ConfigError, DownloadError, ModelError
 from imageclust_daemon.records import (
     MERGES,
@@ -193,7 +193,7 @@ def spec_for(body: bytes, url: str, *, dim: int = 32, **changes: Any) -> ModelSp
 
 
 def no_part(dest: Path) -> bool:
-    return not models.part_path(dest).exists()
+    return not hub.part_path(dest).exists()
 
 
 # --- download ----------------------------------------------------------------------------------
@@ -204,10 +204,10 @@ def test_a_good_file_downloads_verifies_and_lands_at_dest(
 ) -> None:
     server.body = model_bytes
     spec = spec_for(model_bytes, server.url)
-    dest = models.model_file(tmp_path / "data", spec)  # the folders do not exist yet
+    dest = manifest.model_file(tmp_path / "data", spec)  # the folders do not exist yet
     calls: list[tuple[int, int | None]] = []
 
-    result = models.download(spec, dest, progress=lambda done, total: calls.append((done, total)))
+    result = hub.download(spec, dest, progress=lambda done, total: calls.append((done, total)))
 
     assert result.path == dest == tmp_path / "data" / "models" / "tiny-clip.onnx"
     assert (result.url, result.fallback) == (server.url, False)
@@ -228,7 +228,7 @@ def test_a_wrong_checksum_is_refused_and_leaves_nothing(
     dest = tmp_path / "model.onnx"
 
     with pytest.raises(DownloadError) as caught:
-        models.download(spec, dest, timeout=5)
+        hub.download(spec, dest, timeout=5)
 
     message = str(caught.value)
     assert expected in message
@@ -246,16 +246,16 @@ def test_a_dropped_connection_keeps_the_part_and_the_next_call_resumes_with_rang
     server.drop_next_after = half  # promises the full Content-Length, closes after half
     spec = spec_for(model_bytes, server.url)
     dest = tmp_path / "model.onnx"
-    part = models.part_path(dest)
+    part = hub.part_path(dest)
 
     with pytest.raises(DownloadError) as caught:
-        models.download(spec, dest, timeout=5)
+        hub.download(spec, dest, timeout=5)
 
     assert f"stopped at {half} of {len(model_bytes)} bytes" in str(caught.value)
     assert not dest.exists()
     assert part.read_bytes() == model_bytes[:half]
 
-    models.download(spec, dest, timeout=5)
+    hub.download(spec, dest, timeout=5)
 
     assert dest.read_bytes() == model_bytes
     assert not part.exists()
@@ -273,9 +273,9 @@ def test_a_server_ignoring_range_restarts_from_zero(
     spec = spec_for(model_bytes, server.url)
     dest = tmp_path / "model.onnx"
     # A stale .part that is not even a prefix of the file: appending to it would corrupt.
-    models.part_path(dest).write_bytes(b"stale bytes from some other file")
+    hub.part_path(dest).write_bytes(b"stale bytes from some other file")
 
-    models.download(spec, dest, timeout=5)
+    hub.download(spec, dest, timeout=5)
 
     assert dest.read_bytes() == model_bytes
     assert no_part(dest)
@@ -290,9 +290,9 @@ def test_a_416_for_an_overlong_part_restarts_from_zero(
     spec = spec_for(model_bytes, server.url, size_bytes=None)  # size unknown: only the server knows
     dest = tmp_path / "model.onnx"
     stale = b"x" * (len(model_bytes) + 10)
-    models.part_path(dest).write_bytes(stale)
+    hub.part_path(dest).write_bytes(stale)
 
-    models.download(spec, dest, timeout=5)
+    hub.download(spec, dest, timeout=5)
 
     assert dest.read_bytes() == model_bytes
     assert [(r.range, r.status) for r in server.requests] == [
@@ -307,9 +307,9 @@ def test_a_part_that_is_already_complete_is_checked_and_moved_without_refetching
     server.body = model_bytes
     spec = spec_for(model_bytes, server.url)
     dest = tmp_path / "model.onnx"
-    models.part_path(dest).write_bytes(model_bytes)  # an earlier run stopped before the rename
+    hub.part_path(dest).write_bytes(model_bytes)  # an earlier run stopped before the rename
 
-    models.download(spec, dest, timeout=5)
+    hub.download(spec, dest, timeout=5)
 
     assert dest.read_bytes() == model_bytes
     assert server.requests == []
@@ -324,7 +324,7 @@ def test_a_file_that_is_not_onnx_is_refused_and_not_moved_into_place(
     dest = tmp_path / "model.onnx"
 
     with pytest.raises(DownloadError, match="ONNX Runtime cannot load it"):
-        models.download(spec, dest, timeout=5)
+        hub.download(spec, dest, timeout=5)
 
     assert not dest.exists()
     assert no_part(dest)
@@ -338,7 +338,7 @@ def test_a_model_with_another_embedding_size_is_refused(
     dest = tmp_path / "model.onnx"
 
     with pytest.raises(DownloadError, match="has 32 values, the manifest says 512"):
-        models.download(spec, dest, timeout=5)
+        hub.download(spec, dest, timeout=5)
 
     assert not dest.exists()
     assert no_part(dest)
@@ -352,7 +352,7 @@ def test_a_server_offering_another_size_is_refused_before_the_transfer(
     dest = tmp_path / "model.onnx"
 
     with pytest.raises(DownloadError, match=f"offers {len(model_bytes)} bytes"):
-        models.download(spec, dest, timeout=5)
+        hub.download(spec, dest, timeout=5)
 
     assert not dest.exists()
     assert no_part(dest)  # nothing arrived, so no empty .part is left behind
@@ -365,13 +365,13 @@ def test_an_http_error_status_is_a_download_error_and_keeps_the_part(
     server.fail_with = 503
     spec = spec_for(model_bytes, server.url)
     dest = tmp_path / "model.onnx"
-    models.part_path(dest).write_bytes(model_bytes[:10])
+    hub.part_path(dest).write_bytes(model_bytes[:10])
 
     with pytest.raises(DownloadError, match="HTTP 503"):
-        models.download(spec, dest, timeout=5)
+        hub.download(spec, dest, timeout=5)
 
     assert not dest.exists()
-    assert models.part_path(dest).read_bytes() == model_bytes[:10]  # still a good prefix
+    assert hub.part_path(dest).read_bytes() == model_bytes[:10]  # still a good prefix
 
 
 def test_an_unreachable_server_is_a_download_error_and_keeps_the_part(
@@ -382,12 +382,12 @@ def test_an_unreachable_server_is_a_download_error_and_keeps_the_part(
         port = sock.getsockname()[1]
     spec = spec_for(model_bytes, f"http://127.0.0.1:{port}/model.onnx")
     dest = tmp_path / "model.onnx"
-    models.part_path(dest).write_bytes(model_bytes[:10])
+    hub.part_path(dest).write_bytes(model_bytes[:10])
 
     with pytest.raises(DownloadError, match=f"stopped at 10 of {len(model_bytes)} bytes"):
-        models.download(spec, dest, timeout=5)
+        hub.download(spec, dest, timeout=5)
 
-    assert models.part_path(dest).read_bytes() == model_bytes[:10]
+    assert hub.part_path(dest).read_bytes() == model_bytes[:10]
 
 
 def test_a_redirect_is_followed_and_keeps_the_range(
@@ -396,9 +396,9 @@ def test_a_redirect_is_followed_and_keeps_the_range(
     server.body = model_bytes
     spec = spec_for(model_bytes, server.redirect_url)  # Hugging Face redirects to its CDN
     dest = tmp_path / "model.onnx"
-    models.part_path(dest).write_bytes(model_bytes[:100])
+    hub.part_path(dest).write_bytes(model_bytes[:100])
 
-    models.download(spec, dest, timeout=5)
+    hub.download(spec, dest, timeout=5)
 
     assert dest.read_bytes() == model_bytes
     assert [(r.range, r.status) for r in server.requests] == [
@@ -413,22 +413,22 @@ def test_a_second_download_into_the_same_part_is_refused(
     server.body = model_bytes
     spec = spec_for(model_bytes, server.url)
     dest = tmp_path / "model.onnx"
-    part = models.part_path(dest)
+    part = hub.part_path(dest)
     part.write_bytes(model_bytes[:10])
 
     with open(part, "ab") as busy:
         fcntl.flock(busy.fileno(), fcntl.LOCK_EX)  # another process downloading
         with pytest.raises(DownloadError, match="in progress"):
-            models.download(spec, dest, timeout=5)
+            hub.download(spec, dest, timeout=5)
 
     assert part.read_bytes() == model_bytes[:10]  # untouched
     assert server.requests == []
 
 
 def test_a_model_without_a_url_cannot_be_downloaded(tmp_path: Path) -> None:
-    spec = models.load_manifest()["efficientnet-lite0-imagenet"]
+    spec = manifest.load_manifest()["efficientnet-lite0-imagenet"]
     with pytest.raises(DownloadError, match="no URL"):
-        models.download(spec, tmp_path / "m.onnx")
+        hub.download(spec, tmp_path / "m.onnx")
 
 
 def test_an_explicit_url_overrides_the_manifest(
@@ -438,7 +438,7 @@ def test_an_explicit_url_overrides_the_manifest(
     spec = spec_for(model_bytes, "https://example.invalid/never-used.onnx")
     dest = tmp_path / "model.onnx"
 
-    models.download(spec, dest, url=server.url, timeout=5)
+    hub.download(spec, dest, url=server.url, timeout=5)
 
     assert dest.read_bytes() == model_bytes
 
@@ -537,7 +537,7 @@ def test_a_404_at_the_pinned_revision_takes_the_same_file_from_main(
     server.routes[hub_path("main", "onnx/vision_model.onnx")] = model_bytes
     dest = tmp_path / "vision.onnx"
 
-    fetched = models.download(spec, dest, endpoint=server.base, timeout=5)
+    fetched = hub.download(spec, dest, endpoint=server.base, timeout=5)
 
     assert dest.read_bytes() == model_bytes and no_part(dest)
     assert (
@@ -560,7 +560,7 @@ def test_a_different_file_at_main_is_refused_and_every_url_is_named(
     dest = tmp_path / "vision.onnx"
 
     with pytest.raises(DownloadError) as caught:
-        models.download(spec, dest, endpoint=server.base, timeout=5)
+        hub.download(spec, dest, endpoint=server.base, timeout=5)
 
     message = str(caught.value)
     pinned = f"{server.base}{hub_path(COMMIT, 'onnx/vision_model.onnx')}"
@@ -579,7 +579,7 @@ def test_main_is_not_tried_for_a_file_without_a_checksum(
     server.routes[hub_path("main", "onnx/vision_model.onnx")] = model_bytes
 
     with pytest.raises(DownloadError, match="HTTP 404"):
-        models.download(spec, tmp_path / "v.onnx", endpoint=server.base, timeout=5)
+        hub.download(spec, tmp_path / "v.onnx", endpoint=server.base, timeout=5)
 
     assert [r.path for r in server.requests] == [hub_path(COMMIT, "onnx/vision_model.onnx")]
 
@@ -591,7 +591,7 @@ def test_gone_everywhere_names_both_urls_their_answers_and_what_to_do(
     dest = tmp_path / "vision.onnx"
 
     with pytest.raises(DownloadError) as caught:
-        models.download(spec, dest, endpoint=server.base, timeout=5)
+        hub.download(spec, dest, endpoint=server.base, timeout=5)
 
     message = str(caught.value)
     assert message.count("HTTP 404") == 2
@@ -602,12 +602,12 @@ def test_gone_everywhere_names_both_urls_their_answers_and_what_to_do(
 
 
 def test_hf_endpoint_names_the_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert models.endpoint_from({}) == "https://huggingface.co"
-    assert models.endpoint_from({"HF_ENDPOINT": "https://hf-mirror.example/"}) == (
+    assert hub.endpoint_from({}) == "https://huggingface.co"
+    assert hub.endpoint_from({"HF_ENDPOINT": "https://hf-mirror.example/"}) == (
         "https://hf-mirror.example"
     )
-    spec = models.load_manifest()["clip-vit-b32"]
-    urls = models.file_urls(spec, spec.vision, "https://hf-mirror.example")
+    spec = manifest.load_manifest()["clip-vit-b32"]
+    urls = hub.file_urls(spec, spec.vision, "https://hf-mirror.example")
     assert urls == [
         "https://hf-mirror.example/Xenova/clip-vit-base-patch32/resolve/"
         "d15189d7028b43f1d3e65039190477f6af591c2a/onnx/vision_model.onnx",
@@ -620,14 +620,14 @@ def test_the_shipped_vocabulary_downloads_from_a_mirror_and_verifies(
 ) -> None:
     """The manifest's own pins for vocab.json and merges.txt, fetched through a mirror at
     the layout Hugging Face's tools use, match CLIP's real vocabulary byte for byte."""
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     for role in (VOCAB, MERGES):
         f = spec.file(role)
         assert f is not None and f.repo_path is not None and spec.revision is not None
         server.routes[f"/{spec.repo}/resolve/{spec.revision}/{f.repo_path}"] = tokenizer_files[role]
-    mirror = models.endpoint_from({"HF_ENDPOINT": server.base})
+    mirror = hub.endpoint_from({"HF_ENDPOINT": server.base})
 
-    fetched = models.download_model(
+    fetched = hub.download_model(
         models.Located(spec, {r: tmp_path / r for r in (VOCAB, MERGES)}, frozenset()),
         roles=(VOCAB, MERGES),
         endpoint=mirror,
@@ -651,7 +651,7 @@ def test_every_file_of_a_model_in_one_run_with_one_progress_over_the_total(
     calls: list[tuple[int, int | None]] = []
     total = sum(f.size_bytes or 0 for f in spec.files)
 
-    fetched = models.download_model(
+    fetched = hub.download_model(
         located, endpoint=server.base, timeout=5, progress=lambda d, t: calls.append((d, t))
     )
 
@@ -665,7 +665,7 @@ def test_every_file_of_a_model_in_one_run_with_one_progress_over_the_total(
 
     # A second run fetches nothing: every file is in place and verified.
     server.requests.clear()
-    again = models.download_model(located, endpoint=server.base, timeout=5)
+    again = hub.download_model(located, endpoint=server.base, timeout=5)
     assert server.requests == [] and all(f.kept for f in again)
 
 
@@ -680,7 +680,7 @@ def test_vision_only_fetches_one_file(
     server.routes[hub_path(COMMIT, "onnx/vision_model.onnx")] = model_bytes
     located = located_in(tmp_path / "data", spec)
 
-    fetched = models.download_model(located, roles=(VISION,), endpoint=server.base, timeout=5)
+    fetched = hub.download_model(located, roles=(VISION,), endpoint=server.base, timeout=5)
 
     assert [f.role for f in fetched] == [VISION]
     reports = {r.role: r for r in models.verify(located)}
@@ -702,13 +702,13 @@ def test_a_failing_text_file_keeps_the_vision_tower_and_a_rerun_fetches_the_rest
     located = located_in(tmp_path / "data", spec)
 
     with pytest.raises(DownloadError, match=r"ended after|stopped at|offers"):
-        models.download_model(located, endpoint=server.base, timeout=5)
+        hub.download_model(located, endpoint=server.base, timeout=5)
 
     assert located.paths[VISION].read_bytes() == model_bytes
     assert not located.paths[TEXT].exists()
     server.routes[text_route] = text_bytes
     server.requests.clear()
-    fetched = models.download_model(located, endpoint=server.base, timeout=5)
+    fetched = hub.download_model(located, endpoint=server.base, timeout=5)
     assert [f.role for f in fetched if not f.kept] == [TEXT, VOCAB, MERGES, TOKENIZER]
     assert all(r.ok for r in models.verify(located))
 
@@ -721,7 +721,7 @@ def test_a_server_that_never_answers_times_out_and_leaves_nothing(
     dest = tmp_path / "model.onnx"
 
     with pytest.raises(DownloadError, match=r"stopped at 0 of|could not reach") as caught:
-        models.download(spec, dest, timeout=1)
+        hub.download(spec, dest, timeout=1)
 
     assert "run the same command again" in str(caught.value)
     assert not dest.exists() and no_part(dest)
@@ -732,7 +732,7 @@ def test_a_500_says_to_try_later(server: FileServer, model_bytes: bytes, tmp_pat
     spec = hub_spec({VISION: ("onnx/vision_model.onnx", model_bytes)})
 
     with pytest.raises(DownloadError, match="HTTP 500") as caught:
-        models.download(spec, tmp_path / "v.onnx", endpoint=server.base, timeout=5)
+        hub.download(spec, tmp_path / "v.onnx", endpoint=server.base, timeout=5)
 
     assert "try again later" in str(caught.value)
     assert len(server.requests) == 1  # a server error is not a reason to try main
@@ -759,7 +759,7 @@ def test_a_tokenizer_that_does_not_parse_or_encodes_otherwise_is_refused(
         dest = tmp_path / "tokenizer.json"
 
         with pytest.raises(DownloadError) as caught:
-            models.download(spec, dest, role=TOKENIZER, endpoint=server.base, timeout=5)
+            hub.download(spec, dest, role=TOKENIZER, endpoint=server.base, timeout=5)
 
         assert expected in str(caught.value)
         assert not dest.exists() and no_part(dest)
@@ -796,9 +796,9 @@ def test_a_leftover_complete_part_of_another_file_is_fetched_again(
     server.body = model_bytes
     spec = spec_for(model_bytes, server.url)
     dest = tmp_path / "model.onnx"
-    models.part_path(dest).write_bytes(bytes(len(model_bytes)))  # right size, wrong bytes
+    hub.part_path(dest).write_bytes(bytes(len(model_bytes)))  # right size, wrong bytes
 
-    fetched = models.download(spec, dest, timeout=5)
+    fetched = hub.download(spec, dest, timeout=5)
 
     assert dest.read_bytes() == model_bytes and no_part(dest)
     assert fetched.url == server.url
@@ -812,7 +812,7 @@ def test_a_server_offering_another_size_says_what_to_do(
     server.routes[hub_path(COMMIT, "onnx/vision_model.onnx")] = model_bytes + b"x"
 
     with pytest.raises(DownloadError, match="offers") as caught:
-        models.download(spec, tmp_path / "v.onnx", endpoint=server.base, timeout=5)
+        hub.download(spec, tmp_path / "v.onnx", endpoint=server.base, timeout=5)
 
     assert "next: the server sent another file" in str(caught.value)
 
@@ -826,7 +826,7 @@ def test_a_folder_where_a_model_file_goes_is_named(
     located.paths[VISION].mkdir(parents=True)
 
     with pytest.raises(DownloadError, match="is a folder, where the vision file goes"):
-        models.download_model(located, timeout=5)
+        hub.download_model(located, timeout=5)
     (report,) = models.verify(located)
     assert report.problems == (f"{located.paths[VISION]}: not a file (a folder?)",)
     assert server.requests == []
@@ -835,7 +835,7 @@ def test_a_folder_where_a_model_file_goes_is_named(
 @pytest.mark.parametrize("value", ["127.0.0.1:8080", "ftp://mirror", "http://[::1"])
 def test_a_bad_hf_endpoint_is_named(value: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
-        models.endpoint_from({"HF_ENDPOINT": value})
+        hub.endpoint_from({"HF_ENDPOINT": value})
     assert caught.value.key == "$HF_ENDPOINT"
 
     config = write_config(tmp_path / "c.toml", storage={"data_dir": str(tmp_path / "data")})
@@ -848,9 +848,9 @@ def test_a_bad_hf_endpoint_is_named(value: str, tmp_path: Path) -> None:
 
 
 def test_the_shipped_manifest_pins_every_file_of_the_clip_models() -> None:
-    manifest = models.load_manifest()
+    shipped = manifest.load_manifest()
 
-    b32, l14 = manifest["clip-vit-b32"], manifest["clip-vit-l14"]
+    b32, l14 = shipped["clip-vit-b32"], shipped["clip-vit-l14"]
     assert (b32.dim, l14.dim) == (512, 768)
     assert b32.revision == "d15189d7028b43f1d3e65039190477f6af591c2a"
     assert l14.revision == "c307790166907339eed5a9a53a249af534102536"
@@ -873,7 +873,7 @@ def test_the_shipped_manifest_pins_every_file_of_the_clip_models() -> None:
     assert text is not None and (text.input_name, text.output_name) == ("input_ids", "text_embeds")
     assert tok is not None and tok.probe_ids == PROBE_IDS
     assert [f.role for f in l14.files] == [VISION]  # no citable pins for its text files
-    dev = manifest["efficientnet-lite0-imagenet"]
+    dev = shipped["efficientnet-lite0-imagenet"]
     assert not dev.downloadable and dev.vision.sha256 is None
     assert dev.preprocessing.mean == pytest.approx((127 / 255,) * 3)
     assert dev.preprocessing.std == pytest.approx((128 / 255,) * 3)
@@ -884,7 +884,7 @@ def test_the_shipped_vocabulary_pins_are_clips_vocabulary(
 ) -> None:
     """vocab.json and merges.txt rebuilt from open_clip's own BPE file have the manifest's
     sha256 and size: the pins name CLIP's real vocabulary."""
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     for role in (VOCAB, MERGES):
         f = spec.file(role)
         assert f is not None
@@ -895,7 +895,7 @@ def test_the_shipped_vocabulary_pins_are_clips_vocabulary(
 def test_the_shipped_probe_is_what_clips_tokenizer_gives(tmp_path: Path) -> None:
     from tokenizers import Tokenizer
 
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     tok = spec.file(TOKENIZER)
     assert tok is not None and tok.probe_text is not None
     path = write_tokenizer_json(tmp_path / "tokenizer.json")
@@ -943,7 +943,7 @@ def test_a_minimal_entry_loads(tmp_path: Path) -> None:
     path = tmp_path / "manifest.toml"
     path.write_text(GOOD_ENTRY + TEXT_ENTRY, encoding="utf-8")
 
-    (spec,) = models.load_manifest(path).values()
+    (spec,) = manifest.load_manifest(path).values()
 
     assert (spec.name, spec.dim, spec.vision.sha256, spec.vision.size_bytes, spec.notes) == (
         "tiny",
@@ -996,7 +996,7 @@ def test_a_malformed_entry_names_the_entry_and_the_field(
     path.write_text(GOOD_ENTRY.replace(old, new, 1), encoding="utf-8")
 
     with pytest.raises(ModelError) as caught:
-        models.load_manifest(path)
+        manifest.load_manifest(path)
 
     assert f"model 'tiny': {field}:" in str(caught.value)
     assert str(path) in str(caught.value)
@@ -1018,7 +1018,7 @@ def test_a_malformed_text_entry_names_the_field(tmp_path: Path, edit: Any, field
     path.write_text(GOOD_ENTRY + edit(TEXT_ENTRY), encoding="utf-8")
 
     with pytest.raises(ModelError, match=re.escape(f"model 'tiny': {field}:")):
-        models.load_manifest(path)
+        manifest.load_manifest(path)
 
 
 def test_a_missing_preprocessing_table_is_an_error(tmp_path: Path) -> None:
@@ -1027,18 +1027,18 @@ def test_a_missing_preprocessing_table_is_an_error(tmp_path: Path) -> None:
     path.write_text(before + "[tiny.vision]" + after.split("[tiny.vision]")[1], encoding="utf-8")
 
     with pytest.raises(ModelError, match="model 'tiny': preprocessing: missing"):
-        models.load_manifest(path)
+        manifest.load_manifest(path)
 
 
 def test_a_manifest_that_is_not_toml_or_has_stray_keys_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "manifest.toml"
     path.write_text("[tiny\n", encoding="utf-8")
     with pytest.raises(ModelError, match="not valid TOML"):
-        models.load_manifest(path)
+        manifest.load_manifest(path)
 
     path.write_text('default = "tiny"\n' + GOOD_ENTRY, encoding="utf-8")
     with pytest.raises(ModelError, match=re.escape("default: expected a [table]")):
-        models.load_manifest(path)
+        manifest.load_manifest(path)
 
 
 def test_two_models_cannot_share_a_file_name(tmp_path: Path) -> None:
@@ -1048,7 +1048,7 @@ def test_two_models_cannot_share_a_file_name(tmp_path: Path) -> None:
     with pytest.raises(
         ModelError, match=re.escape("model 'other': vision.filename: 'tiny.onnx' is also")
     ):
-        models.load_manifest(path)
+        manifest.load_manifest(path)
 
 
 # --- verify ------------------------------------------------------------------------------------
@@ -1128,7 +1128,7 @@ def test_verify_of_the_configured_own_file_checks_its_contract_only(
     assert named.returncode == 1 and "vision: missing" in named.stdout  # the download's place
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not an onnx file")
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     located = models.Located(spec, {VISION: junk}, frozenset({VISION}))
     (broken,) = models.verify(located, roles=(VISION,))
     assert not broken.ok and any("ONNX Runtime cannot load it" in p for p in broken.problems)
@@ -1207,7 +1207,7 @@ def test_cli_download_from_a_dead_mirror_names_the_urls_and_exits_1(
 
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"downloading from {server.base} ($HF_ENDPOINT)" in done.stdout
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     for revision in (spec.revision, "main"):
         url = f"{server.base}/{spec.repo}/resolve/{revision}/onnx/vision_model.onnx: HTTP 404"
         assert url in done.stderr

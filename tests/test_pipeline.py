@@ -13,7 +13,7 @@ import blake3
 import pytest
 from PIL import Image
 
-from imageclust_daemon import models, pipeline, presence, scan
+from imageclust_daemon import manifest, models, pipeline, presence, scan
 from imageclust_daemon.pipeline import Claims, plan, prepare
 from imageclust_daemon.records import FileStat, IndexReport, KnownFile, Preprocessing
 from imageclust_daemon.store import Store
@@ -164,7 +164,7 @@ def test_a_root_the_watcher_reports_deleted_is_offline_but_a_subfolder_is_gone(
     (root / "sub").mkdir(parents=True)
     for i in range(4):
         photos.save_jpeg(photos.photo_like(i), root / ("sub" if i % 2 else ".") / f"{i}.jpg")
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
         loaded = models.load_model(spec, tiny_model, store)
 
@@ -202,7 +202,7 @@ def test_a_photo_dated_in_the_future_is_read_not_deferred_forever(
     tomorrow = time.time() + 86_400
     os.utime(future, (tomorrow, tomorrow))
     deferred: list[bytes] = []
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
         loaded = models.load_model(spec, tiny_model, store)
         report = pipeline.index(
@@ -327,7 +327,7 @@ def test_moves_exclusions_and_link_folders_are_not_taken_for_a_lost_mount(
     root = tmp_path / "Photos"
     _photos(root / "trip", 60)
     _photos(root / "home", 30, first=60)
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
         loaded = models.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [root]).embedded == 90
@@ -359,7 +359,7 @@ def test_an_unmount_seen_through_a_watcher_event_keeps_the_photos_offline(
     root = tmp_path / "Photos"
     _photos(root, 1)
     _photos(root / "nas", 6, first=1)
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
         loaded = models.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [root]).embedded == 7
@@ -378,7 +378,7 @@ def test_a_missing_root_forgets_nothing_outside_it_and_forget_missing_clears_it(
     --forget-missing accepts a root that is gone for good."""
     real, typo = tmp_path / "Pictures", tmp_path / "Pictrues"
     _photos(real, 3)
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
         loaded = models.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [real]).embedded == 3
@@ -403,7 +403,7 @@ def _as_other_device(store: Store, folder: Path, device: int = 987654321) -> Non
 
 
 def test_offline_rules_in_the_cases_reviews_found(tmp_path: Path, tiny_model: Path) -> None:
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     media, library = tmp_path / "media", tmp_path / "library"
     _photos(media / "DRIVE1", 4)
     _photos(media / "DRIVE2", 3, first=4)
@@ -440,7 +440,7 @@ def test_a_root_emptied_by_a_move_to_another_root_is_not_offline(
     one, two = tmp_path / "one", tmp_path / "two"
     _photos(one, 5)
     two.mkdir()
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
         loaded = models.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [one, two]).embedded == 5
@@ -457,7 +457,7 @@ def test_watcher_paths_under_a_symlinked_root_are_indexed(tmp_path: Path, tiny_m
     _photos(real, 2)
     link = tmp_path / "Pictures"
     link.symlink_to(real)
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
         loaded = models.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [link]).embedded == 2
@@ -478,7 +478,7 @@ def test_a_folder_deleted_from_a_drive_that_is_still_mounted_is_gone(
     root = tmp_path / "Photos"
     _photos(root / "links", 3)
     _photos(root, 1, first=5)
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
         loaded = models.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [root]).embedded == 4
@@ -498,7 +498,7 @@ def test_a_watcher_walk_that_sees_most_of_a_root_vanish_leaves_it_to_a_full_resc
     _photos(root / "a", 60)
     _photos(root / "c", 30, first=60)
     (root / "b").mkdir()
-    spec = models.load_manifest()["clip-vit-b32"]
+    spec = manifest.load_manifest()["clip-vit-b32"]
     with Store.open(tmp_path / "state.sqlite") as store:
         loaded = models.load_model(spec, tiny_model, store)
         assert _index_in_process(store, loaded, [root]).embedded == 90

@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon import models, pipeline
+from imageclust_daemon import manifest, models, pipeline
 from imageclust_daemon.embed import Embedder, model_io, open_session
 from imageclust_daemon.preprocess import model_input
 from imageclust_daemon.store import Store
@@ -146,7 +146,7 @@ def main() -> None:
     p.add_argument("--name", default="clip-vit-b32", help="manifest entry for preprocessing")
     p.add_argument("--naive", type=int, default=60, help="photos for the (slow) naive run")
     args = p.parse_args()
-    spec = models.load_manifest()[args.name]
+    spec = manifest.load_manifest()[args.name]
     paths = make_library(args.library / str(args.photos), args.photos)
     session = open_session(args.model)
     embedder = Embedder(session, model_io(session, path=str(args.model), image_size=224))

@@ -37,7 +37,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon import models
+from imageclust_daemon import manifest
 from imageclust_daemon.cluster import cluster
 from imageclust_daemon.decode import decode
 from imageclust_daemon.embed import Embedder, model_io, open_session
@@ -147,7 +147,7 @@ def main() -> None:
     args = p.parse_args()
     from tests.tools.real_photo_check import export
 
-    spec = models.load_manifest()["efficientnet-lite0-imagenet"]
+    spec = manifest.load_manifest()["efficientnet-lite0-imagenet"]
     model = args.work / "efficientnet-lite0.onnx"
     if not model.exists():
         export(model)
