@@ -12,7 +12,7 @@ import os
 import sqlite3
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
@@ -50,40 +50,53 @@ from imageclust_daemon.store import STATUS_KEYS, Store
 log = logging.getLogger("imageclust")
 
 
+Command = Callable[..., argparse.ArgumentParser]  # (subparsers, name, **kwargs) -> parser
+
+
+def _global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=default,
+        help=f"config file (default: ${config.ENV_CONFIG}, else the user config dir)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much to log on stderr (default: INFO for run, WARNING otherwise)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imageclust",
         description="Keeps a photo library organized by meaning (CLIP + clustering + local LLM).",
     )
     p.add_argument("--version", action="version", version=f"imageclust {__version__}")
-
-    def global_options(parser: argparse.ArgumentParser, default: object) -> None:
-        parser.add_argument(
-            "--config",
-            metavar="PATH",
-            default=default,
-            help=f"config file (default: ${config.ENV_CONFIG}, else the user config dir)",
-        )
-        parser.add_argument(
-            "--log-level",
-            default=default,
-            type=str.upper,
-            choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-            help="how much to log on stderr (default: INFO for run, WARNING otherwise)",
-        )
-
-    global_options(p, None)
+    _global_options(p, None)
     # Also accepted after the command (`imageclust status --config c.toml`); there they
     # only set what they are given, so one before the command still counts.
     after = argparse.ArgumentParser(add_help=False)
-    global_options(after, argparse.SUPPRESS)
+    _global_options(after, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(group: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
         return group.add_parser(name, parents=[after], **kwargs)  # type: ignore[no-any-return]
 
     command(sub, "run", help="the daemon, in the foreground: watch, index, group, title, publish")
+    _index_commands(sub, command)
+    _query_commands(sub, command)
+    _models_commands(sub, command)
+    _service_commands(sub, command)
+    command(
+        sub, "doctor", help="check config, model, ONNX Runtime, Ollama, database, disk and watches"
+    )
+    return p
 
+
+def _index_commands(sub: Any, command: Command) -> None:
     ix = command(
         sub, "index", help="scan, embed, group and title the photos once (with a progress bar)"
     )
@@ -101,15 +114,15 @@ def _parser() -> argparse.ArgumentParser:
         help="photos not found are gone, even when many vanished at once or their drive "
         "is not mounted (kept offline otherwise)",
     )
-
     rc = command(sub, "recluster", help="regroup the library by meaning (if anything changed)")
     rc.add_argument("--force", action="store_true", help="regroup even if nothing changed")
     rc.add_argument("--json", action="store_true", help="print the run record as JSON")
-
     rl = command(sub, "relabel", help="title new and changed groups (Ollama, else fallback)")
     rl.add_argument("--all", action="store_true", help="ask again for every group")
     rl.add_argument("--json", action="store_true", help="print the run's counts as JSON")
 
+
+def _query_commands(sub: Any, command: Command) -> None:
     qy = command(sub, "query", help="run one read-only SQL statement against the catalog")
     qy.add_argument("sql", metavar="SQL")
     fmt = qy.add_mutually_exclusive_group()
@@ -130,10 +143,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"stop (exit 2) past N bytes of values (default {defaults.bytes:,})",
     )
-
     st = command(sub, "status", help="what is indexed, pending and failed")
     st.add_argument("--json", action="store_true", help="one JSON object")
 
+
+def _models_commands(sub: Any, command: Command) -> None:
     md = command(sub, "models", help="list, download or verify CLIP models")
     msub = md.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     command(msub, "list", help="the models imageclust knows")
@@ -151,6 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     vf = command(msub, "verify", help="check each file of a model: size, checksum, content")
     vf.add_argument("name", nargs="?", help="manifest name (default: model.name)")
 
+
+def _service_commands(sub: Any, command: Command) -> None:
     sv = command(sub, "service", help="install, remove or show the systemd/launchd service")
     ssub = sv.add_subparsers(dest="service_command", required=True, metavar="ACTION")
     for action, text in (
@@ -162,11 +178,6 @@ def _parser() -> argparse.ArgumentParser:
         sa.add_argument(
             "--kind", choices=service.KINDS, help="default: systemd on Linux, launchd on macOS"
         )
-
-    command(
-        sub, "doctor", help="check config, model, ONNX Runtime, Ollama, database, disk and watches"
-    )
-    return p
 
 
 def _positive_int(text: str) -> int:
@@ -209,27 +220,32 @@ def _publish(cfg: config.Config, model_id: str | None) -> None:
     )
 
 
-def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
-    if args.paths:
-        roots = [Path(p).expanduser() for p in args.paths]
-        for root in roots:
-            if not root.is_dir():
-                problem = "no such folder" if not root.exists() else "not a folder"
-                raise UsageError(f"PATH {root}: {problem}")
-        library = [os.fsencode(os.path.realpath(r)) for r in cfg.roots]
-        for root in roots:
-            if not scan.under_any(os.fsencode(os.path.realpath(root)), library):
-                log.warning(
-                    "%s is not under library.roots%s: its photos are indexed now, but the "
-                    "next full rescan (the daemon's, or `imageclust index`) forgets them; "
-                    "add it to library.roots to keep it",
-                    root,
-                    f" ({cfg.source})" if cfg.source else "",
-                )
-    else:
-        roots = cfg.roots
-        if not roots:
+def _index_roots(args: argparse.Namespace, cfg: config.Config) -> list[Path]:
+    """The folders `index` walks: PATHs given (each must be a folder), else library.roots."""
+    if not args.paths:
+        if not cfg.roots:
             raise ConfigError("library.roots", "no folders to index; give PATH or set it")
+        return cfg.roots
+    roots = [Path(p).expanduser() for p in args.paths]
+    for root in roots:
+        if not root.is_dir():
+            problem = "no such folder" if not root.exists() else "not a folder"
+            raise UsageError(f"PATH {root}: {problem}")
+    library = [os.fsencode(os.path.realpath(r)) for r in cfg.roots]
+    for root in roots:
+        if not scan.under_any(os.fsencode(os.path.realpath(root)), library):
+            log.warning(
+                "%s is not under library.roots%s: its photos are indexed now, but the "
+                "next full rescan (the daemon's, or `imageclust index`) forgets them; "
+                "add it to library.roots to keep it",
+                root,
+                f" ({cfg.source})" if cfg.source else "",
+            )
+    return roots
+
+
+def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
+    roots = _index_roots(args, cfg)
     located = models.locate(cfg)
     spec = located.spec
     with Store.open(cfg.state_db_path) as store:

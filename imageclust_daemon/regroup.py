@@ -100,6 +100,38 @@ def recluster(
         [{hashes[i] for i in group} for group in members],
         next_id=store.next_cluster_id(),
     )
+    groups = group_rows(x, hashes, labels, members, ids, previous)
+    kept = set(ids)
+    retired = sorted(gid for gid in previous if gid not in kept)
+    run = ClusterRun(
+        model_id=model,
+        min_size=min_size,
+        max_size=max_size,
+        input_digest=digest,
+        started_at=wall,
+        seconds=time.monotonic() - started,
+        method=result.method,
+        n_points=len(hashes),
+        n_clusters=result.n_clusters,
+        unclustered=int((labels < 0).sum()),
+        new_clusters=sum(g.is_new for g in groups),
+        changed_clusters=sum(g.changed and not g.is_new for g in groups),
+        retired_clusters=len(retired),
+    )
+    run_id = store.save_clustering(run, groups, retired)
+    return replace(run, run_id=run_id)
+
+
+def group_rows(
+    x: np.ndarray,
+    hashes: Sequence[str],
+    labels: np.ndarray,
+    members: Sequence[Sequence[int]],
+    ids: Sequence[int],
+    previous: dict[int, set[str]],
+) -> list[GroupRow]:
+    """Each group as stored: members ranked most typical first with their similarity to the
+    group's centre, the centre, a digest of the membership, and whether it is new or changed."""
     ranks = cluster.rank_members(x, labels) if len(hashes) else np.zeros(0, dtype=np.int64)
     groups = []
     for gid, group in zip(ids, members, strict=True):
@@ -120,25 +152,7 @@ def recluster(
                 changed=gid not in previous or previous[gid] != set(member_hashes),
             )
         )
-    kept = set(ids)
-    retired = sorted(gid for gid in previous if gid not in kept)
-    run = ClusterRun(
-        model_id=model,
-        min_size=min_size,
-        max_size=max_size,
-        input_digest=digest,
-        started_at=wall,
-        seconds=time.monotonic() - started,
-        method=result.method,
-        n_points=len(hashes),
-        n_clusters=result.n_clusters,
-        unclustered=int((labels < 0).sum()),
-        new_clusters=sum(g.is_new for g in groups),
-        changed_clusters=sum(g.changed and not g.is_new for g in groups),
-        retired_clusters=len(retired),
-    )
-    run_id = store.save_clustering(run, groups, retired)
-    return replace(run, run_id=run_id)
+    return groups
 
 
 # -- relabel -----------------------------------------------------------------------------------
@@ -204,17 +218,10 @@ def relabel(
     if not waiting:
         return LabelReport(len(jobs), cached, changed=changed, seconds=time.monotonic() - started)
 
-    problem: str | None = None
-    try:
-        if not client.has_model():
-            problem = (
-                f"model {client.model!r} is not on the server (run: ollama pull {client.model})"
-            )
-    except OllamaError as exc:
-        problem = str(exc)
-    down = threading.Event()
+    problem = _ollama_problem(client)
+    asker = _Asker(client, now)
     if problem:
-        down.set()
+        asker.down.set()
         # Ollama is away: a group whose fallback title is current keeps it as it is; only
         # new and changed groups need one now (a library without an LLM stays cheap).
         waiting = [job for job in waiting if job.needs_label or everything]
@@ -224,27 +231,10 @@ def relabel(
         where = label.agreed_position(facts)  # a place only when most photos agree on it
         todo.append((job, facts, place_of(*where) if where else None))
 
-    def ask(
-        job: LabelJob, facts: label.GroupFacts, place: Place | None
-    ) -> tuple[label.Label | None, bool]:
-        """(the label or None, whether Ollama was asked)."""
-        if down.is_set():
-            return None, False
-        images = _thumbnails(job)
-        if not images:
-            return None, False
-        prompt = label.build_prompt(facts, str(place) if place else None, len(images), now=now)
-        try:
-            return client.label(prompt, images), True
-        except (OllamaUnavailable, OllamaModelMissing) as exc:
-            down.set()  # it will not answer the next group either: stop asking this run
-            log.warning("group %d: %s", job.cluster_id, exc)
-        except OllamaError as exc:
-            log.warning("group %d: %s", job.cluster_id, exc)
-        return None, True
-
     requested = ollama = fallback = 0
-    answers = abandonable_map(lambda item: ask(*item), todo, parallel, stop, "imageclust-label")
+    answers = abandonable_map(
+        lambda item: asker.ask(*item), todo, parallel, stop, "imageclust-label"
+    )
     for (job, facts, place), (answer, asked) in zip(todo, answers, strict=False):
         requested += asked
         if answer is None:
@@ -258,11 +248,50 @@ def relabel(
         changed += _differs(job, answer)
         if progress is not None:
             progress()
-    if down.is_set() and problem is None:
+    if asker.down.is_set() and problem is None:
         problem = "Ollama stopped answering; the remaining groups got fallback titles"
     return LabelReport(
         len(jobs), cached, requested, ollama, fallback, changed, problem, time.monotonic() - started
     )
+
+
+def _ollama_problem(client: OllamaClient) -> str | None:
+    """Why Ollama cannot title groups now, or None when it has the model."""
+    try:
+        if not client.has_model():
+            return f"model {client.model!r} is not on the server (run: ollama pull {client.model})"
+    except OllamaError as exc:
+        return str(exc)
+    return None
+
+
+class _Asker:
+    """Asks Ollama for one group's label; once it fails to answer at all (`down`), the
+    rest of the run is not asked."""
+
+    def __init__(self, client: OllamaClient, now: datetime) -> None:
+        self.client, self.now = client, now
+        self.down = threading.Event()
+
+    def ask(
+        self, job: LabelJob, facts: label.GroupFacts, place: Place | None
+    ) -> tuple[label.Label | None, bool]:
+        """(the label or None, whether Ollama was asked)."""
+        if self.down.is_set():
+            return None, False
+        images = _thumbnails(job)
+        if not images:
+            return None, False
+        where = str(place) if place else None
+        prompt = label.build_prompt(facts, where, len(images), now=self.now)
+        try:
+            return self.client.label(prompt, images), True
+        except (OllamaUnavailable, OllamaModelMissing) as exc:
+            self.down.set()  # it will not answer the next group either: stop asking this run
+            log.warning("group %d: %s", job.cluster_id, exc)
+        except OllamaError as exc:
+            log.warning("group %d: %s", job.cluster_id, exc)
+        return None, True
 
 
 def abandonable_map(
