@@ -405,27 +405,34 @@ def _fetch(
         except httpx.InvalidURL as exc:
             raise DownloadError(url, f"not a valid URL ({exc})", next_step="check the URL") from exc
         except httpx.HTTPError as exc:
-            of = f" of {total}" if total is not None else ""
-            kept = f"{out.name} keeps what arrived; " if received else ""
-            host = httpx.URL(url).host or url
-            what = (
-                f"the transfer stopped at {received}{of} bytes"
-                if received or answered
-                else f"could not reach {host}"
-            )
-            raise DownloadError(
-                url,
-                f"{what} ({exc or type(exc).__name__}); {kept}run the download again to resume",
-                next_step=f"check the network (or ${ENDPOINT_ENV}, a proxy), then run the "
-                "same command again: it resumes. Without a network here: fetch the file on "
-                "another machine and set model.path (model.text_path, model.tokenizer_path) "
-                f"to it, or point ${ENDPOINT_ENV} or --url at a mirror you can reach",
-            ) from exc
+            raise _transfer_failed(url, exc, out, received, total, answered) from exc
         if total is not None and received < total:
             raise DownloadError(
                 url, f"the body ended after {received} of {total} bytes; run again to resume"
             )
         return True
+
+
+def _transfer_failed(
+    url: str, exc: Exception, out: IO[bytes], received: int, total: int | None, answered: bool
+) -> DownloadError:
+    """What a broken transfer kept, and how to go on: again (it resumes), or offline."""
+    of = f" of {total}" if total is not None else ""
+    kept = f"{out.name} keeps what arrived; " if received else ""
+    host = httpx.URL(url).host or url
+    what = (
+        f"the transfer stopped at {received}{of} bytes"
+        if received or answered
+        else f"could not reach {host}"
+    )
+    return DownloadError(
+        url,
+        f"{what} ({exc or type(exc).__name__}); {kept}run the download again to resume",
+        next_step=f"check the network (or ${ENDPOINT_ENV}, a proxy), then run the "
+        "same command again: it resumes. Without a network here: fetch the file on "
+        "another machine and set model.path (model.text_path, model.tokenizer_path) "
+        f"to it, or point ${ENDPOINT_ENV} or --url at a mirror you can reach",
+    )
 
 
 def _remove_if_empty(out: IO[bytes], part: Path) -> None:
