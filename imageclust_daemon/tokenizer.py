@@ -1,4 +1,5 @@
-"""CLIP's text tokenizer: reading and checking a model's `tokenizer.json`.
+"""CLIP's text tokenizer: reading and checking a model's `tokenizer.json`, and turning
+text into the text tower's token ids exactly as open_clip does (`ClipTokenizer`).
 
 A `tokenizer.json` (Hugging Face's `tokenizers` format) holds the whole
 pipeline: normalization, the pre-tokenizer's split pattern, the byte-level BPE
@@ -16,11 +17,74 @@ exactly that vocabulary and those merges.
 
 from __future__ import annotations
 
+import html
 import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from imageclust_daemon.errors import ModelError
+
+START, END = "<|startoftext|>", "<|endoftext|>"
+CONTEXT_LENGTH = 77  # every CLIP text tower's input_ids length
+_WHITESPACE = re.compile(r"\s+")
+
+
+def clean(text: str) -> str:
+    """open_clip's default cleaning ("lower"): `ftfy.fix_text`, HTML entities unescaped
+    twice, whitespace runs to one space, stripped, lower-cased."""
+    import ftfy  # imported here: only search needs it
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return _WHITESPACE.sub(" ", text).strip().lower()
+
+
+class ClipTokenizer:
+    """Text -> CLIP token ids: open_clip's cleaning, then the model's own BPE
+    (`tokenizer.json`), start and end tokens around it, truncated to the context length
+    with the end token kept last, padded with 0."""
+
+    def __init__(self, tokenizer: Any, context_length: int = CONTEXT_LENGTH) -> None:
+        start, end = tokenizer.token_to_id(START), tokenizer.token_to_id(END)
+        if start is None or end is None:
+            raise ModelError(f"the tokenizer has no {START} or {END} token: not CLIP's")
+        self._tok, self.start_id, self.end_id = tokenizer, int(start), int(end)
+        self.context_length = context_length
+
+    @classmethod
+    def from_file(cls, path: Path) -> ClipTokenizer:
+        """The tokenizer in `path`, with what a person types read as text: its control
+        tokens are not matched inside the text (open_clip matches only its own names for
+        them, <start_of_text> and <end_of_text>, which no published tokenizer.json uses)."""
+        from tokenizers import Tokenizer
+
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc["added_tokens"] = []
+            return cls(Tokenizer.from_str(json.dumps(doc)))
+        except ModelError:
+            raise
+        except Exception as exc:  # OSError, bad JSON, the Rust side's parse error
+            raise ModelError(f"{path}: not a usable tokenizer.json: {_first_line(exc)}") from None
+
+    def encode(self, text: str) -> list[int]:
+        """One text's ids, start and end tokens included, at most `context_length`."""
+        return self._ids(self._tok.encode(clean(text), add_special_tokens=False).ids)
+
+    def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """int64 [len(texts), context_length], as the text tower's `input_ids` takes them."""
+        out = np.zeros((len(texts), self.context_length), dtype=np.int64)
+        cleaned = [clean(t) for t in texts]
+        for row, enc in enumerate(self._tok.encode_batch(cleaned, add_special_tokens=False)):
+            ids = self._ids(enc.ids)
+            out[row, : len(ids)] = ids
+        return out
+
+    def _ids(self, body: Sequence[int]) -> list[int]:
+        return [self.start_id, *body[: self.context_length - 2], self.end_id]
 
 
 def load(path: Path) -> Any:

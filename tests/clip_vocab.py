@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import itertools
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -115,3 +116,90 @@ def write_tokenizer_json(path: Path, vocab: ClipVocab | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(path))
     return path
+
+
+class ReferenceTokenizer:
+    """open_clip's `SimpleTokenizer` (open_clip/tokenizer.py, MIT), rewritten here line for
+    line over the same BPE file, since importing open_clip imports torch. Its default
+    cleaning ("lower"): ftfy.fix_text, html.unescape twice, strip, whitespace runs to one
+    space, lower case. Its special tokens are named <start_of_text> and <end_of_text>
+    (ids 49406 and 49407, the ids of CLIP's <|startoftext|> and <|endoftext|>)."""
+
+    SPECIALS = ("<start_of_text>", "<end_of_text>")
+
+    def __init__(self) -> None:
+        import regex
+
+        v = clip_vocab()
+        self.byte_encoder = bytes_to_unicode()
+        self.encoder = {t: i for t, i in v.vocab.items() if t not in (START, END)}
+        self.encoder.update({self.SPECIALS[0]: v.vocab[START], self.SPECIALS[1]: v.vocab[END]})
+        self.bpe_ranks = {tuple(m.split()): i for i, m in enumerate(v.merges)}
+        self.cache = {t: t for t in self.SPECIALS}
+        self.pat = regex.compile(
+            "|".join(self.SPECIALS)
+            + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+            regex.IGNORECASE,
+        )
+        self.sot, self.eot = v.vocab[START], v.vocab[END]
+
+    @staticmethod
+    def clean(text: str) -> str:
+        import html
+
+        import ftfy
+
+        text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+        return " ".join(text.split()).strip().lower()
+
+    def bpe(self, token: str) -> str:
+        if token in self.cache:
+            return self.cache[token]
+        word: tuple[str, ...] = (*token[:-1], token[-1] + "</w>")
+        pairs = set(itertools.pairwise(word))
+        if not pairs:
+            return token + "</w>"
+        while True:
+            bigram = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
+            if bigram not in self.bpe_ranks:
+                break
+            first, second = bigram
+            new_word: list[str] = []
+            i = 0
+            while i < len(word):
+                try:
+                    j = word.index(first, i)
+                except ValueError:
+                    new_word.extend(word[i:])
+                    break
+                new_word.extend(word[i:j])
+                i = j
+                if word[i] == first and i < len(word) - 1 and word[i + 1] == second:
+                    new_word.append(first + second)
+                    i += 2
+                else:
+                    new_word.append(word[i])
+                    i += 1
+            word = tuple(new_word)
+            if len(word) == 1:
+                break
+            pairs = set(itertools.pairwise(word))
+        out = " ".join(word)
+        self.cache[token] = out
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for token in self.pat.findall(self.clean(text)):
+            token = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
+            ids.extend(self.encoder[piece] for piece in self.bpe(token).split(" "))
+        return ids
+
+    def tokenize(self, text: str, context_length: int = 77) -> list[int]:
+        """open_clip's `__call__` for one text, before padding: start, ids, end, truncated
+        with the end token kept last."""
+        tokens = [self.sot, *self.encode(text), self.eot]
+        if len(tokens) > context_length:
+            tokens = tokens[:context_length]
+            tokens[-1] = self.eot
+        return tokens
