@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from imageclust_daemon import search
 from imageclust_daemon.durable import fsync_dir
 from imageclust_daemon.errors import DatabaseError, QueryRefused
 from imageclust_daemon.migrate import statements
@@ -139,8 +140,9 @@ def publish(
     remove_dead_temps(dest)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
+    before = _named_snapshot(dest)
     try:
-        _build(state_db, tmp, model_id=model_id, daemon_version=daemon_version)
+        snapshot = _build(state_db, tmp, dest, model_id=model_id, daemon_version=daemon_version)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o444)
@@ -150,6 +152,8 @@ def publish(
         raise DatabaseError(f"cannot publish the catalog to {dest}: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
+    # A reader that opened the catalog before the swap may still open the snapshot it names.
+    search.remove_unnamed(dest.parent, dest.name, {snapshot} | ({before} if before else set()))
     conn = sqlite3.connect(uri(dest, mode="ro"), uri=True)
     try:
         photos = conn.execute("SELECT count(*) FROM photos").fetchone()[0]
@@ -160,7 +164,8 @@ def publish(
 
 
 def remove_dead_temps(dest: Path) -> list[Path]:
-    """Remove the temporary catalogs (``.<name>.<pid>.tmp``) that processes now dead left
+    """Remove the temporary catalogs (``.<name>.<pid>.tmp``) and search snapshots
+    (``.<name>.<pid>.search.tmp``) that processes now dead left
     beside `dest` when they were killed mid-publish; those of a live process stay."""
     removed: list[Path] = []
     prefix = f".{dest.name}."
@@ -171,7 +176,7 @@ def remove_dead_temps(dest: Path) -> list[Path]:
     for name in names:
         if not (name.startswith(prefix) and name.endswith(".tmp")):
             continue
-        pid_text = name[len(prefix) : -len(".tmp")]
+        pid_text = name[len(prefix) : -len(".tmp")].removesuffix(".search")
         if not (pid_text.isascii() and pid_text.isdigit() and len(pid_text) <= 9):
             continue  # not one of ours (PIDs fit in 9 digits: Linux's limit is 4,194,304)
         pid = int(pid_text)
@@ -201,7 +206,26 @@ def uri(path: Path, **params: str) -> str:
     return f"file:{quote(os.fspath(path.resolve()))}" + (f"?{query}" if query else "")
 
 
-def _build(state_db: Path, tmp: Path, *, model_id: str | None, daemon_version: str) -> None:
+def _named_snapshot(catalog_path: Path) -> str | None:
+    """The snapshot file the catalog at `catalog_path` names, if it can be read."""
+    try:
+        conn = sqlite3.connect(uri(catalog_path, mode="ro"), uri=True)
+        try:
+            row = conn.execute(
+                "SELECT value FROM catalog_info WHERE key = 'search_snapshot'"
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row and row[0] else None
+
+
+def _build(
+    state_db: Path, tmp: Path, dest: Path, *, model_id: str | None, daemon_version: str
+) -> str:
+    """Build the catalog in `tmp` and its search snapshot beside `dest`; returns the
+    snapshot's file name."""
     conn = sqlite3.connect(uri(tmp), uri=True, isolation_level=None)
     try:
         conn.create_function("is_utf8", 1, _is_utf8, deterministic=True)
@@ -253,11 +277,14 @@ def _build(state_db: Path, tmp: Path, *, model_id: str | None, daemon_version: s
         )
         for statement in statements(INDEXES):
             conn.execute(statement)
+        snapshot, token = search.write(conn, dest.parent, dest.name, model_id)
         info = {
             "schema_version": str(SCHEMA_VERSION),
             "generated_at": _iso(time.time()),
             "model": model_id or "",
             "daemon_version": daemon_version,
+            "search_snapshot": snapshot,
+            "search_token": token,
         }
         conn.executemany("INSERT INTO catalog_info (key, value) VALUES (?, ?)", info.items())
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -265,6 +292,7 @@ def _build(state_db: Path, tmp: Path, *, model_id: str | None, daemon_version: s
         conn.execute("DETACH state")
     finally:
         conn.close()
+    return snapshot
 
 
 def _is_live(conn: sqlite3.Connection, raw: bytes) -> bool:

@@ -30,6 +30,7 @@ from imageclust_daemon import (
     publish,
     regroup,
     scan,
+    search,
     service,
 )
 from imageclust_daemon.embed import Embedder, short_provider
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     command(sub, "run", help="the daemon, in the foreground: watch, index, group, title, publish")
     _index_commands(sub, command)
     _query_commands(sub, command)
+    _search_commands(sub, command)
     _models_commands(sub, command)
     _service_commands(sub, command)
     command(
@@ -145,6 +147,24 @@ def _query_commands(sub: Any, command: Command) -> None:
     )
     st = command(sub, "status", help="what is indexed, pending and failed")
     st.add_argument("--json", action="store_true", help="one JSON object")
+
+
+def _search_commands(sub: Any, command: Command) -> None:
+    for name, what, text in (
+        ("search", "text", "find photos by words (CLIP), best first"),
+        ("similar", "path", "find photos like an image (of the library or not), best first"),
+    ):
+        sp = command(sub, name, help=text)
+        if what == "text":
+            sp.add_argument("text", metavar="TEXT", help='what to look for, e.g. "dog on a beach"')
+        else:
+            sp.add_argument("path", metavar="PATH", help="an image file")
+        sp.add_argument(
+            "--limit", type=_positive_int, default=20, metavar="N", help="photos (default 20)"
+        )
+        fmt = sp.add_mutually_exclusive_group()
+        fmt.add_argument("--json", action="store_true", help="a JSON array of objects")
+        fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
 
 
 def _models_commands(sub: Any, command: Command) -> None:
@@ -501,6 +521,47 @@ def cmd_query(args: argparse.Namespace, cfg: config.Config) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace, cfg: config.Config) -> int:
+    if args.command == "search":
+        found = search.by_words(cfg, args.text, args.limit)
+    else:
+        found = search.by_example(cfg, Path(args.path).expanduser(), args.limit)
+    if args.json:
+        out = [
+            {
+                "score": round(h.score, 4),
+                "paths": h.paths,
+                "cluster_id": h.cluster_id,
+                "title": h.title,
+                "offline": h.offline,
+            }
+            for h in found
+        ]
+        print(json.dumps(out, ensure_ascii=False))
+    elif args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["score", "cluster_id", "title", "offline", "paths"])
+        for h in found:
+            writer.writerow(
+                [f"{h.score:.4f}", h.cluster_id, h.title, int(h.offline), "\n".join(h.paths)]
+            )
+    else:
+        _print_hits(found)
+    return 0
+
+
+def _print_hits(found: list[search.Hit]) -> None:
+    if not found:
+        print("no photos found (is the library indexed? imageclust status)")
+        return
+    for h in found:
+        album = f"album {h.cluster_id}: {h.title}" if h.cluster_id is not None else "no album"
+        away = "  (offline)" if h.offline else ""
+        print(f"{h.score:.3f}  {album}{away}")
+        for path in h.paths:
+            print(f"       {path}")
+
+
 def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
     located = models.locate(cfg)
     path = located.vision_path
@@ -671,6 +732,8 @@ COMMANDS = {
     "recluster": cmd_recluster,
     "relabel": cmd_relabel,
     "query": cmd_query,
+    "search": cmd_search,
+    "similar": cmd_search,
     "status": cmd_status,
     "models": cmd_models,
     "service": cmd_service,

@@ -345,3 +345,32 @@ class Embedder:
                 "model", f"returned shape {out.shape} for a batch of {batch.shape[0]}"
             )
         return l2_normalize(out)
+
+
+class TextEmbedder:
+    """Runs token ids through a CLIP text tower's session."""
+
+    def __init__(self, session: InferenceSession, io: TextIO) -> None:
+        self._session = session
+        self.io = io
+        self.provider = provider_of(session)
+
+    def embed(self, ids: np.ndarray, end_id: int) -> np.ndarray:
+        """int64 [N, context_length] -> L2-normalized float32 [N, D]. A tower that takes an
+        `attention_mask` gets ones up to and including each row's end token."""
+        if ids.ndim != 2 or ids.shape[1] != self.io.context_length:
+            raise ValueError(
+                f"ids have shape {ids.shape}, model wants [N,{self.io.context_length}]"
+            )
+        feed = {self.io.input_name: ids.astype(np.int64, copy=False)}
+        if self.io.mask_name is not None:
+            ends = np.argmax(ids == end_id, axis=1)
+            positions = np.arange(ids.shape[1])[None, :]
+            feed[self.io.mask_name] = (positions <= ends[:, None]).astype(np.int64)
+        (out,) = self._session.run([self.io.output_name], feed)
+        out = np.asarray(out, dtype=np.float32)
+        if out.shape != (ids.shape[0], self.io.dim):
+            raise ModelContractError(
+                "text model", f"returned shape {out.shape} for a batch of {ids.shape[0]}"
+            )
+        return l2_normalize(out)

@@ -20,6 +20,7 @@ from imageclust_daemon import tokenizer
 from imageclust_daemon.config import Config
 from imageclust_daemon.embed import (
     Embedder,
+    TextEmbedder,
     file_sha256,
     model_id,
     model_io,
@@ -27,7 +28,7 @@ from imageclust_daemon.embed import (
     text_model_io,
 )
 from imageclust_daemon.errors import ConfigError, ModelError, ModelNotFoundError
-from imageclust_daemon.manifest import CLIP_PROBE, OWN_FILE_KEYS, load_manifest
+from imageclust_daemon.manifest import CLIP_PROBE, OWN_FILE_KEYS, PURPOSE, load_manifest
 from imageclust_daemon.records import (
     MERGES,
     ROLES,
@@ -346,6 +347,61 @@ class LoadedModel:
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         return self.embedder.embed(batch)
+
+
+@dataclass(frozen=True)
+class TextModel:
+    """A model's text side, opened: words -> embeddings in the vision tower's space."""
+
+    tokenizer: tokenizer.ClipTokenizer
+    embedder: TextEmbedder
+
+    @property
+    def dim(self) -> int:
+        return self.embedder.io.dim
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalized float32 [len(texts), D]."""
+        ids = self.tokenizer.encode_batch(texts)
+        return self.embedder.embed(ids, self.tokenizer.end_id)
+
+
+def open_text_model(
+    located: Located,
+    *,
+    vision_dim: int,
+    threads: int = 0,
+    providers: Sequence[str] = ("cpu",),
+) -> TextModel:
+    """The text tower and tokenizer of `located`, checked to embed into the vision tower's
+    `vision_dim` dimensions. ModelError saying what to fetch when a file is missing."""
+    for role in (TEXT, TOKENIZER):
+        path = located.paths.get(role)
+        if path is None:
+            raise ModelError(
+                f"{located.spec.name} has no {PURPOSE[role]} in the manifest; "
+                f"set {OWN_FILE_KEYS[role]} to a file of your own"
+            )
+        if not path.is_file():
+            raise ModelError(
+                f"{PURPOSE[role]} is not at {path}; fetch it with: imageclust models download"
+                + (f" (or set {OWN_FILE_KEYS[role]})" if role in OWN_FILE_KEYS else "")
+            )
+    text_path, tok_path = located.paths[TEXT], located.paths[TOKENIZER]
+    text_file = located.file(TEXT)
+    session = open_session(text_path, threads=threads, providers=providers, what="CLIP text model")
+    io = text_model_io(
+        session,
+        path=str(text_path),
+        context_length=tokenizer.CONTEXT_LENGTH,
+        output_name=text_file.output_name if text_file is not None else None,
+    )
+    if io.dim != vision_dim:
+        raise ModelError(
+            f"{text_path}: the text tower embeds into {io.dim} dimensions and the vision tower "
+            f"into {vision_dim}: not a pair (both must come from the same CLIP model)"
+        )
+    return TextModel(tokenizer.ClipTokenizer.from_file(tok_path), TextEmbedder(session, io))
 
 
 def model_id_of(spec: ModelSpec, path: Path, store: Store, *, remember: bool = True) -> str:

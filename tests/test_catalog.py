@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from imageclust_daemon import catalog, organize
+from imageclust_daemon import catalog, organize, search
 from imageclust_daemon.errors import QueryRefused
 from tests.conftest import REPO, memory_limit, run_cli, write_config
 from tests.library import scene_library
@@ -409,7 +409,9 @@ def test_a_reader_sees_only_complete_snapshots_while_publishing_50_times(
     reads, errors, held_ok = out.split()
     assert int(reads) > 0 and int(errors) == 0, err
     assert held_ok == "True", "a reader holding the old snapshot keeps reading it"
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in {"catalog.sqlite", "stop"}]
+    named = search.open_for(dest).path.name  # the search snapshot the catalog names
+    kept = {"catalog.sqlite", "stop", named}
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in kept]
     assert leftovers == [], "no temp files left behind"
 
 

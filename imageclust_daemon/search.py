@@ -1,0 +1,430 @@
+"""Search by words and by example: the published snapshot of embeddings, and ranking.
+
+The catalog stays small: it holds no embeddings. Beside it, each publish leaves a
+snapshot of the current model's embeddings of the library's indexed photos, one
+row per distinct content (duplicates count once), and the catalog names it in
+`catalog_info` (`search_snapshot`, `search_token`). Both are built from one read
+of the state database, so a catalog and the snapshot it names always agree. The
+file's name carries a digest of what it holds (model, contents, offline flags): a
+publish that changes none of that keeps the file it has, and a reader that opened
+the old catalog still finds the old file (the one before is kept until the next
+change).
+
+The snapshot format (little-endian), so any program can read it:
+
+    offset 0    8 bytes   b"ICSEARCH"
+    offset 8    4 bytes   uint32: the length H of the JSON header
+    offset 12   H bytes   UTF-8 JSON: {"format": 1, "model": model id, "dim": D,
+                          "count": N, "token": the digest, "hashes_offset",
+                          "flags_offset", "matrix_offset": byte offsets}
+    hashes      N x 32    each row's content hash (BLAKE3, raw bytes; the catalog's
+                          `photos.content_hash` is its hex)
+    flags       N x 1     1: every path of that content is offline now
+    matrix      N x D     float32, L2-normalized embeddings, row i = hashes[i]
+
+Sections start at multiples of 64 bytes. Rows are sorted by content hash. A
+score is the cosine similarity between the query's embedding and the photo's
+(CLIP's own measure; for words against photos it is usually 0.15-0.35, higher
+is closer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, BinaryIO
+
+import blake3
+import numpy as np
+
+from imageclust_daemon import decode, models
+from imageclust_daemon.config import Config
+from imageclust_daemon.embed import file_sha256, model_id
+from imageclust_daemon.errors import ImageclustError, UsageError
+from imageclust_daemon.store import Store
+
+MAGIC = b"ICSEARCH"
+FORMAT = 1
+_ALIGN = 64
+_HASH_BYTES = 32
+# Rows multiplied at once when ranking: bounds the memory beyond the mapped matrix to
+# this many scores' worth of temporaries (4 MB of float32 at 1M photos).
+_CHUNK_ROWS = 65_536
+
+
+class SearchError(ImageclustError):
+    """Search cannot answer: no snapshot, a stale or damaged one, or no text model."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An opened snapshot: its rows' content hashes, offline flags and embeddings (mapped)."""
+
+    path: Path
+    model: str
+    token: str
+    hashes: np.ndarray  # uint8 [N, 32]
+    offline: np.ndarray  # bool [N]
+    matrix: np.ndarray  # float32 [N, D], memory-mapped
+
+    @property
+    def dim(self) -> int:
+        return int(self.matrix.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.matrix.shape[0])
+
+    def hash_at(self, row: int) -> str:
+        return bytes(self.hashes[row]).hex()
+
+    def row_of(self, content_hash: str) -> int | None:
+        """The row of a content hash (binary search: rows are sorted), or None."""
+        try:
+            key = np.frombuffer(bytes.fromhex(content_hash), dtype=np.uint8)
+        except ValueError:
+            return None
+        if key.shape != (_HASH_BYTES,) or not len(self):
+            return None
+        keys = self.hashes.view(f"S{_HASH_BYTES}").ravel()
+        row = int(np.searchsorted(keys, key.tobytes()))
+        return row if row < len(self) and keys[row] == key.tobytes() else None
+
+
+# -- writing (inside a catalog publish) --------------------------------------------------------
+
+
+_ROWS = (
+    "SELECT p.content_hash, min(p.offline) FROM photos p WHERE p.status = 'indexed' "
+    "GROUP BY p.content_hash ORDER BY p.content_hash"
+)
+_VECTORS = (
+    "SELECT e.vector FROM state.embeddings e JOIN ("
+    "  SELECT DISTINCT content_hash FROM photos WHERE status = 'indexed'"
+    ") p ON p.content_hash = e.content_hash WHERE e.model_id = ? ORDER BY e.content_hash"
+)
+
+
+def snapshot_name(catalog_name: str, token: str) -> str:
+    return f"{catalog_name}.search-{token[:32]}"
+
+
+def write(
+    conn: sqlite3.Connection, folder: Path, catalog_name: str, model_id: str | None
+) -> tuple[str, str]:
+    """Write the snapshot of a catalog being built on `conn` (its `photos` filled, the
+    state database attached as `state`, inside the build's read transaction) into
+    `folder`, unless a file with the same content is there. Returns (file name, token)."""
+    rows = conn.execute(_ROWS).fetchall()
+    digest = blake3.blake3(f"{FORMAT}\n{model_id or ''}\n".encode())
+    for content_hash, offline in rows:
+        digest.update(f"{content_hash} {int(offline)}\n".encode())
+    token = digest.hexdigest()
+    name = snapshot_name(catalog_name, token)
+    dest = folder / name
+    if dest.is_file():
+        try:
+            if read(dest).token == token:
+                return name, token
+        except SearchError:
+            pass  # damaged: written again below
+    tmp = folder / f".{catalog_name}.{os.getpid()}.search.tmp"
+    try:
+        with open(tmp, "wb") as out:
+            _write_file(out, conn, rows, model_id, token)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return name, token
+
+
+def _write_file(
+    out: IO[bytes],
+    conn: sqlite3.Connection,
+    rows: list[tuple[str, int]],
+    model_id: str | None,
+    token: str,
+) -> None:
+    vectors = conn.execute(_VECTORS, (model_id,)) if model_id else iter(())
+    first = next(vectors, None)
+    dim = len(first[0]) // 4 if first is not None else 0
+    n = len(rows) if first is not None else 0
+    header = {"format": FORMAT, "model": model_id or "", "dim": dim, "count": n, "token": token}
+    # The offsets depend on the header's length, which depends on the offsets' digits:
+    # reserve room for the largest offsets this file can have, then fill them in.
+    reserve = {"hashes_offset": 10**15, "flags_offset": 10**15, "matrix_offset": 10**15}
+    start = _aligned(12 + len(json.dumps({**header, **reserve}).encode()))
+    hashes_at = start
+    flags_at = _aligned(hashes_at + n * _HASH_BYTES)
+    matrix_at = _aligned(flags_at + n)
+    header.update(hashes_offset=hashes_at, flags_offset=flags_at, matrix_offset=matrix_at)
+    encoded = json.dumps(header).encode()
+    out.write(MAGIC + struct.pack("<I", len(encoded)) + encoded)
+    _pad_to(out, hashes_at)
+    if n:
+        out.write(b"".join(bytes.fromhex(h) for h, _ in rows))
+    _pad_to(out, flags_at)
+    if n:
+        out.write(bytes(int(bool(f)) for _, f in rows))
+    _pad_to(out, matrix_at)
+    written = 0
+    for (blob,) in _chain(first, vectors):
+        if len(blob) != dim * 4:
+            raise SearchError(f"embeddings of {model_id} differ in length; cannot snapshot")
+        out.write(blob)
+        written += 1
+    if written != n:  # the two reads of one transaction disagree: never expected
+        raise SearchError(f"snapshot: {written} embeddings for {n} photos")
+
+
+def _chain(first: tuple[bytes] | None, rest: Iterator[tuple[bytes]]) -> Iterator[tuple[bytes]]:
+    if first is not None:
+        yield first
+        yield from rest
+
+
+def _aligned(offset: int) -> int:
+    return -(-offset // _ALIGN) * _ALIGN
+
+
+def _pad_to(out: IO[bytes], offset: int) -> None:
+    out.write(b"\0" * (offset - out.tell()))
+
+
+def remove_unnamed(folder: Path, catalog_name: str, keep: set[str]) -> None:
+    """Remove the snapshots of `catalog_name` other than `keep` (best effort)."""
+    prefix = f"{catalog_name}.search-"
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and name not in keep:
+            try:
+                (folder / name).unlink()
+            except OSError:
+                continue
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def read(path: Path) -> Snapshot:
+    """Open and check a snapshot file; SearchError saying what is wrong with it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:8] != MAGIC:
+                raise SearchError(f"{path}: not a search snapshot")
+            (length,) = struct.unpack("<I", head[8:])
+            header = json.loads(f.read(length).decode("utf-8"))
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise SearchError(f"{path}: the search snapshot is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, struct.error) as exc:
+        raise SearchError(f"{path}: cannot read the search snapshot: {exc}") from None
+    try:
+        n, dim = int(header["count"]), int(header["dim"])
+        offsets = [int(header[k]) for k in ("hashes_offset", "flags_offset", "matrix_offset")]
+        if header["format"] != FORMAT:
+            raise SearchError(f"{path}: snapshot format {header['format']}, expected {FORMAT}")
+        token, model = str(header["token"]), str(header["model"])
+    except (KeyError, TypeError, ValueError):
+        raise SearchError(f"{path}: the search snapshot's header is damaged") from None
+    if n < 0 or dim < 0 or size != offsets[2] + n * dim * 4:
+        raise SearchError(f"{path}: the search snapshot is truncated or damaged")
+    if n == 0:
+        empty = np.zeros((0, dim), dtype=np.float32)
+        return Snapshot(path, model, token, np.zeros((0, 32), np.uint8), np.zeros(0, bool), empty)
+    hashes = np.memmap(path, dtype=np.uint8, mode="r", offset=offsets[0], shape=(n, _HASH_BYTES))
+    flags = np.memmap(path, dtype=np.uint8, mode="r", offset=offsets[1], shape=(n,))
+    matrix = np.memmap(path, dtype="<f4", mode="r", offset=offsets[2], shape=(n, dim))
+    return Snapshot(path, model, token, hashes, flags.astype(bool), matrix)
+
+
+def open_for(catalog_path: Path) -> Snapshot:
+    """The snapshot the catalog at `catalog_path` names, checked to be the one it was
+    published with."""
+    from imageclust_daemon.catalog import uri  # catalog imports this module
+
+    if not catalog_path.is_file():
+        raise SearchError(
+            f"no catalog at {catalog_path}: index the library first (imageclust index)"
+        )
+    try:
+        conn = sqlite3.connect(uri(catalog_path, mode="ro"), uri=True)
+        try:
+            info = dict(conn.execute("SELECT key, value FROM catalog_info").fetchall())
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise SearchError(f"{catalog_path}: cannot read the catalog: {exc}") from None
+    name, token = info.get("search_snapshot"), info.get("search_token")
+    if not name or not token:
+        raise SearchError(
+            f"{catalog_path} has no search snapshot (published by an older imageclust); "
+            "the next publish makes one: imageclust index"
+        )
+    snapshot = read(catalog_path.parent / name)
+    if snapshot.token != token:
+        raise SearchError(
+            f"{snapshot.path} is not the snapshot {catalog_path} was published with; "
+            "the next publish repairs it: imageclust index"
+        )
+    return snapshot
+
+
+# -- ranking -----------------------------------------------------------------------------------
+
+
+def rank(
+    snapshot: Snapshot, query: np.ndarray, limit: int, *, exclude: int | None = None
+) -> list[tuple[int, float]]:
+    """The `limit` rows most similar to `query` (L2-normalized [D]), best first, as
+    (row, cosine similarity); `exclude`: a row left out (the example itself)."""
+    n = len(snapshot)
+    if query.shape != (snapshot.dim,):
+        raise SearchError(
+            f"the query has {query.shape[-1]} dimensions, the snapshot {snapshot.dim}: "
+            "it was made with another model"
+        )
+    if n == 0 or limit <= 0:
+        return []
+    q = query.astype(np.float32)
+    scores = np.empty(n, dtype=np.float32)
+    for start in range(0, n, _CHUNK_ROWS):
+        end = start + _CHUNK_ROWS
+        np.matmul(snapshot.matrix[start:end], q, out=scores[start:end])
+    if exclude is not None:
+        scores[exclude] = -np.inf
+    k = min(limit, n - (exclude is not None))
+    if k <= 0:
+        return []
+    top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+    top = top[np.lexsort((top, -scores[top]))]  # best first; ties by row, so stable
+    return [(int(r), float(scores[r])) for r in top if np.isfinite(scores[r])]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One distinct photo found: its score, every path it lives at, its album."""
+
+    score: float
+    content_hash: str
+    paths: list[str]
+    cluster_id: int | None
+    title: str | None
+    offline: bool
+
+
+def hits(catalog_path: Path, snapshot: Snapshot, ranked: list[tuple[int, float]]) -> list[Hit]:
+    """The ranked rows as the catalog describes them, in rank order."""
+    from imageclust_daemon.catalog import uri
+
+    wanted = {snapshot.hash_at(row): (row, score) for row, score in ranked}
+    found: dict[str, tuple[list[str], int | None, str | None]] = {}
+    conn = sqlite3.connect(uri(catalog_path, mode="ro"), uri=True)
+    try:
+        conn.execute("CREATE TEMP TABLE wanted (hash TEXT PRIMARY KEY)")
+        conn.executemany("INSERT INTO wanted VALUES (?)", [(h,) for h in wanted])
+        for content_hash, path, cluster_id, title in conn.execute(
+            "SELECT p.content_hash, p.path, p.cluster_id, c.title FROM photos p "
+            "JOIN wanted w ON w.hash = p.content_hash "
+            "LEFT JOIN clusters c ON c.id = p.cluster_id "
+            "WHERE p.status = 'indexed' ORDER BY p.path"
+        ):
+            paths, _, _ = found.setdefault(content_hash, ([], cluster_id, title))
+            paths.append(path)
+    except sqlite3.Error as exc:
+        raise SearchError(f"{catalog_path}: cannot read the catalog: {exc}") from None
+    finally:
+        conn.close()
+    out = []
+    for content_hash, (row, score) in wanted.items():
+        if content_hash not in found:
+            continue  # (cannot happen with a matching snapshot; never show a pathless hit)
+        paths, cluster_id, title = found[content_hash]
+        out.append(Hit(score, content_hash, paths, cluster_id, title, bool(snapshot.offline[row])))
+    return out
+
+
+# -- the two ways in ---------------------------------------------------------------------------
+
+
+def by_words(cfg: Config, text: str, limit: int) -> list[Hit]:
+    """The photos whose embedding is closest to `text`'s, best first."""
+    if not text.strip():
+        raise UsageError('nothing to search for: give some words, e.g. "dog on a beach"')
+    snapshot = open_for(cfg.catalog_path)
+    if not len(snapshot):
+        return []
+    located = models.locate(cfg)
+    name = snapshot.model.partition("@")[0]
+    if name != located.spec.name:
+        raise SearchError(
+            f"the catalog was made with {name}, the config names {located.spec.name}: "
+            "index the library with it first (imageclust index)"
+        )
+    words = models.open_text_model(
+        located,
+        vision_dim=snapshot.dim,
+        threads=cfg.model.threads,
+        providers=cfg.model.providers,
+    )
+    query = words.embed([text])[0]
+    return hits(cfg.catalog_path, snapshot, rank(snapshot, query, limit))
+
+
+def by_example(cfg: Config, path: Path, limit: int) -> list[Hit]:
+    """The photos most like the image at `path`: a photo of the library (its own
+    embedding; it is left out of the answer) or any image file (embedded now)."""
+    snapshot = open_for(cfg.catalog_path)
+    try:
+        with open(path, "rb") as f:
+            digest = blake3.blake3()
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+            row = snapshot.row_of(digest.hexdigest())
+            if row is not None:
+                query = np.asarray(snapshot.matrix[row], dtype=np.float32)
+                return hits(cfg.catalog_path, snapshot, rank(snapshot, query, limit, exclude=row))
+            if not len(snapshot):
+                return []
+            f.seek(0)
+            query = _embed_image(cfg, f, str(path), snapshot.model)
+    except IsADirectoryError:
+        raise UsageError(f"PATH {path}: a folder, not an image") from None
+    except FileNotFoundError:
+        raise UsageError(f"PATH {path}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"PATH {path}: cannot read it: {exc.strerror or exc}") from None
+    return hits(cfg.catalog_path, snapshot, rank(snapshot, query, limit))
+
+
+def _embed_image(cfg: Config, data: BinaryIO, shown: str, snapshot_model: str) -> np.ndarray:
+    located = models.locate(cfg)
+    spec, vision = located.spec, located.vision_path
+    if not vision.is_file():
+        raise SearchError(f"the vision model is not at {vision}: imageclust models download")
+    if cfg.state_db_path.is_file():
+        with Store.open_readonly(cfg.state_db_path) as store:
+            identity = models.model_id_of(spec, vision, store, remember=False)
+    else:
+        identity = model_id(spec.name, file_sha256(vision))
+    if identity != snapshot_model:
+        raise SearchError(
+            f"the catalog was made with {snapshot_model}, the configured model is {identity}: "
+            "index the library with it first (imageclust index)"
+        )
+    decoded = decode.decode(data, spec.preprocessing, path=shown)
+    embedder = models.open_embedder(
+        spec, vision, threads=cfg.model.threads, providers=cfg.model.providers
+    )
+    return np.asarray(embedder.embed(decoded.pixels[None])[0], dtype=np.float32)

@@ -1,0 +1,305 @@
+"""Search by words and by example: the snapshot beside the catalog, ranking, the commands.
+
+Everything runs through the real code path: a library of generated photos indexed
+by the `imageclust` command with the tiny vision model, a tiny text tower with the
+CLIP text export's contract and CLIP's real tokenizer (rebuilt from open_clip's BPE
+file), and the published catalog and snapshot read back as any reader would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from imageclust_daemon import catalog, search
+from imageclust_daemon.store import Store
+from tests.clip_vocab import write_tokenizer_json
+from tests.conftest import run_cli
+from tests.library import scene_library, write_variant
+from tests.onnx_models import build_tiny_clip_text
+from tests.photos import photo_like, save_jpeg
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("text")
+    return {
+        "text": build_tiny_clip_text(folder / "text.onnx", dim=32, seed=3),
+        "other_dim": build_tiny_clip_text(folder / "text24.onnx", dim=24, seed=3),
+        "tokenizer": write_tokenizer_json(folder / "tokenizer.json"),
+    }
+
+
+@pytest.fixture
+def library(
+    tmp_path: Path, make_config: Callable[..., Path], text_files: dict[str, Path]
+) -> tuple[Path, Path, dict[str, int]]:
+    """Three scenes of six photos, a copy of one photo, and a file that is no image,
+    indexed and published by the command. Returns (config, root, {path: scene})."""
+    root = tmp_path / "Photos"
+    truth = scene_library(root, 3, 6)
+    first = sorted(truth)[0]
+    shutil.copy(first, root / "copy of first.jpg")
+    truth[str(root / "copy of first.jpg")] = truth[first]
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    config = make_config(
+        [root],
+        model={
+            "text_path": str(text_files["text"]),
+            "tokenizer_path": str(text_files["tokenizer"]),
+        },
+        cluster={"min_size": 3, "max_size": 10},
+        ollama={"host": "http://127.0.0.1:9", "connect_timeout": 0.2},
+    )
+    result = run_cli("--config", str(config), "index", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    return config, root, truth
+
+
+def _json(config: Path, *args: str) -> Any:
+    result = run_cli("--config", str(config), *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _data(config: Path) -> Path:
+    return config.parent / "data"
+
+
+def test_similar_ranks_a_photos_own_scene_first_and_leaves_the_photo_out(
+    library: tuple[Path, Path, dict[str, int]],
+) -> None:
+    config, _, truth = library
+    for example in sorted(truth)[1::4]:
+        found = _json(config, "similar", example, "--limit", "5")
+        scenes = [truth[p] for hit in found for p in hit["paths"][:1]]
+        assert scenes == [truth[example]] * 5, (example, found)
+        assert all(example not in hit["paths"] for hit in found), "the example is left out"
+        scores = [hit["score"] for hit in found]
+        assert scores == sorted(scores, reverse=True)
+        assert {hit["cluster_id"] for hit in found} != {None}
+
+
+def test_an_image_from_outside_the_library_is_embedded_on_the_fly(
+    library: tuple[Path, Path, dict[str, int]], tmp_path: Path
+) -> None:
+    config, _, truth = library
+    written = write_variant(2, 99_999, tmp_path / "elsewhere")  # scene 2, never indexed
+    found = _json(config, "similar", str(written), "--limit", "3")
+    assert [truth[hit["paths"][0]] for hit in found] == [2, 2, 2]
+
+
+def test_duplicates_count_once_and_failed_photos_never_appear(
+    library: tuple[Path, Path, dict[str, int]],
+) -> None:
+    config, root, truth = library
+    found = _json(config, "similar", str(root / "event 1" / "IMG_000.jpg"), "--limit", "100")
+    paths = [p for hit in found for p in hit["paths"]]
+    assert len(paths) == len(set(paths))
+    assert not any(p.endswith("broken.jpg") for p in paths), "failed photos never appear"
+    copies = [hit for hit in found if len(hit["paths"]) == 2]
+    assert len(copies) == 1 and any(p.endswith("copy of first.jpg") for p in copies[0]["paths"])
+    assert len(found) == len(truth) - 2, "every other distinct photo, once"
+    assert set(found[0]) == {"score", "paths", "cluster_id", "title", "offline"}
+
+
+def test_words_rank_as_the_text_embedding_against_every_photo(
+    library: tuple[Path, Path, dict[str, int]], text_files: dict[str, Path]
+) -> None:
+    """The answer is the exact top of cosine similarity between the text's embedding (the
+    real tokenizer and text tower) and the stored embeddings of the indexed photos."""
+    from imageclust_daemon import config as config_module
+    from imageclust_daemon import models
+
+    config, _, _ = library
+    cfg = config_module.load(config)
+    words = models.open_text_model(models.locate(cfg), vision_dim=32)
+    query = words.embed(["a dog running on the beach at sunset"])[0]
+    with Store.open_readonly(cfg.state_db_path) as store:
+        rows = store.conn.execute("SELECT DISTINCT model_id FROM embeddings").fetchall()
+        assert len(rows) == 1
+        hashes, x = store.live_embeddings(rows[0][0])
+    expected = sorted(zip((x @ query).tolist(), hashes, strict=True), reverse=True)[:7]
+    found = search.by_words(cfg, "a dog running on the beach at sunset", 7)
+    assert [h.content_hash for h in found] == [h for _, h in expected]
+    assert [round(h.score, 5) for h in found] == [round(s, 5) for s, _ in expected]
+    cli = _json(config, "search", "a dog running on the beach at sunset", "--limit", "7")
+    assert [hit["score"] for hit in cli] == [round(h.score, 4) for h in found]
+
+
+@pytest.mark.parametrize(
+    "text", ["x" * 10_000, "caf\u00e9 \x01\x02\x1b[31m", "🐶" * 300, "&amp;lt;3", "<|endoftext|>"]
+)
+def test_odd_text_gets_an_answer(library: tuple[Path, Path, dict[str, int]], text: str) -> None:
+    config, _, _ = library
+    assert len(_json(config, "search", text, "--limit", "3")) == 3
+
+
+def test_invalid_utf8_on_the_command_line_gets_an_answer(
+    library: tuple[Path, Path, dict[str, int]],
+) -> None:
+    config, _, _ = library
+    result = run_cli("--config", str(config), "search", os.fsdecode(b"caf\xe9"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)) == 18  # every distinct indexed photo (limit 20)
+
+
+def test_empty_text_is_a_usage_error(library: tuple[Path, Path, dict[str, int]]) -> None:
+    config, _, _ = library
+    result = run_cli("--config", str(config), "search", "  ")
+    assert result.returncode == 2 and "nothing to search for" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_csv_and_text_output(library: tuple[Path, Path, dict[str, int]]) -> None:
+    config, root, _ = library
+    example = str(root / "event 0" / "IMG_001.jpeg")
+    found = _json(config, "similar", example, "--limit", "2")
+    csv_out = run_cli("--config", str(config), "similar", example, "--limit", "2", "--csv")
+    lines = csv_out.stdout.splitlines()
+    assert lines[0] == "score,cluster_id,title,offline,paths" and len(lines) >= 3
+    assert lines[1].startswith(f"{found[0]['score']:.4f},{found[0]['cluster_id']},")
+    text = run_cli("--config", str(config), "similar", example, "--limit", "2").stdout
+    assert found[0]["paths"][0] in text and f"album {found[0]['cluster_id']}" in text
+
+
+def test_without_a_text_model_the_message_says_how_to_fetch_it(
+    library: tuple[Path, Path, dict[str, int]], tmp_path: Path, text_files: dict[str, Path]
+) -> None:
+    config, _, _ = library
+    body = config.read_text().replace(str(text_files["text"]), str(tmp_path / "absent.onnx"))
+    config.write_text(body)
+    result = run_cli("--config", str(config), "search", "a dog")
+    assert result.returncode == 1 and "imageclust models download" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_text_tower_of_another_dimension_is_refused(
+    library: tuple[Path, Path, dict[str, int]], text_files: dict[str, Path]
+) -> None:
+    config, _, _ = library
+    body = config.read_text().replace(str(text_files["text"]), str(text_files["other_dim"]))
+    config.write_text(body)
+    result = run_cli("--config", str(config), "search", "a dog")
+    assert result.returncode == 1
+    assert "24 dimensions and the vision tower into 32: not a pair" in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "stale"])
+def test_a_missing_damaged_or_stale_snapshot_is_a_message_and_the_next_publish_repairs_it(
+    library: tuple[Path, Path, dict[str, int]], damage: str
+) -> None:
+    config, root, _ = library
+    data = _data(config)
+    snapshot = search.open_for(data / "catalog.sqlite").path
+    snapshot.chmod(0o644)
+    if damage == "missing":
+        snapshot.unlink()
+    elif damage == "truncated":
+        with open(snapshot, "r+b") as f:
+            f.truncate(snapshot.stat().st_size - 7)
+    else:  # a snapshot of other contents under the name the catalog gives
+        body = bytearray(snapshot.read_bytes())
+        header_end = 12 + int.from_bytes(body[8:12], "little")
+        header = body[12:header_end].replace(b'"token": "', b'"token": "0')[:-1] + b"}"
+        snapshot.write_bytes(bytes(body[:12] + header + body[header_end:]))
+    example = str(root / "event 0" / "IMG_001.jpeg")
+    result = run_cli("--config", str(config), "similar", example)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "imageclust index" in result.stderr or "snapshot" in result.stderr
+    assert run_cli("--config", str(config), "index", "--no-progress").returncode == 0
+    assert len(_json(config, "similar", example, "--limit", "3")) == 3
+
+
+def test_publishes_keep_one_snapshot_per_catalog_and_rewrite_only_on_change(
+    library: tuple[Path, Path, dict[str, int]],
+) -> None:
+    config, root, _ = library
+    data = _data(config)
+    first = search.open_for(data / "catalog.sqlite").path
+    inode = first.stat().st_ino
+    assert run_cli("--config", str(config), "index", "--no-progress").returncode == 0
+    again = search.open_for(data / "catalog.sqlite").path
+    assert again == first and again.stat().st_ino == inode, "nothing changed: kept as it is"
+    save_jpeg(photo_like(7), root / "event 0" / "new.jpg")
+    assert run_cli("--config", str(config), "index", "--no-progress").returncode == 0
+    assert run_cli("--config", str(config), "index", "--no-progress").returncode == 0
+    snapshots = sorted(p.name for p in data.iterdir() if ".search-" in p.name)
+    named = search.open_for(data / "catalog.sqlite").path.name
+    assert named in snapshots and len(snapshots) <= 2, snapshots
+
+
+def test_offline_photos_are_marked(tmp_path: Path, tiny_model: Path) -> None:
+    """Built through the store and the publish, as the daemon does."""
+    from imageclust_daemon import models as models_module
+    from imageclust_daemon import pipeline
+    from imageclust_daemon.manifest import load_manifest
+
+    root = tmp_path / "Photos"
+    scene_library(root, 2, 3)
+    state = tmp_path / "state.sqlite"
+    spec = load_manifest()["clip-vit-b32"]
+    with Store.open(state) as store:
+        loaded = models_module.load_model(spec, tiny_model, store)
+        pipeline.index([os.fsencode(root)], store=store, model=loaded)
+        away = [os.fsencode(p) for p in sorted((root / "event 1").iterdir())]
+        store.set_offline(away, True)
+        model = loaded.id
+    dest = tmp_path / "out" / "catalog.sqlite"
+    catalog.publish(state, dest, model_id=model, daemon_version="test")
+    snapshot = search.open_for(dest)
+    assert len(snapshot) == 6 and int(snapshot.offline.sum()) == 3
+    query = np.asarray(snapshot.matrix[0])
+    found = search.hits(dest, snapshot, search.rank(snapshot, query, 10))
+    marked = {p for h in found if h.offline for p in h.paths}
+    assert marked == {os.fsdecode(p) for p in away}
+
+
+def test_rank_is_the_top_of_a_full_sort_best_first() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    snapshot = search.Snapshot(
+        Path("x"), "m", "t", np.zeros((1000, 32), np.uint8), np.zeros(1000, bool), x
+    )
+    q = x[10]
+    ranked = search.rank(snapshot, q, 25, exclude=10)
+    full = np.argsort(-(x @ q), kind="stable")
+    assert [r for r, _ in ranked] == [int(r) for r in full if r != 10][:25]
+    assert len(search.rank(snapshot, q, 5000)) == 1000
+    assert search.rank(snapshot, q, 0) == []
+    with pytest.raises(search.SearchError, match="another model"):
+        search.rank(snapshot, np.zeros(8, np.float32), 3)
+
+
+def test_the_snapshot_format_is_readable_without_imageclust(
+    library: tuple[Path, Path, dict[str, int]],
+) -> None:
+    """As the module docstring documents it: magic, header, hashes, flags, matrix."""
+    config, _, _ = library
+    data = _data(config)
+    conn = sqlite3.connect(f"file:{data / 'catalog.sqlite'}?mode=ro", uri=True)
+    name = conn.execute("SELECT value FROM catalog_info WHERE key = 'search_snapshot'").fetchone()
+    hashes = {
+        h for (h,) in conn.execute("SELECT content_hash FROM photos WHERE status = 'indexed'")
+    }
+    conn.close()
+    raw = (data / name[0]).read_bytes()
+    assert raw[:8] == b"ICSEARCH"
+    header = json.loads(raw[12 : 12 + int.from_bytes(raw[8:12], "little")])
+    n, d = header["count"], header["dim"]
+    rows = [
+        raw[header["hashes_offset"] + 32 * i : header["hashes_offset"] + 32 * (i + 1)].hex()
+        for i in range(n)
+    ]
+    assert set(rows) == hashes and rows == sorted(rows)
+    m = np.frombuffer(raw, "<f4", count=n * d, offset=header["matrix_offset"]).reshape(n, d)
+    assert np.allclose(np.linalg.norm(m, axis=1), 1.0, atol=1e-4)
