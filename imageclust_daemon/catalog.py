@@ -29,12 +29,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from imageclust_daemon import search
+import sqlite_utils
+
+from imageclust_daemon import places, search
 from imageclust_daemon.durable import fsync_dir
 from imageclust_daemon.errors import DatabaseError, QueryRefused
 from imageclust_daemon.migrate import statements
 
-SCHEMA_VERSION = 1
+# 2: photos.place; full-text search (FTS5) over photos (path, place) and clusters
+#    (title, catchy_phrase); catalog_info names the search snapshot.
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE photos (
@@ -47,6 +51,7 @@ CREATE TABLE photos (
     taken_at      TEXT,                    -- ISO 8601, with offset when the camera wrote one
     lat           REAL,
     lon           REAL,
+    place         TEXT,                    -- the nearest named place ("Paris, France")
     cluster_id    INTEGER,                 -- NULL when in no group
     status        TEXT NOT NULL CHECK (status IN ('indexed', 'pending', 'failed')),
     error         TEXT,                    -- why, when status is 'failed'
@@ -260,11 +265,15 @@ def _build(
         conn.create_function(
             "text_path", 1, lambda raw: texts.get(raw) or raw.decode(), deterministic=True
         )
+        named = _places(conn)
+        conn.create_function(
+            "place_of", 2, lambda lat, lon: named.get((lat, lon)), deterministic=True
+        )
         conn.execute(
             "INSERT INTO photos (path, path_bytes, content_hash, size, width, height, taken_at, "
-            "lat, lon, cluster_id, status, error, offline) "
+            "lat, lon, place, cluster_id, status, error, offline) "
             "SELECT text_path(f.path), f.path, f.content_hash, f.size, c.width, c.height, "
-            "c.taken_at, c.lat, c.lon, m.cluster_id, "
+            "c.taken_at, c.lat, c.lon, place_of(c.lat, c.lon), m.cluster_id, "
             "CASE WHEN f.error IS NOT NULL OR c.error IS NOT NULL THEN 'failed' "
             "     WHEN e.content_hash IS NOT NULL THEN 'indexed' ELSE 'pending' END, "
             "coalesce(f.error, c.error), f.offline_since IS NOT NULL "
@@ -290,9 +299,31 @@ def _build(
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
         conn.execute("DETACH state")
+        _full_text(conn)
     finally:
         conn.close()
     return snapshot
+
+
+def _places(conn: sqlite3.Connection) -> dict[tuple[float, float], str]:
+    """The nearest named place of every position the live photos were taken at."""
+    points = conn.execute(
+        "SELECT DISTINCT c.lat, c.lon FROM state.contents c "
+        "JOIN state.files f ON f.content_hash = c.hash "
+        "WHERE f.state = 'live' AND c.lat IS NOT NULL AND c.lon IS NOT NULL"
+    ).fetchall()
+    found = places.nearest_places([(float(a), float(b)) for a, b in points])
+    return {(a, b): str(p) for (a, b), p in zip(points, found, strict=True) if p is not None}
+
+
+def _full_text(conn: sqlite3.Connection) -> None:
+    """FTS5 indexes, built with sqlite-utils the way Datasette looks for them (a
+    `<table>_fts` table with content=<table>): Datasette shows a search box by itself,
+    and SQL tools can `... WHERE rowid IN (SELECT rowid FROM photos_fts WHERE
+    photos_fts MATCH 'beach')`. No triggers: the catalog is never written after."""
+    db = sqlite_utils.Database(conn)
+    db["photos"].enable_fts(["path", "place"])  # type: ignore[union-attr]
+    db["clusters"].enable_fts(["title", "catchy_phrase"])  # type: ignore[union-attr]
 
 
 def _is_live(conn: sqlite3.Connection, raw: bytes) -> bool:
@@ -358,6 +389,9 @@ _SCHEMA_PRAGMAS = {
     "index_xinfo",
     "foreign_key_list",
     "user_version",
+    # Read by FTS5 itself when a query opens photos_fts or clusters_fts (no argument: it
+    # only tells whether the file changed).
+    "data_version",
 }
 
 
@@ -371,7 +405,9 @@ def _authorize(action: int, arg1: object, arg2: object, *rest: object) -> int:
         return sqlite3.SQLITE_OK
     name = str(arg1).lower()
     # user_version with an argument would set it; the others' argument names a table
-    describes = name in _SCHEMA_PRAGMAS and (arg2 is None or name != "user_version")
+    describes = name in _SCHEMA_PRAGMAS and (
+        arg2 is None or name not in ("user_version", "data_version")
+    )
     allowed = action == sqlite3.SQLITE_PRAGMA and describes
     return sqlite3.SQLITE_OK if allowed else sqlite3.SQLITE_DENY
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,18 +37,30 @@ def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 def nearest_place(lat: float, lon: float) -> Place | None:
     """The place a person would name for (lat, lon), or None if the gazetteer is unavailable."""
+    return nearest_places([(lat, lon)])[0]
+
+
+def nearest_places(points: Sequence[tuple[float, float]]) -> list[Place | None]:
+    """`nearest_place` for many points at once (one k-d tree query each way: 100k points in
+    under a second)."""
+    if not points:
+        return []
     try:
-        with _lock:  # the package builds its tree lazily on first use
+        with _lock:  # the package builds its trees lazily on first use
             import reverse_geocode
 
-            big: dict[str, Any] = reverse_geocode.get((lat, lon), min_population=_BIG_CITY)
-            near: dict[str, Any] = reverse_geocode.get((lat, lon))
+            bigs: list[dict[str, Any]] = reverse_geocode.search(points, min_population=_BIG_CITY)
+            nears: list[dict[str, Any]] = reverse_geocode.search(points)
     except Exception:  # an optional nicety: a missing or broken gazetteer costs the place only
-        return None
+        return [None] * len(points)
+    return [_pick(p, big, near) for p, big, near in zip(points, bigs, nears, strict=True)]
+
+
+def _pick(point: tuple[float, float], big: dict[str, Any], near: dict[str, Any]) -> Place | None:
     pick = near
-    if big and _km(lat, lon, big["latitude"], big["longitude"]) <= _BIG_CITY_KM:
+    if big and _km(*point, big["latitude"], big["longitude"]) <= _BIG_CITY_KM:
         pick = big
-    city = str(pick.get("city") or "").strip()
+    city = str((pick or {}).get("city") or "").strip()
     if not city:
         return None
     return Place(city, str(pick.get("country") or "").strip())

@@ -36,6 +36,7 @@ CONTRACT = {
         "taken_at",
         "lat",
         "lon",
+        "place",
         "cluster_id",
         "status",
         "error",
@@ -449,3 +450,48 @@ def test_organized_view_is_symlinks_swapped_in_whole(
 )
 def test_safe_folder_names(title: str, expected: str) -> None:
     assert organize.safe_name(title, "Group 3") == expected
+
+
+def test_places_and_full_text_search_answer_through_imageclust_query(
+    published: dict[str, Any],
+) -> None:
+    """Each photo with GPS names its nearest place; titles, phrases, paths and places are
+    searchable with FTS5 through the read-only `query` (FTS5 reads PRAGMA data_version)."""
+    from imageclust_daemon.places import nearest_place
+
+    conn = _ro(published["catalog"])
+    try:
+        located = conn.execute(
+            "SELECT lat, lon, place FROM photos WHERE lat IS NOT NULL AND status = 'indexed'"
+        ).fetchall()
+        title = conn.execute("SELECT id, title FROM clusters ORDER BY id LIMIT 1").fetchone()
+    finally:
+        conn.close()
+    assert located, "the library has photos with GPS"
+    for lat, lon, place in located:
+        assert place == str(nearest_place(lat, lon))
+    word = title[1].split(",")[0].split()[0]
+    config = str(published["config"])
+    in_titles = run_cli(
+        "--config", config, "query", "--json",
+        "SELECT id FROM clusters WHERE rowid IN "
+        f"(SELECT rowid FROM clusters_fts WHERE clusters_fts MATCH '\"{word}\"')",
+    )  # fmt: skip
+    assert in_titles.returncode == 0, in_titles.stderr
+    assert {"id": title[0]} in json.loads(in_titles.stdout)
+    city = located[0][2].split(",")[0]
+    in_places = run_cli(
+        "--config", config, "query", "--json",
+        "SELECT count(*) AS n FROM photos WHERE rowid IN "
+        f"(SELECT rowid FROM photos_fts WHERE photos_fts MATCH 'place:\"{city}\"')",
+    )  # fmt: skip
+    assert in_places.returncode == 0, in_places.stderr
+    expected = sum(1 for *_, place in located if place.split(",")[0] == city)
+    assert json.loads(in_places.stdout)[0]["n"] >= expected
+    in_paths = run_cli(
+        "--config", config, "query", "--json",
+        "SELECT path FROM photos WHERE rowid IN "
+        "(SELECT rowid FROM photos_fts WHERE photos_fts MATCH 'path:skipme OR path:event')",
+    )  # fmt: skip
+    paths = [r["path"] for r in json.loads(in_paths.stdout)]
+    assert paths and all("event" in p for p in paths)
