@@ -61,6 +61,11 @@ class SearchError(ImageclustError):
     """Search cannot answer: no snapshot, a stale or damaged one, or no text model."""
 
 
+# A publish writes the snapshot again: `index` publishes, and so does the daemon soon
+# after each start (and after any change).
+REPAIR = "the next publish writes it again: imageclust index, or restart the daemon"
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """An opened snapshot: its rows' content hashes, offline flags and embeddings (mapped)."""
@@ -270,14 +275,15 @@ def open_for(catalog_path: Path) -> Snapshot:
     name, token = info.get("search_snapshot"), info.get("search_token")
     if not name or not token:
         raise SearchError(
-            f"{catalog_path} has no search snapshot (published by an older imageclust); "
-            "the next publish makes one: imageclust index"
+            f"{catalog_path} has no search snapshot (published by an older imageclust); " + REPAIR
         )
-    snapshot = read(catalog_path.parent / name)
+    try:
+        snapshot = read(catalog_path.parent / name)
+    except SearchError as exc:
+        raise SearchError(f"{exc}; {REPAIR}") from None
     if snapshot.token != token:
         raise SearchError(
-            f"{snapshot.path} is not the snapshot {catalog_path} was published with; "
-            "the next publish repairs it: imageclust index"
+            f"{snapshot.path} is not the snapshot {catalog_path} was published with; {REPAIR}"
         )
     return snapshot
 

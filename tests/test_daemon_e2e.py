@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -204,6 +205,11 @@ def test_arrivals_are_indexed_once_complete_and_grouped_with_titles(
         TIMEOUT,
         f"titled groups: {daemon}",
     )
+    # Search reads the published catalog and snapshot: it answers while the daemon runs.
+    example = catalog_rows(data, "SELECT path FROM photos ORDER BY path LIMIT 1")[0][0]
+    found = run_cli("--config", str(daemon.config), "similar", example, "--json")
+    assert found.returncode == 0, found.stderr
+    assert len(json.loads(found.stdout)) == 20
     code, seconds = daemon.terminate()
     assert code == 0 and seconds < 10, (code, seconds)
     assert any("STOPPING=1" in m for m in daemon.received())

@@ -214,7 +214,7 @@ def test_a_missing_damaged_or_stale_snapshot_is_a_message_and_the_next_publish_r
     example = str(root / "event 0" / "IMG_001.jpeg")
     result = run_cli("--config", str(config), "similar", example)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "imageclust index" in result.stderr or "snapshot" in result.stderr
+    assert "snapshot" in result.stderr and search.REPAIR in result.stderr
     assert run_cli("--config", str(config), "index", "--no-progress").returncode == 0
     assert len(_json(config, "similar", example, "--limit", "3")) == 3
 
