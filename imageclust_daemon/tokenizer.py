@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,7 +48,13 @@ class ClipTokenizer:
     (`tokenizer.json`), start and end tokens around it, truncated to the context length
     with the end token kept last, padded with 0."""
 
-    def __init__(self, tokenizer: Any, context_length: int = CONTEXT_LENGTH) -> None:
+    def __init__(
+        self, tokenizer: Any | str | os.PathLike[str], context_length: int = CONTEXT_LENGTH
+    ) -> None:
+        """`tokenizer`: a `tokenizer.json`'s path (see `from_file`), or a loaded
+        `tokenizers.Tokenizer`."""
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = _load_as_text(Path(tokenizer))
         start, end = tokenizer.token_to_id(START), tokenizer.token_to_id(END)
         if start is None or end is None:
             raise ModelError(f"the tokenizer has no {START} or {END} token: not CLIP's")
@@ -59,16 +66,7 @@ class ClipTokenizer:
         """The tokenizer in `path`, with what a person types read as text: its control
         tokens are not matched inside the text (open_clip matches only its own names for
         them, <start_of_text> and <end_of_text>, which no published tokenizer.json uses)."""
-        from tokenizers import Tokenizer
-
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            doc["added_tokens"] = []
-            return cls(Tokenizer.from_str(json.dumps(doc)))
-        except ModelError:
-            raise
-        except Exception as exc:  # OSError, bad JSON, the Rust side's parse error
-            raise ModelError(f"{path}: not a usable tokenizer.json: {_first_line(exc)}") from None
+        return cls(_load_as_text(path))
 
     def encode(self, text: str) -> list[int]:
         """One text's ids, start and end tokens included, at most `context_length`."""
@@ -83,6 +81,10 @@ class ClipTokenizer:
             out[row, : len(ids)] = ids
         return out
 
+    def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
+        """As open_clip's tokenizer is called: one text or many -> int64 [N, context_length]."""
+        return self.encode_batch([texts] if isinstance(texts, str) else texts)
+
     def _ids(self, body: Sequence[int]) -> list[int]:
         return [self.start_id, *body[: self.context_length - 2], self.end_id]
 
@@ -94,6 +96,18 @@ def load(path: Path) -> Any:
     try:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust side raises a plain Exception with its parse error
+        raise ModelError(f"{path}: not a usable tokenizer.json: {_first_line(exc)}") from None
+
+
+def _load_as_text(path: Path) -> Any:
+    """`load`, with the added tokens dropped, so they are not matched inside a text."""
+    from tokenizers import Tokenizer
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc["added_tokens"] = []
+        return Tokenizer.from_str(json.dumps(doc))
+    except Exception as exc:  # OSError, bad JSON, the Rust side's parse error
         raise ModelError(f"{path}: not a usable tokenizer.json: {_first_line(exc)}") from None
 
 

@@ -179,6 +179,13 @@ def test_start_end_truncation_and_padding(tokenizer: ClipTokenizer) -> None:
     assert row[:4].tolist() == [49406, 320, 2368, 49407] and not row[4:].any()
 
 
+def test_it_loads_from_a_path_and_is_called_like_open_clips(tmp_path: Path) -> None:
+    path = write_tokenizer_json(tmp_path / "tokenizer.json")
+    tok = ClipTokenizer(str(path))
+    assert tok("a cat").shape == (1, CONTEXT_LENGTH)
+    assert tok(["a cat", "a dog"])[1, :4].tolist() == [49406, 320, 1929, 49407]
+
+
 def test_cleaning_is_open_clips() -> None:
     assert clean("  Caf\u00c3\u00a9  &amp;amp;\tBAR\n") == "café & bar"
     assert clean("\u00a0\u3000") == ""
