@@ -192,11 +192,12 @@ def test_a_full_disk_is_one_clear_line_and_nothing_is_lost(
         for i in range(3, 40):
             photos.save_jpeg(photos.photo_like(i), root / f"IMG_{i}.jpg")
         filler = data / "filler"
-        with open(filler, "wb") as f:  # every free block of the small disk
+        # Every free block of the small disk. Unbuffered: a buffered file would try again to
+        # write what did not fit when it is closed, and fail there.
+        with open(filler, "wb", buffering=0) as f:
             try:
-                while True:
-                    f.write(bytes(64 << 10))
-                    f.flush()
+                while f.write(bytes(64 << 10)):
+                    pass
             except OSError:
                 pass
 
