@@ -12,17 +12,17 @@ import os
 import sqlite3
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
 
 from imageclust_daemon import (
-    __version__,
     catalog,
     config,
     decode,
     doctor,
+    grammar,
     hub,
     manifest,
     models,
@@ -49,165 +49,6 @@ from imageclust_daemon.records import (
 from imageclust_daemon.store import STATUS_KEYS, Store
 
 log = logging.getLogger("imageclust")
-
-
-Command = Callable[..., argparse.ArgumentParser]  # (subparsers, name, **kwargs) -> parser
-
-
-def _global_options(parser: argparse.ArgumentParser, default: object) -> None:
-    parser.add_argument(
-        "--config",
-        metavar="PATH",
-        default=default,
-        help=f"config file (default: ${config.ENV_CONFIG}, else the user config dir)",
-    )
-    parser.add_argument(
-        "--log-level",
-        default=default,
-        type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="how much to log on stderr (default: INFO for run, WARNING otherwise)",
-    )
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="imageclust",
-        description="Keeps a photo library organized by meaning (CLIP + clustering + local LLM).",
-    )
-    p.add_argument("--version", action="version", version=f"imageclust {__version__}")
-    _global_options(p, None)
-    # Also accepted after the command (`imageclust status --config c.toml`); there they
-    # only set what they are given, so one before the command still counts.
-    after = argparse.ArgumentParser(add_help=False)
-    _global_options(after, argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(group: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        return group.add_parser(name, parents=[after], **kwargs)  # type: ignore[no-any-return]
-
-    command(sub, "run", help="the daemon, in the foreground: watch, index, group, title, publish")
-    _index_commands(sub, command)
-    _query_commands(sub, command)
-    _search_commands(sub, command)
-    _models_commands(sub, command)
-    _service_commands(sub, command)
-    command(
-        sub, "doctor", help="check config, model, ONNX Runtime, Ollama, database, disk and watches"
-    )
-    return p
-
-
-def _index_commands(sub: Any, command: Command) -> None:
-    ix = command(
-        sub, "index", help="scan, embed, group and title the photos once (with a progress bar)"
-    )
-    ix.add_argument("paths", nargs="*", metavar="PATH", help="folders (default: library.roots)")
-    ix.add_argument("--json", action="store_true", help="print the run's counts as JSON")
-    ix.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ix.add_argument(
-        "--no-group",
-        action="store_true",
-        help="only scan and embed: no regrouping or titles (the daemon or `recluster` does)",
-    )
-    ix.add_argument(
-        "--forget-missing",
-        action="store_true",
-        help="photos not found are gone, even when many vanished at once or their drive "
-        "is not mounted (kept offline otherwise)",
-    )
-    rc = command(sub, "recluster", help="regroup the library by meaning (if anything changed)")
-    rc.add_argument("--force", action="store_true", help="regroup even if nothing changed")
-    rc.add_argument("--json", action="store_true", help="print the run record as JSON")
-    rl = command(sub, "relabel", help="title new and changed groups (Ollama, else fallback)")
-    rl.add_argument("--all", action="store_true", help="ask again for every group")
-    rl.add_argument("--json", action="store_true", help="print the run's counts as JSON")
-
-
-def _query_commands(sub: Any, command: Command) -> None:
-    qy = command(sub, "query", help="run one read-only SQL statement against the catalog")
-    qy.add_argument("sql", metavar="SQL")
-    fmt = qy.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="a JSON array of objects")
-    fmt.add_argument("--csv", action="store_true", help="RFC 4180 CSV with a header row")
-    defaults = catalog.QueryLimits()
-    qy.add_argument(
-        "--max-rows",
-        type=_positive_int,
-        default=defaults.rows,
-        metavar="N",
-        help=f"stop (exit 2) past N rows (default {defaults.rows:,})",
-    )
-    qy.add_argument(
-        "--max-bytes",
-        type=_positive_int,
-        default=defaults.bytes,
-        metavar="N",
-        help=f"stop (exit 2) past N bytes of values (default {defaults.bytes:,})",
-    )
-    st = command(sub, "status", help="what is indexed, pending and failed")
-    st.add_argument("--json", action="store_true", help="one JSON object")
-
-
-def _search_commands(sub: Any, command: Command) -> None:
-    for name, what, text in (
-        ("search", "text", "find photos by words (CLIP), best first"),
-        ("similar", "path", "find photos like an image (of the library or not), best first"),
-    ):
-        sp = command(sub, name, help=text)
-        if what == "text":
-            sp.add_argument("text", metavar="TEXT", help='what to look for, e.g. "dog on a beach"')
-        else:
-            sp.add_argument("path", metavar="PATH", help="an image file")
-        sp.add_argument(
-            "--limit", type=_positive_int, default=20, metavar="N", help="photos (default 20)"
-        )
-        fmt = sp.add_mutually_exclusive_group()
-        fmt.add_argument("--json", action="store_true", help="a JSON array of objects")
-        fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
-
-
-def _models_commands(sub: Any, command: Command) -> None:
-    md = command(sub, "models", help="list, download or verify CLIP models")
-    msub = md.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    command(msub, "list", help="the models imageclust knows")
-    dl = command(msub, "download", help="download a model into the data dir and verify it")
-    dl.add_argument("name", nargs="?", help="manifest name (default: model.name)")
-    dl.add_argument(
-        "--url", help="download the vision file from this URL (for mirrors set $HF_ENDPOINT)"
-    )
-    dl.add_argument(
-        "--vision-only", action="store_true", help="skip the text tower (search by words)"
-    )
-    dl.add_argument("--no-progress", action="store_true")
-    qz = command(msub, "quantize", help="write an int8 copy of the model (faster; see README)")
-    qz.add_argument("name", nargs="?", help="manifest name (default: model.name)")
-    vf = command(msub, "verify", help="check each file of a model: size, checksum, content")
-    vf.add_argument("name", nargs="?", help="manifest name (default: model.name)")
-
-
-def _service_commands(sub: Any, command: Command) -> None:
-    sv = command(sub, "service", help="install, remove or show the systemd/launchd service")
-    ssub = sv.add_subparsers(dest="service_command", required=True, metavar="ACTION")
-    for action, text in (
-        ("install", "write the unit/agent for this install and print how to enable it"),
-        ("uninstall", "remove it and print how to stop the daemon"),
-        ("print", "show the unit/agent that install would write"),
-    ):
-        sa = command(ssub, action, help=text)
-        sa.add_argument(
-            "--kind", choices=service.KINDS, help="default: systemd on Linux, launchd on macOS"
-        )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", "").replace(",", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
-    return value
 
 
 def _load_config(args: argparse.Namespace) -> config.Config:
@@ -782,7 +623,7 @@ libraries = logging.getLogger("imageclust.libraries")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = grammar.parser().parse_args(argv)
     configure_logging(args.log_level or ("INFO" if args.command == "run" else "WARNING"))
     cfg: config.Config | None = None
     try:
