@@ -403,6 +403,22 @@ def _print_hits(found: list[search.Hit]) -> None:
             print(f"       {path}")
 
 
+def cmd_serve(args: argparse.Namespace, cfg: config.Config) -> int:
+    from imageclust_daemon import web
+
+    listen = args.listen or cfg.web.listen or "127.0.0.1:8765"
+    try:
+        config.parse_listen(listen)
+    except ValueError as exc:
+        raise UsageError(f"--listen: {exc}") from None
+    server = web.server(cfg, listen)
+    host, port = config.parse_listen(listen)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"the gallery is at http://{shown}:{port}/ (Ctrl-C stops it)", flush=True)
+    server.run()
+    return 0
+
+
 def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
     located = models.locate(cfg)
     path = located.vision_path
@@ -574,6 +590,7 @@ COMMANDS = {
     "relabel": cmd_relabel,
     "query": cmd_query,
     "search": cmd_search,
+    "serve": cmd_serve,
     "similar": cmd_search,
     "status": cmd_status,
     "models": cmd_models,

@@ -261,6 +261,28 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         "How long Ollama keeps the model loaded after a request (Ollama's duration syntax).",
     ),
+    Setting(
+        "web.listen",
+        "127.0.0.1:8765",
+        "listen",
+        "Where the daemon serves the gallery (HOST:PORT); empty = off. `imageclust serve` "
+        "uses it too unless given --listen.",
+    ),
+    Setting(
+        "web.allow_remote",
+        False,
+        "bool",
+        "Allow web.listen on an address other machines can reach. The gallery has no "
+        "login: anyone who reaches it sees every photo.",
+    ),
+    Setting(
+        "web.workers",
+        2,
+        "int",
+        "Thumbnails and previews made at once (each decodes one original).",
+        minimum=1,
+        maximum=16,
+    ),
 )
 
 SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
@@ -317,6 +339,15 @@ def validate(setting: Setting, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(key, f"expected true or false, got {value!r}")
         return value
+    if kind == "listen":
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {type(value).__name__} {value!r}")
+        if value.strip():
+            try:
+                parse_listen(value)
+            except ValueError as exc:
+                raise ConfigError(key, str(exc)) from None
+        return value.strip()
     if kind == "providers":
         if not isinstance(value, list) or not value:
             raise ConfigError(key, f"expected a non-empty list of names, got {value!r}")
@@ -331,6 +362,30 @@ def validate(setting: Setting, value: Any) -> Any:
             raise ConfigError(key, f"expected a list of non-empty strings, got {value!r}")
         return tuple(_expand(key, v) for v in value) if kind == "paths" else tuple(value)
     raise AssertionError(f"unknown setting kind {kind}")  # a bug in SETTINGS, not user input
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) -> (host, port); ValueError saying why not."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:8765, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"expected a port from 1 to 65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: only this machine can connect."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _suggest(key: str) -> str:
@@ -432,6 +487,13 @@ class OllamaSettings:
     keep_alive: str
 
 
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    listen: str
+    allow_remote: bool
+    workers: int
+
+
 # The section objects by section name: `test_config` checks that their fields are exactly
 # the keys of SETTINGS and that each holds what its kind validates to.
 SECTIONS: Mapping[str, type[Any]] = {
@@ -445,6 +507,7 @@ SECTIONS: Mapping[str, type[Any]] = {
     "index": IndexSettings,
     "cluster": ClusterSettings,
     "ollama": OllamaSettings,
+    "web": WebSettings,
 }
 
 
@@ -462,6 +525,7 @@ class Config:
     index: IndexSettings
     cluster: ClusterSettings
     ollama: OllamaSettings
+    web: WebSettings
     source: Path | None = None
 
     @property
@@ -511,6 +575,14 @@ def from_mapping(doc: Mapping[str, Any], source: Path | None = None) -> Config:
             "cluster.min_size",
             f"must not exceed cluster.max_size ({values['cluster.min_size']} > "
             f"{values['cluster.max_size']})",
+            source=where,
+        )
+    listen = values["web.listen"]
+    if listen and not values["web.allow_remote"] and not is_loopback(parse_listen(listen)[0]):
+        raise ConfigError(
+            "web.listen",
+            f"{listen} is not a loopback address: other machines could open the gallery, "
+            "which has no login; set web.allow_remote = true to allow it",
             source=where,
         )
     organized: Path | None = values["organize.dir"]

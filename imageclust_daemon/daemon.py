@@ -22,9 +22,10 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import FrameType
 
-from imageclust_daemon import models
+from imageclust_daemon import activity, models, web
 from imageclust_daemon.config import Config
 from imageclust_daemon.embed import short_provider
 from imageclust_daemon.errors import ConfigError, ImageclustError
@@ -66,6 +67,7 @@ class Daemon:
         self._environ = environ
         self.stop = threading.Event()
         self._reload = threading.Event()
+        self._data_dir: Path | None = None
 
     def _signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -76,13 +78,17 @@ class Daemon:
     def _status(self, text: str) -> None:
         log.info("%s", text)
         notify(f"STATUS={text}", self._environ)
+        if self._data_dir is not None:
+            activity.record(self._data_dir, doing=text)
 
     def run(self) -> int:
         cfg = self._load_config()
         lock = InstanceLock(cfg.data_dir / "daemon.lock")
         lock.acquire()
+        self._data_dir = cfg.data_dir
         watcher: Watcher | None = None
         jobs: Jobs | None = None
+        gallery: web.Background | None = None
         previous = {
             s: signal.signal(s, self._signal)
             for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -100,6 +106,9 @@ class Daemon:
             watcher.start()
             jobs = Jobs(cfg, model, buffer, self.stop, self._status)
             jobs.start()
+            if cfg.web.listen:
+                gallery = web.Background(cfg, cfg.web.listen)
+                gallery.start()
             notify("READY=1", self._environ)
             self._status(f"watching {len(cfg.roots)} folder(s); first rescan started")
             self._supervise(watcher, jobs)
@@ -107,12 +116,15 @@ class Daemon:
             notify("STOPPING=1", self._environ)
             log.info("stopping")
             self.stop.set()
+            if gallery is not None:
+                gallery.stop()
             if jobs is not None:
                 jobs.shutdown()
             if watcher is not None:
                 watcher.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            activity.record(cfg.data_dir, doing="stopped")
             lock.release()
         log.info("stopped")
         return 0

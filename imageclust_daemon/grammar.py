@@ -49,6 +49,12 @@ def parser() -> argparse.ArgumentParser:
     _index_commands(sub, command)
     _query_commands(sub, command)
     _search_commands(sub, command)
+    sv = command(sub, "serve", help="the web gallery, in the foreground (read-only)")
+    sv.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="where to listen (default: web.listen, else 127.0.0.1:8765)",
+    )
     _models_commands(sub, command)
     _service_commands(sub, command)
     command(

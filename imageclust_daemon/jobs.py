@@ -37,13 +37,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from imageclust_daemon import models, pipeline, publish, regroup
+from imageclust_daemon import activity, models, pipeline, publish, regroup
 from imageclust_daemon.config import Config
 from imageclust_daemon.embed import Embedder, short_provider
 from imageclust_daemon.errors import ImageclustError, is_disk_full
 from imageclust_daemon.ollama import OllamaClient, client_for
 from imageclust_daemon.records import IndexReport, ModelSpec, display_path
 from imageclust_daemon.store import Store
+from imageclust_daemon.thumbs import ThumbCache
 from imageclust_daemon.watch import ChangeBuffer
 
 log = logging.getLogger(__name__)
@@ -300,6 +301,7 @@ class Jobs:
         self._failed_rescans = 0
         with contextlib.suppress(JobLookupError):  # a retry still waiting has nothing to do
             self.scheduler.remove_job("retry")
+        activity.record(self.cfg.data_dir, last_rescan=activity.now())
         self.status(
             f"idle: {report.scanned} photos; last full rescan took "
             f"{time.monotonic() - started:.0f} s"
@@ -373,6 +375,7 @@ class Jobs:
                 run.retired_clusters,
             )
             self._publish_due = True
+            activity.record(self.cfg.data_dir, last_regroup=activity.now())
         self.relabel()
 
     def relabel(self) -> None:
@@ -421,12 +424,16 @@ class Jobs:
         except BaseException:
             self._publish_due = True  # again at the next run
             raise
+        activity.record(self.cfg.data_dir, last_publish=activity.now())
         log.info("published the catalog: %d photos, %d groups", report.photos, report.clusters)
 
     def maintenance(self) -> None:
         files, contents = self.store.collect_garbage(self.cfg.maintenance.gc_days)
         if files or contents:
             log.info("maintenance: forgot %d gone files and %d unused contents", files, contents)
+        pictures = ThumbCache(self.cfg.data_dir / "thumbs").prune(self.store.content_hashes())
+        if pictures:
+            log.info("maintenance: deleted %d gallery pictures of forgotten photos", pictures)
 
 
 def _now(later: float = 0.0) -> datetime:

@@ -398,6 +398,10 @@ class Store:
         ).fetchone()
         return blob_to_vector(row[0]) if row else None
 
+    def content_hashes(self) -> set[str]:
+        """Every content the database knows (live, offline or gone but not yet forgotten)."""
+        return {h for (h,) in self.conn.execute("SELECT hash FROM contents")}
+
     def live_embeddings(self, model_id: str) -> tuple[list[str], np.ndarray]:
         """Each distinct content of a live file with an embedding: (hashes, float32 [n, d])."""
         query = (

@@ -38,6 +38,7 @@ _KIND_TYPES = {
     "bool": "bool",
     "str": "str",
     "url?": "str",
+    "listen": "str",
 }
 
 
@@ -82,6 +83,9 @@ def test_the_typed_sections_hold_exactly_the_keys_of_the_table() -> None:
         ({"ollama": {"host": "localhost:11434"}}, "ollama.host", "http:// or https://"),
         ({"cluster": {"min_size": 50, "max_size": 10}}, "cluster.min_size", "max_size"),
         ({"storage": {"data_dir": "$IMAGECLUST_TEST_UNSET/x"}}, "storage.data_dir", "not set"),
+        ({"web": {"listen": "8765"}}, "web.listen", "HOST:PORT"),
+        ({"web": {"listen": "127.0.0.1:99999"}}, "web.listen", "port from 1 to 65535"),
+        ({"web": {"listen": "0.0.0.0:8765"}}, "web.listen", "web.allow_remote = true"),
     ],
 )
 def test_bad_values_name_the_key_and_the_problem(

@@ -132,6 +132,7 @@ def daemon_config(tmp_path: Path, tiny_model: Path, fake_ollama: Any) -> Callabl
             "schedule": {"recluster_seconds": 2, "publish_seconds": 0.5},
             "cluster": {"min_size": 3, "max_size": 40},
             "ollama": {"host": fake_ollama.url, "model": "llava", "backoff_base": 0.01},
+            "web": {"listen": ""},  # one test below serves the gallery, on a free port
         }
         for section, body in overrides.items():
             sections.setdefault(section, {}).update(body)
@@ -471,3 +472,32 @@ def test_polling_roots_still_see_changes(
         f"a polled root's new and deleted files: {daemon}",
     )
     assert daemon.terminate()[0] == 0
+
+
+def test_the_daemon_serves_the_gallery_and_stops_it(
+    tmp_path: Path, daemon_config: Callable[..., Path], daemons: Callable[..., DaemonProcess]
+) -> None:
+    import httpx
+
+    from tests.test_web import free_port
+
+    root = tmp_path / "Photos"
+    scene_library(root, 2, 4)
+    port = free_port()
+    daemon = daemons(daemon_config([root], web={"listen": f"127.0.0.1:{port}"}))
+    daemon.wait_for_message("STATUS=idle")
+    base = f"http://127.0.0.1:{port}"
+
+    def albums() -> int:
+        try:
+            page = httpx.get(base + "/", timeout=5)
+        except httpx.TransportError:
+            return -1
+        return page.text.count('class=album href="/album/') if page.status_code == 200 else -1
+
+    wait_until(lambda: albums() == 2, TIMEOUT, f"the gallery shows 2 albums: {daemon}")
+    status = httpx.get(base + "/status", timeout=5).text
+    assert "Last full rescan" in status and "Photos indexed</td><td>8" in status
+    assert daemon.terminate()[0] == 0
+    with pytest.raises(httpx.TransportError):
+        httpx.get(base + "/", timeout=2)

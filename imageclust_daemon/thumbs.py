@@ -1,0 +1,97 @@
+"""Thumbnails and previews for the gallery: made on demand, cached by content hash.
+
+A picture is made from the original by `decode.thumbnail_jpeg` (the decode budget
+and checks of indexing, a reduced-scale JPEG decode, EXIF orientation applied),
+at most `workers` at once, and kept under `<data_dir>/thumbs/<size>/<hh>/<hash>.jpg`.
+Keyed by content, a moved or duplicated photo shares its pictures; a picture never
+changes for its key, so it is served as immutable. The cache is written atomically
+(a temp file renamed into place) and pruned of contents the library forgot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from imageclust_daemon import decode
+from imageclust_daemon.errors import DecodeError
+
+SIZES = {"thumb": 256, "preview": 1280}
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+class Unavailable(Exception):
+    """No original of this content can be read now (gone, unreadable, not an image)."""
+
+
+class ThumbCache:
+    def __init__(self, root: Path, workers: int = 2) -> None:
+        self.root = root
+        self._slots = threading.BoundedSemaphore(workers)
+        self._making: dict[tuple[str, str], threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def path(self, content_hash: str, kind: str) -> Path:
+        if not _HASH.fullmatch(content_hash) or kind not in SIZES:
+            raise ValueError(f"not a content hash or picture kind: {content_hash!r} {kind!r}")
+        return self.root / kind / content_hash[:2] / f"{content_hash}.jpg"
+
+    def get(self, content_hash: str, kind: str, originals: Iterable[bytes]) -> Path:
+        """The cached picture, made from the first of `originals` that reads as an image."""
+        dest = self.path(content_hash, kind)
+        if dest.is_file():
+            return dest
+        with self._lock:
+            lock = self._making.setdefault((content_hash, kind), threading.Lock())
+        with lock:  # one maker per picture; the others wait for it and find it made
+            if dest.is_file():
+                return dest
+            with self._slots:
+                data = self._make(originals, SIZES[kind])
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
+        with self._lock:
+            self._making.pop((content_hash, kind), None)
+        return dest
+
+    @staticmethod
+    def _make(originals: Iterable[bytes], size: int) -> bytes:
+        reasons = []
+        for raw in originals:
+            shown = os.fsdecode(raw)
+            try:
+                with open(raw, "rb") as f:
+                    return decode.thumbnail_jpeg(f.read(), longest=size, path=shown)
+            except (OSError, DecodeError) as exc:
+                reasons.append(f"{shown}: {getattr(exc, 'strerror', None) or exc}")
+        raise Unavailable("; ".join(reasons) or "no file of the library has this content")
+
+    def prune(self, keep: set[str]) -> int:
+        """Delete the pictures of contents not in `keep`; returns how many."""
+        removed = 0
+        for kind in SIZES:
+            folder = self.root / kind
+            if not folder.is_dir():
+                continue
+            for sub in folder.iterdir():
+                for item in sub.iterdir() if sub.is_dir() else ():
+                    if item.name.startswith("."):  # a maker's temp file: only a dead one's
+                        with contextlib.suppress(OSError):
+                            if time.time() - item.stat().st_mtime > 3600:
+                                item.unlink()
+                        continue
+                    if item.name.removesuffix(".jpg") not in keep:
+                        with contextlib.suppress(OSError):
+                            item.unlink()
+                            removed += 1
+        return removed

@@ -1,0 +1,301 @@
+"""The local web gallery: albums, an album, a photo, search, the library, status.
+
+Starlette serves pages made by `pages` from what `gallery` reads, and pictures from
+`thumbs`; uvicorn runs it (`imageclust serve`, or a thread of the daemon). It only
+reads: the catalog and the search snapshot, opened read-only, and originals that
+the catalog lists, reached by content hash (no path is ever taken from a URL). It
+answers GET and HEAD only, and checks the Host header, so a web page elsewhere
+cannot reach it through DNS rebinding.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from imageclust_daemon import activity, models, pages, search
+from imageclust_daemon.config import Config, is_loopback, parse_listen
+from imageclust_daemon.errors import ImageclustError
+from imageclust_daemon.gallery import CatalogMissing, Reader
+from imageclust_daemon.thumbs import ThumbCache, Unavailable
+
+log = logging.getLogger(__name__)
+
+_HASH = re.compile(r"[0-9a-f]{64}")
+_PICTURE = re.compile(r"([0-9a-f]{64})\.jpg")
+IMMUTABLE = "public, max-age=31536000, immutable"
+# Shown where a picture cannot be made (original gone, unreadable, not an image).
+PLACEHOLDER = (
+    '<svg xmlns="http://www.w3.org/2000/svg" width="256" height="256" viewBox="0 0 256 256">'
+    '<rect width="256" height="256" fill="#8884"/><text x="128" y="134" font-size="20" '
+    'text-anchor="middle" fill="#888" font-family="sans-serif">not available</text></svg>'
+)
+
+
+class Gallery:
+    """What the pages share: the config, the picture cache, the text model once loaded."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.thumbs = ThumbCache(cfg.data_dir / "thumbs", cfg.web.workers)
+        self._words: models.TextModel | None = None
+        self._lock = threading.Lock()
+
+    def reader(self) -> Reader:
+        return Reader(self.cfg.catalog_path)
+
+    def words(self, dim: int) -> models.TextModel:
+        with self._lock:
+            if self._words is None or self._words.dim != dim:
+                self._words = models.open_text_model(
+                    models.locate(self.cfg),
+                    vision_dim=dim,
+                    threads=self.cfg.model.threads,
+                    providers=self.cfg.model.providers,
+                )
+            return self._words
+
+
+def create_app(cfg: Config, listen: str | None = None) -> ASGIApp:
+    """The gallery as an ASGI app, checking that requests name this server (`listen`)."""
+    gallery = Gallery(cfg)
+
+    def html(render: Callable[[Request], str]) -> Callable[[Request], Response]:
+        def endpoint(request: Request) -> Response:
+            try:
+                return HTMLResponse(render(request))
+            except CatalogMissing as exc:
+                return HTMLResponse(pages.message_page("Nothing published yet", str(exc)), 503)
+            except NotFound as exc:
+                return HTMLResponse(pages.message_page("Not found", str(exc)), 404)
+
+        return endpoint
+
+    def albums(request: Request) -> str:
+        order = "new" if request.query_params.get("order") == "new" else "size"
+        page_no = _page(request)
+        with gallery.reader() as reader:
+            found = reader.albums(order, page_no)
+            return pages.albums_page(found, reader.album_count(), order, page_no)
+
+    def album(request: Request) -> str:
+        cluster_id = request.path_params["id"]
+        with gallery.reader() as reader:
+            found = reader.album(cluster_id)
+            if found is None:
+                raise NotFound(f"There is no album {cluster_id} (any more).")
+            page_no = _page(request)
+            return pages.album_page(found, reader.album_photos(cluster_id, page_no), page_no)
+
+    def photo(request: Request) -> str:
+        content_hash = request.path_params["hash"]
+        with gallery.reader() as reader:
+            found = reader.photo(content_hash) if _HASH.fullmatch(content_hash) else None
+        if found is None:
+            raise NotFound("No photo of the library has this content (any more).")
+        similar: list[search.Hit] = []
+        note = ""
+        try:
+            snapshot = search.open_for(cfg.catalog_path)
+            row = snapshot.row_of(content_hash)
+            if row is not None:
+                ranked = search.rank(snapshot, snapshot.matrix[row], 24, exclude=row)
+                similar = search.hits(cfg.catalog_path, snapshot, ranked)
+            else:
+                note = "Not in the search snapshot yet."
+        except ImageclustError as exc:
+            note = str(exc)
+        return pages.photo_page(found, similar, note)
+
+    def find(request: Request) -> str:
+        query = request.query_params.get("q", "")
+        if not query.strip():
+            return pages.search_page(query, [], [], "")
+        with gallery.reader() as reader:
+            titled = reader.albums(ids=reader.title_matches(query)) if query.strip() else []
+        hits: list[search.Hit] = []
+        note = ""
+        try:
+            snapshot = search.open_for(cfg.catalog_path)
+            if len(snapshot):
+                vector = gallery.words(snapshot.dim).embed([query])[0]
+                hits = search.hits(cfg.catalog_path, snapshot, search.rank(snapshot, vector, 60))
+        except ImageclustError as exc:
+            note = f"Search by words is not available: {exc}"
+        return pages.search_page(query, hits, titled, note)
+
+    def library(request: Request) -> str:
+        try:
+            snapshot = search.open_for(cfg.catalog_path)
+        except ImageclustError as exc:
+            return pages.library_page([], str(exc))
+        with gallery.reader() as reader:
+            return pages.library_page(reader.layout(snapshot), "")
+
+    def status(request: Request) -> str:
+        with gallery.reader() as reader:
+            found = reader.status()
+        return pages.status_page(found, _activity(cfg.data_dir))
+
+    def picture(kind: str) -> Callable[[Request], Response]:
+        def endpoint(request: Request) -> Response:
+            match = _PICTURE.fullmatch(request.path_params["name"])
+            if match is None:
+                return PlainTextResponse("not found", 404)
+            content_hash = match.group(1)
+            cached = gallery.thumbs.path(content_hash, kind)
+            if not cached.is_file():  # only a content the catalog lists is ever opened
+                try:
+                    with gallery.reader() as reader:
+                        originals = reader.originals(content_hash)
+                except CatalogMissing:
+                    return PlainTextResponse("no catalog yet", 503)
+                if not originals:
+                    return PlainTextResponse("not found", 404)
+                try:
+                    cached = gallery.thumbs.get(content_hash, kind, originals)
+                except Unavailable as exc:
+                    log.info("picture of %s: %s", content_hash[:12], exc)
+                    return Response(
+                        PLACEHOLDER,
+                        media_type="image/svg+xml",
+                        headers={"Cache-Control": "no-store"},
+                    )
+            try:  # small files: read at once (a streamed FileResponse costs thread hops)
+                body = cached.read_bytes()
+            except OSError:  # pruned meanwhile: the next request makes it again
+                return PlainTextResponse("try again", 503, headers={"Retry-After": "1"})
+            return Response(body, media_type="image/jpeg", headers={"Cache-Control": IMMUTABLE})
+
+        return endpoint
+
+    routes = [
+        Route("/", html(albums)),
+        Route("/album/{id:int}", html(album)),
+        Route("/photo/{hash}", html(photo)),
+        Route("/search", html(find)),
+        Route("/library", html(library)),
+        Route("/status", html(status)),
+        Route("/thumb/{name}", picture("thumb")),
+        Route("/preview/{name}", picture("preview")),
+    ]
+    app = Starlette(routes=routes)
+    return HostCheck(app, allowed_hosts(cfg, listen or cfg.web.listen))
+
+
+class NotFound(Exception):
+    pass
+
+
+def _page(request: Request) -> int:
+    text = request.query_params.get("page", "0")
+    return int(text) if text.isdigit() and len(text) < 7 else 0
+
+
+def _activity(data_dir: Path) -> dict[str, str]:
+    found = activity.read(data_dir)
+    if not found:
+        return {"Daemon": "not seen here (imageclust run, or the service, keeps this page current)"}
+    names = {
+        "doing": "Daemon",
+        "last_rescan": "Last full rescan",
+        "last_regroup": "Last regroup",
+        "last_publish": "Last publish by the daemon",
+        "updated_at": "As of",
+    }
+    return {label: found[key] for key, label in names.items() if key in found}
+
+
+def allowed_hosts(cfg: Config, listen: str) -> set[str]:
+    """Host names a request may carry: loopback names, and what it listens on; with
+    web.allow_remote also this machine's own names."""
+    hosts = {"localhost", "127.0.0.1", "::1"}
+    if listen:
+        hosts.add(parse_listen(listen)[0].lower())
+    if cfg.web.allow_remote:
+        hosts |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return hosts
+
+
+class HostCheck:
+    """ASGI middleware: 400 for a Host header naming another server (DNS rebinding: a page
+    at evil.example whose name now points to 127.0.0.1 must not read the gallery)."""
+
+    def __init__(self, app: ASGIApp, hosts: set[str]) -> None:
+        self.app, self.hosts = app, hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            host = _host_name(headers.get(b"host", b"").decode("latin-1"))
+            if host not in self.hosts:
+                await PlainTextResponse("unknown Host header", 400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _host_name(value: str) -> str:
+    value = value.strip().lower()
+    if value.startswith("["):  # [::1]:8765
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+# -- running it --------------------------------------------------------------------------------
+
+
+def server(cfg: Config, listen: str) -> Any:
+    """A uvicorn server for the gallery on `listen` (HOST:PORT), not started."""
+    import uvicorn
+
+    host, port = parse_listen(listen)
+    if not is_loopback(host) and not cfg.web.allow_remote:
+        raise ImageclustError(
+            f"{listen} is not a loopback address; the gallery has no login: set "
+            "web.allow_remote = true to serve other machines"
+        )
+    if not is_loopback(host):
+        log.warning("the gallery listens on %s: anyone who reaches it sees every photo", listen)
+    config = uvicorn.Config(
+        create_app(cfg, listen),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+    )
+    return uvicorn.Server(config)
+
+
+class Background:
+    """The gallery on a thread of the daemon; `stop()` ends it."""
+
+    def __init__(self, cfg: Config, listen: str) -> None:
+        self._server = server(cfg, listen)
+        self._thread = threading.Thread(target=self._run, name="imageclust-web", daemon=True)
+        self.listen = listen
+
+    def _run(self) -> None:
+        try:
+            self._server.run()
+        except (OSError, SystemExit) as exc:  # the port is taken: the daemon goes on without it
+            log.error("the gallery could not listen on %s: %s", self.listen, exc)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)

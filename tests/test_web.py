@@ -1,0 +1,238 @@
+"""The web gallery over real HTTP: a uvicorn server on 127.0.0.1 in front of a library
+indexed by the `imageclust` command. Pages, pictures, and what it refuses."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from imageclust_daemon import config as config_module
+from imageclust_daemon import web
+from imageclust_daemon.errors import ImageclustError
+from tests.clip_vocab import write_tokenizer_json
+from tests.conftest import run_cli
+from tests.library import scene_library
+from tests.onnx_models import build_tiny_clip_text
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("text")
+    return {
+        "text": build_tiny_clip_text(folder / "text.onnx", dim=32, seed=3),
+        "tokenizer": write_tokenizer_json(folder / "tokenizer.json"),
+    }
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, make_config: Callable[..., Path], text_files: dict[str, Path]
+) -> Iterator[dict[str, Any]]:
+    """A library of 3 scenes indexed by the command, and the gallery serving it."""
+    root = tmp_path / "Photos"
+    truth = scene_library(root, 3, 6)
+    port = free_port()
+    config = make_config(
+        [root],
+        model={
+            "text_path": str(text_files["text"]),
+            "tokenizer_path": str(text_files["tokenizer"]),
+        },
+        cluster={"min_size": 3, "max_size": 10},
+        ollama={"host": "http://127.0.0.1:9", "connect_timeout": 0.2},
+        web={"listen": f"127.0.0.1:{port}"},
+    )
+    assert run_cli("--config", str(config), "index", "--no-progress").returncode == 0
+    cfg = config_module.load(config)
+    gallery = web.Background(cfg, cfg.web.listen)
+    gallery.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.get(base + "/status", timeout=2)
+            break
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "the gallery did not start"
+            time.sleep(0.05)
+    with httpx.Client(base_url=base, timeout=30) as client:
+        yield {"client": client, "cfg": cfg, "root": root, "truth": truth, "base": base}
+    gallery.stop()
+
+
+def _hashes(cfg: config_module.Config) -> list[str]:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{cfg.catalog_path}?mode=ro", uri=True)
+    try:
+        return [
+            h
+            for (h,) in conn.execute(
+                "SELECT content_hash FROM photos WHERE status = 'indexed' ORDER BY path"
+            )
+        ]
+    finally:
+        conn.close()
+
+
+def test_every_page_answers_and_shows_the_library(served: dict[str, Any]) -> None:
+    client: httpx.Client = served["client"]
+    albums = client.get("/")
+    assert albums.status_code == 200 and albums.text.count('class=album href="/album/') == 3
+    assert "18 photo" not in albums.text and "6 photos" in albums.text
+    first = albums.text.split('href="/album/')[1].split('"')[0]
+    album = client.get(f"/album/{first}")
+    assert album.status_code == 200 and album.text.count('href="/photo/') == 6
+    content_hash = album.text.split('href="/photo/')[1].split('"')[0]
+    photo = client.get(f"/photo/{content_hash}")
+    assert photo.status_code == 200 and "Similar photos" in photo.text
+    assert f"/preview/{content_hash}.jpg" in photo.text and "/tmp" in photo.text
+    found = client.get("/search", params={"q": "a dog on the beach"})
+    assert found.status_code == 200 and found.text.count('href="/photo/') == 18
+    title = client.get("/search", params={"q": album.text.split("<h1>")[1].split("<")[0]})
+    assert f'href="/album/{first}"' in title.text, "title matches from the full-text index"
+    library = client.get("/library")
+    assert library.status_code == 200 and library.text.count("<circle") == 3
+    status = client.get("/status")
+    assert status.status_code == 200 and "Photos indexed</td><td>18" in status.text
+
+
+def test_pictures_are_jpegs_cached_by_content_and_immutable(served: dict[str, Any]) -> None:
+    client: httpx.Client = served["client"]
+    cfg = served["cfg"]
+    content_hash = _hashes(cfg)[0]
+    thumb = client.get(f"/thumb/{content_hash}.jpg")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert thumb.content[:2] == b"\xff\xd8" and "immutable" in thumb.headers["cache-control"]
+    cached = cfg.data_dir / "thumbs" / "thumb" / content_hash[:2] / f"{content_hash}.jpg"
+    assert cached.read_bytes() == thumb.content
+    from PIL import Image
+
+    preview = client.get(f"/preview/{content_hash}.jpg")
+    with Image.open(__import__("io").BytesIO(preview.content)) as img:
+        assert max(img.size) <= 1280
+    with Image.open(cached) as img:
+        assert max(img.size) <= 256
+    head = client.head(f"/thumb/{content_hash}.jpg")
+    assert head.status_code == 200 and head.content == b""
+
+
+def test_what_it_refuses(served: dict[str, Any]) -> None:
+    client: httpx.Client = served["client"]
+    content_hash = _hashes(served["cfg"])[0]
+    assert client.post("/").status_code == 405
+    assert client.request("DELETE", f"/thumb/{content_hash}.jpg").status_code == 405
+    assert client.get("/", headers={"Host": "evil.example"}).status_code == 400
+    assert client.get("/", headers={"Host": "evil.example:8765"}).status_code == 400
+    assert client.get("/thumb/" + "0" * 64 + ".jpg").status_code == 404  # not in the catalog
+    assert client.get("/photo/" + "0" * 64).status_code == 404
+    assert client.get("/album/999999").status_code == 404
+    assert client.get("/thumb/nothash.jpg").status_code == 404
+    raw = httpx.get(served["base"] + "/thumb/..%2F..%2F..%2Fetc%2Fpasswd", timeout=10)
+    assert raw.status_code == 404
+    with socket.create_connection(("127.0.0.1", int(served["base"].rsplit(":", 1)[1]))) as s:
+        s.sendall(b"GET /thumb/../../etc/passwd HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = s.recv(200)
+    assert answer.split(b"\r\n")[0].split()[1] in (b"404", b"400")
+
+
+def test_a_photo_deleted_or_corrupted_after_publish_is_a_placeholder(
+    served: dict[str, Any],
+) -> None:
+    client: httpx.Client = served["client"]
+    cfg = served["cfg"]
+    first, second = sorted(served["truth"])[:2]
+    hashes = _hashes(cfg)
+    Path(first).unlink()
+    Path(second).write_bytes(b"\xff\xd8\xff\xe0 no longer a photo")
+    for content_hash in hashes[:2]:
+        got = client.get(f"/thumb/{content_hash}.jpg")
+        assert got.status_code == 200 and got.headers["content-type"] == "image/svg+xml"
+        assert got.headers["cache-control"] == "no-store"
+        assert client.get(f"/photo/{content_hash}").status_code == 200
+
+
+def test_pages_answer_while_the_catalog_is_republished(served: dict[str, Any]) -> None:
+    client: httpx.Client = served["client"]
+    config = served["cfg"].source
+    import threading
+
+    errors: list[int] = []
+    done = threading.Event()
+
+    def browse() -> None:
+        while not done.is_set():
+            for path in ("/", "/library", "/status", "/search?q=beach"):
+                status = client.get(path).status_code
+                if status != 200:
+                    errors.append(status)
+
+    reader = threading.Thread(target=browse)
+    reader.start()
+    try:
+        for _ in range(3):
+            assert run_cli("--config", str(config), "recluster", "--force").returncode == 0
+    finally:
+        done.set()
+        reader.join(30)
+    assert errors == []
+
+
+def test_no_catalog_yet_is_a_page_not_an_error(
+    tmp_path: Path, make_config: Callable[..., Path]
+) -> None:
+    port = free_port()
+    cfg = config_module.load(make_config([tmp_path], web={"listen": f"127.0.0.1:{port}"}))
+    gallery = web.Background(cfg, cfg.web.listen)
+    gallery.start()
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert page.status_code == 503 and "Nothing published yet" in page.text
+        assert "Traceback" not in page.text
+    finally:
+        gallery.stop()
+
+
+def test_a_non_loopback_address_needs_allow_remote(
+    tmp_path: Path, make_config: Callable[..., Path]
+) -> None:
+    cfg = config_module.load(make_config([tmp_path], web={"listen": ""}))
+    with pytest.raises(ImageclustError, match=r"web\.allow_remote"):
+        web.server(cfg, "0.0.0.0:8765")
+    result = run_cli("--config", str(cfg.source), "serve", "--listen", "0.0.0.0:8765")
+    assert result.returncode == 1 and "no login" in result.stderr
+
+
+def test_maintenance_deletes_the_pictures_of_forgotten_photos(tmp_path: Path) -> None:
+    from imageclust_daemon.thumbs import ThumbCache
+
+    cache = ThumbCache(tmp_path)
+    kept, gone = "a" * 64, "b" * 64
+    for h in (kept, gone):
+        path = cache.path(h, "thumb")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    assert cache.prune({kept}) == 1
+    assert cache.path(kept, "thumb").exists() and not cache.path(gone, "thumb").exists()
+    shutil.rmtree(tmp_path / "thumb")
+    assert cache.prune(set()) == 0
