@@ -67,11 +67,14 @@ class Gallery:
             return self._words
 
 
-def create_app(cfg: Config, listen: str | None = None) -> ASGIApp:
-    """The gallery as an ASGI app, checking that requests name this server (`listen`)."""
-    gallery = Gallery(cfg)
+class GalleryPages:
+    """The gallery's endpoints: each reads what its page shows and renders it."""
 
-    def html(render: Callable[[Request], str]) -> Callable[[Request], Response]:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.gallery = Gallery(cfg)
+
+    def html(self, render: Callable[[Request], str]) -> Callable[[Request], Response]:
         def endpoint(request: Request) -> Response:
             try:
                 return HTMLResponse(render(request))
@@ -82,89 +85,91 @@ def create_app(cfg: Config, listen: str | None = None) -> ASGIApp:
 
         return endpoint
 
-    def albums(request: Request) -> str:
+    def albums(self, request: Request) -> str:
         order = "new" if request.query_params.get("order") == "new" else "size"
         page_no = _page(request)
-        with gallery.reader() as reader:
+        with self.gallery.reader() as reader:
             found = reader.albums(order, page_no)
             return pages.albums_page(found, reader.album_count(), order, page_no)
 
-    def album(request: Request) -> str:
+    def album(self, request: Request) -> str:
         cluster_id = request.path_params["id"]
-        with gallery.reader() as reader:
+        with self.gallery.reader() as reader:
             found = reader.album(cluster_id)
             if found is None:
                 raise NotFound(f"There is no album {cluster_id} (any more).")
             page_no = _page(request)
             return pages.album_page(found, reader.album_photos(cluster_id, page_no), page_no)
 
-    def photo(request: Request) -> str:
+    def photo(self, request: Request) -> str:
         content_hash = request.path_params["hash"]
-        with gallery.reader() as reader:
+        with self.gallery.reader() as reader:
             found = reader.photo(content_hash) if _HASH.fullmatch(content_hash) else None
         if found is None:
             raise NotFound("No photo of the library has this content (any more).")
         similar: list[search.Hit] = []
         note = ""
         try:
-            snapshot = search.open_for(cfg.catalog_path)
+            snapshot = search.open_for(self.cfg.catalog_path)
             row = snapshot.row_of(content_hash)
             if row is not None:
                 ranked = search.rank(snapshot, snapshot.matrix[row], 24, exclude=row)
-                similar = search.hits(cfg.catalog_path, snapshot, ranked)
+                similar = search.hits(self.cfg.catalog_path, snapshot, ranked)
             else:
                 note = "Not in the search snapshot yet."
         except ImageclustError as exc:
             note = str(exc)
         return pages.photo_page(found, similar, note)
 
-    def find(request: Request) -> str:
+    def find(self, request: Request) -> str:
         query = request.query_params.get("q", "")
         if not query.strip():
             return pages.search_page(query, [], [], "")
-        with gallery.reader() as reader:
+        with self.gallery.reader() as reader:
             titled = reader.albums(ids=reader.title_matches(query)) if query.strip() else []
         hits: list[search.Hit] = []
         note = ""
         try:
-            snapshot = search.open_for(cfg.catalog_path)
+            snapshot = search.open_for(self.cfg.catalog_path)
             if len(snapshot):
-                vector = gallery.words(snapshot.dim).embed([query])[0]
-                hits = search.hits(cfg.catalog_path, snapshot, search.rank(snapshot, vector, 60))
+                vector = self.gallery.words(snapshot.dim).embed([query])[0]
+                hits = search.hits(
+                    self.cfg.catalog_path, snapshot, search.rank(snapshot, vector, 60)
+                )
         except ImageclustError as exc:
             note = f"Search by words is not available: {exc}"
         return pages.search_page(query, hits, titled, note)
 
-    def library(request: Request) -> str:
+    def library(self, request: Request) -> str:
         try:
-            snapshot = search.open_for(cfg.catalog_path)
+            snapshot = search.open_for(self.cfg.catalog_path)
         except ImageclustError as exc:
             return pages.library_page([], str(exc))
-        with gallery.reader() as reader:
+        with self.gallery.reader() as reader:
             return pages.library_page(reader.layout(snapshot), "")
 
-    def status(request: Request) -> str:
-        with gallery.reader() as reader:
+    def status(self, request: Request) -> str:
+        with self.gallery.reader() as reader:
             found = reader.status()
-        return pages.status_page(found, _activity(cfg.data_dir))
+        return pages.status_page(found, _activity(self.cfg.data_dir))
 
-    def picture(kind: str) -> Callable[[Request], Response]:
+    def picture(self, kind: str) -> Callable[[Request], Response]:
         def endpoint(request: Request) -> Response:
             match = _PICTURE.fullmatch(request.path_params["name"])
             if match is None:
                 return PlainTextResponse("not found", 404)
             content_hash = match.group(1)
-            cached = gallery.thumbs.path(content_hash, kind)
+            cached = self.gallery.thumbs.path(content_hash, kind)
             if not cached.is_file():  # only a content the catalog lists is ever opened
                 try:
-                    with gallery.reader() as reader:
+                    with self.gallery.reader() as reader:
                         originals = reader.originals(content_hash)
                 except CatalogMissing:
                     return PlainTextResponse("no catalog yet", 503)
                 if not originals:
                     return PlainTextResponse("not found", 404)
                 try:
-                    cached = gallery.thumbs.get(content_hash, kind, originals)
+                    cached = self.gallery.thumbs.get(content_hash, kind, originals)
                 except Unavailable as exc:
                     log.info("picture of %s: %s", content_hash[:12], exc)
                     return Response(
@@ -180,18 +185,21 @@ def create_app(cfg: Config, listen: str | None = None) -> ASGIApp:
 
         return endpoint
 
+
+def create_app(cfg: Config, listen: str | None = None) -> ASGIApp:
+    """The gallery as an ASGI app, checking that requests name this server (`listen`)."""
+    app = GalleryPages(cfg)
     routes = [
-        Route("/", html(albums)),
-        Route("/album/{id:int}", html(album)),
-        Route("/photo/{hash}", html(photo)),
-        Route("/search", html(find)),
-        Route("/library", html(library)),
-        Route("/status", html(status)),
-        Route("/thumb/{name}", picture("thumb")),
-        Route("/preview/{name}", picture("preview")),
+        Route("/", app.html(app.albums)),
+        Route("/album/{id:int}", app.html(app.album)),
+        Route("/photo/{hash}", app.html(app.photo)),
+        Route("/search", app.html(app.find)),
+        Route("/library", app.html(app.library)),
+        Route("/status", app.html(app.status)),
+        Route("/thumb/{name}", app.picture("thumb")),
+        Route("/preview/{name}", app.picture("preview")),
     ]
-    app = Starlette(routes=routes)
-    return HostCheck(app, allowed_hosts(cfg, listen or cfg.web.listen))
+    return HostCheck(Starlette(routes=routes), allowed_hosts(cfg, listen or cfg.web.listen))
 
 
 class NotFound(Exception):
