@@ -36,7 +36,7 @@ from imageclust_daemon.durable import fsync_dir
 from imageclust_daemon.errors import DatabaseError, QueryRefused
 from imageclust_daemon.migrate import statements
 
-# 2: photos.place; full-text search (FTS5) over photos (path, place) and clusters
+# 2: photos.place and photos.format; full-text search (FTS5) over photos (path, place) and clusters
 #    (title, catchy_phrase); catalog_info names the search snapshot.
 SCHEMA_VERSION = 2
 
@@ -52,6 +52,7 @@ CREATE TABLE photos (
     lat           REAL,
     lon           REAL,
     place         TEXT,                    -- the nearest named place ("Paris, France")
+    format        TEXT,                    -- as its bytes say: JPEG, HEIF, PNG, ...
     cluster_id    INTEGER,                 -- NULL when in no group
     status        TEXT NOT NULL CHECK (status IN ('indexed', 'pending', 'failed')),
     error         TEXT,                    -- why, when status is 'failed'
@@ -271,9 +272,9 @@ def _build(
         )
         conn.execute(
             "INSERT INTO photos (path, path_bytes, content_hash, size, width, height, taken_at, "
-            "lat, lon, place, cluster_id, status, error, offline) "
+            "lat, lon, place, format, cluster_id, status, error, offline) "
             "SELECT text_path(f.path), f.path, f.content_hash, f.size, c.width, c.height, "
-            "c.taken_at, c.lat, c.lon, place_of(c.lat, c.lon), m.cluster_id, "
+            "c.taken_at, c.lat, c.lon, place_of(c.lat, c.lon), c.format, m.cluster_id, "
             "CASE WHEN f.error IS NOT NULL OR c.error IS NOT NULL THEN 'failed' "
             "     WHEN e.content_hash IS NOT NULL THEN 'indexed' ELSE 'pending' END, "
             "coalesce(f.error, c.error), f.offline_since IS NOT NULL "

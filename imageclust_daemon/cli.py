@@ -46,7 +46,7 @@ from imageclust_daemon.records import (
     IndexReport,
     display_path,
 )
-from imageclust_daemon.store import STATUS_KEYS, Store
+from imageclust_daemon.store import STATUS_KEYS, STATUS_MAPS, Store
 
 log = logging.getLogger("imageclust")
 
@@ -189,9 +189,12 @@ def _print_index_summary(
     )
     if r.heif_unread:
         print(
-            f"{_count(r.heif_unread, 'HEIC/HEIF photo')} not read: that needs pillow-heif "
-            "(pip install 'imageclust-daemon[heif]', or '.[heif]' from a clone)"
+            f"{_count(r.heif_unread, 'HEIC/HEIF photo')} not read: pi-heif does not load "
+            "here (reinstall imageclust-daemon: pip install --force-reinstall pi-heif)"
         )
+    if r.skipped:
+        kinds = ", ".join(_count(n, kind) for kind, n in sorted(r.skipped.items()))
+        print(f"skipped, not photos: {kinds}")
     if failed_now:
         print(
             "failed photos and why: imageclust query "
@@ -425,6 +428,7 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
     model_id = None
     if not cfg.state_db_path.is_file():  # before the first index: nothing, and nothing made
         counts: dict[str, Any] = dict.fromkeys(STATUS_KEYS, 0)
+        counts.update({key: {} for key in STATUS_MAPS})
     else:
         # Read only: beside the daemon, and on a data dir this user cannot write.
         with Store.open_readonly(cfg.state_db_path) as store:
@@ -441,6 +445,11 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
         shown["model"] = f"{located.spec.name}: not downloaded (imageclust models download)"
     if counts["clusters"] == 0 and counts["embedded"]:
         shown["clusters"] = "0 (group the photos with: imageclust recluster)"
+    for key in STATUS_MAPS:  # "JPEG 120, HEIF 35"; "video 4, sidecar 2" (not read)
+        found = counts.get(key) or {}
+        shown[key] = ", ".join(f"{kind} {n}" for kind, n in found.items()) or "none"
+    if counts.get("skipped"):
+        shown["skipped"] += " (not photos: counted, not read)"
     width = max(len(k) for k in shown)
     for key, value in shown.items():
         print(f"{key:<{width}}  {value}")

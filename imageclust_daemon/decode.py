@@ -121,6 +121,7 @@ def capture_time(original: Any, offset: Any) -> str | None:
 
 
 def _metadata(image: Image.Image, width: int, height: int) -> PhotoMeta:
+    kind = "JPEG" if image.format == "MPO" else image.format  # MPO: a JPEG with extra frames
     try:
         exif = image.getexif()
         sub = exif.get_ifd(_EXIF_IFD)
@@ -130,7 +131,7 @@ def _metadata(image: Image.Image, width: int, height: int) -> PhotoMeta:
         lat, lon = gps_position(dict(exif.get_ifd(_GPS_IFD)))
     except Exception:  # broken EXIF must not cost the photo: metadata is optional
         taken, lat, lon = None, None, None
-    return PhotoMeta(width, height, taken, lat, lon)
+    return PhotoMeta(width, height, taken, lat, lon, kind)
 
 
 _SWAPS_AXES = frozenset({5, 6, 7, 8})  # EXIF orientations that turn the picture 90 degrees
@@ -152,6 +153,7 @@ def _oriented(image: Image.Image) -> Image.Image:
 
 def allowed_formats() -> list[str]:
     """FORMATS that this Pillow (with its plugins) can open."""
+    enable_heif()
     Image.init()
     return [f for f in FORMATS if f in Image.OPEN]
 
@@ -358,14 +360,17 @@ def thumbnail_jpeg(data: bytes, longest: int = 672, quality: int = 85, *, path: 
 
 
 _heif_lock = threading.Lock()
+_heif: bool | None = None  # registered (True), unavailable (False), not tried yet (None)
 
 
 def enable_heif() -> bool:
-    """Register pillow-heif's opener once, if installed; True when HEIC/HEIF can be read."""
+    """Register a HEIF opener once: pi-heif's (decode-only, a core dependency), else
+    pillow-heif's if that is what is installed; True when HEIC/HEIF can be read."""
+    global _heif
     with _heif_lock:
-        if not scan.heif_available():
-            return False
-        import pillow_heif
-
-        pillow_heif.register_heif_opener()
-        return True
+        if _heif is None:
+            plugin = scan.heif_plugin()
+            if plugin is not None:
+                __import__(plugin).register_heif_opener()
+            _heif = plugin is not None
+        return _heif

@@ -23,7 +23,7 @@ import os
 import stat as statmod
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -297,6 +297,7 @@ class Looked:
     known: dict[bytes, KnownFile]
     unreachable: set[bytes]  # folders that could not be listed
     heif_unread: int  # .heic/.heif files this install cannot read
+    skipped: dict[str, int] | None  # videos and sidecars by kind (a full walk only)
 
 
 def look(
@@ -312,16 +313,21 @@ def look(
     extensions = scan.image_extensions(decode.enable_heif())
     unreachable: set[bytes] = set()
     unread: set[bytes] = set()  # paths, so a folder under two roots counts once
+    skipped: dict[bytes, str] = {}
     if only is None:
-        found = scan.walk_all(real, extensions, excluder, on_scan_error, unreachable, unread)
+        found = scan.walk_all(
+            real, extensions, excluder, on_scan_error, unreachable, unread, skipped
+        )
         scanned = {f.path: f for f in found}
-        return Looked(real, False, real, scanned, store.files_under(real), unreachable, len(unread))
+        kinds = dict(Counter(skipped.values()))
+        known = store.files_under(real)
+        return Looked(real, False, real, scanned, known, unreachable, len(unread), kinds)
     # The watcher names paths under the roots as configured (symlinks): as stored.
     paths = [presence.under_real_root(p, given, real) for p in only]
     found = scan.look_at(paths, real, extensions, excluder, on_scan_error, unreachable)
     scanned = {f.path: f for f in found}
     looked_at = [r for r in real if scan.under_any(r, paths)]  # a root itself deleted
-    return Looked(real, True, looked_at, scanned, store.files_at(paths), unreachable, 0)
+    return Looked(real, True, looked_at, scanned, store.files_at(paths), unreachable, 0, None)
 
 
 def plan_with_moves(seen: Looked, unreachable: Collection[bytes], store: Store) -> Plan:
@@ -551,6 +557,8 @@ def index(
     )
     if tally.vanished:
         gone += store.mark_gone(tally.vanished, reason="vanished while being indexed")
+    if seen.skipped is not None and whole_library:
+        store.set_skipped(seen.skipped)
     store.checkpoint()
     return IndexReport(
         scanned=len(seen.scanned),
@@ -568,5 +576,6 @@ def index(
         came_online=len(work.online),
         needs_rescan=judged.needs_rescan,
         heif_unread=seen.heif_unread,
+        skipped=seen.skipped or {},
         seconds=time.monotonic() - started,
     )

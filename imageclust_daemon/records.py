@@ -43,6 +43,7 @@ class PhotoMeta:
     taken_at: str | None = None  # ISO 8601 local time, with "+HH:MM" offset when EXIF has one
     lat: float | None = None
     lon: float | None = None
+    format: str | None = None  # as its bytes say (Pillow's name: "JPEG", "HEIF", "PNG", ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,7 @@ class IndexReport:
     came_online: int = 0  # offline files seen again
     needs_rescan: bool = False  # a watcher walk saw too many vanish: a full rescan decides
     heif_unread: int = 0  # .heic/.heif files seen that this install cannot read (no plugin)
+    skipped: dict[str, int] = field(default_factory=dict)  # videos, sidecars: by kind
     seconds: float = 0.0
 
     @property

@@ -17,19 +17,42 @@ from dataclasses import dataclass
 
 from imageclust_daemon.records import FileStat
 
+# A file is looked at by its name; what it is, and so how it is decoded, its bytes say
+# (a JPEG named .heic is read as a JPEG).
 BASE_EXTENSIONS = frozenset(
-    {b".jpg", b".jpeg", b".jpe", b".png", b".webp", b".gif", b".bmp", b".tif", b".tiff"}
+    {b".jpg", b".jpeg", b".jpe", b".png", b".webp", b".gif", b".bmp", b".tif", b".tiff", b".avif"}
 )
-HEIF_EXTENSIONS = frozenset({b".heic", b".heif"})
+HEIF_EXTENSIONS = frozenset({b".heic", b".heif", b".hif"})
+# Not photos, but a photo library's own files: counted as skipped by kind, never failed.
+SKIPPED_KINDS = {
+    b".mov": "video",
+    b".mp4": "video",
+    b".m4v": "video",
+    b".avi": "video",
+    b".3gp": "video",
+    b".mts": "video",
+    b".mkv": "video",
+    b".xmp": "sidecar",
+    b".aae": "sidecar",
+    b".thm": "sidecar",
+}
+
+
+def heif_plugin() -> str | None:
+    """The module that reads HEIC/HEIF here: pi_heif (decode-only, LGPL; a core
+    dependency), else pillow_heif; None when neither imports."""
+    for name in ("pi_heif", "pillow_heif"):
+        try:
+            __import__(name)
+        except ImportError:
+            continue
+        return name
+    return None
 
 
 def heif_available() -> bool:
-    """True when pillow-heif is installed (then .heic/.heif are images too)."""
-    try:
-        import pillow_heif  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """True when .heic/.heif files can be read (see `heif_plugin`)."""
+    return heif_plugin() is not None
 
 
 def image_extensions(heif: bool) -> frozenset[bytes]:
@@ -78,12 +101,15 @@ def walk(
     unreachable: set[bytes] | None = None,
     base: bytes | None = None,
     unread: set[bytes] | None = None,
+    skipped: dict[bytes, str] | None = None,
 ) -> Iterator[FileStat]:
     """Every image-like file under `root` (depth-first, sorted by name within a folder).
 
     Folders that cannot be listed (the root included) are added to `unreachable`:
     what is under them is unknown, not gone. Exclude patterns are matched against
-    paths relative to `base` (the library root; default `root`).
+    paths relative to `base` (the library root; default `root`). `unread` collects the
+    .heic/.heif files when no HEIF plugin imports; `skipped` the videos and sidecars
+    (path -> kind, see SKIPPED_KINDS).
     """
     root = os.path.abspath(root)
     base = os.path.abspath(base) if base is not None else root
@@ -130,6 +156,8 @@ def walk(
                 yield _found(entry.path, st)
             elif unread is not None and ext in HEIF_EXTENSIONS:
                 unread.add(entry.path)  # a photo this install cannot read (no HEIF plugin)
+            elif skipped is not None and ext in SKIPPED_KINDS:
+                skipped[entry.path] = SKIPPED_KINDS[ext]
 
 
 def _found(path: bytes, st: os.stat_result) -> FileStat:
@@ -158,11 +186,14 @@ def walk_all(
     on_error: OnError = ignore_error,
     unreachable: set[bytes] | None = None,
     unread: set[bytes] | None = None,
+    skipped: dict[bytes, str] | None = None,
 ) -> Iterator[FileStat]:
     """`walk` over several roots; a file reachable from two roots is listed once."""
     seen: set[bytes] = set()
     for root in roots:
-        for found in walk(root, extensions, excluder, on_error, unreachable, unread=unread):
+        for found in walk(
+            root, extensions, excluder, on_error, unreachable, unread=unread, skipped=skipped
+        ):
             if found.path not in seen:
                 seen.add(found.path)
                 yield found

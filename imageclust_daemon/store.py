@@ -76,6 +76,8 @@ STATUS_KEYS = (
     "clusters",
     "labeled",
 )
+# Status keys whose value is a mapping (format or kind -> files), {} before any index.
+STATUS_MAPS = ("formats", "skipped")
 
 
 class Store:
@@ -283,13 +285,14 @@ class Store:
                     m = c.meta
                     conn.execute(
                         "UPDATE contents SET width = ?, height = ?, taken_at = ?, lat = ?, "
-                        "lon = ?, error = ? WHERE hash = ?",
+                        "lon = ?, format = ?, error = ? WHERE hash = ?",
                         (
                             m.width if m else None,
                             m.height if m else None,
                             m.taken_at if m else None,
                             m.lat if m else None,
                             m.lon if m else None,
+                            m.format if m else None,
                             c.error,
                             c.hash,
                         ),
@@ -650,4 +653,21 @@ class Store:
             "labeled": one(
                 "SELECT count(*) FROM clusters WHERE state = 'active' AND title IS NOT NULL"
             ).fetchone()[0],
+            "formats": dict(
+                one(
+                    "SELECT c.format, count(*) FROM files f JOIN contents c "
+                    "ON c.hash = f.content_hash WHERE f.state = 'live' AND c.format IS NOT NULL "
+                    "GROUP BY c.format ORDER BY count(*) DESC, c.format"
+                ).fetchall()
+            ),
+            "skipped": dict(one("SELECT kind, files FROM skipped_files ORDER BY kind").fetchall()),
         }
+
+    def set_skipped(self, kinds: dict[str, int]) -> None:
+        """What a full rescan saw and skipped by kind (videos, sidecars), replacing the last."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM skipped_files")
+            conn.executemany(
+                "INSERT INTO skipped_files (kind, files, counted_at) VALUES (?, ?, ?)",
+                [(kind, n, time.time()) for kind, n in sorted(kinds.items())],
+            )

@@ -385,3 +385,24 @@ def write_corrupt_jpeg(path: PathLike, seed: int = 0) -> Path:
     garbage = np.random.default_rng(7).integers(0, 256, size=4096, dtype=np.uint8).tobytes()
     Path(path).write_bytes(data[:header_end] + garbage + b"\xff\xd9")
     return Path(path)
+
+
+def save_heic(
+    img: Image.Image,
+    path: PathLike,
+    *,
+    quality: int = 90,
+    orientation: int | None = None,
+    taken_at: str | None = None,
+    offset: str | None = None,
+    gps: tuple[float, float] | None = None,
+) -> Path:
+    """Write `img` as HEIC with the given EXIF tags, with pillow-heif's encoder (a test
+    dependency: imageclust itself only decodes, with pi-heif). Its opener is not
+    registered, so what reads the file in the tests is imageclust's own."""
+    import pillow_heif
+
+    exif = make_exif(orientation=orientation, taken_at=taken_at, offset=offset, gps=gps)
+    heif = pillow_heif.from_pillow(img.convert("RGB"))
+    heif.save(str(path), quality=quality, exif=exif.tobytes())
+    return Path(path)

@@ -37,6 +37,7 @@ CONTRACT = {
         "lat",
         "lon",
         "place",
+        "format",
         "cluster_id",
         "status",
         "error",

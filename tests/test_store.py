@@ -31,7 +31,9 @@ def test_vector_blob_round_trip(vector: np.ndarray) -> None:
 def test_record_is_idempotent_and_counts_are_exact(tmp_path: Path) -> None:
     v = np.ones(4, dtype=np.float32) / 2
     contents = [
-        ContentRow("aa", 10, decoded=True, meta=PhotoMeta(3, 2, "2024-01-02T03:04:05", 1.5, 2.5)),
+        ContentRow(
+            "aa", 10, decoded=True, meta=PhotoMeta(3, 2, "2024-01-02T03:04:05", 1.5, 2.5, "JPEG")
+        ),
         ContentRow("bb", 11, decoded=True, error="cannot decode: junk"),
     ]
     files = [
@@ -54,6 +56,8 @@ def test_record_is_idempotent_and_counts_are_exact(tmp_path: Path) -> None:
             "unreadable": 1,
             "clusters": 0,
             "labeled": 0,
+            "formats": {"JPEG": 2},
+            "skipped": {},
         }
         assert np.array_equal(store.embedding("aa", MODEL), v)
         assert store.settled_hashes(MODEL) == {"aa", "bb"}
@@ -169,7 +173,7 @@ def test_a_transaction_that_reads_then_writes_waits_for_another_writer(tmp_path:
 
 
 def test_status_counts_are_the_keys_status_prints(tmp_path: Path) -> None:
-    from imageclust_daemon.store import STATUS_KEYS
+    from imageclust_daemon.store import STATUS_KEYS, STATUS_MAPS
 
     with Store.open(tmp_path / "s.sqlite") as store:
-        assert tuple(store.status(None)) == STATUS_KEYS
+        assert tuple(store.status(None)) == STATUS_KEYS + STATUS_MAPS

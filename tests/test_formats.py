@@ -1,0 +1,114 @@
+"""Every photo a person has: HEIC read out of the box (pi-heif), formats known by their
+bytes, videos and sidecars counted, never failed. HEIC files are written at test time
+with pillow-heif's encoder; what reads them is imageclust's own decoder."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imageclust_daemon import decode
+from imageclust_daemon.errors import DecodeError
+from imageclust_daemon.records import Preprocessing
+from tests import photos
+from tests.conftest import cli_json, run_cli
+
+SPEC = Preprocessing()
+WHEN, OFFSET, WHERE = "2023:08:14 18:30:05", "+02:00", (48.8584, 2.2945)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_heic_reads_as_the_same_jpeg_does_in_every_orientation(
+    tmp_path: Path, orientation: int
+) -> None:
+    """Capture time, GPS and orientation from a HEIC's EXIF, as from a JPEG's: the same
+    metadata and, up to compression, the same pixels for the model."""
+    img = photos.photo_like(7)
+    tags = {"orientation": orientation, "taken_at": WHEN, "offset": OFFSET, "gps": WHERE}
+    jpeg = photos.save_jpeg(img, tmp_path / "a.jpg", quality=95, **tags)  # type: ignore[arg-type]
+    heic = photos.save_heic(img, tmp_path / "a.heic", quality=95, **tags)  # type: ignore[arg-type]
+    from_jpeg = decode.decode(jpeg.read_bytes(), SPEC, path="a.jpg")
+    from_heic = decode.decode(heic.read_bytes(), SPEC, path="a.heic")
+    assert from_heic.meta.format == "HEIF" and from_jpeg.meta.format == "JPEG"
+    assert (from_heic.meta.width, from_heic.meta.height) == (
+        from_jpeg.meta.width,
+        from_jpeg.meta.height,
+    )
+    assert from_heic.meta.taken_at == from_jpeg.meta.taken_at == "2023-08-14T18:30:05+02:00"
+    assert from_heic.meta.lat == pytest.approx(WHERE[0], abs=1e-4)
+    assert from_heic.meta.lon == pytest.approx(WHERE[1], abs=1e-4)
+    difference = np.abs(from_heic.pixels - from_jpeg.pixels).mean()
+    assert difference < 0.08, f"orientation {orientation}: mean difference {difference:.3f}"
+    turned = decode.decode(
+        photos.save_jpeg(img, tmp_path / "b.jpg", quality=95, orientation=3).read_bytes(),
+        SPEC,
+    )
+    if orientation != 3:  # a wrong turn would be far off: the comparison can fail
+        assert np.abs(from_heic.pixels - turned.pixels).mean() > 3 * difference
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "empty box"])
+def test_a_broken_heic_is_a_clear_failure(tmp_path: Path, damage: str) -> None:
+    data = photos.save_heic(photos.photo_like(3), tmp_path / "x.heic").read_bytes()
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "corrupt":  # the boxes that say where the image is: zeroed
+        data = data[:24] + bytes(300) + data[324:]
+    else:
+        data = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
+    with pytest.raises(DecodeError) as failed:
+        decode.decode(data, SPEC, path="x.heic")
+    assert "x.heic" in str(failed.value)
+
+
+def test_files_are_read_by_their_bytes_and_counted_by_format_and_kind(
+    tmp_path: Path, make_config: Callable[..., Path]
+) -> None:
+    root = tmp_path / "Photos"
+    root.mkdir()
+    photos.save_jpeg(photos.photo_like(1), root / "true.jpg")
+    photos.save_jpeg(photos.photo_like(2), root / "jpeg named.heic")  # apps upload these
+    photos.save_heic(photos.photo_like(3), root / "heic named.jpg")
+    photos.save_heic(photos.photo_like(4), root / "IMG_0001.HEIC")
+    photos.photo_like(5).save(root / "png named.jpg", format="PNG")
+    (root / "IMG_0001.MOV").write_bytes(b"\x00\x00\x00\x14ftypqt  " + bytes(64))  # Live Photo
+    (root / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
+    (root / "IMG_0001.AAE").write_text("<plist/>")
+    (root / "true.jpg.xmp").write_text("<x:xmpmeta/>")
+    config = make_config([root])
+    result = run_cli("--config", str(config), "index", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "skipped, not photos: 2 sidecars, 2 videos" in result.stdout
+
+    conn = sqlite3.connect(f"file:{config.parent / 'data' / 'catalog.sqlite'}?mode=ro", uri=True)
+    try:
+        rows = dict(conn.execute("SELECT path, format FROM photos WHERE status = 'indexed'"))
+        statuses = {s for (s,) in conn.execute("SELECT DISTINCT status FROM photos")}
+    finally:
+        conn.close()
+    named = {Path(p).name: f for p, f in rows.items()}
+    assert named == {
+        "true.jpg": "JPEG",
+        "jpeg named.heic": "JPEG",
+        "heic named.jpg": "HEIF",
+        "IMG_0001.HEIC": "HEIF",
+        "png named.jpg": "PNG",
+    }
+    assert statuses == {"indexed"}, "videos and sidecars are never photos, never failed"
+    status = cli_json(config, "status")
+    assert status["formats"] == {"HEIF": 2, "JPEG": 2, "PNG": 1}
+    assert status["skipped"] == {"sidecar": 2, "video": 2}
+    assert status["failed"] == 0 and status["files"] == 5
+    text = run_cli("--config", str(config), "status").stdout
+    assert "formats" in text and "JPEG 2" in text and "video 2" in text
+
+    shutil.rmtree(root)
+    root.mkdir()
+    photos.save_jpeg(photos.photo_like(1), root / "true.jpg")
+    assert run_cli("--config", str(config), "index", "--no-progress").returncode == 0
+    assert cli_json(config, "status")["skipped"] == {}, "counted anew by each full rescan"
