@@ -411,11 +411,10 @@ def cmd_serve(args: argparse.Namespace, cfg: config.Config) -> int:
 
     listen = args.listen or cfg.web.listen or "127.0.0.1:8765"
     try:
-        config.parse_listen(listen)
+        host, port = config.parse_listen(listen)
     except ValueError as exc:
         raise UsageError(f"--listen: {exc}") from None
     server = web.server(cfg, listen)
-    host, port = config.parse_listen(listen)
     shown = f"[{host}]" if ":" in host else host
     print(f"the gallery is at http://{shown}:{port}/ (Ctrl-C stops it)", flush=True)
     server.run()

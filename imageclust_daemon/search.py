@@ -34,7 +34,7 @@ import json
 import os
 import sqlite3
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -365,8 +365,23 @@ def hits(catalog_path: Path, snapshot: Snapshot, ranked: list[tuple[int, float]]
 # -- the two ways in ---------------------------------------------------------------------------
 
 
-def by_words(cfg: Config, text: str, limit: int) -> list[Hit]:
-    """The photos whose embedding is closest to `text`'s, best first."""
+WordsModel = Callable[[models.Located, int], models.TextModel]  # (files, vision dim) -> model
+
+
+def open_words(cfg: Config) -> WordsModel:
+    """Opens the configured text model for a vision dimension, each time it is called."""
+
+    def opener(located: models.Located, dim: int) -> models.TextModel:
+        return models.open_text_model(
+            located, vision_dim=dim, threads=cfg.model.threads, providers=cfg.model.providers
+        )
+
+    return opener
+
+
+def by_words(cfg: Config, text: str, limit: int, *, words: WordsModel | None = None) -> list[Hit]:
+    """The photos whose embedding is closest to `text`'s, best first. `words`: how the
+    text model is had (default: opened now; the gallery keeps one loaded)."""
     if not text.strip():
         raise UsageError('nothing to search for: give some words, e.g. "dog on a beach"')
     snapshot = open_for(cfg.catalog_path)
@@ -379,14 +394,14 @@ def by_words(cfg: Config, text: str, limit: int) -> list[Hit]:
             f"the catalog was made with {name}, the config names {located.spec.name}: "
             "index the library with it first (imageclust index)"
         )
-    words = models.open_text_model(
-        located,
-        vision_dim=snapshot.dim,
-        threads=cfg.model.threads,
-        providers=cfg.model.providers,
-    )
-    query = words.embed([text])[0]
+    query = (words or open_words(cfg))(located, snapshot.dim).embed([text])[0]
     return hits(cfg.catalog_path, snapshot, rank(snapshot, query, limit))
+
+
+def like_row(catalog_path: Path, snapshot: Snapshot, row: int, limit: int) -> list[Hit]:
+    """The photos most like the snapshot's `row`, that photo left out."""
+    query = np.asarray(snapshot.matrix[row], dtype=np.float32)
+    return hits(catalog_path, snapshot, rank(snapshot, query, limit, exclude=row))
 
 
 def by_example(cfg: Config, path: Path, limit: int) -> list[Hit]:
@@ -400,8 +415,7 @@ def by_example(cfg: Config, path: Path, limit: int) -> list[Hit]:
                 digest.update(chunk)
             row = snapshot.row_of(digest.hexdigest())
             if row is not None:
-                query = np.asarray(snapshot.matrix[row], dtype=np.float32)
-                return hits(cfg.catalog_path, snapshot, rank(snapshot, query, limit, exclude=row))
+                return like_row(cfg.catalog_path, snapshot, row, limit)
             if not len(snapshot):
                 return []
             f.seek(0)

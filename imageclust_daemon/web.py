@@ -51,19 +51,16 @@ class Gallery:
         self.thumbs = ThumbCache(cfg.data_dir / "thumbs", cfg.web.workers)
         self._words: models.TextModel | None = None
         self._lock = threading.Lock()
+        self._open = search.open_words(cfg)
 
     def reader(self) -> Reader:
         return Reader(self.cfg.catalog_path)
 
-    def words(self, dim: int) -> models.TextModel:
+    def words(self, located: models.Located, dim: int) -> models.TextModel:
+        """The text model, opened on the first search and kept (`search.by_words`)."""
         with self._lock:
             if self._words is None or self._words.dim != dim:
-                self._words = models.open_text_model(
-                    models.locate(self.cfg),
-                    vision_dim=dim,
-                    threads=self.cfg.model.threads,
-                    providers=self.cfg.model.providers,
-                )
+                self._words = self._open(located, dim)
             return self._words
 
 
@@ -113,8 +110,7 @@ class GalleryPages:
             snapshot = search.open_for(self.cfg.catalog_path)
             row = snapshot.row_of(content_hash)
             if row is not None:
-                ranked = search.rank(snapshot, snapshot.matrix[row], 24, exclude=row)
-                similar = search.hits(self.cfg.catalog_path, snapshot, ranked)
+                similar = search.like_row(self.cfg.catalog_path, snapshot, row, 24)
             else:
                 note = "Not in the search snapshot yet."
         except ImageclustError as exc:
@@ -126,16 +122,11 @@ class GalleryPages:
         if not query.strip():
             return pages.search_page(query, [], [], "")
         with self.gallery.reader() as reader:
-            titled = reader.albums(ids=reader.title_matches(query)) if query.strip() else []
+            titled = reader.albums(ids=reader.title_matches(query))
         hits: list[search.Hit] = []
         note = ""
         try:
-            snapshot = search.open_for(self.cfg.catalog_path)
-            if len(snapshot):
-                vector = self.gallery.words(snapshot.dim).embed([query])[0]
-                hits = search.hits(
-                    self.cfg.catalog_path, snapshot, search.rank(snapshot, vector, 60)
-                )
+            hits = search.by_words(self.cfg, query, 60, words=self.gallery.words)
         except ImageclustError as exc:
             note = f"Search by words is not available: {exc}"
         return pages.search_page(query, hits, titled, note)

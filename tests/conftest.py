@@ -128,3 +128,18 @@ def cli_json(config: Path, *args: str) -> Any:
     result = run_cli("--config", str(config), *args, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def text_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny text tower with the CLIP text export's contract (32-d, the tiny vision
+    model's), one of another dimension (24-d), and CLIP's real tokenizer.json."""
+    from tests.clip_vocab import write_tokenizer_json
+    from tests.onnx_models import build_tiny_clip_text
+
+    folder = tmp_path_factory.mktemp("text")
+    return {
+        "text": build_tiny_clip_text(folder / "text.onnx", dim=32, seed=3),
+        "other_dim": build_tiny_clip_text(folder / "text24.onnx", dim=24, seed=3),
+        "tokenizer": write_tokenizer_json(folder / "tokenizer.json"),
+    }

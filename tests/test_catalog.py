@@ -471,28 +471,21 @@ def test_places_and_full_text_search_answer_through_imageclust_query(
     assert located, "the library has photos with GPS"
     for lat, lon, place in located:
         assert place == str(nearest_place(lat, lon))
+
+    def query(table: str, match: str, select: str) -> list[dict[str, Any]]:
+        sql = (
+            f"SELECT {select} FROM {table} WHERE rowid IN "
+            f"(SELECT rowid FROM {table}_fts WHERE {table}_fts MATCH '{match}')"
+        )
+        done = run_cli("--config", str(published["config"]), "query", "--json", sql)
+        assert done.returncode == 0, done.stderr
+        rows: list[dict[str, Any]] = json.loads(done.stdout)
+        return rows
+
     word = title[1].split(",")[0].split()[0]
-    config = str(published["config"])
-    in_titles = run_cli(
-        "--config", config, "query", "--json",
-        "SELECT id FROM clusters WHERE rowid IN "
-        f"(SELECT rowid FROM clusters_fts WHERE clusters_fts MATCH '\"{word}\"')",
-    )  # fmt: skip
-    assert in_titles.returncode == 0, in_titles.stderr
-    assert {"id": title[0]} in json.loads(in_titles.stdout)
+    assert {"id": title[0]} in query("clusters", f'"{word}"', "id")
     city = located[0][2].split(",")[0]
-    in_places = run_cli(
-        "--config", config, "query", "--json",
-        "SELECT count(*) AS n FROM photos WHERE rowid IN "
-        f"(SELECT rowid FROM photos_fts WHERE photos_fts MATCH 'place:\"{city}\"')",
-    )  # fmt: skip
-    assert in_places.returncode == 0, in_places.stderr
     expected = sum(1 for *_, place in located if place.split(",")[0] == city)
-    assert json.loads(in_places.stdout)[0]["n"] >= expected
-    in_paths = run_cli(
-        "--config", config, "query", "--json",
-        "SELECT path FROM photos WHERE rowid IN "
-        "(SELECT rowid FROM photos_fts WHERE photos_fts MATCH 'path:skipme OR path:event')",
-    )  # fmt: skip
-    paths = [r["path"] for r in json.loads(in_paths.stdout)]
+    assert query("photos", f'place:"{city}"', "count(*) AS n")[0]["n"] >= expected >= 1
+    paths = [r["path"] for r in query("photos", "path:skipme OR path:event", "path")]
     assert paths and all("event" in p for p in paths)

@@ -21,21 +21,9 @@ import pytest
 
 from imageclust_daemon import catalog, search
 from imageclust_daemon.store import Store
-from tests.clip_vocab import write_tokenizer_json
 from tests.conftest import run_cli
 from tests.library import scene_library, write_variant
-from tests.onnx_models import build_tiny_clip_text
 from tests.photos import photo_like, save_jpeg
-
-
-@pytest.fixture(scope="module")
-def text_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("text")
-    return {
-        "text": build_tiny_clip_text(folder / "text.onnx", dim=32, seed=3),
-        "other_dim": build_tiny_clip_text(folder / "text24.onnx", dim=24, seed=3),
-        "tokenizer": write_tokenizer_json(folder / "tokenizer.json"),
-    }
 
 
 @pytest.fixture

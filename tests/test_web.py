@@ -16,10 +16,8 @@ import pytest
 from imageclust_daemon import config as config_module
 from imageclust_daemon import web
 from imageclust_daemon.errors import ImageclustError
-from tests.clip_vocab import write_tokenizer_json
 from tests.conftest import run_cli
 from tests.library import scene_library
-from tests.onnx_models import build_tiny_clip_text
 
 
 def free_port() -> int:
@@ -28,13 +26,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def text_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("text")
-    return {
-        "text": build_tiny_clip_text(folder / "text.onnx", dim=32, seed=3),
-        "tokenizer": write_tokenizer_json(folder / "tokenizer.json"),
-    }
+def start_gallery(cfg: config_module.Config) -> web.Background:
+    """The gallery on a thread, once it answers."""
+    gallery = web.Background(cfg, cfg.web.listen)
+    gallery.start()
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.get(f"http://{cfg.web.listen}/status", timeout=2)
+            return gallery
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                gallery.stop()
+                raise AssertionError("the gallery did not start") from None
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -57,17 +62,8 @@ def served(
     )
     assert run_cli("--config", str(config), "index", "--no-progress").returncode == 0
     cfg = config_module.load(config)
-    gallery = web.Background(cfg, cfg.web.listen)
-    gallery.start()
+    gallery = start_gallery(cfg)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(base + "/status", timeout=2)
-            break
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, "the gallery did not start"
-            time.sleep(0.05)
     with httpx.Client(base_url=base, timeout=30) as client:
         yield {"client": client, "cfg": cfg, "root": root, "truth": truth, "base": base}
     gallery.stop()
@@ -196,17 +192,9 @@ def test_no_catalog_yet_is_a_page_not_an_error(
 ) -> None:
     port = free_port()
     cfg = config_module.load(make_config([tmp_path], web={"listen": f"127.0.0.1:{port}"}))
-    gallery = web.Background(cfg, cfg.web.listen)
-    gallery.start()
+    gallery = start_gallery(cfg)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
         assert page.status_code == 503 and "Nothing published yet" in page.text
         assert "Traceback" not in page.text
     finally:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
-from tests.test_web import served, text_files  # noqa: F401  (fixtures)
+from tests.test_web import served  # noqa: F401  (a fixture)
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SHOTS = REPO / "tests" / "output" / "screenshots"
