@@ -258,7 +258,8 @@ def _print_albums(cfg: config.Config, grouped: ClusterRun, titled: regroup.Label
         print(f"  {title or '(untitled)'}  ({_count(cast(int, size), 'photo')})")
     if titled.fallback and titled.problem:
         print(
-            f"titles from the photos' dates and places: {titled.problem} "
+            "titles made without Ollama (from the photos' dates and places where they "
+            f"have them, else numbered): {titled.problem} "
             "(start Ollama and run `imageclust relabel` for better ones)"
         )
     print(f"catalog: {cfg.catalog_path}")

@@ -88,19 +88,34 @@ def _bytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{max(1, round(n / 1e3))} KB"
 
 
-def _album_card(album: Album) -> str:
-    covers = "".join(_thumb(h) for h in album.covers[:4])
+def _facts(album: Album) -> list[str]:
     facts = [f"{album.size} photo{'s' if album.size != 1 else ''}"]
     if when := _when(album.first, album.last):
         facts.append(when)
     if album.place:
-        facts.append(escape(album.place))
+        facts.append(album.place)
+    return facts
+
+
+def _phrase(album: Album, facts: list[str]) -> str:
+    """The album's phrase, unless it only repeats its title and facts (a fallback
+    phrase such as "6 photos · Paris, June 2024" beside the same title and count)."""
+    if not album.phrase:
+        return ""
+    said = {album.title or "", *facts}
+    return "" if all(part in said for part in album.phrase.split(" · ")) else album.phrase
+
+
+def _album_card(album: Album) -> str:
+    covers = "".join(_thumb(h) for h in album.covers[:4])
+    facts = _facts(album)
     title = escape(album.title or f"Album {album.id}")
-    phrase = f"<div class=phrase>{escape(album.phrase)}</div>" if album.phrase else ""
+    text = _phrase(album, facts)
+    phrase = f"<div class=phrase>{escape(text)}</div>" if text else ""
     return (
         f'<a class=album href="/album/{album.id}"><div class=covers>{covers}</div>'
         f"<div class=text><div class=title>{title}</div>{phrase}"
-        f"<div class=facts>{' · '.join(facts)}</div></div></a>"
+        f"<div class=facts>{escape(' · '.join(facts))}</div></div></a>"
     )
 
 
@@ -140,16 +155,13 @@ def albums_page(albums: list[Album], total: int, order: str, page_no: int) -> st
 
 def album_page(album: Album, photos: list[str], page_no: int) -> str:
     title = album.title or f"Album {album.id}"
-    facts = [f"{album.size} photos"]
-    if when := _when(album.first, album.last):
-        facts.append(when)
-    if album.place:
-        facts.append(escape(album.place))
-    phrase = f"<p><em>{escape(album.phrase)}</em></p>" if album.phrase else ""
+    facts = _facts(album)
+    text = _phrase(album, facts)
+    phrase = f"<p><em>{escape(text)}</em></p>" if text else ""
     grid = "".join(f'<a href="/photo/{h}">{_thumb(h)}</a>' for h in photos)
     more = (page_no + 1) * PHOTOS_PER_PAGE < album.size
     body = (
-        f"<h1>{escape(title)}</h1>{phrase}<p class=muted>{' · '.join(facts)} · "
+        f"<h1>{escape(title)}</h1>{phrase}<p class=muted>{escape(' · '.join(facts))} · "
         "most typical first</p>"
         f"<div class=photos>{grid}</div>" + _pager(f"/album/{album.id}", page_no, more)
     )

@@ -224,3 +224,17 @@ def test_maintenance_deletes_the_pictures_of_forgotten_photos(tmp_path: Path) ->
     assert cache.path(kept, "thumb").exists() and not cache.path(gone, "thumb").exists()
     shutil.rmtree(tmp_path / "thumb")
     assert cache.prune(set()) == 0
+
+
+def test_an_album_shows_its_phrase_only_when_it_says_something_new() -> None:
+    from imageclust_daemon import pages
+    from imageclust_daemon.gallery import Album
+
+    def card(title: str, phrase: str) -> str:
+        album = Album(1, title, phrase, 6, "2024-06-01", "2024-06-06", "Paris, France", [])
+        return pages.albums_page([album], 1, "size", 0)
+
+    repeated = card("Paris, June 2024", "6 photos · Paris, June 2024")
+    assert "class=phrase" not in repeated and "6 photos · 2024-06-01 – 2024-06-06" in repeated
+    written = card("Eiffel Tower at dusk", "The city lights come on")
+    assert "<div class=phrase>The city lights come on</div>" in written
