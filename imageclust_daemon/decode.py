@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
-from fractions import Fraction
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imageclust_daemon import scan
+from imageclust_daemon import camera_raw, exif, scan
 from imageclust_daemon.errors import DecodeError
 from imageclust_daemon.preprocess import model_input, to_rgb, wide_to_8bit
 from imageclust_daemon.records import PhotoMeta, Preprocessing
@@ -50,13 +50,6 @@ _PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16
 # Modes whose pixels can be averaged (Image.reduce); not palette indices or 16-bit.
 _REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F"})
 
-_EXIF_IFD = 0x8769
-_GPS_IFD = 0x8825
-_DATETIME_ORIGINAL = 0x9003
-_OFFSET_TIME_ORIGINAL = 0x9011
-_DATETIME = 0x0132
-
-
 DECODING: ContextVar[str] = ContextVar("imageclust_decoding", default="")
 """The photo this thread is decoding, so a library's warning can name it (see cli)."""
 
@@ -67,71 +60,13 @@ class DecodedPhoto:
     pixels: np.ndarray  # float32 [3, S, S]
 
 
-def _ratio(value: Any) -> float:
-    if isinstance(value, tuple) and len(value) == 2:  # (num, den) from some writers
-        return float(Fraction(int(value[0]), int(value[1]))) if value[1] else 0.0
-    return float(value)
-
-
-def _gps_degrees(dms: Any, ref: Any) -> float | None:
-    try:
-        d, m, s = (_ratio(v) for v in dms)
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
-    degrees = d + m / 60 + s / 3600
-    if isinstance(ref, bytes):
-        ref = ref.decode("ascii", "replace")
-    if str(ref).strip().upper() in ("S", "W"):
-        degrees = -degrees
-    return degrees
-
-
-def gps_position(gps: dict[int, Any]) -> tuple[float | None, float | None]:
-    """(lat, lon) from an EXIF GPS IFD, or (None, None) when absent or out of range."""
-    if 2 not in gps or 4 not in gps:
-        return None, None
-    lat = _gps_degrees(gps[2], gps.get(1, "N"))
-    lon = _gps_degrees(gps[4], gps.get(3, "E"))
-    if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        return None, None
-    if lat == 0 and lon == 0:  # cameras without a fix often write zeros
-        return None, None
-    return round(lat, 7), round(lon, 7)
-
-
-def capture_time(original: Any, offset: Any) -> str | None:
-    """EXIF "YYYY:MM:DD HH:MM:SS" (+ "+HH:MM" offset) -> ISO 8601, or None if unusable."""
-    if isinstance(original, bytes):
-        original = original.decode("ascii", "replace")
-    if not isinstance(original, str):
-        return None
-    text = original.strip().rstrip("\x00")
-    try:
-        when = datetime.strptime(text[:19], "%Y:%m:%d %H:%M:%S")
-    except ValueError:
-        return None
-    iso = when.isoformat()
-    if isinstance(offset, bytes):
-        offset = offset.decode("ascii", "replace")
-    if isinstance(offset, str):
-        offset = offset.strip().rstrip("\x00")
-        if len(offset) == 6 and offset[0] in "+-" and offset[3] == ":":
-            iso += offset
-    return iso
-
-
 def _metadata(image: Image.Image, width: int, height: int) -> PhotoMeta:
     kind = "JPEG" if image.format == "MPO" else image.format  # MPO: a JPEG with extra frames
     try:
-        exif = image.getexif()
-        sub = exif.get_ifd(_EXIF_IFD)
-        taken = capture_time(
-            sub.get(_DATETIME_ORIGINAL) or exif.get(_DATETIME), sub.get(_OFFSET_TIME_ORIGINAL)
-        )
-        lat, lon = gps_position(dict(exif.get_ifd(_GPS_IFD)))
+        found = exif.facts(image.getexif())
     except Exception:  # broken EXIF must not cost the photo: metadata is optional
-        taken, lat, lon = None, None, None
-    return PhotoMeta(width, height, taken, lat, lon, kind)
+        found = exif.NO_FACTS
+    return PhotoMeta(width, height, found.taken_at, found.lat, found.lon, kind)
 
 
 _SWAPS_AXES = frozenset({5, 6, 7, 8})  # EXIF orientations that turn the picture 90 degrees
@@ -139,7 +74,7 @@ _SWAPS_AXES = frozenset({5, 6, 7, 8})  # EXIF orientations that turn the picture
 
 def _orientation(image: Image.Image) -> int:
     try:
-        return int(image.getexif().get(0x0112, 1))
+        return int(image.getexif().get(exif.ORIENTATION, 1))
     except Exception:  # unreadable EXIF: as stored
         return 1
 
@@ -288,48 +223,134 @@ def decode(
 def _decode(
     data: bytes | BinaryIO, spec: Preprocessing, *, path: str, reduced_decode: bool
 ) -> DecodedPhoto:
+    kind = camera_raw.sniff(_head(data), path)
+    if kind is not None:
+        try:
+            with _reasons(path):
+                return _decode_raw(_whole(data), kind, spec, path=path)
+        except camera_raw.NotRaw:  # a TIFF that is no camera's RAW: read as a TIFF
+            pass
     source = io.BytesIO(data) if isinstance(data, bytes) else data
+    with _reasons(path, kind), Image.open(source, formats=allowed_formats()) as image:
+        # JPEG decodes at 1/2, 1/4 or 1/8 scale in the DCT for a fraction of the cost (a
+        # 12 MP photo: 70 -> 32 ms), kept at >= 2x the resize target so the bicubic resize
+        # still does the final filtering. Differs from the full-size path by <= 0.05 (mean
+        # <= 0.005) in normalized units: tests/test_decode.py.
+        target = 2 * spec.resize_shortest
+        width, height = image.size
+        _load(image, data, target if reduced_decode else None, path=path)
+        orientation = _orientation(image)
+        shown = (height, width) if orientation in _SWAPS_AXES else (width, height)
+        meta = _metadata(image, *shown)
+        small = reduced(image, target) if reduced_decode else image
+        # exif_transpose copies the image even when there is nothing to turn
+        upright = _oriented(small) if orientation != 1 else small
+        pixels = model_input(upright, spec)
+    return DecodedPhoto(meta, pixels)
+
+
+def _load(image: Image.Image, data: bytes | BinaryIO, target: int | None, *, path: str) -> None:
+    """Decode an opened image within the budget: refuse what no photo looks like, then
+    (a JPEG) decode at the smallest scale whose shorter side stays >= `target`."""
+    check_shape(*image.size, path=path)
+    check_layout(image, path=path)
+    if isinstance(data, bytes) and image.format in ("JPEG", "MPO"):
+        check_scans(data, path=path)
+    if target is not None and image.format in ("JPEG", "MPO"):
+        image.draft(None, (target, target))
+    check_cost(image, path=path)
+    image.load()
+
+
+# Of a file too large to hold, what is read to tell a RAW by (signatures, and a TIFF's
+# first IFD with its Make); a file held in memory is looked at whole, as a TIFF's first
+# IFD may be anywhere in it.
+_HEAD_BYTES = 1 << 20
+
+
+def _head(data: bytes | BinaryIO) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    head = data.read(_HEAD_BYTES)
+    data.seek(0)
+    return head
+
+
+def _whole(data: bytes | BinaryIO) -> bytes:
+    """LibRaw reads from memory (rawpy copies a file object into bytes anyway)."""
+    return data if isinstance(data, bytes) else data.read()
+
+
+def _decode_raw(data: bytes, kind: str, spec: Preprocessing, *, path: str) -> DecodedPhoto:
+    with camera_raw.opened(data, kind, path=path) as shot:
+        check_shape(shot.width, shot.height, path=path)
+        found = shot.facts()
+        meta = PhotoMeta(shot.width, shot.height, found.taken_at, found.lat, found.lon, kind)
+        upright = _raw_picture(shot, spec.resize_shortest, path=path)
+        return DecodedPhoto(meta, model_input(upright, spec))
+
+
+def _raw_picture(shot: camera_raw.RawShot, shortest: int, *, path: str) -> Image.Image:
+    """The RAW's picture, upright, its shorter side >= `shortest` where the photo has it
+    (and not much more): the embedded preview when it is large enough, else the sensor's."""
+    preview = shot.usable_preview(shortest)
+    if preview is not None and preview.jpeg is not None:
+        with Image.open(io.BytesIO(preview.jpeg), formats=["JPEG"]) as image:
+            _load(image, preview.jpeg, 2 * shortest, path=path)
+            return turned(reduced(image, 2 * shortest), shot.orientation)
+    if preview is not None and preview.bitmap is not None:
+        return turned(reduced(Image.fromarray(preview.bitmap), 2 * shortest), shot.orientation)
+    if shot.sensor_pixels > MAX_PIXELS:
+        raise DecodeError(
+            path,
+            f"a {shot.kind} of {shot.sensor_pixels / 1e6:.0f} MP and no usable preview: over "
+            f"the {MAX_PIXELS / 1e6:.0f} MP limit for one photo",
+        )
+    return reduced(Image.fromarray(shot.demosaic()), 2 * shortest)  # LibRaw turned it
+
+
+# The transpose that shows a picture stored with each EXIF orientation (as
+# ImageOps.exif_transpose does), for pictures whose orientation is not in their own EXIF.
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def turned(image: Image.Image, orientation: int) -> Image.Image:
+    method = _TRANSPOSE.get(orientation)
+    return image.transpose(method) if method is not None else image
+
+
+@contextmanager
+def _reasons(path: str, refused: str | None = None) -> Iterator[None]:
+    """Whatever a decoder raises -> a DecodeError with a reason a person can act on.
+    `refused`: the RAW format the file looked like, which LibRaw did not read."""
     try:
-        with Image.open(source, formats=allowed_formats()) as image:
-            width, height = image.size
-            check_shape(width, height, path=path)
-            check_layout(image, path=path)
-            if isinstance(data, bytes) and image.format in ("JPEG", "MPO"):
-                check_scans(data, path=path)
-            if reduced_decode and image.format in ("JPEG", "MPO"):
-                # JPEG decodes at 1/2, 1/4 or 1/8 scale in the DCT for a fraction of the cost
-                # (a 12 MP photo: 70 -> 32 ms), kept at >= 2x the resize target so the
-                # bicubic resize still does the final filtering. Differs from the full-size
-                # path by <= 0.05 (mean <= 0.005) in normalized units: tests/test_decode.py.
-                target = 2 * spec.resize_shortest
-                image.draft(None, (target, target))
-            check_cost(image, path=path)
-            image.load()
-            orientation = _orientation(image)
-            shown = (height, width) if orientation in _SWAPS_AXES else (width, height)
-            meta = _metadata(image, *shown)
-            small = reduced(image, 2 * spec.resize_shortest) if reduced_decode else image
-            # exif_transpose copies the image even when there is nothing to turn
-            upright = _oriented(small) if orientation != 1 else small
-            pixels = model_input(upright, spec)
-    except DecodeError:
+        yield
+    except (DecodeError, camera_raw.NotRaw, MemoryError):
         raise
     except UnidentifiedImageError:
-        raise DecodeError(
-            path, f"not an image in a format imageclust reads ({_formats()})"
-        ) from None
-    except Image.DecompressionBombError as exc:
+        reason = f"not an image in a format imageclust reads ({_formats()})"
+        if refused is not None:
+            reason = (
+                f"neither a {refused} that LibRaw reads nor an image in a format imageclust "
+                f"reads ({_formats()}): corrupt or truncated?"
+            )
+        raise DecodeError(path, reason) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # (the warning is raised when warnings are errors)
         raise DecodeError(path, f"decompression bomb: {exc}") from None
-    except Image.DecompressionBombWarning as exc:  # raised when warnings are errors
-        raise DecodeError(path, f"decompression bomb: {exc}") from None
-    except MemoryError:
-        raise
     except Exception as exc:
         reason = str(exc) or type(exc).__name__
         if "truncated" in reason:
             reason = f"truncated or incomplete image data ({reason})"
         raise DecodeError(path, f"cannot decode: {reason}") from None
-    return DecodedPhoto(meta, pixels)
 
 
 def _formats() -> str:
@@ -337,26 +358,36 @@ def _formats() -> str:
 
 
 def thumbnail_jpeg(data: bytes, longest: int = 672, quality: int = 85, *, path: str = "") -> bytes:
-    """A small upright JPEG of a photo, for the labeling LLM (a few tens of KB, not megabytes)."""
+    """A small upright JPEG of a photo, for the labeling LLM and the gallery (a few tens
+    of KB, not megabytes); a RAW's from its preview where that is large enough."""
     try:
-        with Image.open(io.BytesIO(data), formats=allowed_formats()) as image:
-            check_shape(*image.size, path=path)
-            check_layout(image, path=path)
-            if image.format in ("JPEG", "MPO"):
-                check_scans(data, path=path)
-            image.draft("RGB", (longest, longest))  # JPEG: decode at a reduced scale
-            check_cost(image, path=path)
-            small = reduced(image, longest)  # bounded like indexing, before any copy
-            upright = _oriented(small)
-            rgb = to_rgb(upright)
+        with _reasons(path):
+            rgb = to_rgb(_picture(data, longest, path=path))
             rgb.thumbnail((longest, longest), Image.Resampling.LANCZOS)
             out = io.BytesIO()
             rgb.save(out, format="JPEG", quality=quality)
             return out.getvalue()
-    except DecodeError:
-        raise
-    except Exception as exc:
-        raise DecodeError(path, f"cannot make a thumbnail: {exc or type(exc).__name__}") from None
+    except DecodeError as exc:
+        if exc.reason.startswith("cannot decode: "):
+            exc = DecodeError(path, "cannot make a thumbnail: " + exc.reason[15:])
+        raise exc from None
+
+
+def _picture(data: bytes, longest: int, *, path: str) -> Image.Image:
+    """The photo upright, its longer side >= `longest` where the photo has it."""
+    kind = camera_raw.sniff(data, path)
+    if kind is not None:
+        try:
+            with camera_raw.opened(data, kind, path=path) as shot:
+                check_shape(shot.width, shot.height, path=path)
+                shortest = longest * min(shot.width, shot.height) // max(shot.width, shot.height)
+                return _raw_picture(shot, max(shortest, 1), path=path)
+        except camera_raw.NotRaw:
+            pass
+    with _reasons(path, kind), Image.open(io.BytesIO(data), formats=allowed_formats()) as image:
+        _load(image, data, longest, path=path)
+        small = reduced(image, longest)  # bounded like indexing, before any copy
+        return _oriented(small)
 
 
 _heif_lock = threading.Lock()

@@ -22,6 +22,15 @@ from imageclust_daemon.records import FileStat
 BASE_EXTENSIONS = frozenset(
     {b".jpg", b".jpeg", b".jpe", b".png", b".webp", b".gif", b".bmp", b".tif", b".tiff", b".avif"}
 )
+# Camera RAW (read through LibRaw, see camera_raw); a TIFF-structured file so named is
+# offered to LibRaw before Pillow.
+RAW_EXTENSIONS = frozenset(
+    {
+        b".dng", b".cr2", b".cr3", b".crw", b".nef", b".nrw", b".arw", b".srf", b".sr2",
+        b".orf", b".raf", b".rw2", b".rwl", b".pef", b".srw", b".3fr", b".fff", b".iiq",
+        b".erf", b".kdc", b".dcr", b".mos", b".mef", b".mrw", b".x3f",
+    }
+)  # fmt: skip
 HEIF_EXTENSIONS = frozenset({b".heic", b".heif", b".hif"})
 # Not photos, but a photo library's own files: counted as skipped by kind, never failed.
 SKIPPED_KINDS = {
@@ -56,7 +65,8 @@ def heif_available() -> bool:
 
 
 def image_extensions(heif: bool) -> frozenset[bytes]:
-    return BASE_EXTENSIONS | HEIF_EXTENSIONS if heif else BASE_EXTENSIONS
+    looked_at = BASE_EXTENSIONS | RAW_EXTENSIONS
+    return looked_at | HEIF_EXTENSIONS if heif else looked_at
 
 
 @dataclass(frozen=True, slots=True)
