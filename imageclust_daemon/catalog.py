@@ -31,14 +31,15 @@ from urllib.parse import quote
 
 import sqlite_utils
 
-from imageclust_daemon import places, search
+from imageclust_daemon import pairs, places, search
 from imageclust_daemon.durable import fsync_dir
 from imageclust_daemon.errors import DatabaseError, QueryRefused
 from imageclust_daemon.migrate import statements
 
 # 2: photos.place and photos.format; full-text search (FTS5) over photos (path, place) and clusters
 #    (title, catchy_phrase); catalog_info names the search snapshot.
-SCHEMA_VERSION = 2
+# 3: photos.shown_as: the RAW of a RAW+JPEG pair is shown as (and grouped with) its JPEG.
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE photos (
@@ -52,8 +53,10 @@ CREATE TABLE photos (
     lat           REAL,
     lon           REAL,
     place         TEXT,                    -- the nearest named place ("Paris, France")
-    format        TEXT,                    -- as its bytes say: JPEG, HEIF, PNG, ...
-    cluster_id    INTEGER,                 -- NULL when in no group
+    format        TEXT,                    -- as its bytes say: JPEG, HEIF, PNG, DNG, CR3, ...
+    shown_as      TEXT,                    -- the photo this file is: its content_hash, or for
+                                           -- the RAW of a RAW+JPEG pair the JPEG's
+    cluster_id    INTEGER,                 -- NULL when in no group (a pair's RAW: its JPEG's)
     status        TEXT NOT NULL CHECK (status IN ('indexed', 'pending', 'failed')),
     error         TEXT,                    -- why, when status is 'failed'
     offline       INTEGER NOT NULL DEFAULT 0  -- 1: its folder is unreachable right now
@@ -81,12 +84,13 @@ CREATE VIEW cluster_photos AS
            m.rank < 3 AS representative
     FROM clusters c
     JOIN cluster_members m ON m.cluster_id = c.id
-    JOIN photos p ON p.content_hash = m.content_hash;
+    JOIN photos p ON p.shown_as = m.content_hash;
 """
 
 INDEXES = """
 CREATE INDEX photos_by_cluster ON photos(cluster_id);
 CREATE INDEX photos_by_hash ON photos(content_hash);
+CREATE INDEX photos_by_photo ON photos(shown_as);
 CREATE INDEX photos_by_date ON photos(taken_at);
 CREATE INDEX photos_by_status ON photos(status);
 """
@@ -138,7 +142,12 @@ def _iso(ts: float | None) -> str:
 
 
 def publish(
-    state_db: Path, dest: Path, *, model_id: str | None, daemon_version: str
+    state_db: Path,
+    dest: Path,
+    *,
+    model_id: str | None,
+    daemon_version: str,
+    pair_raw_jpeg: bool = True,
 ) -> PublishReport:
     """Build the catalog from `state_db` and swap it in at `dest` atomically."""
     started = time.monotonic()
@@ -148,7 +157,14 @@ def publish(
     tmp.unlink(missing_ok=True)
     before = _named_snapshot(dest)
     try:
-        snapshot = _build(state_db, tmp, dest, model_id=model_id, daemon_version=daemon_version)
+        snapshot = _build(
+            state_db,
+            tmp,
+            dest,
+            model_id=model_id,
+            daemon_version=daemon_version,
+            pair_raw_jpeg=pair_raw_jpeg,
+        )
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o444)
@@ -228,7 +244,13 @@ def _named_snapshot(catalog_path: Path) -> str | None:
 
 
 def _build(
-    state_db: Path, tmp: Path, dest: Path, *, model_id: str | None, daemon_version: str
+    state_db: Path,
+    tmp: Path,
+    dest: Path,
+    *,
+    model_id: str | None,
+    daemon_version: str,
+    pair_raw_jpeg: bool,
 ) -> str:
     """Build the catalog in `tmp` and its search snapshot beside `dest`; returns the
     snapshot's file name."""
@@ -266,22 +288,27 @@ def _build(
         conn.create_function(
             "text_path", 1, lambda raw: texts.get(raw) or raw.decode(), deterministic=True
         )
+        shown = pairs.find(conn, model_id, schema="state") if pair_raw_jpeg else {}
+        conn.create_function(
+            "shown_as", 1, lambda h: shown.get(h, h) if h is not None else None, deterministic=True
+        )
         named = _places(conn)
         conn.create_function(
             "place_of", 2, lambda lat, lon: named.get((lat, lon)), deterministic=True
         )
         conn.execute(
             "INSERT INTO photos (path, path_bytes, content_hash, size, width, height, taken_at, "
-            "lat, lon, place, format, cluster_id, status, error, offline) "
+            "lat, lon, place, format, shown_as, cluster_id, status, error, offline) "
             "SELECT text_path(f.path), f.path, f.content_hash, f.size, c.width, c.height, "
-            "c.taken_at, c.lat, c.lon, place_of(c.lat, c.lon), c.format, m.cluster_id, "
+            "c.taken_at, c.lat, c.lon, place_of(c.lat, c.lon), c.format, "
+            "shown_as(f.content_hash), m.cluster_id, "
             "CASE WHEN f.error IS NOT NULL OR c.error IS NOT NULL THEN 'failed' "
             "     WHEN e.content_hash IS NOT NULL THEN 'indexed' ELSE 'pending' END, "
             "coalesce(f.error, c.error), f.offline_since IS NOT NULL "
             "FROM state.files f "
             "LEFT JOIN state.contents c ON c.hash = f.content_hash "
             "LEFT JOIN state.embeddings e ON e.content_hash = f.content_hash AND e.model_id = ? "
-            "LEFT JOIN cluster_members m ON m.content_hash = f.content_hash "
+            "LEFT JOIN cluster_members m ON m.content_hash = shown_as(f.content_hash) "
             "WHERE f.state = 'live' ORDER BY f.path",
             (model_id,),
         )

@@ -70,6 +70,7 @@ def _publish(cfg: config.Config, model_id: str | None) -> None:
         cfg.catalog_path,
         model_id=model_id,
         organize_dir=cfg.organize.dir,
+        pair_raw_jpeg=cfg.library.pair_raw_jpeg,
     )
     log.info(
         "published %s: %d photos, %d groups, %d bytes in %.2f s",
@@ -159,6 +160,7 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
                 model.id,
                 min_size=cfg.cluster.min_size,
                 max_size=cfg.cluster.max_size,
+                pair_raw_jpeg=cfg.library.pair_raw_jpeg,
             )
             titled = _title(args, cfg, store)
     if args.json:
@@ -280,6 +282,7 @@ def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
             min_size=cfg.cluster.min_size,
             max_size=cfg.cluster.max_size,
             force=args.force,
+            pair_raw_jpeg=cfg.library.pair_raw_jpeg,
         )
     if not run.skipped:
         _publish(cfg, model_id)

@@ -63,6 +63,14 @@ SETTINGS: tuple[Setting, ...] = (
         "are polled anyway).",
     ),
     Setting(
+        "library.pair_raw_jpeg",
+        True,
+        "bool",
+        "A RAW and a JPEG or HEIC of one shot (same folder, same name before the "
+        "extension) are one photo: the JPEG shows it in albums, search and the gallery, "
+        "and the catalog lists both files. false: each file is a photo of its own.",
+    ),
+    Setting(
         "library.poll_seconds",
         30.0,
         "float",
@@ -422,6 +430,7 @@ class LibrarySettings:
     exclude: tuple[str, ...]
     settle_seconds: float
     poll: bool
+    pair_raw_jpeg: bool
     poll_seconds: float
 
 

@@ -177,7 +177,8 @@ class Reader:
         rows = self.conn.execute(
             "SELECT p.path, p.taken_at, p.place, p.size, p.width, p.height, p.cluster_id, "
             "c.title, p.offline FROM photos p LEFT JOIN clusters c ON c.id = p.cluster_id "
-            "WHERE p.content_hash = ? AND p.status = 'indexed' ORDER BY p.path",
+            "WHERE p.shown_as = ? AND p.status = 'indexed' "
+            "ORDER BY p.content_hash != p.shown_as, p.path",  # its own files, then a pair's RAW
             (content_hash,),
         ).fetchall()
         if not rows:

@@ -362,6 +362,7 @@ class Jobs:
             min_size=self.cfg.cluster.min_size,
             max_size=self.cfg.cluster.max_size,
             stop=self.stop,
+            pair_raw_jpeg=self.cfg.library.pair_raw_jpeg,
         )
         if run.skipped:
             log.debug("recluster: %s", run.note)
@@ -420,6 +421,7 @@ class Jobs:
                 self.cfg.catalog_path,
                 model_id=self.model.id,
                 organize_dir=self.cfg.organize.dir,
+                pair_raw_jpeg=self.cfg.library.pair_raw_jpeg,
             )
         except BaseException:
             self._publish_due = True  # again at the next run

@@ -9,10 +9,21 @@ from imageclust_daemon import __version__, catalog, organize
 
 
 def publish(
-    state_db: Path, catalog_path: Path, *, model_id: str | None, organize_dir: Path | None
+    state_db: Path,
+    catalog_path: Path,
+    *,
+    model_id: str | None,
+    organize_dir: Path | None,
+    pair_raw_jpeg: bool = True,
 ) -> catalog.PublishReport:
     """State -> catalog (atomic swap) -> organized folder of symlinks (if configured)."""
-    report = catalog.publish(state_db, catalog_path, model_id=model_id, daemon_version=__version__)
+    report = catalog.publish(
+        state_db,
+        catalog_path,
+        model_id=model_id,
+        daemon_version=__version__,
+        pair_raw_jpeg=pair_raw_jpeg,
+    )
     if organize_dir is not None:
         organize.build(organize.groups_from_catalog(catalog_path), organize_dir)
     return report

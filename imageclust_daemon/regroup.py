@@ -18,7 +18,7 @@ from typing import TypeVar
 import blake3
 import numpy as np
 
-from imageclust_daemon import cluster, decode, label
+from imageclust_daemon import cluster, decode, label, pairs
 from imageclust_daemon.errors import (
     DecodeError,
     OllamaError,
@@ -47,6 +47,16 @@ def _digest(parts: Iterable[str]) -> str:
     return h.hexdigest()
 
 
+def _without(
+    shown_elsewhere: dict[str, str], hashes: list[str], x: np.ndarray
+) -> tuple[list[str], np.ndarray]:
+    """The contents that are photos of their own: not a RAW its JPEG shows."""
+    if not shown_elsewhere:
+        return hashes, x
+    keep = [i for i, h in enumerate(hashes) if h not in shown_elsewhere]
+    return [hashes[i] for i in keep], x[keep]
+
+
 UNFINISHED_SHARE = 0.10  # recluster waits while more than this share of contents lacks embeddings
 
 
@@ -58,8 +68,10 @@ def recluster(
     max_size: int,
     force: bool = False,
     stop: threading.Event | None = None,
+    pair_raw_jpeg: bool = True,
 ) -> ClusterRun:
-    """Regroup the live library's distinct contents; keep ids; flag new and changed groups.
+    """Regroup the live library's distinct photos; keep ids; flag new and changed groups.
+    The RAW of a RAW+JPEG pair is its JPEG's photo, not one of its own (`pair_raw_jpeg`).
 
     Does nothing (and says so: `skipped`) when the model, the limits and the set of
     contents are those of the last run.
@@ -79,6 +91,8 @@ def recluster(
             "still need an embedding; run `imageclust index` first (or --force)",
         )
     hashes, x = store.live_embeddings(model)
+    if pair_raw_jpeg:
+        hashes, x = _without(pairs.find(store.conn, model), hashes, x)
     digest = _digest([model, str(min_size), str(max_size), *hashes])
     last = store.last_cluster_run()
     if last is not None and last.input_digest == digest and not force:

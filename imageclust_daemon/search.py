@@ -105,13 +105,14 @@ class Snapshot:
 
 _ROWS = (
     "SELECT p.content_hash, min(p.offline) FROM photos p WHERE p.status = 'indexed' "
-    "GROUP BY p.content_hash ORDER BY p.content_hash"
+    "AND p.shown_as = p.content_hash GROUP BY p.content_hash ORDER BY p.content_hash"
 )
 # In content-hash order straight from the (model_id, content_hash) index: no sort of
 # 200 MB of vectors at 100k photos (1.85 s with a join and ORDER BY; 0.64 s this way).
 _VECTORS = (
     "SELECT e.vector FROM state.embeddings e WHERE e.model_id = ? AND e.content_hash IN "
-    "(SELECT content_hash FROM photos WHERE status = 'indexed') ORDER BY e.content_hash"
+    "(SELECT content_hash FROM photos WHERE status = 'indexed' AND shown_as = content_hash) "
+    "ORDER BY e.content_hash"
 )
 
 
@@ -341,11 +342,12 @@ def hits(catalog_path: Path, snapshot: Snapshot, ranked: list[tuple[int, float]]
     try:
         conn.execute("CREATE TEMP TABLE wanted (hash TEXT PRIMARY KEY)")
         conn.executemany("INSERT INTO wanted VALUES (?)", [(h,) for h in wanted])
+        # A photo's own files first, then the RAW of a RAW+JPEG pair it shows.
         for content_hash, path, cluster_id, title in conn.execute(
-            "SELECT p.content_hash, p.path, p.cluster_id, c.title FROM photos p "
-            "JOIN wanted w ON w.hash = p.content_hash "
+            "SELECT p.shown_as, p.path, p.cluster_id, c.title FROM photos p "
+            "JOIN wanted w ON w.hash = p.shown_as "
             "LEFT JOIN clusters c ON c.id = p.cluster_id "
-            "WHERE p.status = 'indexed' ORDER BY p.path"
+            "WHERE p.status = 'indexed' ORDER BY p.content_hash != p.shown_as, p.path"
         ):
             paths, _, _ = found.setdefault(content_hash, ([], cluster_id, title))
             paths.append(path)
@@ -413,7 +415,7 @@ def by_example(cfg: Config, path: Path, limit: int) -> list[Hit]:
             digest = blake3.blake3()
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
-            row = snapshot.row_of(digest.hexdigest())
+            row = snapshot.row_of(_shown_as(cfg.catalog_path, digest.hexdigest()))
             if row is not None:
                 return like_row(cfg.catalog_path, snapshot, row, limit)
             if not len(snapshot):
@@ -427,6 +429,22 @@ def by_example(cfg: Config, path: Path, limit: int) -> list[Hit]:
     except OSError as exc:
         raise UsageError(f"PATH {path}: cannot read it: {exc.strerror or exc}") from None
     return hits(cfg.catalog_path, snapshot, rank(snapshot, query, limit))
+
+
+def _shown_as(catalog_path: Path, content_hash: str) -> str:
+    """The photo a content is in the catalog: itself, or the JPEG that shows a paired RAW."""
+    from imageclust_daemon.catalog import uri
+
+    conn = sqlite3.connect(uri(catalog_path, mode="ro"), uri=True)
+    try:
+        found = conn.execute(
+            "SELECT shown_as FROM photos WHERE content_hash = ? LIMIT 1", (content_hash,)
+        ).fetchone()
+    except sqlite3.Error as exc:
+        raise SearchError(f"{catalog_path}: cannot read the catalog: {exc}") from None
+    finally:
+        conn.close()
+    return str(found[0]) if found and found[0] else content_hash
 
 
 def _embed_image(cfg: Config, data: BinaryIO, shown: str, snapshot_model: str) -> np.ndarray:

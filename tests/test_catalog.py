@@ -38,6 +38,7 @@ CONTRACT = {
         "lon",
         "place",
         "format",
+        "shown_as",
         "cluster_id",
         "status",
         "error",

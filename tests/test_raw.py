@@ -10,15 +10,20 @@ decode returns tells which of the two it took.
 from __future__ import annotations
 
 import io
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from imageclust_daemon import camera_raw, decode
+from imageclust_daemon import camera_raw, decode, pairs
 from imageclust_daemon.errors import DecodeError
+from imageclust_daemon.pairs import Neighbour
 from imageclust_daemon.records import Preprocessing
 from tests import photos
+from tests.conftest import cli_json, run_cli
 from tests.dng import Preview, dng_bytes
 
 SPEC = Preprocessing()
@@ -191,3 +196,103 @@ def test_raw_formats_are_told_by_their_leading_bytes() -> None:
     assert camera_raw.sniff(tiff_le + bytes(100), "plain.tif") is None
     assert camera_raw.sniff(tiff_le + bytes(100), "odd.3fr") == "RAW", "named as a RAW"
     assert camera_raw.sniff(photos.jpeg_bytes(SENSOR), "IMG.NEF") is None
+
+
+# -- RAW+JPEG pairs ---------------------------------------------------------------------
+
+
+def _neighbour(path: str, content: str, kind: str | None, usable: bool = True) -> Neighbour:
+    return Neighbour(path.encode(), content, kind, usable)
+
+
+def test_a_raw_is_shown_as_the_jpeg_of_its_shot() -> None:
+    found = pairs.shown_as(
+        [
+            _neighbour("/p/IMG_0001.CR3", "raw1", "CR3"),
+            _neighbour("/p/IMG_0001.JPG", "jpg1", "JPEG"),
+            _neighbour("/p/img_0002.nef", "raw2", "NEF"),  # names differ in case only
+            _neighbour("/p/IMG_0002.JPG", "jpg2", "JPEG"),
+            _neighbour("/p/IMG_0003.ARW", "raw3", "ARW"),  # the camera's HEIF
+            _neighbour("/p/IMG_0003.HIF", "heif3", "HEIF"),
+            _neighbour("/p/IMG_0004.DNG", "raw4", "DNG"),  # alone
+            _neighbour("/p/other/IMG_0004.JPG", "jpg4", "JPEG"),  # another folder
+            _neighbour("/p/IMG_0005.RAF", "raw5", "RAF"),
+            _neighbour("/p/IMG_0005.JPG", "jpg5", "JPEG", usable=False),  # failed to decode
+            _neighbour("/p/IMG_0006.CR2", "raw6", "CR2"),
+            _neighbour("/p/IMG_0006.DNG", "raw6b", "DNG"),  # two RAWs, no JPEG: no pair
+            _neighbour("/p/IMG_0007.ORF", "raw7", "ORF"),
+            _neighbour("/p/IMG_0007.jpeg", "jpg7b", "JPEG"),
+            _neighbour("/p/IMG_0007.JPG", "jpg7", "JPEG"),  # two JPEGs: the first by path
+        ]
+    )
+    assert found == {
+        "raw1": "jpg1",
+        "raw2": "jpg2",
+        "raw3": "heif3",
+        "raw7": "jpg7",
+    }
+
+
+def _catalog_rows(config: Path) -> dict[str, tuple[str, str, str, int | None]]:
+    conn = sqlite3.connect(f"file:{config.parent / 'data' / 'catalog.sqlite'}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT path, format, content_hash, shown_as, cluster_id FROM photos")
+        return {Path(p).name: (f, h, s, c) for p, f, h, s, c in rows}
+    finally:
+        conn.close()
+
+
+def _members(config: Path) -> set[str]:
+    conn = sqlite3.connect(f"file:{config.parent / 'data' / 'catalog.sqlite'}?mode=ro", uri=True)
+    try:
+        return {h for (h,) in conn.execute("SELECT content_hash FROM cluster_members")}
+    finally:
+        conn.close()
+
+
+def test_a_raw_jpeg_pair_is_one_photo_in_albums_and_search(
+    tmp_path: Path, make_config: Callable[..., Path]
+) -> None:
+    root = tmp_path / "Photos"
+    root.mkdir()
+    for scene in range(3):
+        for shot in range(4):
+            img = photos.photo_like(100 + 10 * scene + shot, scene=scene)
+            photos.save_jpeg(img, root / f"s{scene}_{shot}.jpg")
+    pair = photos.photo_like(150, scene=0)
+    photos.save_jpeg(pair, root / "IMG_0100.JPG")
+    (root / "IMG_0100.DNG").write_bytes(dng_bytes(pair, preview=Preview(pair.resize((320, 240)))))
+    alone = photos.photo_like(151, scene=1)
+    (root / "IMG_0101.dng").write_bytes(dng_bytes(alone))
+    config = make_config([root], cluster={"min_size": 2, "max_size": 40})
+    result = run_cli("--config", str(config), "index", "--no-progress")
+    assert result.returncode == 0, result.stderr
+
+    rows = _catalog_rows(config)
+    jpeg_format, jpeg_hash, jpeg_shown, jpeg_group = rows["IMG_0100.JPG"]
+    raw_format, raw_hash, raw_shown, raw_group = rows["IMG_0100.DNG"]
+    assert (jpeg_format, raw_format) == ("JPEG", "DNG")
+    assert jpeg_shown == jpeg_hash and raw_shown == jpeg_hash != raw_hash
+    assert jpeg_group is not None and raw_group == jpeg_group, "the RAW is in its JPEG's album"
+    assert rows["IMG_0101.dng"][2] == rows["IMG_0101.dng"][1], "a RAW alone is its own photo"
+    members = _members(config)
+    assert jpeg_hash in members and raw_hash not in members, "one photo, counted once"
+    assert cli_json(config, "status")["formats"] == {"DNG": 2, "JPEG": 13}
+
+    # Search: the pair is one hit that lists both files; by the RAW, the shot itself is out.
+    hits = cli_json(config, "similar", str(root / "s0_0.jpg"), "--limit", "20")
+    listed = [sorted(Path(p).name for p in h["paths"]) for h in hits]
+    assert ["IMG_0100.DNG", "IMG_0100.JPG"] in listed
+    assert not any(len(p) == 1 and p[0].startswith("IMG_0100") for p in listed)
+    by_raw = cli_json(config, "similar", str(root / "IMG_0100.DNG"), "--limit", "20")
+    assert not any(any("IMG_0100" in p for p in h["paths"]) for h in by_raw)
+
+    # Kept apart: each file a photo of its own, at the next regroup.
+    config = make_config(
+        [root], cluster={"min_size": 2, "max_size": 40}, library={"pair_raw_jpeg": False}
+    )
+    result = run_cli("--config", str(config), "recluster")
+    assert result.returncode == 0, result.stderr
+    rows = _catalog_rows(config)
+    assert rows["IMG_0100.DNG"][2] == raw_hash
+    assert raw_hash in _members(config) or rows["IMG_0100.DNG"][3] is None
