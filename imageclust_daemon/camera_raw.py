@@ -153,7 +153,7 @@ class RawShot:
     def facts(self) -> exif.Facts:
         """Capture time and position: from the RAW's own EXIF, else its preview's, else
         (time only) what LibRaw read."""
-        found = _raw_exif(self._data, self.kind)
+        found = raw_facts(self._data, self.kind)
         preview = self.preview()
         if (
             preview is not None
@@ -212,10 +212,13 @@ def _preview(raw: rawpy.RawPy) -> Preview | None:
     return Preview(None, bitmap, int(bitmap.shape[1]), int(bitmap.shape[0]))
 
 
-def _raw_exif(data: bytes, kind: str) -> exif.Facts:
-    """EXIF from the RAW's own structures: its TIFF IFDs, or a CR3's CMT boxes."""
+def raw_facts(data: bytes, kind: str) -> exif.Facts:
+    """EXIF from the RAW's own structures: its TIFF IFDs, a CR3's CMT boxes, or the JPEG
+    a RAF carries (read without LibRaw: a file whose sensor data is damaged keeps them)."""
     if kind == "CR3":
         return _cr3_facts(data)
+    if kind == "RAF":
+        return _raf_facts(data)
     if data[:4] in _TIFF:
         tiff = data
     elif kind in ("ORF", "RW2"):  # TIFF with a maker's signature in place of 42
@@ -239,6 +242,17 @@ def _cr3_facts(data: bytes) -> exif.Facts:
         if tags is not None:
             found = found.or_else(read(tags))
     return found
+
+
+def _raf_facts(data: bytes) -> exif.Facts:
+    """A RAF's header gives the offset and length of its JPEG (big-endian, at byte 84;
+    dcraw's identify() reads them there), whose EXIF is the shot's."""
+    if len(data) < 92:
+        return exif.NO_FACTS
+    offset, length = struct.unpack(">II", data[84:92])
+    if not 92 <= offset < len(data) or length < 4:
+        return exif.NO_FACTS
+    return _jpeg_facts(data[offset : offset + length])
 
 
 def _jpeg_facts(data: bytes) -> exif.Facts:
