@@ -20,6 +20,7 @@ from typing import Any, cast
 from imageclust_daemon import (
     catalog,
     config,
+    dask_index,
     decode,
     doctor,
     grammar,
@@ -33,7 +34,7 @@ from imageclust_daemon import (
     search,
     service,
 )
-from imageclust_daemon.embed import Embedder, short_provider
+from imageclust_daemon.embed import short_provider
 from imageclust_daemon.errors import ConfigError, ImageclustError, UsageError, is_disk_full
 from imageclust_daemon.lock import InstanceLock
 from imageclust_daemon.ollama import client_for
@@ -134,24 +135,36 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
 
         # Log lines while the bar is drawn go through it, not across it.
         redirect = _through_bar() if bar is not None else contextlib.nullcontext()
-        try:
+        with contextlib.ExitStack() as cleanup:
+            reader: pipeline.Reader = pipeline.read_and_embed
+            scheduler = args.dask or cfg.index.dask_scheduler
+            if scheduler:  # connected before anything is written: an error changes nothing
+                cluster = dask_index.Cluster.connect(scheduler, located.vision_path, model.id)
+                cleanup.callback(cluster.close)
+                cluster.ready_workers()
+                reader = cluster.read_and_embed
+            if bar is not None:
+                cleanup.callback(bar.close)
             with redirect:
                 report = pipeline.index(
                     [os.fsencode(r) for r in roots],
                     store=store,
                     model=model,
                     options=pipeline.IndexOptions.from_config(cfg),
+                    reader=reader,
                     whole_library=not args.paths,
                     forget_missing=args.forget_missing,
                     progress=progress,
                     on_scan_error=scan_error,
                 )
-        finally:
-            if bar is not None:
-                bar.close()
         failed_now = store.status(model.id)["failed"]  # this run's and earlier runs' failures
         if not args.json:  # the counts stand whatever happens next (titling can take long)
-            _print_index_summary(report, len(roots), failed_now, spec.name, model.embedder)
+            where = (
+                f"the Dask cluster at {scheduler}"
+                if scheduler
+                else short_provider(model.embedder.provider)
+            )
+            _print_index_summary(report, len(roots), failed_now, spec.name, where)
         grouped: ClusterRun | None = None
         titled: regroup.LabelReport | None = None
         if not args.no_group:  # what the daemon does next: regroup, then title what changed
@@ -176,7 +189,7 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _print_index_summary(
-    r: IndexReport, folders: int, failed_now: int, model: str, embedder: Embedder
+    r: IndexReport, folders: int, failed_now: int, model: str, where: str
 ) -> None:
     print(
         f"{r.scanned} photos under {folders} folder(s) in {r.seconds:.1f} s: "
@@ -187,8 +200,13 @@ def _print_index_summary(
         f"{r.failed} failed"
         + (f" ({failed_now} failed in the library)" if failed_now != r.failed else "")
         + f", {r.gone} gone"
-        + (f"; {model} on {short_provider(embedder.provider)}" if r.embedded else "")
+        + (f"; {model} on {where}" if r.embedded else "")
     )
+    if r.left:
+        print(
+            f"{_count(r.left, 'file')} not finished by the Dask cluster (see the log): "
+            "`imageclust index` without --dask reads them on this machine"
+        )
     if r.heif_unread:
         print(
             f"{_count(r.heif_unread, 'HEIC/HEIF photo')} not read: pi-heif does not load "

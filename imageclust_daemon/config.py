@@ -187,6 +187,15 @@ SETTINGS: tuple[Setting, ...] = (
         maximum=64,
     ),
     Setting(
+        "index.dask_scheduler",
+        "",
+        "scheduler",
+        "A Dask scheduler (tcp://HOST:8786) whose workers read, decode and embed what "
+        "`imageclust index` reads, for the first index of a very large archive; the "
+        "photos and the model must be at the same paths on every worker. Empty: this "
+        "machine. The daemon always indexes on this machine.",
+    ),
+    Setting(
         "cluster.min_size",
         5,
         "int",
@@ -309,6 +318,10 @@ def _expand(key: str, text: str) -> Path:
     return Path(expanded)
 
 
+# A Dask scheduler's address, as `dask scheduler` prints it (tcp:// or tls://, host, port).
+_SCHEDULER = re.compile(r"^(tcp|tls)://(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):\d{1,5}$")
+
+
 def validate(setting: Setting, value: Any) -> Any:
     key, kind = setting.key, setting.kind
     if kind in ("str", "url", "url?", "path"):
@@ -347,6 +360,12 @@ def validate(setting: Setting, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(key, f"expected true or false, got {value!r}")
         return value
+    if kind == "scheduler":
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {type(value).__name__} {value!r}")
+        if value.strip() and not _SCHEDULER.match(value.strip()):
+            raise ConfigError(key, f"expected a Dask address like tcp://HOST:8786, got {value!r}")
+        return value.strip()
     if kind == "listen":
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {type(value).__name__} {value!r}")
@@ -475,6 +494,7 @@ class ModelSettings:
 @dataclass(frozen=True, slots=True)
 class IndexSettings:
     workers: int
+    dask_scheduler: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,13 @@ def _index_commands(sub: Any, command: Command) -> None:
         help="only scan and embed: no regrouping or titles (the daemon or `recluster` does)",
     )
     ix.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="read, decode and embed on the workers of the Dask scheduler at ADDRESS "
+        "(tcp://HOST:8786; default index.dask_scheduler): photos and model at the same "
+        "paths on every worker; this machine scans and writes",
+    )
+    ix.add_argument(
         "--forget-missing",
         action="store_true",
         help="photos not found are gone, even when many vanished at once or their drive "

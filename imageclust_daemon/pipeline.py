@@ -132,6 +132,7 @@ class Prepared:
     file: FileRow
     content: ContentRow | None = None
     pixels: np.ndarray | None = None
+    vector: np.ndarray | None = None  # the pixels' embedding, when a worker computed it
     bytes_read: int = 0
     vanished: bool = False
     retry: bool = False  # a passing failure (memory, I/O while decoding): left pending
@@ -416,6 +417,9 @@ class Tally:
     reused: int = 0
     failed: int = 0
     vanished: list[bytes] = field(default_factory=list)
+    # Files a cluster was given and did not finish (workers lost, refused, or the file not
+    # reachable there): not recorded, so the next index reads them.
+    left: list[bytes] = field(default_factory=list)
 
 
 class Batches:
@@ -428,6 +432,8 @@ class Batches:
         self._contents: list[ContentRow] = []
         self._pixels: list[np.ndarray] = []
         self._pixel_hashes: list[str] = []
+        self._vectors: list[np.ndarray] = []  # embedded elsewhere (a Dask worker)
+        self._vector_hashes: list[str] = []
 
     def add(self, item: Prepared) -> None:
         tally = self.tally
@@ -455,6 +461,9 @@ class Batches:
         if item.pixels is not None:
             self._pixels.append(item.pixels)
             self._pixel_hashes.append(content.hash)
+        elif item.vector is not None:
+            self._vectors.append(item.vector)
+            self._vector_hashes.append(content.hash)
         elif content.error:
             tally.failed += 1
             log.warning("%s: %s", display_path(item.file.stat.path), content.error)
@@ -463,10 +472,14 @@ class Batches:
 
     def flush(self) -> None:
         vectors = self.model.embed(np.stack(self._pixels)) if self._pixels else np.empty((0, 0))
-        embedded = zip(self._pixel_hashes, vectors, strict=True)
+        embedded = [
+            *zip(self._pixel_hashes, vectors, strict=True),
+            *zip(self._vector_hashes, self._vectors, strict=True),
+        ]
         self.store.record(self._contents, self._files, embedded, self.model.id)
-        self.tally.embedded += len(self._pixels)
+        self.tally.embedded += len(embedded)
         self._files, self._contents, self._pixels, self._pixel_hashes = [], [], [], []
+        self._vectors, self._vector_hashes = [], []
 
 
 def read_and_embed(
@@ -511,12 +524,29 @@ def read_and_embed(
     return batches.tally
 
 
+class Reader(Protocol):
+    """What reads, hashes, decodes and embeds the files to read: `read_and_embed` here, or
+    `dask_index.Cluster.read_and_embed` on a Dask cluster."""
+
+    def __call__(
+        self,
+        to_read: list[FileStat],
+        *,
+        store: Store,
+        model: IndexModel,
+        options: IndexOptions,
+        stop: threading.Event | None = None,
+        progress: Progress | None = None,
+    ) -> Tally: ...
+
+
 def index(
     roots: Sequence[bytes],
     *,
     store: Store,
     model: IndexModel,
     options: IndexOptions = IndexOptions(),
+    reader: Reader = read_and_embed,
     only: Sequence[bytes] | None = None,
     whole_library: bool = False,
     forget_missing: bool = False,
@@ -552,9 +582,7 @@ def index(
     )
     to_read = defer_unsettled(work.to_read, options.settle_seconds, on_defer)
     to_read = with_pending(to_read, seen, store, model.id)
-    tally = read_and_embed(
-        to_read, store=store, model=model, options=options, stop=stop, progress=progress
-    )
+    tally = reader(to_read, store=store, model=model, options=options, stop=stop, progress=progress)
     if tally.vanished:
         gone += store.mark_gone(tally.vanished, reason="vanished while being indexed")
     if seen.skipped is not None and whole_library:
@@ -577,5 +605,6 @@ def index(
         needs_rescan=judged.needs_rescan,
         heif_unread=seen.heif_unread,
         skipped=seen.skipped or {},
+        left=len(tally.left),
         seconds=time.monotonic() - started,
     )

@@ -135,6 +135,7 @@ class IndexReport:
     needs_rescan: bool = False  # a watcher walk saw too many vanish: a full rescan decides
     heif_unread: int = 0  # .heic/.heif files seen that this install cannot read (no plugin)
     skipped: dict[str, int] = field(default_factory=dict)  # videos, sidecars: by kind
+    left: int = 0  # files a Dask cluster did not finish: the next (local) index reads them
     seconds: float = 0.0
 
     @property

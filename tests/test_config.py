@@ -39,6 +39,7 @@ _KIND_TYPES = {
     "str": "str",
     "url?": "str",
     "listen": "str",
+    "scheduler": "str",
 }
 
 
@@ -86,6 +87,8 @@ def test_the_typed_sections_hold_exactly_the_keys_of_the_table() -> None:
         ({"web": {"listen": "8765"}}, "web.listen", "HOST:PORT"),
         ({"web": {"listen": "127.0.0.1:99999"}}, "web.listen", "port from 1 to 65535"),
         ({"web": {"listen": "0.0.0.0:8765"}}, "web.listen", "web.allow_remote = true"),
+        ({"index": {"dask_scheduler": "cluster:8786"}}, "index.dask_scheduler", "tcp://HOST"),
+        ({"index": {"dask_scheduler": "http://h:8786"}}, "index.dask_scheduler", "tcp://HOST"),
     ],
 )
 def test_bad_values_name_the_key_and_the_problem(
