@@ -119,16 +119,17 @@ def embed_shard(
     embedder = _embedder(spec, model_path, sha256, threads)
     claims = pipeline.Claims(set(settled))
     workers = min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers, thread_name_prefix="imageclust-shard") as pool:
-        prepared = list(pool.map(lambda f: pipeline.prepare(f, claims, spec.preprocessing), files))
     out: list[pipeline.Prepared] = []
     waiting: list[int] = []
-    for item in prepared:
-        out.append(item)
-        if item.pixels is not None:
-            waiting.append(len(out) - 1)
-        if len(waiting) >= batch_size:
-            _embed_waiting(embedder, out, waiting)
+    with ThreadPoolExecutor(workers, thread_name_prefix="imageclust-shard") as pool:
+        # As a local index does: the next files decode while a batch is embedded.
+        read = lambda f: pipeline.prepare(f, claims, spec.preprocessing)  # noqa: E731
+        for item in pipeline.ordered_map(pool, read, files, 2 * batch_size + workers):
+            out.append(item)
+            if item.pixels is not None:
+                waiting.append(len(out) - 1)
+            if len(waiting) >= batch_size:
+                _embed_waiting(embedder, out, waiting)
     _embed_waiting(embedder, out, waiting)
     return out
 
