@@ -259,7 +259,9 @@ class Cluster:
                 continue
             try:
                 results: list[pipeline.Prepared] = future.result()
-            except Exception as exc:  # KilledWorker, ModelDiffers, a lost connection
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # KilledWorker, ModelDiffers, cancelled, connection lost
                 log.warning(
                     "dask: a shard of %d files was not indexed (%s: %s); "
                     "`imageclust index` reads them here",

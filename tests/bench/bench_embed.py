@@ -8,7 +8,9 @@ On a generated library of photo-like 12-megapixel JPEGs, measured side by side:
   (b) `imageclust index` end to end (scan, read, hash, decode, preprocess, embed, store)
   (c) naive: one image at a time, full-size decode, no batching, no thread pool
 Prints images/s for each and the ratios b/a and b/c, then the per-photo budget in
-core-milliseconds (each stage timed alone, one photo at a time) and the b/a it allows:
+core-milliseconds (each stage timed alone, one photo at a time) and the b/a it allows,
+and the physical limit (inference + entropy decode per photo, on the same cores) with
+(b) as a share of it:
 with D core-ms of non-inference work and I of inference per photo on the same cores,
 b/a cannot exceed I / (I + D). The entropy-decode floor is a 1/8-scale decode, which
 still has to Huffman-decode every coefficient of the file.
@@ -171,6 +173,11 @@ def main() -> None:
     floor = stages["decode at 1/8 (floor)"]
     print(f"b/a allowed by this budget:            {inference / (inference + other):.2f}")
     print(f"b/a if all but entropy decoding were free: {inference / (inference + floor):.2f}")
+    # The physical limit: every photo costs at least its inference (cores / ceiling) and its
+    # entropy decode (a 1/8-scale decode, on one core), both on the same cores.
+    limit = 1000 * cores / (inference + floor)
+    print(f"physical limit (inference + entropy decode): {limit:.2f} images/s")
+    print(f"(b) / limit = {b / limit:.2f}")
 
 
 if __name__ == "__main__":
