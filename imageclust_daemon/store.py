@@ -412,17 +412,25 @@ class Store:
             "  SELECT 1 FROM files f WHERE f.content_hash = e.content_hash AND f.state = 'live')"
             " ORDER BY e.content_hash"
         )
+        # Straight into one array: a list of the blobs first doubled the peak (1M photos:
+        # 2 GB of bytes objects beside the 2 GB matrix). This process is the one writer,
+        # so the count holds; were it short, the array grows.
+        (n,) = self.conn.execute(
+            "SELECT count(*) FROM embeddings e WHERE e.model_id = ? AND EXISTS ("
+            "  SELECT 1 FROM files f WHERE f.content_hash = e.content_hash AND f.state = 'live')",
+            (model_id,),
+        ).fetchone()
         hashes: list[str] = []
-        rows: list[bytes] = []
-        for content_hash, blob in self.conn.execute(query, (model_id,)):
-            hashes.append(content_hash)
-            rows.append(blob)
-        if not rows:
-            return hashes, np.zeros((0, 0), dtype=np.float32)
-        x = np.empty((len(rows), len(rows[0]) // 4), dtype=np.float32)
-        for i, blob in enumerate(rows):
+        x = np.zeros((0, 0), dtype=np.float32)
+        for i, (content_hash, blob) in enumerate(self.conn.execute(query, (model_id,))):
+            if i >= x.shape[0]:
+                grown = np.empty((max(n, 2 * i, 1), len(blob) // 4), dtype=np.float32)
+                if i:
+                    grown[:i] = x[:i]
+                x = grown
             x[i] = blob_to_vector(blob)
-        return hashes, x
+            hashes.append(content_hash)
+        return hashes, x[: len(hashes)] if hashes else np.zeros((0, 0), dtype=np.float32)
 
     # -- clusters ------------------------------------------------------------------------------
 

@@ -162,6 +162,31 @@ def test_two_stage_agrees_with_exact_where_both_run() -> None:
     assert partition(staged.labels) == partition(exact.labels) == partition(truth)
 
 
+def test_a_library_past_the_partition_size_is_grouped_cell_by_cell_as_a_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past PARTITION_MIN the library is cut into coarse cells through fine k-means
+    centres, each cell grouped alone at one price: the planted groups come out as the
+    whole library's method finds them, none cut by a cell boundary, the same whatever
+    the order of the rows."""
+    import imageclust_daemon.cluster as method
+
+    x, truth = blobs([40] * 60, d=48, seed=3, spread=0.04)
+    monkeypatch.setattr(method, "PARTITION_TARGET", 600)  # 4 cells
+    monkeypatch.setattr(method, "MICRO_CLUSTERS", 300)
+    whole = cluster(x, 5, 200, exact_max=100, micro_clusters=300)
+    cells = cluster(x, 5, 200, exact_max=100, micro_clusters=300, partition_min=1000)
+    assert whole.method == "two-stage" and cells.method == "partitioned"
+    assert partition(cells.labels) == partition(whole.labels) == partition(truth)
+    shuffled = np.random.default_rng(0).permutation(len(x))
+    again = cluster(x[shuffled], 5, 200, exact_max=100, micro_clusters=300, partition_min=1000)
+    assert (again.labels == cells.labels[shuffled]).all(), "order does not matter"
+    # With groups capped below the planted size, every group is within the limits.
+    capped = cluster(x, 5, 30, exact_max=100, micro_clusters=300, partition_min=1000)
+    sizes = np.bincount(capped.labels[capped.labels >= 0])
+    assert sizes.min() >= 5 and sizes.max() <= 30
+
+
 def test_too_few_points_stay_unclustered() -> None:
     result = cluster(sphere(3, 8, 0), min_size=5, max_size=10)
     assert (result.labels == -1).all() and result.unclustered_fraction == 1.0
