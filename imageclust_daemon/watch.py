@@ -24,7 +24,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
@@ -163,6 +175,24 @@ class ChangeBuffer:
         return ready
 
 
+# The events that say a file may have changed. Asked of the kernel by this list (watchdog
+# builds the inotify mask from it): with every event, the daemon's own rescans made an
+# IN_OPEN and an IN_CLOSE_NOWRITE for each folder they list, so at 1M photos in 10,000
+# folders each rescan overflowed the 16,384-event queue, and the overflow asked for the
+# next rescan: the daemon never came to rest.
+CHANGE_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,  # closed after writing
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+]
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, buffer: ChangeBuffer) -> None:
         self._buffer = buffer
@@ -245,7 +275,9 @@ class Watcher:
 
     def _start(self, observer: BaseObserver, root: Path) -> BaseObserver:
         """One observer per root, so one that fails or dies takes no other root with it."""
-        observer.schedule(_Handler(self._buffer), os.fspath(root), recursive=True)
+        observer.schedule(
+            _Handler(self._buffer), os.fspath(root), recursive=True, event_filter=CHANGE_EVENTS
+        )
         observer.daemon = True
         observer.start()  # inotify adds its watches here, not in schedule()
         return observer

@@ -133,3 +133,36 @@ def test_events_for_temporary_names_are_ignored_and_a_handler_error_asks_for_a_r
     broken = Broken(0.0)
     _Handler(broken).on_any_event(FileCreatedEvent(str(tmp_path / "IMG_5.jpg")))  # no raise
     assert broken.rescan.is_set() and "could not be handled" in broken.rescan_reason
+
+
+def test_reading_the_library_makes_no_events_so_a_rescan_cannot_overflow_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing folders and reading files (what rescans and indexing do) must not queue
+    inotify events at all: at 1M photos in 10,000 folders a rescan made ~40,000 of them,
+    more than the kernel's queue holds (16,384 by default); the overflow asked for a
+    rescan, which listed every folder again, forever."""
+    seen: list[str] = []
+    handle = _Handler.on_any_event
+    monkeypatch.setattr(
+        _Handler, "on_any_event", lambda self, e: (seen.append(e.event_type), handle(self, e))
+    )
+    root = tmp_path / "Photos"
+    (root / "2024").mkdir(parents=True)
+    photo = root / "2024" / "a.jpg"
+    photo.write_bytes(b"\xff\xd8" + bytes(100))
+    buffer = ChangeBuffer(0.0)
+    watcher = Watcher([root], buffer)
+    watcher.start()
+    try:
+        for _ in range(200):
+            os.listdir(root)
+            os.listdir(root / "2024")
+            photo.read_bytes()
+        time.sleep(0.5)  # time for the observer to deliver what the kernel queued
+        assert seen == [], "reading made events"
+        assert len(buffer) == 0 and not buffer.rescan.is_set()
+        photo.write_bytes(b"\xff\xd8" + bytes(200))  # a change still is one
+        assert _wait(lambda: len(buffer) > 0)
+    finally:
+        watcher.stop()
