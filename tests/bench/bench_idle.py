@@ -80,8 +80,8 @@ def main() -> None:
         daemon = subprocess.Popen([*cli, "--log-level", "INFO", "run"], stdout=log, stderr=log)
         try:
             deadline = time.monotonic() + 600
-            # the first rescan, then the first regroup (a minute in) titles every group
-            while b"relabel:" not in (base / "daemon.log").read_bytes():
+            # the first rescan; then the startup regroup, titles and publish, until quiet
+            while b"idle:" not in (base / "daemon.log").read_bytes():
                 if time.monotonic() > deadline or daemon.poll() is not None:
                     raise SystemExit((base / "daemon.log").read_text()[-2000:])
                 time.sleep(0.5)
