@@ -105,6 +105,11 @@ def _embedder(spec: ModelSpec, model_path: str, sha256: str, threads: int) -> Em
         return embedder
 
 
+def settled_set(hashes: list[str]) -> frozenset[str]:
+    """The contents the writer has embedded already, as a worker looks them up."""
+    return frozenset(hashes)
+
+
 def embed_shard(
     files: list[FileStat],
     settled: frozenset[str],
@@ -223,9 +228,11 @@ class Cluster:
         if not to_read:
             return batches.tally
         workers = self.ready_workers()
-        # (in a list: scatter sends a collection's items one by one)
-        [settled] = self.client.scatter(
-            [frozenset(store.settled_hashes(model.id))], broadcast=True, hash=False
+        # Made by a task, not scattered: data scattered to a worker that dies is lost for
+        # good (every shard depending on it then failed); a task's result the scheduler
+        # computes again from its arguments, which it keeps.
+        settled = self.client.submit(
+            settled_set, sorted(store.settled_hashes(model.id)), pure=False, workers=workers
         )
         shards = _shards(to_read, self.shard_files)
         submitted: dict[Any, list[FileStat]] = {}
