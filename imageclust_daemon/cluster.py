@@ -889,14 +889,14 @@ def _labels(
     return _canonical_labels(point_labels)
 
 
-def _coarse_blocks(x: np.ndarray, blocks: int, cancelled: Cancel) -> np.ndarray:
+def _coarse_blocks(x: np.ndarray, order: np.ndarray, blocks: int, cancelled: Cancel) -> np.ndarray:
     """Each point's coarse cell, through fine cells: MICRO_CLUSTERS k-means centres fitted
     on a sample taken in canonical order (so the cells depend on the rows' values, not
     their order), those centres grouped into `blocks` cells, and each point given the cell
     of its nearest fine centre. An album sits in one or two fine cells, so it is rarely
     cut; assigning points to the coarse centres directly cut most of them (in 512
-    dimensions a point is almost as near to every coarse centre)."""
-    order = canonical_order(x)
+    dimensions a point is almost as near to every coarse centre). `order`: x's
+    canonical order."""
     step = max(1, x.shape[0] // COARSE_SAMPLE)
     sample = x[order[::step]]
     fine = min(MICRO_CLUSTERS, sample.shape[0])
@@ -927,7 +927,8 @@ def _partitioned(
     across the library, as a single dendrogram's cut would be), then each cell's points
     placed as `cluster` places them."""
     n = x.shape[0]
-    cells = _coarse_blocks(x, math.ceil(n / PARTITION_TARGET), cancelled)
+    whole = canonical_order(x)
+    cells = _coarse_blocks(x, whole, math.ceil(n / PARTITION_TARGET), cancelled)
     grown: list[tuple[np.ndarray, np.ndarray, _Grown]] = []
     prices: list[tuple[float, int]] = []
     for cell in np.unique(cells):
@@ -959,7 +960,6 @@ def _partitioned(
         labels[rows[order][grouped]] = part[grouped] + k
         k += int(part.max()) + 1 if grouped.any() else 0
     # Numbered by first appearance in canonical order: the same rows, the same labels.
-    whole = canonical_order(x)
     labels[whole] = _canonical_labels(labels[whole])
     return Clustering(labels, k, float((labels < 0).mean()), "partitioned")
 

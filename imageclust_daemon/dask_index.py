@@ -40,6 +40,7 @@ import numpy as np
 from imageclust_daemon import pipeline
 from imageclust_daemon.embed import Embedder, file_sha256
 from imageclust_daemon.errors import ImageclustError
+from imageclust_daemon.models import open_embedder
 from imageclust_daemon.records import FileStat, ModelSpec, display_path
 from imageclust_daemon.store import Store
 
@@ -98,8 +99,6 @@ def _embedder(spec: ModelSpec, model_path: str, sha256: str, threads: int) -> Em
     with _lock:
         embedder = _embedders.get((model_path, sha256))
         if embedder is None:
-            from imageclust_daemon.models import open_embedder
-
             embedder = open_embedder(spec, Path(model_path), threads=threads)
             _embedders[(model_path, sha256)] = embedder
         return embedder

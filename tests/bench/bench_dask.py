@@ -18,6 +18,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,43 +29,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from imageclust_daemon import dask_index, manifest, models, pipeline
 from imageclust_daemon.records import ContentRow, FileRow, FileStat, PhotoMeta
 from imageclust_daemon.store import Store
-from tests.bench.bench_embed import make_library
+from tests.bench.bench_embed import ReaderFor, end_to_end, here, make_library
+
+
+def on_dask(workers: int, model_path: Path) -> ReaderFor:
+    """A LocalCluster(processes=True) of `workers` for the run, its Cluster as the reader."""
+
+    @contextmanager
+    def reader_for(loaded: models.LoadedModel) -> Iterator[pipeline.Reader]:
+        from distributed import LocalCluster
+
+        with LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster:
+            client = dask_index.Cluster.connect(cluster.scheduler_address, model_path, loaded.id)
+            try:
+                client.ready_workers()  # each worker hashes the model file once, before timing
+                yield client.read_and_embed
+            finally:
+                client.close()
+
+    return reader_for
 
 
 def index_rate(model_path: Path, library: Path, batch: int, workers: int) -> float:
     spec = manifest.load_manifest()["clip-vit-b32"]
-    with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "s.sqlite") as store:
-        loaded = models.load_model(spec, model_path, store)
-        reader: pipeline.Reader = pipeline.read_and_embed
-        cluster = None
-        if workers:
-            from distributed import LocalCluster
-
-            cluster = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",
-            )
-            client = dask_index.Cluster.connect(cluster.scheduler_address, model_path, loaded.id)
-            client.ready_workers()  # each worker hashes the model file once, before timing
-            reader = client.read_and_embed
-        try:
-            loaded.embedder.embed(np.zeros((1, 3, 224, 224), np.float32))  # warm up
-            report = pipeline.index(
-                [os.fsencode(library)],
-                store=store,
-                model=loaded,
-                options=pipeline.IndexOptions(batch_size=batch),
-                reader=reader,
-            )
-        finally:
-            if cluster is not None:
-                client.close()
-                cluster.close()
-        assert report.embedded == report.scanned and not report.left, report
-        return report.embedded / report.seconds
+    reader_for = on_dask(workers, model_path) if workers else here
+    return end_to_end(model_path, library, spec, batch, reader_for)
 
 
 def commit_rate(records: int, dim: int = 512, shard: int = 64) -> float:

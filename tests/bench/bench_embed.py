@@ -25,6 +25,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import blake3
@@ -81,17 +83,38 @@ def ceiling(embedder: Embedder, paths: list[Path], spec: models.ModelSpec, batch
     return len(x) / (time.perf_counter() - started)
 
 
-def end_to_end(model_path: Path, library: Path, spec: models.ModelSpec, batch: int) -> float:
-    with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "s.sqlite") as store:
+ReaderFor = Callable[[models.LoadedModel], AbstractContextManager[pipeline.Reader]]
+
+
+@contextmanager
+def here(loaded: models.LoadedModel) -> Iterator[pipeline.Reader]:
+    """Read and embed on this machine (what `index` does without --dask)."""
+    yield pipeline.read_and_embed
+
+
+def end_to_end(
+    model_path: Path,
+    library: Path,
+    spec: models.ModelSpec,
+    batch: int,
+    reader_for: ReaderFor = here,
+) -> float:
+    """`pipeline.index` over `library` into a fresh state database: photos/s."""
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Store.open(Path(tmp) / "s.sqlite") as store,
+    ):
         loaded = models.load_model(spec, model_path, store)
-        loaded.embedder.embed(np.zeros((1, 3, 224, 224), np.float32))  # warm up, as (a)
-        report = pipeline.index(
-            [os.fsencode(library)],
-            store=store,
-            model=loaded,
-            options=pipeline.IndexOptions(batch_size=batch),
-        )
-        assert report.embedded == report.scanned, report
+        with reader_for(loaded) as reader:
+            loaded.embedder.embed(np.zeros((1, 3, 224, 224), np.float32))  # warm up, as (a)
+            report = pipeline.index(
+                [os.fsencode(library)],
+                store=store,
+                model=loaded,
+                options=pipeline.IndexOptions(batch_size=batch),
+                reader=reader,
+            )
+        assert report.embedded == report.scanned and not report.left, report
         return report.embedded / report.seconds
 
 

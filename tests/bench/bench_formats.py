@@ -36,10 +36,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon import camera_raw, decode, manifest, models, pipeline
+from imageclust_daemon import camera_raw, decode, manifest
 from imageclust_daemon.preprocess import model_input
 from imageclust_daemon.records import Preprocessing
-from imageclust_daemon.store import Store
+from tests.bench.bench_embed import end_to_end
 from tests.dng import Preview, dng_bytes
 from tests.tools import fetch_raw_samples
 
@@ -129,18 +129,7 @@ def make_library(folder: Path, n: int, mixed: bool) -> None:
 
 
 def index_rate(model_path: Path, library: Path, batch: int) -> float:
-    spec = manifest.load_manifest()["clip-vit-b32"]
-    with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "s.sqlite") as store:
-        loaded = models.load_model(spec, model_path, store)
-        loaded.embedder.embed(np.zeros((1, 3, 224, 224), np.float32))  # warm up
-        report = pipeline.index(
-            [os.fsencode(library)],
-            store=store,
-            model=loaded,
-            options=pipeline.IndexOptions(batch_size=batch),
-        )
-        assert report.embedded == report.scanned, report
-        return report.embedded / report.seconds
+    return end_to_end(model_path, library, manifest.load_manifest()["clip-vit-b32"], batch)
 
 
 def main() -> None:
