@@ -3,12 +3,14 @@
 The catalog stays small: it holds no embeddings. Beside it, each publish leaves a
 snapshot of the current model's embeddings of the library's indexed photos, one
 row per distinct content (duplicates count once), and the catalog names it in
-`catalog_info` (`search_snapshot`, `search_token`). Both are built from one read
-of the state database, so a catalog and the snapshot it names always agree. The
-file's name carries a digest of what it holds (model, contents, offline flags): a
-publish that changes none of that keeps the file it has, and a reader that opened
-the old catalog still finds the old file (the one before is kept until the next
-change).
+`catalog_info` (`search_snapshot`, `search_token`). The snapshot is written on a
+thread of its own, from its own read of the state database, beside the catalog's
+build; its rows are checked against the catalog's own indexed photos, and written
+again from those when the two reads differ, so a catalog and the snapshot it names
+always agree. The file's name carries a digest of what it holds (model, contents,
+offline flags): a publish that changes none of that keeps the file it has, and a
+reader that opened the old catalog still finds the old file (the one before is
+kept until the next change).
 
 The snapshot format (little-endian), so any program can read it:
 
@@ -30,15 +32,18 @@ is closer).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import sqlite3
 import struct
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
+from urllib.parse import quote
 
 import blake3
 import numpy as np
@@ -47,7 +52,7 @@ from imageclust_daemon import decode, models
 from imageclust_daemon.config import Config
 from imageclust_daemon.embed import file_sha256, model_id
 from imageclust_daemon.errors import ImageclustError, UsageError
-from imageclust_daemon.store import Store
+from imageclust_daemon.store import READ_MMAP_BYTES, Store
 
 MAGIC = b"ICSEARCH"
 FORMAT = 1
@@ -108,63 +113,136 @@ _ROWS = (
     "SELECT p.content_hash, min(p.offline) FROM photos p WHERE p.status = 'indexed' "
     "AND p.shown_as = p.content_hash GROUP BY p.content_hash ORDER BY p.content_hash"
 )
-# In content-hash order straight from the (model_id, content_hash) index: no sort of
-# 200 MB of vectors at 100k photos (1.85 s with a join and ORDER BY; 0.64 s this way).
-_VECTORS = (
-    "SELECT e.vector FROM state.embeddings e WHERE e.model_id = ? AND e.content_hash IN "
-    "(SELECT content_hash FROM photos WHERE status = 'indexed' AND shown_as = content_hash) "
-    "ORDER BY e.content_hash"
-)
 
 
 def snapshot_name(catalog_name: str, token: str) -> str:
     return f"{catalog_name}.search-{token[:32]}"
 
 
-def write(
-    conn: sqlite3.Connection, folder: Path, catalog_name: str, model_id: str | None
-) -> tuple[str, str]:
-    """Write the snapshot of a catalog being built on `conn` (its `photos` filled, the
-    state database attached as `state`, inside the build's read transaction) into
-    `folder`, unless a file with the same content is there. Returns (file name, token)."""
-    rows = conn.execute(_ROWS).fetchall()
+@dataclass(frozen=True)
+class Plan:
+    """What a snapshot holds, its digest and its name."""
+
+    name: str  # the file's name
+    token: str  # the digest of what it holds
+    model_id: str | None
+    hashes: bytes  # the rows' content hashes, 32 raw bytes each, sorted
+    offline: bytes  # a byte a row: 1 if every path of that content is offline
+    there: bool  # a file with this content is in place already: nothing to write
+
+    def __len__(self) -> int:
+        return len(self.offline)
+
+
+def catalog_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, int]]:
+    """The snapshot's rows as the catalog being built on `conn` has them (its `photos`
+    filled): (content hash, 1 if every path is offline), sorted by content hash."""
+    return iter(conn.execute(_ROWS))
+
+
+def plan(
+    rows: Iterable[tuple[str, int]], folder: Path, catalog_name: str, model_id: str | None
+) -> Plan:
+    """The snapshot of `rows` (sorted by content hash): its token, its name, and whether
+    a file with that content is in `folder` already."""
+    hashes, offline = bytearray(), bytearray()
+    rows = iter(rows)
+    while run := list(itertools.islice(rows, 65_536)):  # whole runs: 1 us a row, not 3
+        hashes += bytes.fromhex("".join(content_hash for content_hash, _ in run))
+        offline += bytes(1 if away else 0 for _, away in run)
+    if len(hashes) != len(offline) * _HASH_BYTES:
+        raise SearchError("snapshot: a content hash is not 32 bytes of hex")
     digest = blake3.blake3(f"{FORMAT}\n{model_id or ''}\n".encode())
-    for content_hash, offline in rows:
-        digest.update(f"{content_hash} {int(offline)}\n".encode())
+    digest.update(hashes)
+    digest.update(offline)
     token = digest.hexdigest()
     name = snapshot_name(catalog_name, token)
-    dest = folder / name
-    if dest.is_file():
-        try:
-            if read(dest).token == token:
-                return name, token
-        except SearchError:
-            pass  # damaged: written again below
+    there = False
+    if (folder / name).is_file():
+        with contextlib.suppress(SearchError):  # damaged: written again
+            there = read(folder / name).token == token
+    return Plan(name, token, model_id, bytes(hashes), bytes(offline), there)
+
+
+def open_state(state_db: Path) -> sqlite3.Connection:
+    """A read-only connection to the state database for reading all of its embeddings."""
+    state = sqlite3.connect(
+        f"file:{quote(os.fspath(state_db.resolve()))}?mode=ro", uri=True, isolation_level=None
+    )
+    state.execute(f"PRAGMA mmap_size = {READ_MMAP_BYTES}")
+    return state
+
+
+class Cancelled(Exception):
+    """The build the snapshot belonged to failed; its file was not put in place."""
+
+
+def write(
+    plan: Plan,
+    state: sqlite3.Connection,
+    folder: Path,
+    catalog_name: str,
+    cancel: threading.Event,
+) -> None:
+    """Write the planned snapshot into `folder` unless it is there, the embeddings read
+    on `state` (a connection to the state database: it may run on a thread of its own,
+    beside the catalog's build; SQLite and file writes let go of the GIL). A missing
+    embedding is a SearchError. Stops with Cancelled, leaving nothing, once `cancel` is
+    set."""
+    if plan.there:
+        return
     tmp = folder / f".{catalog_name}.{os.getpid()}.search.tmp"
     try:
         with open(tmp, "wb") as out:
-            _write_file(out, conn, rows, model_id, token)
+            _write_file(out, _vectors(state, plan), plan, cancel)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o444)
-        os.replace(tmp, dest)
+        os.replace(tmp, folder / plan.name)
     finally:
         tmp.unlink(missing_ok=True)
-    return name, token
+
+
+def _vectors(state: sqlite3.Connection, plan: Plan) -> Iterator[bytes]:
+    """The embedding of each of the plan's rows, in its order: one pass over the model's
+    embeddings in content-hash order, the rows' hashes picked out as they come."""
+    if plan.model_id is None or not len(plan):
+        return
+    found = state.execute(
+        "SELECT content_hash, vector FROM embeddings WHERE model_id = ? ORDER BY content_hash",
+        (plan.model_id,),
+    )
+    for row in range(len(plan)):
+        wanted = plan.hashes[row * _HASH_BYTES : (row + 1) * _HASH_BYTES].hex()
+        vector = _seek(found, wanted)
+        if vector is None:
+            raise SearchError(f"snapshot: no embedding of {wanted} by {plan.model_id}")
+        yield vector
+
+
+def _seek(found: Iterator[tuple[str, bytes]], wanted: str) -> bytes | None:
+    """The vector of `wanted` from `found` (sorted by hash), moved past it; None if absent."""
+    for content_hash, vector in found:
+        if content_hash == wanted:
+            return vector
+        if content_hash > wanted:
+            return None
+    return None
 
 
 def _write_file(
-    out: IO[bytes],
-    conn: sqlite3.Connection,
-    rows: list[tuple[str, int]],
-    model_id: str | None,
-    token: str,
+    out: IO[bytes], vectors: Iterator[bytes], plan: Plan, cancel: threading.Event
 ) -> None:
-    vectors = conn.execute(_VECTORS, (model_id,)) if model_id else iter(())
     first = next(vectors, None)
-    dim = len(first[0]) // 4 if first is not None else 0
-    n = len(rows) if first is not None else 0
-    header = {"format": FORMAT, "model": model_id or "", "dim": dim, "count": n, "token": token}
+    dim = len(first) // 4 if first is not None else 0
+    n = len(plan) if first is not None else 0
+    header = {
+        "format": FORMAT,
+        "model": plan.model_id or "",
+        "dim": dim,
+        "count": n,
+        "token": plan.token,
+    }
     # The offsets depend on the header's length, which depends on the offsets' digits:
     # reserve room for the largest offsets this file can have, then fill them in.
     reserve = {"hashes_offset": 10**15, "flags_offset": 10**15, "matrix_offset": 10**15}
@@ -177,28 +255,26 @@ def _write_file(
     out.write(MAGIC + struct.pack("<I", len(encoded)) + encoded)
     _pad_to(out, hashes_at)
     if n:
-        out.write(b"".join(bytes.fromhex(h) for h, _ in rows))
+        out.write(plan.hashes)
     _pad_to(out, flags_at)
     if n:
-        out.write(bytes(int(bool(f)) for _, f in rows))
+        out.write(plan.offline)
     _pad_to(out, matrix_at)
     written = 0
     if first is not None:
         # In runs of 4,096 rows, one write each (one write a row cost 5.7 s at 1M photos).
-        rows_left: Iterator[tuple[bytes]] = _chain(first, vectors)
-        while run := [blob for (blob,) in itertools.islice(rows_left, 4096)]:
+        rest = itertools.chain([first], vectors)
+        while run := list(itertools.islice(rest, 4096)):
+            if cancel.is_set():
+                raise Cancelled
             if any(len(blob) != dim * 4 for blob in run):
-                raise SearchError(f"embeddings of {model_id} differ in length; cannot snapshot")
+                raise SearchError(
+                    f"embeddings of {plan.model_id} differ in length; cannot snapshot"
+                )
             out.write(b"".join(run))
             written += len(run)
-    if written != n:  # the two reads of one transaction disagree: never expected
+    if written != n:  # _vectors raises first: never expected
         raise SearchError(f"snapshot: {written} embeddings for {n} photos")
-
-
-def _chain(first: tuple[bytes] | None, rest: Iterator[tuple[bytes]]) -> Iterator[tuple[bytes]]:
-    if first is not None:
-        yield first
-        yield from rest
 
 
 def _aligned(offset: int) -> int:

@@ -35,6 +35,9 @@ from imageclust_daemon.records import (
 
 log = logging.getLogger(__name__)
 
+# For a bulk read of the whole state database (a publish): read through the page cache of
+# the OS without a copy. Address space, not memory: the pages are the OS's to evict.
+READ_MMAP_BYTES = 1 << 34
 BUSY_TIMEOUT_MS = 10_000  # a concurrent `status` or catalog publish holds the lock for < 1 s
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from imageclust_daemon import catalog, search
+from imageclust_daemon.errors import DatabaseError
 from imageclust_daemon.store import Store
 from tests.conftest import run_cli
 from tests.library import scene_library, write_variant
@@ -249,6 +250,78 @@ def test_offline_photos_are_marked(tmp_path: Path, tiny_model: Path) -> None:
     found = search.hits(dest, snapshot, search.rank(snapshot, query, 10))
     marked = {p for h in found if h.offline for p in h.paths}
     assert marked == {os.fsdecode(p) for p in away}
+
+
+def _indexed_library(tmp_path: Path, tiny_model: Path) -> tuple[Path, str, list[bytes]]:
+    """Two scenes of three photos in a state database, as the daemon indexes them.
+    Returns (the state database, the model id, the paths)."""
+    from imageclust_daemon import models as models_module
+    from imageclust_daemon import pipeline
+    from imageclust_daemon.manifest import load_manifest
+
+    root = tmp_path / "Photos"
+    scene_library(root, 2, 3)
+    state = tmp_path / "state.sqlite"
+    with Store.open(state) as store:
+        loaded = models_module.load_model(load_manifest()["clip-vit-b32"], tiny_model, store)
+        pipeline.index([os.fsencode(root)], store=store, model=loaded)
+    paths = sorted(os.fsencode(p) for p in root.rglob("*.jp*g"))
+    return state, loaded.id, paths
+
+
+def test_the_snapshot_is_the_catalogs_even_if_the_state_changes_while_it_is_written(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot is written from a read of its own, beside the catalog's build. A
+    change committed between the two reads (photos gone offline) gives the thread other
+    rows than the catalog's: the catalog still names a snapshot of its own rows."""
+    state, model, paths = _indexed_library(tmp_path, tiny_model)
+    write_snapshot = catalog._write_snapshot
+
+    def after_a_change(*args: Any) -> search.Plan:
+        with Store.open(state) as store:
+            store.set_offline(paths[:3], True)
+        return write_snapshot(*args)
+
+    monkeypatch.setattr(catalog, "_write_snapshot", after_a_change)
+    dest = tmp_path / "out" / "catalog.sqlite"
+    catalog.publish(state, dest, model_id=model, daemon_version="test")
+    conn = sqlite3.connect(f"file:{dest}?mode=ro", uri=True)
+    offline = conn.execute("SELECT sum(offline) FROM photos").fetchone()[0]
+    token = conn.execute("SELECT value FROM catalog_info WHERE key = 'search_token'").fetchone()
+    conn.close()
+    snapshot = search.open_for(dest)
+    assert offline == 0 and int(snapshot.offline.sum()) == 0, "as the catalog read the state"
+    assert snapshot.token == token[0] and len(snapshot) == 6
+    assert [p.name for p in dest.parent.iterdir() if ".search" in p.name] == [snapshot.path.name]
+    monkeypatch.undo()
+    catalog.publish(state, dest, model_id=model, daemon_version="test")
+    assert int(search.open_for(dest).offline.sum()) == 3, "the next publish has the change"
+
+
+def test_a_publish_that_fails_leaves_no_temporary_file_and_the_catalog_it_had(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, model, paths = _indexed_library(tmp_path, tiny_model)
+    dest = tmp_path / "out" / "catalog.sqlite"
+    catalog.publish(state, dest, model_id=model, daemon_version="test")
+    before = search.open_for(dest).path
+    with Store.open(state) as store:
+        store.set_offline(paths[:2], True)
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(catalog, "_finish", fail)
+    with pytest.raises(DatabaseError, match="disk I/O error"):
+        catalog.publish(state, dest, model_id=model, daemon_version="test")
+    assert not [p for p in dest.parent.iterdir() if p.name.endswith(".tmp")]
+    assert search.open_for(dest).path == before and int(search.open_for(dest).offline.sum()) == 0
+    monkeypatch.undo()
+    catalog.publish(state, dest, model_id=model, daemon_version="test")
+    assert int(search.open_for(dest).offline.sum()) == 2
+    kept = {p.name for p in dest.parent.iterdir() if ".search" in p.name}
+    assert kept == {search.open_for(dest).path.name, before.name}, "this one and the one before"
 
 
 def test_rank_is_the_top_of_a_full_sort_best_first() -> None:
