@@ -333,10 +333,12 @@ def test_damaged_jpeg_raises_only_decode_error(edits: list[tuple[int, int]], cut
     _check_junk(bytes(data[:cut]))
 
 
-def _camera_like_jpeg(orientation: int | None = None) -> bytes:
-    """A 3000x2000 photo with sensor-like noise: large enough for a reduced-scale JPEG decode."""
+def _camera_like_jpeg(
+    orientation: int | None = None, size: tuple[int, int] = (3000, 2000)
+) -> bytes:
+    """A photo with sensor-like noise: large enough for a reduced-scale JPEG decode."""
     rng = np.random.default_rng(5)
-    smooth = np.asarray(photos.photo_like(3, size=(3000, 2000)), np.float32)
+    smooth = np.asarray(photos.photo_like(3, size=size), np.float32)
     noisy = np.clip(smooth + rng.normal(0, 6, smooth.shape), 0, 255).astype(np.uint8)
     img = Image.fromarray(noisy)
     if orientation:
@@ -347,13 +349,21 @@ def _camera_like_jpeg(orientation: int | None = None) -> bytes:
     return out.getvalue()
 
 
-def test_reduced_jpeg_decode_stays_close_to_the_reference() -> None:
-    """The fast path (DCT-scaled decode to >= 448 px, then the reference resize) against
+@pytest.mark.parametrize(
+    ("size", "scale"), [((3000, 2000), 4), ((4000, 3000), 8)], ids=["6MP-quarter", "12MP-eighth"]
+)
+def test_reduced_jpeg_decode_stays_close_to_the_reference(
+    size: tuple[int, int], scale: int
+) -> None:
+    """The fast path (DCT-scaled decode to >= 336 px, then the reference resize) against
     CLIP's reference on the full-size pixels: max 0.05, mean 0.005 in normalized units
     (one grey level is ~0.015)."""
     from transformers import CLIPImageProcessorPil
 
-    data = _camera_like_jpeg()
+    data = _camera_like_jpeg(size=size)
+    with Image.open(io.BytesIO(data)) as img:
+        img.draft(None, (decode_module._draft_target(Preprocessing()),) * 2)
+        assert img.size == (size[0] // scale, size[1] // scale)
     fast = decode(data, Preprocessing()).pixels
     exact = decode(data, Preprocessing(), reduced_decode=False).pixels
     with Image.open(io.BytesIO(data)) as img:

@@ -356,3 +356,26 @@ def test_a_jpeg_with_endless_scans_is_refused_before_it_is_decoded() -> None:
     endless = real[:end] + real[last:end] * 150 + real[end:]
     with pytest.raises(DecodeError, match=r"a JPEG of 1[56][0-9] scans"):
         decode.decode(endless, SPEC, path="endless.jpg")
+
+
+def test_a_sequential_jpeg_is_not_counted_and_its_extra_scans_are_refused_as_broken() -> None:
+    """A camera's JPEG (sequential, one scan of every component) is not searched for
+    scans; libjpeg stops at a second scan of such a file without decoding it, so 150
+    repeats of its scan are a failure, not 150 decodes."""
+    import io
+
+    out = io.BytesIO()
+    photos.photo_like(2, size=(1600, 1200)).save(out, "JPEG", quality=90)
+    real = out.getvalue()
+    assert decode._one_scan(real)
+    decode.decode(real, SPEC, path="ok.jpg", reduced_decode=False)
+    sos, end = real.index(b"\xff\xda"), real.rindex(b"\xff\xd9")
+    repeated = real[:end] + real[sos:end] * 150 + real[end:]
+    assert decode._one_scan(repeated)
+    with pytest.raises(DecodeError, match="broken data stream"):
+        decode.decode(repeated, SPEC, path="repeated.jpg", reduced_decode=False)
+    for progressive, components in ((True, "RGB"), (False, "CMYK")):
+        out = io.BytesIO()
+        Image.new(components, (64, 48)).save(out, "JPEG", progressive=progressive)
+        assert decode._one_scan(out.getvalue()) is not progressive
+    assert not decode._one_scan(b"\xff\xd8\xff\xe0\x00")  # cut short: counted

@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon import manifest, models, pipeline
+from imageclust_daemon import decode, manifest, models, pipeline
 from imageclust_daemon.embed import Embedder, model_io, open_session
 from imageclust_daemon.preprocess import model_input
 from imageclust_daemon.store import Store
@@ -149,7 +149,7 @@ def budget(paths: list[Path], spec: models.ModelSpec) -> dict[str, float]:
         blake3.blake3(data).hexdigest()
         return data
 
-    target = 2 * spec.preprocessing.resize_shortest
+    target = decode._draft_target(spec.preprocessing)
     for path in paths:
         data = timed("read+hash", lambda: read_and_hash(path))  # noqa: B023
         with Image.open(io.BytesIO(data)) as img:
