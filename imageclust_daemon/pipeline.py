@@ -307,8 +307,10 @@ def look(
     store: Store,
     excluder: scan.Excluder,
     on_scan_error: scan.OnError,
-) -> Looked:
-    """Walk the roots (or just `only` under them) and fetch what the database knows there."""
+    stop: threading.Event | None = None,
+) -> Looked | None:
+    """Walk the roots (or just `only` under them) and fetch what the database knows there.
+    None if `stop` was set during the walk: what it saw is not the library."""
     given = [os.path.abspath(r).rstrip(b"/") or b"/" for r in roots]
     real = [os.path.realpath(r) for r in roots]
     extensions = scan.image_extensions(decode.enable_heif())
@@ -319,7 +321,9 @@ def look(
         found = scan.walk_all(
             real, extensions, excluder, on_scan_error, unreachable, unread, skipped
         )
-        scanned = {f.path: f for f in found}
+        scanned = _until_stopped(found, stop)
+        if scanned is None:
+            return None
         kinds = dict(Counter(skipped.values()))
         known = store.files_under(real)
         return Looked(real, False, real, scanned, known, unreachable, len(unread), kinds)
@@ -329,6 +333,19 @@ def look(
     scanned = {f.path: f for f in found}
     looked_at = [r for r in real if scan.under_any(r, paths)]  # a root itself deleted
     return Looked(real, True, looked_at, scanned, store.files_at(paths), unreachable, 0, None)
+
+
+def _until_stopped(
+    found: Iterable[FileStat], stop: threading.Event | None
+) -> dict[bytes, FileStat] | None:
+    """The files found by path; None as soon as `stop` is set (a walk of 1M files takes
+    ~30 s: a daemon asked to stop does not wait for it)."""
+    scanned: dict[bytes, FileStat] = {}
+    for f in found:
+        if stop is not None and stop.is_set():
+            return None
+        scanned[f.path] = f
+    return scanned
 
 
 def plan_with_moves(seen: Looked, unreachable: Collection[bytes], store: Store) -> Plan:
@@ -564,7 +581,9 @@ def index(
     (`IndexOptions.settle_seconds`). `stop`: when set, finish the current batch and return.
     """
     started = time.monotonic()
-    seen = look(roots, only, store, options.excluder, on_scan_error)
+    seen = look(roots, only, store, options.excluder, on_scan_error, stop)
+    if seen is None:  # stopped during the walk: nothing was learnt, nothing is changed
+        return IndexReport(stopped=True, seconds=time.monotonic() - started)
     judged = presence.assess(
         seen.scanned,
         seen.known,

@@ -136,6 +136,7 @@ class IndexReport:
     heif_unread: int = 0  # .heic/.heif files seen that this install cannot read (no plugin)
     skipped: dict[str, int] = field(default_factory=dict)  # videos, sidecars: by kind
     left: int = 0  # files a Dask cluster did not finish: the next (local) index reads them
+    stopped: bool = False  # asked to stop during the walk: nothing was looked at or changed
     seconds: float = 0.0
 
     @property

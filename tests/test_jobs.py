@@ -242,3 +242,27 @@ print("rescan" if buffer.rescan.is_set() else "no rescan")
     # stops right after it started ("queue_events() called when the thread is inactive").
     shown = [line for line in result.stderr.splitlines() if " ERROR " not in line]
     assert shown == [], "the ERROR level still hides warnings"
+
+
+def test_a_stop_publishes_only_what_this_run_changed(make_jobs: Callable[..., Any]) -> None:
+    """A stop publishes what changed since the last publish; a daemon stopped before it
+    changed anything does not spend a publish (~22 s at 1M photos) on the same catalog."""
+    cfg, root, _, first = make_jobs()
+    scene_library(root, 2, 4)
+    first.reconcile()
+    first.shutdown()  # indexed, not yet published: the stop publishes it
+    published = cfg.catalog_path.stat().st_ino
+    _, _, _, second = make_jobs()
+    second.reconcile()  # nothing changed
+    second.shutdown()
+    assert cfg.catalog_path.stat().st_ino == published, "published again for nothing"
+    photos.save_jpeg(photos.photo_like(9, scene=1), root / "new.jpg")
+    _, _, _, third = make_jobs()
+    third.reconcile()
+    third.shutdown()
+    assert cfg.catalog_path.stat().st_ino != published
+    conn = sqlite3.connect(f"file:{cfg.catalog_path}?mode=ro", uri=True)
+    try:
+        assert conn.execute("SELECT count(*) FROM photos").fetchone() == (9,)
+    finally:
+        conn.close()

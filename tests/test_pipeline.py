@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -511,3 +512,38 @@ def test_a_watcher_walk_that_sees_most_of_a_root_vanish_leaves_it_to_a_full_resc
         full = _index_in_process(store, loaded, [root])
         assert (full.moved, full.gone, full.offline, full.bytes_read) == (60, 60, 0, 0)
         assert store.status(loaded.id)["files"] == 90
+
+
+class _SetDuringTheWalk(threading.Event):
+    """A stop that is set after it has been looked at `after` times."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.looks = after
+
+    def is_set(self) -> bool:
+        self.looks -= 1
+        return self.looks < 0 or super().is_set()
+
+
+def test_a_stop_during_the_walk_returns_at_once_and_changes_nothing(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """A daemon asked to stop does not wait for a long walk; what a walk cut short saw is
+    not the library, so no photo is taken for gone and nothing new is read."""
+    root = tmp_path / "Photos"
+    _photos(root, 10)
+    spec = manifest.load_manifest()["clip-vit-b32"]
+    with Store.open(tmp_path / "state.sqlite") as store:
+        loaded = models.load_model(spec, tiny_model, store)
+        assert _index_in_process(store, loaded, [root]).embedded == 10
+        for photo in sorted(root.iterdir())[:5]:
+            photo.unlink()
+        _photos(root / "new", 2, first=10)
+        before = store.status(loaded.id)
+        stopped = _index_in_process(store, loaded, [root], stop=_SetDuringTheWalk(3))
+        assert stopped.stopped and (stopped.scanned, stopped.gone, stopped.embedded) == (0, 0, 0)
+        assert not stopped.changed
+        assert store.status(loaded.id) == before
+        again = _index_in_process(store, loaded, [root])
+        assert not again.stopped and (again.gone, again.embedded) == (5, 2)
