@@ -4,7 +4,9 @@
 
 Writes N small real JPEGs (100 per folder), indexes them (the tiny test model by
 default, so the index is quick), starts `imageclust run`, waits until its first
-rescan is done, then samples the daemon's RSS and CPU time over `--seconds`.
+rescan is done, then samples the daemon's RSS and CPU time over `--seconds`. Then
+measures how long a stop (SIGTERM) takes at rest, and `--stop-after` seconds into
+the first full rescan of a second start.
 With `--model`, the daemon starts with that model (e.g. a ViT-B/32 from
 tests/tools/make_vit_model.py): it is opened once at start, then dropped while idle.
 """
@@ -56,6 +58,7 @@ def main() -> None:
     p.add_argument("--photos", type=int, default=100_000)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--model", type=Path, help="the model the daemon runs with")
+    p.add_argument("--stop-after", type=float, default=3.0, help="seconds into the rescan")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
@@ -79,12 +82,7 @@ def main() -> None:
         log = open(base / "daemon.log", "wb")  # noqa: SIM115
         daemon = subprocess.Popen([*cli, "--log-level", "INFO", "run"], stdout=log, stderr=log)
         try:
-            deadline = time.monotonic() + 600
-            # the first rescan; then the startup regroup, titles and publish, until quiet
-            while b"idle:" not in (base / "daemon.log").read_bytes():
-                if time.monotonic() > deadline or daemon.poll() is not None:
-                    raise SystemExit((base / "daemon.log").read_text()[-2000:])
-                time.sleep(0.5)
+            wait_for(base / "daemon.log", b"idle:", daemon)
             # the first rescan is done; let the startup recluster, relabel and publish finish
             quiet = 0
             while quiet < 20:
@@ -104,10 +102,35 @@ def main() -> None:
                 f"({Path(model).name}): RSS {rss1:.0f} MB (peak {peak:.0f} MB), "
                 f"CPU {100 * (cpu1 - cpu0) / elapsed:.2f}% of one core"
             )
+            print(f"stop at rest: {stop(daemon):.1f} s")
+            # Again, stopped a few seconds into its first full rescan.
+            log.seek(0)
+            log.truncate()
+            daemon = subprocess.Popen([*cli, "--log-level", "INFO", "run"], stdout=log, stderr=log)
+            wait_for(base / "daemon.log", b"first rescan started", daemon)
+            time.sleep(args.stop_after)
+            print(f"stop {args.stop_after:.0f} s into the first rescan: {stop(daemon):.1f} s")
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(timeout=30)
+            if daemon.poll() is None:
+                daemon.send_signal(signal.SIGTERM)
+                daemon.wait(timeout=120)
             log.close()
+
+
+def wait_for(log: Path, line: bytes, daemon: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 1200
+    while line not in log.read_bytes():
+        if time.monotonic() > deadline or daemon.poll() is not None:
+            raise SystemExit(log.read_text()[-2000:])
+        time.sleep(0.2)
+
+
+def stop(daemon: subprocess.Popen[bytes]) -> float:
+    """SIGTERM, as systemd stops it; seconds until the process has exited."""
+    started = time.monotonic()
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(timeout=300)
+    return time.monotonic() - started
 
 
 if __name__ == "__main__":
