@@ -147,7 +147,7 @@ def plan(
     a file with that content is in `folder` already."""
     hashes, offline = bytearray(), bytearray()
     rows = iter(rows)
-    while run := list(itertools.islice(rows, 65_536)):  # whole runs: 1 us a row, not 3
+    while run := list(itertools.islice(rows, 65_536)):  # whole runs: 0.2 us a row, not 0.7
         hashes += bytes.fromhex("".join(content_hash for content_hash, _ in run))
         offline += bytes(1 if away else 0 for _, away in run)
     if len(hashes) != len(offline) * _HASH_BYTES:
