@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -314,11 +314,8 @@ def _build(
         if written.token != snapshot.token:
             # The state database changed between the two reads (no writer runs beside a
             # publish, so not expected): the snapshot the catalog names, written now.
-            state = search.open_state(state_db)
-            try:
+            with closing(_open_state(state_db)) as state:
                 search.write(snapshot, state, dest.parent, dest.name, cancel)
-            finally:
-                state.close()
     finally:
         conn.close()
     return snapshot.name
@@ -368,14 +365,20 @@ def _fill_photos(
     )
 
 
+def _open_state(state_db: Path) -> sqlite3.Connection:
+    """A read-only connection of its own to the state database, for reading all of it."""
+    state = sqlite3.connect(uri(state_db, mode="ro"), uri=True, isolation_level=None)
+    state.execute(f"PRAGMA mmap_size = {READ_MMAP_BYTES}")
+    return state
+
+
 def _write_snapshot(
     state_db: Path, shown: dict[str, str], dest: Path, model_id: str | None, cancel: threading.Event
 ) -> search.Plan:
     """The search snapshot of the catalog being built at `dest`, from a read of its own of
     the state database: the contents of the live files that will be 'indexed' in the
     catalog, less the RAWs shown as their JPEG."""
-    state = search.open_state(state_db)
-    try:
+    with closing(_open_state(state_db)) as state:
         state.execute("BEGIN")  # the rows and their embeddings from one read
         found = state.execute(
             "SELECT f.content_hash, min(f.offline_since IS NOT NULL) "
@@ -388,8 +391,6 @@ def _write_snapshot(
         snapshot = search.plan(rows, dest.parent, dest.name, model_id)
         search.write(snapshot, state, dest.parent, dest.name, cancel)
         return snapshot
-    finally:
-        state.close()
 
 
 def _finish(

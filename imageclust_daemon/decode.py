@@ -273,8 +273,9 @@ def _decode(
     with _reasons(path, kind), Image.open(source, formats=allowed_formats()) as image:
         # JPEG decodes at 1/2, 1/4 or 1/8 scale in the DCT for a fraction of the cost, kept
         # at >= 1.5x the resize target so the bicubic resize still does the final
-        # filtering. A 12 MP photo decodes at 1/8: 39 -> 30 ms and its resize 7 -> 2 ms
-        # against 1/4 (the 2x of before). Differs from the full-size path by <= 0.05 (mean
+        # filtering. A 12 MP photo decodes at 1/8: 39 -> 30 ms and its resize 7 -> 3 ms
+        # against 1/4 (the 2x of before; other formats are still averaged down, by
+        # `reduced`, to 2x). Differs from the full-size path by <= 0.05 (mean
         # <= 0.005) in normalized units (tests/test_decode.py). On 33 real images (Debian's
         # wallpapers and OpenCV's samples, shorter side 1080-4096) the features of a real
         # model (EfficientNet-Lite0, ImageNet) keep a cosine to the full-size decode's of

@@ -226,32 +226,6 @@ def test_publishes_keep_one_snapshot_per_catalog_and_rewrite_only_on_change(
     assert named in snapshots and len(snapshots) <= 2, snapshots
 
 
-def test_offline_photos_are_marked(tmp_path: Path, tiny_model: Path) -> None:
-    """Built through the store and the publish, as the daemon does."""
-    from imageclust_daemon import models as models_module
-    from imageclust_daemon import pipeline
-    from imageclust_daemon.manifest import load_manifest
-
-    root = tmp_path / "Photos"
-    scene_library(root, 2, 3)
-    state = tmp_path / "state.sqlite"
-    spec = load_manifest()["clip-vit-b32"]
-    with Store.open(state) as store:
-        loaded = models_module.load_model(spec, tiny_model, store)
-        pipeline.index([os.fsencode(root)], store=store, model=loaded)
-        away = [os.fsencode(p) for p in sorted((root / "event 1").iterdir())]
-        store.set_offline(away, True)
-        model = loaded.id
-    dest = tmp_path / "out" / "catalog.sqlite"
-    catalog.publish(state, dest, model_id=model, daemon_version="test")
-    snapshot = search.open_for(dest)
-    assert len(snapshot) == 6 and int(snapshot.offline.sum()) == 3
-    query = np.asarray(snapshot.matrix[0])
-    found = search.hits(dest, snapshot, search.rank(snapshot, query, 10))
-    marked = {p for h in found if h.offline for p in h.paths}
-    assert marked == {os.fsdecode(p) for p in away}
-
-
 def _indexed_library(tmp_path: Path, tiny_model: Path) -> tuple[Path, str, list[bytes]]:
     """Two scenes of three photos in a state database, as the daemon indexes them.
     Returns (the state database, the model id, the paths)."""
@@ -265,8 +239,24 @@ def _indexed_library(tmp_path: Path, tiny_model: Path) -> tuple[Path, str, list[
     with Store.open(state) as store:
         loaded = models_module.load_model(load_manifest()["clip-vit-b32"], tiny_model, store)
         pipeline.index([os.fsencode(root)], store=store, model=loaded)
-    paths = sorted(os.fsencode(p) for p in root.rglob("*.jp*g"))
+    paths = sorted(os.fsencode(p) for p in root.rglob("*") if p.is_file())
     return state, loaded.id, paths
+
+
+def test_offline_photos_are_marked(tmp_path: Path, tiny_model: Path) -> None:
+    """Built through the store and the publish, as the daemon does."""
+    state, model, _ = _indexed_library(tmp_path, tiny_model)
+    away = [os.fsencode(p) for p in sorted((tmp_path / "Photos" / "event 1").iterdir())]
+    with Store.open(state) as store:
+        store.set_offline(away, True)
+    dest = tmp_path / "out" / "catalog.sqlite"
+    catalog.publish(state, dest, model_id=model, daemon_version="test")
+    snapshot = search.open_for(dest)
+    assert len(snapshot) == 6 and int(snapshot.offline.sum()) == 3
+    query = np.asarray(snapshot.matrix[0])
+    found = search.hits(dest, snapshot, search.rank(snapshot, query, 10))
+    marked = {p for h in found if h.offline for p in h.paths}
+    assert marked == {os.fsdecode(p) for p in away}
 
 
 def test_the_snapshot_is_the_catalogs_even_if_the_state_changes_while_it_is_written(
