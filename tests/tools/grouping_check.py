@@ -1,6 +1,6 @@
 """Dev-only: how often the automatic group count is right, on generated scenes.
 
-    python tests/tools/grouping_check.py [--seeds 100]
+    python tests/tools/grouping_check.py [--seeds 100] [--limits 5-30,3-12]
 
 Each case draws scenes as points on the unit sphere (512 dimensions, as CLIP's
 embeddings are): a centre per scene, and its photos scattered around it with a
@@ -16,7 +16,8 @@ are clearly apart, so the right count is the number of scenes. Cases:
 - `with-odd`: `varied`, plus 1-4 one-off photos far from every scene (they must
   not change the count).
 
-Prints, per case, the fraction of seeds whose count is right, and the mean ARI.
+Prints, per case, the fraction of seeds whose count is right, and the mean ARI and
+coverage; with `--limits`, each case at each of those limits instead of its own.
 """
 
 from __future__ import annotations
@@ -123,25 +124,34 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, default=100)
     p.add_argument("--case", choices=sorted(CASES), action="append")
+    p.add_argument("--limits", help="min-max pairs to run every case at, e.g. 5-30,3-12")
     args = p.parse_args()
+    limits: list[tuple[int, int] | None] = [None]
+    if args.limits:
+        limits = [(int(a), int(b)) for a, b in (pair.split("-") for pair in args.limits.split(","))]
     for name in args.case or list(CASES):
-        right, aris, covered, odd_out = 0, [], [], []
-        for seed in range(args.seeds):
-            x, truth, lo, hi = CASES[name](np.random.default_rng(seed))
-            result = cluster(x.astype(np.float32), lo, hi)
-            scenes = int(truth.max()) + 1
-            right += result.n_clusters == scenes
-            real = truth >= 0
-            aris.append(adjusted_rand_index(truth[real], result.labels[real]))
-            covered.append(float((result.labels[real] >= 0).mean()))
-            if (~real).any():
-                odd_out.append(float((result.labels[~real] < 0).mean()))
-        print(
-            f"{name:<13} right count {right / args.seeds:.2f}  mean ARI {np.mean(aris):.3f}  "
-            f"coverage {np.mean(covered):.3f}"
-            + (f"  one-offs left out {np.mean(odd_out):.2f}" if odd_out else "")
-            + f"  ({args.seeds} seeds)"
-        )
+        for forced in limits:
+            _report(name, forced, args.seeds)
+
+
+def _report(name: str, forced: tuple[int, int] | None, seeds: int) -> None:
+    right, aris, covered, odd_out = 0, [], [], []
+    for seed in range(seeds):
+        x, truth, lo, hi = CASES[name](np.random.default_rng(seed))
+        lo, hi = forced or (lo, hi)
+        result = cluster(x.astype(np.float32), lo, hi)
+        right += result.n_clusters == int(truth.max()) + 1
+        real = truth >= 0
+        aris.append(adjusted_rand_index(truth[real], result.labels[real]))
+        covered.append(float((result.labels[real] >= 0).mean()))
+        if (~real).any():
+            odd_out.append(float((result.labels[~real] < 0).mean()))
+    print(
+        f"{name:<13} {lo}-{hi:<4} right count {right / seeds:.2f}  mean ARI {np.mean(aris):.3f}"
+        f"  coverage {np.mean(covered):.3f}"
+        + (f"  one-offs left out {np.mean(odd_out):.2f}" if odd_out else "")
+        + f"  ({seeds} seeds)"
+    )
 
 
 if __name__ == "__main__":

