@@ -14,6 +14,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -268,12 +269,10 @@ def _print_albums(cfg: config.Config, grouped: ClusterRun, titled: regroup.Label
         if not grouped.skipped:
             print("no albums: too few photos for cluster.min_size")
         return
-    change = (
-        "unchanged"
-        if grouped.skipped
-        else f"{grouped.new_clusters} new, {grouped.changed_clusters} changed"
-    )
-    print(f"{_count(total, 'album')} ({change}); the biggest:")
+    if grouped.skipped:
+        print(f"{_count(total, 'album')} (unchanged); the biggest:")
+    else:
+        print(f"albums: {regroup.describe(grouped)}; the biggest:")
     for title, size in biggest:
         print(f"  {title or '(untitled)'}  ({_count(cast(int, size), 'photo')})")
     if titled.fallback and titled.problem:
@@ -314,13 +313,9 @@ def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
             f"{run.note}; nothing done" + ("" if "--force" in run.note else " (--force to regroup)")
         )
         return 0
-    share = run.unclustered / run.n_points if run.n_points else 0.0
     print(
-        f"{_count(run.n_points, 'distinct photo')} -> {_count(run.n_clusters, 'group')} "
-        f"({run.new_clusters} new, {run.changed_clusters} changed, "
-        f"{run.n_clusters - run.new_clusters - run.changed_clusters} unchanged, "
-        f"{run.retired_clusters} retired); {run.unclustered} in no group ({share:.1%}); "
-        f"{run.method} Ward in {run.seconds:.1f} s"
+        f"{_count(run.n_points, 'distinct photo')}: {regroup.describe(run)}; "
+        f"{'incremental' if not run.full_reason else run.method + ' Ward'} in {run.seconds:.1f} s"
     )
     return 0
 
@@ -447,6 +442,7 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
     located = models.locate(cfg)
     path = located.vision_path
     model_id = None
+    last: ClusterRun | None = None
     if not cfg.state_db_path.is_file():  # before the first index: nothing, and nothing made
         counts: dict[str, Any] = dict.fromkeys(STATUS_KEYS, 0)
         counts.update({key: {} for key in STATUS_MAPS})
@@ -456,6 +452,22 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
             if path.is_file():
                 model_id = models.model_id_of(located.spec, path, store, remember=False)
             counts = store.status(model_id)
+            last = store.last_cluster_run()
+        if last is not None:  # what the last regroup did, and why
+            when = datetime.fromtimestamp(last.started_at).astimezone()
+            counts["regrouped"] = {
+                "at": when.isoformat(timespec="seconds"),
+                "full_reason": last.full_reason,
+                "joined": last.joined,
+                "moved": last.moved,
+                "new": last.new_clusters,
+                "changed": last.changed_clusters,
+                "retired": last.retired_clusters,
+                "dissolved": last.dissolved,
+                "recut": {str(k): v for k, v in last.recut.items()},
+                "said": f"{when:%Y-%m-%d %H:%M}: {regroup.describe(last)}",
+            }
+    counts.setdefault("regrouped", None)
     counts["model"] = model_id
     counts["database"] = str(cfg.state_db_path)
     if args.json:
@@ -466,6 +478,8 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
         shown["model"] = f"{located.spec.name}: not downloaded (imageclust models download)"
     if counts["clusters"] == 0 and counts["embedded"]:
         shown["clusters"] = "0 (group the photos with: imageclust recluster)"
+    regrouped = counts.get("regrouped")
+    shown["regrouped"] = regrouped["said"] if regrouped else "never"
     for key in STATUS_MAPS:  # "JPEG 120, HEIF 35"; "video 4, sidecar 2" (not read)
         found = counts.get(key) or {}
         shown[key] = ", ".join(f"{kind} {n}" for kind, n in found.items()) or "none"

@@ -377,14 +377,7 @@ class Jobs:
         if run.skipped:
             log.debug("recluster: %s", run.note)
         else:
-            log.info(
-                "recluster: %d photos, %d groups (%d new, %d changed, %d retired)",
-                run.n_points,
-                run.n_clusters,
-                run.new_clusters,
-                run.changed_clusters,
-                run.retired_clusters,
-            )
+            log.info("regroup of %d photos: %s", run.n_points, regroup.describe(run))
             self._changed()
             activity.record(self.cfg.data_dir, last_regroup=activity.now())
         self.relabel()

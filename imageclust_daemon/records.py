@@ -192,6 +192,8 @@ class GroupRow:
     members_digest: str
     is_new: bool
     changed: bool  # new, or membership differs from the group it inherits its id from
+    cut_size: int  # members when the group was last cut (its growth is measured from it)
+    fit: float  # the members' variance about their centre when the group was last cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +216,11 @@ class ClusterRun:
     skipped: bool = False  # nothing was done (see `note`)
     run_id: int | None = None
     note: str = ""
+    full_reason: str = ""  # why the whole library was cut again; "" = incremental
+    joined: int = 0  # photos new to the last run that joined an album that existed
+    moved: int = 0  # photos in an album before whose album-mates changed
+    dissolved: int = 0  # albums fallen below min_size, their photos placed again
+    recut: dict[int, str] = field(default_factory=dict)  # album id -> why it was cut again
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,8 +70,11 @@ def recluster(
     stop: threading.Event | None = None,
     pair_raw_jpeg: bool = True,
 ) -> ClusterRun:
-    """Regroup the live library's distinct photos; keep ids; flag new and changed groups.
-    The RAW of a RAW+JPEG pair is its JPEG's photo, not one of its own (`pair_raw_jpeg`).
+    """Regroup the live library's distinct photos, moving only what the changes since the
+    last run demand (`cluster.regroup`); flag the new and changed albums. The whole library
+    is cut again only when asked (`force`), on a new model, at the first run, or when the
+    library more than doubled. The RAW of a RAW+JPEG pair is its JPEG's photo, not one of
+    its own (`pair_raw_jpeg`).
 
     Does nothing (and says so: `skipped`) when the model, the limits and the set of
     contents are those of the last run.
@@ -97,26 +100,24 @@ def recluster(
     last = store.last_cluster_run()
     if last is not None and last.input_digest == digest and not force:
         return replace(last, skipped=True, note=f"nothing changed since run #{last.run_id}")
+    albums = store.active_clusters()
+    previous = _previous(store, hashes, albums)
+    full = "asked for (--force)" if force else ""
+    if not full and last is not None and last.model_id != model and albums:
+        full = "a new model"
     try:
-        result = cluster.cluster(
-            x, min_size, max_size, cancelled=stop.is_set if stop is not None else cluster.never
+        result = cluster.regroup(
+            x,
+            min_size,
+            max_size,
+            previous,
+            full=full,
+            cancelled=stop.is_set if stop is not None else cluster.never,
         )
     except cluster.Cancelled:
         return ClusterRun(model, min_size, max_size, digest, skipped=True, note="stopped")
-    labels = result.labels
-    members: list[list[int]] = [[] for _ in range(result.n_clusters)]
-    for i, group in enumerate(labels.tolist()):
-        if group >= 0:
-            members[group].append(i)
-    previous = store.active_clusters()
-    ids = cluster.match_clusters(
-        previous,
-        [{hashes[i] for i in group} for group in members],
-        next_id=store.next_cluster_id(),
-    )
-    groups = group_rows(x, hashes, labels, members, ids, previous)
-    kept = set(ids)
-    retired = sorted(gid for gid in previous if gid not in kept)
+    groups, retired = album_rows(x, hashes, result, albums, set(previous.baselines))
+    n_albums = len(np.unique(result.labels[result.labels >= 0]))
     run = ClusterRun(
         model_id=model,
         min_size=min_size,
@@ -126,47 +127,99 @@ def recluster(
         seconds=time.monotonic() - started,
         method=result.method,
         n_points=len(hashes),
-        n_clusters=result.n_clusters,
-        unclustered=int((labels < 0).sum()),
+        n_clusters=n_albums,
+        unclustered=int((result.labels < 0).sum()),
         new_clusters=sum(g.is_new for g in groups),
         changed_clusters=sum(g.changed and not g.is_new for g in groups),
         retired_clusters=len(retired),
+        full_reason=result.full,
+        joined=result.joined,
+        moved=result.moved,
+        dissolved=result.dissolved,
+        recut=result.recut,
     )
-    run_id = store.save_clustering(run, groups, retired)
+    waiting = [hashes[i] for i in np.flatnonzero(result.labels < 0)]
+    run_id = store.save_clustering(run, groups, retired, waiting)
     return replace(run, run_id=run_id)
 
 
-def group_rows(
+def describe(run: ClusterRun) -> str:
+    """What a regroup did to the albums, in words: how many photos moved, and why."""
+
+    def count(n: int, noun: str) -> str:
+        return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+    albums = (
+        f"{count(run.n_clusters, 'album')} ({run.new_clusters} new, "
+        f"{run.changed_clusters} changed, {run.retired_clusters} retired)"
+    )
+    if run.full_reason:
+        how = f"the whole library regrouped ({run.full_reason}): {count(run.moved, 'photo')} moved"
+    else:
+        how = f"{count(run.joined, 'new photo')} joined albums, {count(run.moved, 'photo')} moved"
+    why = [f"album {cid} cut again: {reason}" for cid, reason in sorted(run.recut.items())]
+    if run.dissolved:
+        why.append(
+            f"{count(run.dissolved, 'album')} fell below cluster.min_size, its photos placed again"
+        )
+    waiting = f"; {run.unclustered} in no album" if run.unclustered else ""
+    return f"{how}; {albums}{waiting}" + (f" ({'; '.join(why)})" if why else "")
+
+
+def _previous(store: Store, hashes: list[str], albums: dict[int, set[str]]) -> cluster.Previous:
+    """The last run's albums over today's contents: each content's album, WAITING or NEW
+    (all NEW before the first run), and the first id never given."""
+    album_of = {h: cid for cid, members in albums.items() for h in members}
+    waiting = store.waiting_contents()
+    labels = np.array(
+        [album_of.get(h, cluster.WAITING if h in waiting else cluster.NEW) for h in hashes],
+        dtype=np.int64,
+    )
+    return cluster.Previous(labels, store.album_baselines(), store.next_cluster_id())
+
+
+def album_rows(
     x: np.ndarray,
     hashes: Sequence[str],
-    labels: np.ndarray,
-    members: Sequence[Sequence[int]],
-    ids: Sequence[int],
+    result: cluster.Regrouping,
     previous: dict[int, set[str]],
-) -> list[GroupRow]:
-    """Each group as stored: members ranked most typical first with their similarity to the
-    group's centre, the centre, a digest of the membership, and whether it is new or changed."""
-    ranks = cluster.rank_members(x, labels) if len(hashes) else np.zeros(0, dtype=np.int64)
+    measured: set[int],
+) -> tuple[list[GroupRow], list[int]]:
+    """The albums to store (all after a full regroup, whose centres may have moved with a
+    new model; else those whose members changed, and those whose baseline was not kept
+    before: `measured` has the others) and the ids of those retired."""
+    labels = result.labels
+    members = cluster.album_members(labels)
     groups = []
-    for gid, group in zip(ids, members, strict=True):
-        idx = np.asarray(group)
-        centre = x[idx].astype(np.float64).sum(axis=0)
+    for gid, idx in members.items():
+        member_hashes = {hashes[i] for i in idx}
+        changed = previous.get(gid) != member_hashes
+        if not changed and not result.full and gid in measured:
+            continue
+        xa = x[idx].astype(np.float64)
+        centre = xa.sum(axis=0)
         centre /= np.linalg.norm(centre) or 1.0
-        sims = x[idx].astype(np.float64) @ centre
-        member_hashes = sorted(hashes[i] for i in group)
+        sims = xa @ centre
+        order = sorted(range(len(idx)), key=lambda j: (-sims[j], idx[j]))  # most typical first
+        rank = np.empty(len(idx), dtype=np.int64)
+        rank[order] = np.arange(len(idx))
         groups.append(
             GroupRow(
                 id=gid,
                 members=tuple(
-                    (hashes[i], int(ranks[i]), float(s)) for i, s in zip(group, sims, strict=True)
+                    (hashes[i], int(r), float(sim))
+                    for i, r, sim in zip(idx, rank, sims, strict=True)
                 ),
                 centroid=centre.astype(np.float32),
-                members_digest=_digest(member_hashes),
+                members_digest=_digest(sorted(member_hashes)),
                 is_new=gid not in previous,
-                changed=gid not in previous or previous[gid] != set(member_hashes),
+                changed=changed,
+                cut_size=result.baselines[gid].size,
+                fit=result.baselines[gid].fit,
             )
         )
-    return groups
+    retired = sorted(gid for gid in previous if gid not in members)
+    return groups, retired
 
 
 # -- relabel -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ idempotent, so a crash redoes at most one batch.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from imageclust_daemon import migrate
+from imageclust_daemon.cluster import Baseline
 from imageclust_daemon.errors import DatabaseError, SchemaTooNewError
 from imageclust_daemon.label import GroupFacts, Label
 from imageclust_daemon.records import (
@@ -347,7 +349,8 @@ class Store:
     def collect_garbage(self, older_than_days: float) -> tuple[int, int]:
         """Forget files gone longer than that, then contents (and embeddings) no file has.
 
-        Contents still in a group are kept until the next recluster drops them.
+        Contents still in a group, or waiting for one, are kept until the next regroup
+        drops them.
         Returns (file rows, contents) removed.
         """
         cutoff = time.time() - older_than_days * 86400
@@ -359,7 +362,9 @@ class Store:
                 "DELETE FROM contents WHERE created_at < ? "
                 "AND NOT EXISTS (SELECT 1 FROM files f WHERE f.content_hash = contents.hash) "
                 "AND NOT EXISTS (SELECT 1 FROM cluster_members m "
-                "WHERE m.content_hash = contents.hash)",
+                "WHERE m.content_hash = contents.hash) "
+                "AND NOT EXISTS (SELECT 1 FROM cluster_waiting w "
+                "WHERE w.content_hash = contents.hash)",
                 (cutoff,),
             ).rowcount
         self.conn.execute("PRAGMA optimize")
@@ -446,6 +451,21 @@ class Store:
             groups.setdefault(cluster_id, set()).add(content_hash)
         return groups
 
+    def album_baselines(self) -> dict[int, Baseline]:
+        """Each active album's size and fit when it was last cut (albums cut before these
+        were kept have none)."""
+        return {
+            cid: Baseline(size, fit)
+            for cid, size, fit in self.conn.execute(
+                "SELECT id, cut_size, fit FROM clusters WHERE state = 'active' "
+                "AND cut_size IS NOT NULL AND fit IS NOT NULL"
+            )
+        }
+
+    def waiting_contents(self) -> set[str]:
+        """The contents the last regroup saw and left in no album."""
+        return {h for (h,) in self.conn.execute("SELECT content_hash FROM cluster_waiting")}
+
     def next_cluster_id(self) -> int:
         """An id above every id ever given, retired groups included: ids are never reused."""
         row = self.conn.execute("SELECT coalesce(max(id), 0) + 1 FROM clusters").fetchone()
@@ -455,20 +475,31 @@ class Store:
         cursor = self.conn.execute(
             "SELECT id AS run_id, model_id, min_size, max_size, input_digest, started_at, "
             "seconds, method, n_points, n_clusters, unclustered, new_clusters, "
-            "changed_clusters, retired_clusters FROM cluster_runs ORDER BY id DESC LIMIT 1"
+            "changed_clusters, retired_clusters, full_reason, "
+            "joined, moved, dissolved, recut FROM cluster_runs ORDER BY id DESC LIMIT 1"
         )
         row = cursor.fetchone()
         if row is None:
             return None
-        return ClusterRun(**{d[0]: v for d, v in zip(cursor.description, row, strict=True)})
+        fields = {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
+        fields["recut"] = {int(k): str(v) for k, v in json.loads(fields["recut"]).items()}
+        return ClusterRun(**fields)
 
-    def save_clustering(self, run: ClusterRun, groups: list[GroupRow], retired: list[int]) -> int:
-        """Record a run and its groups in one transaction; returns the run id."""
+    def save_clustering(
+        self,
+        run: ClusterRun,
+        groups: list[GroupRow],
+        retired: list[int],
+        waiting: Iterable[str],
+    ) -> int:
+        """Record a run in one transaction: the groups it cut or changed (others are left as
+        they are), the groups it retired, and the contents left waiting; returns its id."""
         with self.transaction() as conn:
             run_id = conn.execute(
                 "INSERT INTO cluster_runs (started_at, seconds, model_id, min_size, max_size, "
                 "method, n_points, n_clusters, unclustered, new_clusters, changed_clusters, "
-                "retired_clusters, input_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "retired_clusters, input_digest, full_reason, joined, moved, dissolved, recut) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.started_at,
                     run.seconds,
@@ -483,34 +514,58 @@ class Store:
                     run.changed_clusters,
                     run.retired_clusters,
                     run.input_digest,
+                    run.full_reason,
+                    run.joined,
+                    run.moved,
+                    run.dissolved,
+                    json.dumps({str(k): v for k, v in sorted(run.recut.items())}),
                 ),
             ).lastrowid
-            conn.execute("DELETE FROM cluster_members")
             for g in groups:
                 blob = vector_to_blob(g.centroid)
                 if g.is_new:
                     conn.execute(
                         "INSERT INTO clusters (id, state, size, centroid, members_digest, "
-                        "created_run, changed_run, needs_label) "
-                        "VALUES (?, 'active', ?, ?, ?, ?, ?, 1)",
-                        (g.id, len(g.members), blob, g.members_digest, run_id, run_id),
+                        "created_run, changed_run, needs_label, cut_size, fit) "
+                        "VALUES (?, 'active', ?, ?, ?, ?, ?, 1, ?, ?)",
+                        (
+                            g.id,
+                            len(g.members),
+                            blob,
+                            g.members_digest,
+                            run_id,
+                            run_id,
+                            g.cut_size,
+                            g.fit,
+                        ),
                     )
                 elif g.changed:
                     conn.execute(
                         "UPDATE clusters SET state = 'active', size = ?, centroid = ?, "
-                        "members_digest = ?, changed_run = ?, needs_label = 1 WHERE id = ?",
-                        (len(g.members), blob, g.members_digest, run_id, g.id),
+                        "members_digest = ?, changed_run = ?, needs_label = 1, cut_size = ?, "
+                        "fit = ? WHERE id = ?",
+                        (len(g.members), blob, g.members_digest, run_id, g.cut_size, g.fit, g.id),
                     )
                 else:  # same members: the label stays; the centroid may move with a new model
-                    conn.execute("UPDATE clusters SET centroid = ? WHERE id = ?", (blob, g.id))
+                    conn.execute(
+                        "UPDATE clusters SET centroid = ?, cut_size = ?, fit = ? WHERE id = ?",
+                        (blob, g.cut_size, g.fit, g.id),
+                    )
+                conn.execute("DELETE FROM cluster_members WHERE cluster_id = ?", (g.id,))
                 conn.executemany(
                     "INSERT INTO cluster_members (cluster_id, content_hash, rank, similarity) "
                     "VALUES (?, ?, ?, ?)",
                     [(g.id, h, rank, sim) for h, rank, sim in g.members],
                 )
+            for cid in retired:
+                conn.execute(
+                    "UPDATE clusters SET state = 'retired', retired_run = ? WHERE id = ?",
+                    (run_id, cid),
+                )
+                conn.execute("DELETE FROM cluster_members WHERE cluster_id = ?", (cid,))
+            conn.execute("DELETE FROM cluster_waiting")
             conn.executemany(
-                "UPDATE clusters SET state = 'retired', retired_run = ? WHERE id = ?",
-                [(run_id, cid) for cid in retired],
+                "INSERT INTO cluster_waiting (content_hash) VALUES (?)", ((h,) for h in waiting)
             )
         assert run_id is not None
         return int(run_id)

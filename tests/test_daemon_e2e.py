@@ -21,7 +21,7 @@ from PIL import ImageDraw
 from imageclust_daemon.embed import model_id
 from tests import photos
 from tests.conftest import run_cli, write_config
-from tests.library import scene_library
+from tests.library import add_photos, scene_library
 from tests.onnx_models import build_tiny_clip
 
 pytestmark = pytest.mark.slow  # end to end through the real CLI or daemon: minutes
@@ -214,6 +214,48 @@ def test_arrivals_are_indexed_once_complete_and_grouped_with_titles(
     code, seconds = daemon.terminate()
     assert code == 0 and seconds < 10, (code, seconds)
     assert any("STOPPING=1" in m for m in daemon.received())
+
+
+def _albums(data: Path) -> dict[int, tuple[Any, ...]]:
+    """Each album of the published catalog: its title, phrase, size, time and members."""
+    rows = catalog_rows(data, "SELECT id, title, catchy_phrase, size, updated_at FROM clusters")
+    members: dict[int, set[str]] = {}
+    for cid, path in catalog_rows(data, "SELECT cluster_id, path FROM photos"):
+        if cid is not None:
+            members.setdefault(cid, set()).add(path)
+    return {r[0]: (*r[1:], frozenset(members.get(r[0], ()))) for r in rows}
+
+
+def test_a_photo_dropped_into_the_library_changes_exactly_one_album(
+    tmp_path: Path, daemon_config: Callable[..., Path], daemons: Callable[..., DaemonProcess]
+) -> None:
+    """A new photo of a subject the library knows joins that subject's album: that album
+    (its members, and then its title) changes in the catalog, and no other."""
+    root = tmp_path / "Pictures"
+    scene_library(root, 4, 10)
+    data = tmp_path / "data"
+    daemon = daemons(daemon_config([root]))
+    daemon.wait_for_message("READY=1")
+
+    def settled(photos_in: int) -> bool:
+        rows = catalog_rows(data, "SELECT count(*) FROM photos WHERE cluster_id IS NOT NULL")
+        titles = catalog_rows(data, "SELECT label_source FROM clusters")
+        return rows == [(photos_in,)] and bool(titles) and all(s == "ollama" for (s,) in titles)
+
+    wait_until(lambda: settled(40), TIMEOUT, f"40 photos in titled albums: {daemon}")
+    before = _albums(data)
+    (new,) = add_photos(root, scene=2, count=1, first_seed=4200)
+    wait_until(lambda: settled(41), TIMEOUT, f"the new photo in a titled album: {daemon}")
+    after = _albums(data)
+    assert set(after) == set(before), "no album appeared or went"
+    changed = {cid for cid in after if after[cid] != before[cid]}
+    assert len(changed) == 1, (changed, before, after)
+    (joined,) = changed
+    assert after[joined][-1] == before[joined][-1] | {str(new)}
+    assert all(str(root / "event 2") in p for p in before[joined][-1]), "its subject's album"
+    assert "regroup of 41 photos: 1 new photo joined albums, 0 photos moved" in str(daemon)
+    code, _ = daemon.terminate()
+    assert code == 0
 
 
 def test_renames_deletions_restarts_and_a_second_instance(

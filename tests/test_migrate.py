@@ -6,6 +6,7 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from imageclust_daemon import migrate
@@ -105,3 +106,76 @@ def test_shipped_migrations_are_numbered_and_each_applies_on_top_of_the_previous
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         conn.close()
+
+
+def test_albums_cut_before_migration_7_stay_put_at_the_next_regroup(tmp_path: Path) -> None:
+    """Migration 7 (albums over time): the photos an older run left in no album wait; the
+    albums it cut have no baseline yet; the first regroup after it is incremental: a new
+    photo joins its album and nothing else moves."""
+    from imageclust_daemon import regroup
+    from imageclust_daemon.store import vector_to_blob
+    from tests.test_cluster import blobs
+
+    path = tmp_path / "s.sqlite"
+    conn = _connect(path)
+    x, truth = blobs([8, 8, 8, 2], d=16, seed=5, spread=0.05)  # three albums, two odd ones
+    model = "m@sha256:0"
+    try:
+        migrate.apply(conn, migrate.load_migrations()[:6])
+        conn.execute(
+            "INSERT INTO cluster_runs (id, started_at, seconds, model_id, min_size, max_size, "
+            "method, n_points, n_clusters, unclustered, new_clusters, changed_clusters, "
+            "retired_clusters, input_digest) VALUES (1, 0, 0, ?, 5, 30, 'exact', 26, 3, 2, "
+            "3, 0, 0, 'old')",
+            (model,),
+        )
+        for album in range(3):
+            conn.execute(
+                "INSERT INTO clusters (id, state, size, centroid, members_digest, created_run, "
+                "changed_run) VALUES (?, 'active', 8, ?, 'd', 1, 1)",
+                (10 + album, vector_to_blob(x[truth == album].mean(axis=0))),
+            )
+        for i, vector in enumerate(x):
+            h = f"{i:064x}"
+            conn.execute("INSERT INTO contents (hash, size, created_at) VALUES (?, 1, 0)", (h,))
+            conn.execute(
+                "INSERT INTO embeddings VALUES (?, ?, 16, ?, 0)", (h, model, vector_to_blob(vector))
+            )
+            conn.execute(
+                "INSERT INTO files (path, size, mtime_ns, inode, device, content_hash, state, "
+                "first_seen, updated_at) VALUES (?, 1, 0, ?, 0, ?, 'live', 0, 0)",
+                (f"/p/{i}.jpg".encode(), i, h),
+            )
+            if truth[i] < 3:
+                conn.execute(
+                    "INSERT INTO cluster_members VALUES (?, ?, 0, 1.0)", (10 + int(truth[i]), h)
+                )
+    finally:
+        conn.close()
+    with Store.open(path) as store:
+        assert store.waiting_contents() == {f"{i:064x}" for i in (24, 25)}
+        assert store.album_baselines() == {}
+        last = store.last_cluster_run()
+        assert last is not None and last.full_reason == "" and last.recut == {}
+        # one more photo of the second album
+        extra = f"{99:064x}"
+        vector = x[truth == 1].mean(axis=0)
+        vector /= np.linalg.norm(vector)
+        store.conn.execute(
+            "INSERT INTO contents (hash, size, created_at) VALUES (?, 1, 0)", (extra,)
+        )
+        store.conn.execute(
+            "INSERT INTO embeddings VALUES (?, ?, 16, ?, 0)", (extra, model, vector_to_blob(vector))
+        )
+        store.conn.execute(
+            "INSERT INTO files (path, size, mtime_ns, inode, device, content_hash, state, "
+            "first_seen, updated_at) VALUES (?, 1, 0, 99, 0, ?, 'live', 0, 0)",
+            (b"/p/new.jpg", extra),
+        )
+        run = regroup.recluster(store, model, min_size=5, max_size=30)
+        assert run.full_reason == "" and run.joined == 1 and run.moved == 0
+        assert run.changed_clusters == 1 and run.new_clusters == 0 and run.retired_clusters == 0
+        albums = store.active_clusters()
+        assert set(albums) == {10, 11, 12} and extra in albums[11]
+        assert store.waiting_contents() == {f"{i:064x}" for i in (24, 25)}
+        assert set(store.album_baselines()) == {10, 11, 12}, "kept from now on"

@@ -1,0 +1,28 @@
+-- Albums that stay put: a regroup is incremental (cluster.regroup) and needs from the
+-- last run more than its albums: each album's size and fit when it was last cut (its
+-- members' variance about their centre: the baseline its growth and drift are measured
+-- against), and the photos the last run saw and left in no album (they wait for photos
+-- like them; a live photo in no album and not waiting is new to the next run). A run
+-- records what it did.
+ALTER TABLE clusters ADD COLUMN cut_size INTEGER;
+ALTER TABLE clusters ADD COLUMN fit REAL;
+ALTER TABLE cluster_runs ADD COLUMN full_reason TEXT NOT NULL DEFAULT '';  -- '' = incremental
+ALTER TABLE cluster_runs ADD COLUMN joined INTEGER NOT NULL DEFAULT 0;   -- new photos placed in albums
+ALTER TABLE cluster_runs ADD COLUMN moved INTEGER NOT NULL DEFAULT 0;    -- photos whose album-mates changed
+ALTER TABLE cluster_runs ADD COLUMN dissolved INTEGER NOT NULL DEFAULT 0;  -- albums fallen below min_size
+ALTER TABLE cluster_runs ADD COLUMN recut TEXT NOT NULL DEFAULT '{}';  -- JSON {album id: why it was cut again}
+
+CREATE TABLE cluster_waiting (
+    content_hash    TEXT PRIMARY KEY REFERENCES contents(hash)
+) WITHOUT ROWID;
+
+-- Photos the last run (before this migration) left in no album wait; photos embedded
+-- since then are not known apart from them, and wait too (they join albums with the next
+-- photos like them, or at a full regroup).
+INSERT INTO cluster_waiting (content_hash)
+SELECT DISTINCT e.content_hash FROM embeddings e
+WHERE EXISTS (SELECT 1 FROM cluster_runs)
+  AND EXISTS (SELECT 1 FROM files f WHERE f.content_hash = e.content_hash AND f.state = 'live')
+  AND NOT EXISTS (
+    SELECT 1 FROM cluster_members m JOIN clusters c ON c.id = m.cluster_id
+    WHERE m.content_hash = e.content_hash AND c.state = 'active');
