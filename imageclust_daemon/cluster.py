@@ -1198,7 +1198,7 @@ def _full_regroup(
     members = album_members(result.labels)
     before = previous.labels if previous is not None else np.full(x.shape[0], NEW, dtype=np.int64)
     old = {aid: set(idx) for aid, idx in album_members(before).items()}
-    ordered = sorted(members.values(), key=lambda idx: min(idx))
+    ordered = [members[g] for g in sorted(members)]  # numbered in canonical order
     ids = match_clusters(
         old,
         [set(idx) for idx in ordered],
@@ -1302,14 +1302,15 @@ class _Incremental:
     def _place(self) -> set[int]:
         """Place the fresh photos; returns the albums that gained some.
 
-        The same Ward cut as a full regroup, over a summary of the library near them:
-        the fresh photos, the waiting photos nearest to them, and the albums nearest to
-        any of these, each album one leaf weighted by its size at its centre (Ward merges
-        a weighted centre exactly as its members). Cut at the library's price under the
-        limits, a group holding one album gives it its fresh photos; one holding several
-        gives each fresh photo to the nearest of them; one holding none is a new album
-        (waiting photos included). A fresh photo the cut leaves out joins the nearest album
-        whose own reach holds it (`_place_singles`), or waits.
+        The same cut as a full regroup (`stable_cut`), over a summary of the library near
+        them: the fresh photos, the NEARBY waiting photos nearest to each, and the NEARBY
+        albums nearest to any of these, each album one leaf weighted by its size at its
+        centre and formed at its own spread. A group holding one album gives it its fresh
+        photos; one holding several gives each fresh photo to the nearest of them; one
+        holding none is a new album (waiting photos included). A fresh photo the cut
+        leaves out joins the nearest album whose own reach holds it (`_place_singles`), or
+        waits. More fresh photos than one exact Ward tree takes with their neighbours
+        (EXACT_MAX leaves) are cut in halves of the canonical order.
         """
         fresh = np.flatnonzero(self.fresh & (self.labels == WAITING))
         if not fresh.size:
@@ -1318,10 +1319,17 @@ class _Incremental:
         centres, sizes, ids = self._centres(members)
         gained: set[int] = set()
         left: list[np.ndarray] = []
-        for part in self._parts(fresh):
+        parts = [fresh[np.argsort(self.rank[fresh], kind="stable")]]
+        while parts:
+            part = parts.pop(0)
             waiting = np.flatnonzero((self.labels == WAITING) & ~self.fresh)
             pool = np.union1d(part, waiting[_nearest(self.x[part], self.x[waiting], NEARBY)])
             near = np.unique(_nearest(self.x[pool], centres, NEARBY))
+            if pool.size + near.size > EXACT_MAX and part.size > 1:
+                # too many for one exact tree: halves of the canonical order (similar
+                # photos sit together in it), each with its own neighbourhood
+                parts[:0] = [part[: part.size // 2], part[part.size // 2 :]]
+                continue
             gained |= self._cut_nearby(pool, near, centres, sizes, ids, members, left)
         rest = np.concatenate(left) if left else np.zeros(0, dtype=np.int64)
         gained |= self._place_singles(rest, members, centres, ids)
@@ -1375,13 +1383,6 @@ class _Incremental:
         out = pool[~grouped]
         left.append(out[self.fresh[out]])
         return gained
-
-    def _parts(self, fresh: np.ndarray) -> list[np.ndarray]:
-        """The fresh photos in runs of the canonical order small enough for one exact Ward
-        tree with their neighbours (a run of similar photos stays together)."""
-        ordered = fresh[np.argsort(self.rank[fresh], kind="stable")]
-        size = max(1, EXACT_MAX // (2 * NEARBY + 1))
-        return [ordered[i : i + size] for i in range(0, ordered.size, size)]
 
     def _place_singles(
         self,
@@ -1525,30 +1526,16 @@ def _nearest(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
 # -- representatives and identities ---------------------------------------------------------
 
 
-def representatives(x: np.ndarray, labels: np.ndarray, k: int = 3) -> dict[int, list[int]]:
-    """For each group, the indices of its k members closest (cosine) to its normalized centroid."""
-    labels = np.asarray(labels)
-    groups = int(labels.max()) + 1 if labels.size and (labels >= 0).any() else 0
-    if groups == 0:
-        return {}
+def album_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One album's photos by cosine to its normalized centroid: each row's rank (0 = the
+    most typical, ties by row), each row's cosine to the centre, and the centre."""
     xn = _normalized(np.asarray(x, dtype=np.float64))
-    centres, _ = _centroids(xn, labels, groups)
-    out: dict[int, list[int]] = {}
-    for g in range(groups):
-        members = np.flatnonzero(labels == g)
-        sims = xn[members] @ centres[g]
-        ranked = members[np.lexsort((members, -sims))]  # closest first; ties by index
-        out[g] = ranked[:k].tolist()
-    return out
-
-
-def rank_members(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Each point's rank (0 = closest) by cosine to its group's normalized centroid; -1 outside."""
-    reps = representatives(x, labels, k=len(labels))
-    rank = np.full(len(labels), -1, dtype=np.int64)
-    for members in reps.values():
-        rank[members] = np.arange(len(members))
-    return rank
+    centre = xn.sum(axis=0)
+    centre /= np.linalg.norm(centre) or 1.0
+    sims = xn @ centre
+    rank = np.empty(x.shape[0], dtype=np.int64)
+    rank[np.lexsort((np.arange(x.shape[0]), -sims))] = np.arange(x.shape[0])
+    return rank, sims, centre
 
 
 def jaccard(a: Collection[Hashable], b: Collection[Hashable]) -> float:

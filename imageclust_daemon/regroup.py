@@ -73,8 +73,8 @@ def recluster(
     """Regroup the live library's distinct photos, moving only what the changes since the
     last run demand (`cluster.regroup`); flag the new and changed albums. The whole library
     is cut again only when asked (`force`), on a new model, at the first run, or when the
-    library more than doubled. The RAW of a RAW+JPEG pair is its JPEG's photo, not one of
-    its own (`pair_raw_jpeg`).
+    library doubled since its albums were cut. The RAW of a RAW+JPEG pair is its JPEG's
+    photo, not one of its own (`pair_raw_jpeg`).
 
     Does nothing (and says so: `skipped`) when the model, the limits and the set of
     contents are those of the last run.
@@ -102,7 +102,7 @@ def recluster(
         return replace(last, skipped=True, note=f"nothing changed since run #{last.run_id}")
     albums = store.active_clusters()
     previous = _previous(store, hashes, albums)
-    full = "asked for (--force)" if force else ""
+    full = "recluster --force" if force else ""
     if not full and last is not None and last.model_id != model and albums:
         full = "a new model"
     try:
@@ -196,13 +196,7 @@ def album_rows(
         changed = previous.get(gid) != member_hashes
         if not changed and not result.full and gid in measured:
             continue
-        xa = x[idx].astype(np.float64)
-        centre = xa.sum(axis=0)
-        centre /= np.linalg.norm(centre) or 1.0
-        sims = xa @ centre
-        order = sorted(range(len(idx)), key=lambda j: (-sims[j], idx[j]))  # most typical first
-        rank = np.empty(len(idx), dtype=np.int64)
-        rank[order] = np.arange(len(idx))
+        rank, sims, centre = cluster.album_ranks(x[idx])
         groups.append(
             GroupRow(
                 id=gid,

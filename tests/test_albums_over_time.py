@@ -196,8 +196,8 @@ def test_a_full_album_sends_a_newcomer_elsewhere_or_lets_it_wait() -> None:
 
 def test_a_full_regroup_when_asked_keeps_the_ids_of_unchanged_albums() -> None:
     x, _, first = _library()
-    forced = regroup(x, MIN, MAX, _then(first), full="asked for (--force)")
-    assert forced.full == "asked for (--force)" and forced.method == "exact"
+    forced = regroup(x, MIN, MAX, _then(first), full="recluster --force")
+    assert forced.full == "recluster --force" and forced.method == "exact"
     assert (forced.labels == first.labels).all() and forced.moved == 0
 
 
@@ -327,3 +327,25 @@ def test_stable_cut_keeps_distinct_groups_and_one_blob_whole() -> None:
     assert len(cut.groups) == 3
     blob = sphere(30, 64, 1) * 0.05 + np.eye(64, dtype=np.float32)[0]
     assert len(stable_cut(ward_tree(_unit(blob)), 3, 100).groups) == 1
+
+
+def test_more_new_photos_than_one_tree_takes_are_cut_in_parts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import imageclust_daemon.cluster as method
+
+    x, truth, first = _library()
+    known = np.vstack([_around(x, truth, s, 3, seed=40 + s) for s in range(7)])
+    rng = np.random.default_rng(8)
+    centre = _unit(rng.standard_normal(x.shape[1]))
+    new = _unit(centre + rng.standard_normal((9, x.shape[1])) * 0.05 / np.sqrt(x.shape[1]))
+    both = np.vstack([x, known, new])
+    whole = regroup(both, MIN, MAX, _add(_then(first), len(known) + len(new)))
+    monkeypatch.setattr(method, "EXACT_MAX", 20)  # one part would have 37 leaves
+    parts = regroup(both, MIN, MAX, _add(_then(first), len(known) + len(new)))
+    for result in (whole, parts):
+        assert (result.labels[: len(x)] == first.labels).all() and result.moved == 0
+        placed = result.labels[len(x) : len(x) + len(known)]
+        expected = np.repeat([int(first.labels[truth == s][0]) for s in range(7)], 3)
+        assert (placed == expected).mean() >= 0.95
+        assert len(set(result.labels[len(x) + len(known) :].tolist())) == 1

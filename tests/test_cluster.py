@@ -12,12 +12,11 @@ from scipy.cluster.hierarchy import fcluster, linkage
 
 from imageclust_daemon.cluster import (
     OUTLIER_SHARE,
+    album_ranks,
     cluster,
     constrained_ward,
     jaccard,
     match_clusters,
-    rank_members,
-    representatives,
     ward_tree,
 )
 from tests.metrics import adjusted_rand_index
@@ -201,19 +200,20 @@ def test_bad_limits_are_refused() -> None:
         constrained_ward(sphere(5, 3, 0), 0, 4)
 
 
-def test_representatives_are_closest_to_the_centroid_ranked() -> None:
+def test_an_albums_photos_are_ranked_by_closeness_to_its_centre() -> None:
     x, truth = blobs([10, 12], d=16, seed=2)
-    reps = representatives(x, truth, k=3)
-    assert set(reps) == {0, 1}
-    for g, members in reps.items():
-        idx = np.flatnonzero(truth == g)
-        centre = x[idx].astype(np.float64).sum(axis=0)
-        centre /= np.linalg.norm(centre)
-        sims = x[idx] @ centre
-        assert members == idx[np.argsort(-sims, kind="stable")][:3].tolist()
-    ranks = rank_members(x, truth)
-    assert sorted(ranks[truth == 0].tolist()) == list(range(10))
-    assert ranks[reps[1][0]] == 0
+    for g in (0, 1):
+        members = x[truth == g]
+        rank, sims, centre = album_ranks(members)
+        expected = members.astype(np.float64).sum(axis=0)
+        expected /= np.linalg.norm(expected)
+        np.testing.assert_allclose(centre, expected, atol=1e-9)
+        np.testing.assert_allclose(sims, members @ expected, atol=1e-6)
+        assert sorted(rank.tolist()) == list(range(len(members)))
+        assert (np.argsort(rank) == np.argsort(-sims, kind="stable")).all()
+    twins = np.vstack([x[:1], x[:1], x[1:3]])  # ties go to the earlier row
+    rank, _, _ = album_ranks(twins)
+    assert rank[0] < rank[1]
 
 
 @settings(max_examples=100, deadline=None)

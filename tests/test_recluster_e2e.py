@@ -76,6 +76,7 @@ def test_recluster_recovers_groups_and_keeps_ids(tmp_path: Path, make_config) ->
     )
     status = cli_json(config, "status")
     assert status["clusters"] == first["n_clusters"]
+    assert status["regrouped"]["full_reason"] == first["full_reason"] == "first regroup"
 
     # Nothing changed: nothing is done, and it says so.
     again = run_cli("--config", str(config), "recluster")
@@ -83,6 +84,7 @@ def test_recluster_recovers_groups_and_keeps_ids(tmp_path: Path, make_config) ->
     # Forced: every id is kept, no group changed.
     forced = cli_json(config, "recluster", "--force")
     assert forced["new_clusters"] == 0 and forced["changed_clusters"] == 0
+    assert forced["full_reason"] == "recluster --force" and forced["moved"] == 0
     assert _groups_by_path(db) == groups
 
     # ~2% new photos, all of scene 3: only the group they join changes; the others keep ids.
@@ -93,6 +95,9 @@ def test_recluster_recovers_groups_and_keeps_ids(tmp_path: Path, make_config) ->
     after = cli_json(config, "recluster")
     assert after["new_clusters"] == 0 and after["retired_clusters"] == 0
     assert after["changed_clusters"] == 1
+    assert after["full_reason"] == "" and after["joined"] == 2 and after["moved"] == 0
+    said = run_cli("--config", str(config), "status").stdout
+    assert "regrouped" in said and "2 new photos joined albums, 0 photos moved" in said
     regrouped = _groups_by_path(db)
     scene3_id = groups[next(p for p in paths if truth[p] == 3)]
     assert _changed_ids(db, int(after["run_id"])) == {scene3_id}
