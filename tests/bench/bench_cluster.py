@@ -5,9 +5,10 @@
 Each size runs in its own process so peak RSS is that run's alone. Points are
 drawn from a mixture on the unit sphere (random centres, groups of 20-150,
 Gaussian noise then renormalized), like CLIP embeddings of photo events.
-Prints wall time, peak RSS, ARI against the mixture's truth, and at `--exact-n`
-(the largest n exact Ward handles in memory here) the ARI of the two-stage
-method against exact Ward on the same points.
+Prints wall time, peak RSS, ARI against the mixture's truth, the time of the incremental
+regroups that follow (`cluster.regroup` after one more photo, and after 1% more: what
+the daemon does after a change), and at `--exact-n` (the largest n exact Ward handles
+in memory here) the ARI of the two-stage method against exact Ward on the same points.
 """
 
 from __future__ import annotations
@@ -24,7 +25,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon.cluster import EXACT_MAX, cluster
+from imageclust_daemon.cluster import (
+    EXACT_MAX,
+    NEW,
+    WAITING,
+    Baseline,
+    Previous,
+    album_fit,
+    album_members,
+    cluster,
+    regroup,
+)
 from tests.metrics import adjusted_rand_index
 
 # The config's defaults (cluster.min_size, cluster.max_size); --limits changes them.
@@ -32,19 +43,28 @@ MIN_SIZE, MAX_SIZE = 5, 30
 
 
 def mixture(
-    n: int, d: int = 512, seed: int = 0, noise: float = 0.035
+    n: int, d: int = 512, seed: int = 0, noise: float = 0.035, extra: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
+    """n points of the mixture, then `extra` more of the same groups (the first n are the
+    same whatever `extra` is)."""
     rng = np.random.default_rng(seed)
     k = max(10, n // 60)
     centres = rng.standard_normal((k, d)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     weights = rng.integers(20, 150, size=k).astype(np.float64)
     truth = rng.choice(k, size=n, p=weights / weights.sum())
-    x = np.empty((n, d), dtype=np.float32)
-    for start in range(0, n, 10_000):  # in chunks: the data itself should cost ~n*d*4 bytes
-        t = truth[start : start + 10_000]
+    x = np.empty((n + extra, d), dtype=np.float32)
+
+    def draw(start: int, t: np.ndarray) -> None:
         block = centres[t] + rng.standard_normal((len(t), d), dtype=np.float32) * np.float32(noise)
         x[start : start + len(t)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+
+    for start in range(0, n, 10_000):  # in chunks: the data should cost ~n*d*4 bytes
+        draw(start, truth[start : start + 10_000])
+    if extra:
+        more = rng.choice(k, size=extra, p=weights / weights.sum())
+        draw(n, more)
+        truth = np.concatenate([truth, more])
     return x, truth
 
 
@@ -53,12 +73,28 @@ def peak_rss_mb() -> float:
 
 
 def one(n: int, exact_max: int, lo: int, hi: int) -> dict[str, object]:
-    x, truth = mixture(n)
+    more = n // 100
+    everything, all_truth = mixture(n, extra=more)
+    x, truth = everything[:n], all_truth[:n]
     data_rss = peak_rss_mb()
     started = time.perf_counter()
     result = cluster(x, lo, hi, exact_max=exact_max)
     seconds = time.perf_counter() - started
     sizes = np.bincount(result.labels[result.labels >= 0])
+    incremental = []
+    if exact_max == EXACT_MAX:  # as the daemon regroups after a change
+        labels = np.where(result.labels >= 0, result.labels, WAITING)
+        baselines = {
+            int(a): Baseline(len(idx), album_fit(x[idx]))
+            for a, idx in album_members(labels).items()
+        }
+        for extra in (1, more):
+            previous = Previous(
+                np.concatenate([labels, np.full(extra, NEW)]), baselines, int(labels.max()) + 1
+            )
+            started = time.perf_counter()
+            after = regroup(everything[: n + extra], lo, hi, previous)
+            incremental.append((extra, round(time.perf_counter() - started, 2), after.moved))
     return {
         "n": n,
         "method": result.method,
@@ -71,6 +107,7 @@ def one(n: int, exact_max: int, lo: int, hi: int) -> dict[str, object]:
         "unclustered": result.unclustered_fraction,
         "size_range": [int(sizes.min()), int(sizes.max())],
         "labels": result.labels.tolist() if n <= 20_000 else None,
+        "incremental": incremental,
     }
 
 
@@ -117,6 +154,8 @@ def main() -> None:
             f"{r['data_rss_mb']:>4} MB {r['groups']:>7} {r['true_groups']:>6} {r['ari_truth']:>6} "
             f"{r['unclustered']:>11.4f} {r['size_range']!s:>9}"
         )
+        for extra, seconds, moved in r["incremental"]:  # type: ignore[attr-defined]
+            print(f"{'':>8}then {extra} more: incremental regroup {seconds} s, {moved} moved")
     n = args.exact_n
     exact = run_child(n, n, lo, hi)
     staged = run_child(n, 0, lo, hi)
