@@ -218,7 +218,7 @@ class ClusterRun:
     note: str = ""
     full_reason: str = ""  # why the whole library was cut again; "" = incremental
     joined: int = 0  # photos new to the last run that joined an album that existed
-    moved: int = 0  # photos in an album before whose album-mates changed
+    moved: int = 0  # photos in an album before that left some of its photos
     dissolved: int = 0  # albums fallen below min_size, their photos placed again
     recut: dict[int, str] = field(default_factory=dict)  # album id -> why it was cut again
 

@@ -8,7 +8,7 @@ ALTER TABLE clusters ADD COLUMN cut_size INTEGER;
 ALTER TABLE clusters ADD COLUMN fit REAL;
 ALTER TABLE cluster_runs ADD COLUMN full_reason TEXT NOT NULL DEFAULT '';  -- '' = incremental
 ALTER TABLE cluster_runs ADD COLUMN joined INTEGER NOT NULL DEFAULT 0;   -- new photos placed in albums
-ALTER TABLE cluster_runs ADD COLUMN moved INTEGER NOT NULL DEFAULT 0;    -- photos whose album-mates changed
+ALTER TABLE cluster_runs ADD COLUMN moved INTEGER NOT NULL DEFAULT 0;    -- photos that left some of their album
 ALTER TABLE cluster_runs ADD COLUMN dissolved INTEGER NOT NULL DEFAULT 0;  -- albums fallen below min_size
 ALTER TABLE cluster_runs ADD COLUMN recut TEXT NOT NULL DEFAULT '{}';  -- JSON {album id: why it was cut again}
 

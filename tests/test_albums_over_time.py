@@ -211,20 +211,14 @@ def test_a_library_that_doubled_is_cut_again_whole() -> None:
     assert adjusted_rand_index(np.concatenate([truth[few], truth[rest]]), after.labels) > 0.95
 
 
-def test_moved_counts_photos_whose_album_mates_changed() -> None:
+def test_moved_counts_photos_no_longer_with_their_album() -> None:
     before = np.array([0, 0, 0, 1, 1, WAITING, NEW], dtype=np.int64)
     assert moved_points(before, np.array([7, 7, 7, 1, 1, -1, 7])).sum() == 0  # renamed: same
-    assert moved_points(before, np.array([0, 0, 2, 1, 1, -1, 2])).tolist() == [
-        True,
-        True,
-        True,
-        False,
-        False,
-        False,
-        False,
-    ]
-    assert moved_points(before, np.array([0, 0, 0, 0, 0, -1, 0])).sum() == 5  # merged
-    # one left its album (and its two album-mates lost it); a waiting photo joining moves no one
+    split = moved_points(before, np.array([0, 0, 2, 1, 1, -1, 2]))
+    assert split.tolist() == [True, True, True, False, False, False, False]
+    # gaining photos (new, waiting, or another album's) moves no one of the receiving album
+    assert moved_points(before, np.array([0, 0, 0, 0, 0, 0, 0])).sum() == 0
+    # one left its album (and its two album-mates lost it)
     assert moved_points(before, np.array([0, 0, -1, 1, 1, 1, 1])).sum() == 3
 
 

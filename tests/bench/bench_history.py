@@ -13,8 +13,9 @@ followed by the real `imageclust index` (which regroups, titles and publishes):
   add known       5% more photos, of subjects already in the library
 
 After each step it reads the published catalog and prints the photos that changed
-album by co-membership (not by id: `moved`, photos in an album whose album-mates are
-not the same; `grouped`, photos that waited in no album and are in one now), the
+album by co-membership (not by id: `moved`, photos in an album that are no longer with
+every photo they were with; `grouped`, photos that waited in no album and are in one
+now), the
 albums whose members changed (and those whose title did: only those may), the ARI of
 the albums against the subjects, and at the last step the share of the known subjects'
 new photos placed in the album of their subject (where most of its other photos are).
@@ -126,10 +127,8 @@ def changes(before: dict[str, int], after: dict[str, int]) -> tuple[int, int, se
     moved = grouped = 0
     for path in both:
         was, now = before[path], after[path]
-        if was >= 0:
-            old = mates_before[was]
-            new = {p for p in mates_after.get(now, set()) if before[p] >= 0} if now >= 0 else set()
-            moved += old != new
+        if was >= 0:  # moved: no longer with every photo it was with
+            moved += now < 0 or not mates_before[was] <= mates_after[now]
         elif now >= 0:
             grouped += 1
     members_before = _members(before)
