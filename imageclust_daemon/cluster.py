@@ -8,12 +8,11 @@ photo's album, WAITING for a photo the last run saw and left in no album, NEW fo
 it did not see; each album's `Baseline`, its size and fit when it was last cut).
 
 - **New photos join what they belong to.** The new photos are cut together with what
-  is near them: their NEARBY nearest waiting photos and the NEARBY albums nearest to
-  each, every album one Ward leaf weighted by its size at its centre (Ward merges a
-  weighted centre exactly as its members), formed at the height its own spread gives
-  (`Tree.formed`). The same cut as a full regroup (`stable_cut`) then decides: a group
-  holding one album gives it its new photos, one holding several gives each photo to
-  the nearest of them, one holding none is a new album (waiting photos included). A
+  is near them: the NEARBY nearest photos in no album (new or waiting) and the
+  ALBUM_PHOTOS nearest photos of the NEARBY nearest albums. The same cut as a full
+  regroup (`stable_cut`) then decides: in a group with album photos the new photos join
+  the album most of them are in; a group of new photos (with waiting ones) more than
+  its album photos and enough for an album is a new album. A
   new photo the cut leaves out joins the album most of its nearest album photos are in,
   as a full cut places its leftovers, when it lies within that album's own spread as a
   full cut keeps its photos (`holds`: within OUTLIER_FACTOR times the members' median
@@ -1312,49 +1311,64 @@ class _Incremental:
 
         The same cut as a full regroup (`stable_cut` of an exact Ward tree), over the part
         of the library near them: the fresh photos, the NEARBY photos in no album (fresh or
-        waiting) nearest to each, and the photos of the NEARBY albums nearest to any of
-        these. In each group
-        of that cut the fresh photos join the album most of the group's other photos are
-        in (or the next with room); a group with no album's photos, or whose fresh photos
-        are more than its album photos and enough for an album, is a new album (waiting
-        photos included). The album photos themselves stay where they are. A fresh photo
-        the cut leaves out is adopted by an album near it (`_adopt`), or waits. More
-        fresh photos than one exact tree takes with their neighbours (EXACT_MAX leaves)
-        are cut in halves of the canonical order.
+        waiting) nearest to each, and its ALBUM_PHOTOS nearest photos of its NEARBY nearest
+        albums. In each group of that cut the fresh photos join the album most of the
+        group's other photos are in (or the next with room); a group with no album's
+        photos, or whose fresh photos are more than its album photos and enough for an
+        album, is a new album (waiting photos included). The album photos themselves stay
+        where they are. A fresh photo the cut leaves out is adopted by an album near it
+        (`_adopt`), or waits. Many fresh photos are cut in parts of about PART_LEAVES
+        photos with their neighbourhoods, in canonical order (similar photos sit together
+        in it).
         """
         fresh = np.flatnonzero(self.fresh & (self.labels == WAITING))
         if not fresh.size:
             return set()
+        fresh = fresh[np.argsort(self.rank[fresh], kind="stable")]
         members = album_members(self.labels)
         centres, _, ids = self._centres(members)
+        unplaced = np.flatnonzero(self.labels == WAITING)  # fresh and waiting
+        # each fresh photo's nearest photos in no album (itself among them) and its nearest
+        # album photos (among those of its NEARBY nearest albums): computed once
+        company = unplaced[_nearest(self.x[fresh], self.x[unplaced], NEARBY + 1)]
+        albums_near = _nearest(self.x[fresh], centres, NEARBY)
+        sizes: dict[int, int] = {int(a): len(m) for a, m in members.items()}
         gained: set[int] = set()
         left: list[np.ndarray] = []
-        parts = [fresh[np.argsort(self.rank[fresh], kind="stable")]]
-        while parts:
-            part = parts.pop(0)
-            part = part[self.fresh[part] & (self.labels[part] == WAITING)]  # not placed yet
-            if not part.size:
-                continue
-            unplaced = np.setdiff1d(np.flatnonzero(self.labels == WAITING), part)
-            pool = np.union1d(part, unplaced[_nearest(self.x[part], self.x[unplaced], NEARBY)])
-            near = np.unique(_nearest(self.x[pool], centres, NEARBY))
-            album_rows = [np.asarray(members[int(ids[c])]) for c in near]
-            nearby = np.concatenate([pool, *album_rows]) if album_rows else pool
-            if nearby.size > EXACT_MAX and part.size > 1:
-                # too many for one exact tree: halves of the canonical order (similar
-                # photos sit together in it), each with its own neighbourhood
-                parts[:0] = [part[: part.size // 2], part[part.size // 2 :]]
-                continue
-            gained |= self._cut_nearby(nearby, left)
+        photos: set[int] = set()
+        for j, i in enumerate(fresh.tolist()):
+            candidates = np.concatenate(
+                [np.asarray(members[int(ids[c])]) for c in albums_near[j]]
+                or [np.zeros(0, dtype=np.int64)]
+            )
+            nearest = candidates[_nearest(self.x[i : i + 1], self.x[candidates], ALBUM_PHOTOS)[0]]
+            more = {i, *company[j].tolist(), *nearest.tolist()}
+            if photos and len(photos | more) > PART_LEAVES:
+                gained |= self._cut_part(photos, sizes, left)
+                photos = set()
+            photos |= more
+        gained |= self._cut_part(photos, sizes, left)
         rest = np.concatenate(left) if left else np.zeros(0, dtype=np.int64)
         return gained | self._adopt(rest)
 
-    def _cut_nearby(self, nearby: np.ndarray, left: list[np.ndarray]) -> set[int]:
-        """One cut of the photos `nearby` (fresh, waiting and album photos); see `_place`."""
+    def _cut_part(
+        self, photos: set[int], sizes: dict[int, int], left: list[np.ndarray]
+    ) -> set[int]:
+        """One cut of a part (see `_place`): its album photos, and its photos still in no
+        album."""
+        part = np.array(sorted(photos), dtype=np.int64)
+        if not self.fresh[part].any():
+            return set()
+        return self._cut_nearby(part, sizes, left)
+
+    def _cut_nearby(
+        self, nearby: np.ndarray, sizes: dict[int, int], left: list[np.ndarray]
+    ) -> set[int]:
+        """One cut of the photos `nearby` (fresh, waiting and album photos); see `_place`.
+        `sizes`: the albums' sizes, kept up to date."""
         nearby = nearby[np.argsort(self.rank[nearby], kind="stable")]  # canonical order
         tree = ward_tree(self.x[nearby], cancelled=self.cancelled)
         cut = stable_cut(tree, self.min_size, self.max_size)
-        sizes = Counter(self.labels[self.labels >= 0].tolist())
         gained: set[int] = set()
         grouped = np.zeros(nearby.size, dtype=bool)
         for node in cut.groups:
@@ -1366,7 +1380,9 @@ class _Incremental:
                 continue
             held = Counter(int(a) for a in self.labels[rows] if a >= 0)
             if not held or (new.size >= self.min_size and new.size > sum(held.values())):
-                self._new_album(rows[self.labels[rows] < 0])  # with the waiting photos
+                album = rows[self.labels[rows] < 0]  # with the waiting photos
+                self._new_album(album)
+                sizes[self.next_id - 1] = album.size
                 continue
             by_share = sorted(held, key=lambda a: (-held[a], a))
             for i in new[np.argsort(self.rank[new], kind="stable")]:
@@ -1471,10 +1487,17 @@ class _Incremental:
             self.baselines.pop(aid, None)
 
 
-# Fresh photos are cut together with this many of their nearest waiting photos, and with
-# this many of the albums nearest to each of them: the rest of the library cannot change
-# where they go (a photo's group under Ward forms among its near neighbours).
+# A fresh photo is cut with its NEARBY nearest photos in no album, and with the
+# ALBUM_PHOTOS photos nearest to it among those of its NEARBY nearest albums: the rest of
+# the library does not change where it goes (Ward's groups form among near neighbours).
+# 1,000 new photos among 100,000 (tests/bench/bench_cluster.py): with whole albums 9.4 s,
+# with 60 photos of them 2.3 s (the full cut: 14 s), and the same ARI at the end of 30
+# replayed histories on real features (3 libraries, 5-30 and 3-12).
 NEARBY = 5
+ALBUM_PHOTOS = 60
+# Many fresh photos are cut in parts of about this many photos with their neighbourhoods:
+# an exact Ward tree costs the square of its leaves (parts of 3,000: 5.1 s for the above).
+PART_LEAVES = 1000
 
 
 def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
