@@ -10,16 +10,16 @@ it did not see; each album's `Baseline`, its size and fit when it was last cut).
 - **New photos join what they belong to.** The new photos are cut together with what
   is near them: the NEARBY nearest photos in no album (new or waiting) and the
   ALBUM_PHOTOS nearest photos of the NEARBY nearest albums. The same cut as a full
-  regroup (`stable_cut`) then decides: in a group with album photos the new photos join
-  the album most of them are in; a group of new photos (with waiting ones) more than
-  its album photos and enough for an album is a new album. A
-  new photo the cut leaves out joins the album most of its nearest album photos are in,
-  as a full cut places its leftovers, when it lies within that album's own spread as a
-  full cut keeps its photos (`holds`: within OUTLIER_FACTOR times the members' median
-  distance to the centre of their closer half); photos no album holds wait. Albums
-  never go over max_size: a photo whose album is full goes to the next that holds it,
-  or waits. Waiting photos join no existing album: they become an album
-  with new photos like them, so what a person saw stays as it was.
+  regroup (`stable_cut`) then decides: in a group mostly of album photos the new photos
+  join the album most of them are in; a group mostly of photos in no album (new and
+  waiting) is a new album when they are enough for one. A new photo left out joins the
+  album most of its nearest album photos are in, as a full cut places its leftovers,
+  else the next of those or the nearest album, when it lies within that album's own
+  spread as a full cut keeps its photos (`holds`: within OUTLIER_FACTOR times the
+  members' median distance to the centre of their closer half) and the album has room;
+  photos no album holds wait. Albums never go over max_size. Waiting photos join no
+  existing album: they become an album with new photos like them, so what a person
+  saw stays as it was.
 - **Deleted photos leave their album and nothing else moves.** An album that falls
   below min_size (photos deleted, or min_size raised) is dissolved and its photos are
   placed as new ones; an album over max_size (max_size lowered) is cut again.
@@ -1110,10 +1110,12 @@ def regroup(
     """Albums for the points `x`, moving as little of `previous` as the changes demand.
 
     Incremental (see the module docstring, "Albums over time") unless `full` says why the
-    whole library must be cut again, there is no previous cut, or the photos new since it
-    outnumber those in albums (the library more than doubled: its first albums were cut
-    from a small sample). A full cut keeps the id of every previous album it overlaps most
-    (`match_clusters`). Pure, deterministic, and independent of the order of the rows.
+    whole library must be cut again, there is no album yet, or the photos in albums and
+    the new ones are GROWTH times those the albums were cut from (their baselines' sizes:
+    a library that doubled had its first albums cut from a small sample; photos waiting
+    in no album do not count). A full cut gives each album the id of the previous album
+    it overlaps most (`match_clusters`). Pure, deterministic, and independent of the
+    order of the rows.
     """
     if min_size < 1 or max_size < min_size:
         raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
@@ -1123,7 +1125,7 @@ def regroup(
     grouped = 0 if previous is None else int((previous.labels >= 0).sum())
     if previous is None or not grouped:
         full = full or "first regroup"
-    elif not full and x.shape[0] >= GROWTH * _cut_from(previous):
+    elif not full and grouped + (previous.labels == NEW).sum() >= GROWTH * _cut_from(previous):
         full = "the library doubled since its albums were cut"
     if full or previous is None:
         return _full_regroup(x, min_size, max_size, previous, full, cancelled)
@@ -1264,25 +1266,29 @@ class _Incremental:
         self.baselines = dict(previous.baselines)
         self.recut: dict[int, str] = {}
         self.formed: list[int] = []
-        self.joined = self.dissolved = 0
+        self.dissolved = 0
+        self.released = np.zeros(x.shape[0], dtype=bool)  # left out by a re-cut
 
     def run(self) -> Regrouping:
         self._dissolve_small()
         self._recut_oversize()
-        for aid, idx in album_members(self.labels).items():  # cut before baselines were kept
-            self.baselines.setdefault(aid, _baseline(self.x[idx]))
-        gained = self._place()
+        for aid, idx in album_members(self.labels).items():
+            if aid not in self.baselines:  # cut before baselines were kept: from now
+                self.baselines[aid] = _baseline(self.x[idx])
+        gained = self._place(self.fresh)
         self._recut_drifted(gained)
-        self._place()  # what a re-cut left over
+        self._place(self.released)  # what a re-cut left over, once more
         labels = self.labels
         labels[labels < 0] = -1
         alive = set(np.unique(labels[labels >= 0]).tolist())
+        existed = np.unique(self.previous.labels[self.previous.labels >= 0])
+        joined = (self.previous.labels == NEW) & np.isin(labels, existed)
         return Regrouping(
             labels=labels,
             baselines={a: b for a, b in self.baselines.items() if a in alive},
             method="incremental",
             full="",
-            joined=self.joined,
+            joined=int(joined.sum()),
             formed=len([a for a in self.formed if a in alive]),
             dissolved=self.dissolved,
             recut=self.recut,
@@ -1301,48 +1307,65 @@ class _Incremental:
                 self.dissolved += 1
 
     def _recut_oversize(self) -> None:
-        """An album over max_size (max_size lowered) is cut again at the library's price."""
+        """An album over max_size (max_size lowered) is cut again, alone."""
         for aid, idx in album_members(self.labels).items():
             if len(idx) > self.max_size:
                 self._recut(aid, np.asarray(idx), f"over max_size ({len(idx)} photos)")
 
-    def _place(self) -> set[int]:
-        """Place the fresh photos; returns the albums that gained some.
+    def _place(self, which: np.ndarray) -> set[int]:
+        """Place the fresh photos among `which` (a mask); returns the albums that gained
+        some.
 
         The same cut as a full regroup (`stable_cut` of an exact Ward tree), over the part
         of the library near them: the fresh photos, the NEARBY photos in no album (fresh or
         waiting) nearest to each, and its ALBUM_PHOTOS nearest photos of its NEARBY nearest
-        albums. In each group of that cut the fresh photos join the album most of the
-        group's other photos are in (or the next with room); a group with no album's
-        photos, or whose fresh photos are more than its album photos and enough for an
-        album, is a new album (waiting photos included). The album photos themselves stay
-        where they are. A fresh photo the cut leaves out is adopted by an album near it
-        (`_adopt`), or waits. Many fresh photos are cut in parts of about PART_LEAVES
-        photos with their neighbourhoods, in canonical order (similar photos sit together
-        in it).
+        albums. In each group of that cut mostly of album photos, the fresh photos join
+        the album most of them are in (or the next with room); a group mostly of photos in
+        no album (fresh and waiting) is a new album of those, when they are enough for one.
+        The album photos themselves stay where they are. A fresh photo the cut leaves out
+        is adopted by an album near it (`_adopt`), or waits. Many fresh photos are cut in
+        parts of about PART_LEAVES photos with their neighbourhoods, in order of their
+        nearest album.
         """
-        fresh = np.flatnonzero(self.fresh & (self.labels == WAITING))
+        fresh = np.flatnonzero(which & self.fresh & (self.labels == WAITING))
         if not fresh.size:
             return set()
-        fresh = fresh[np.argsort(self.rank[fresh], kind="stable")]
         members = album_members(self.labels)
         centres, _, ids = self._centres(members)
+        # in canonical order by nearest album: neighbours share their albums' photos, so a
+        # part holds more of them
+        first = _nearest(self.x[fresh], centres, 1)[:, 0] if ids.size else np.zeros(fresh.size)
+        fresh = fresh[np.lexsort((self.rank[fresh], first))]
         unplaced = np.flatnonzero(self.labels == WAITING)  # fresh and waiting
-        # each fresh photo's nearest photos in no album (itself among them) and its nearest
-        # album photos (among those of its NEARBY nearest albums): computed once
-        company = unplaced[_nearest(self.x[fresh], self.x[unplaced], NEARBY + 1)]
-        albums_near = _nearest(self.x[fresh], centres, NEARBY)
+        # Each fresh photo's nearest album photos, among those of its NEARBY nearest albums,
+        # and its nearest photos in no album (itself among them), among those whose nearest
+        # album is one of these: found once, near its albums (every photo in no album
+        # against every fresh one: 8 of 35 s for 30,000 new photos among 100,000).
+        if ids.size:
+            albums_near = _nearest(self.x[fresh], centres, NEARBY)
+            by_album: dict[int, list[int]] = {}
+            nearest_album = _nearest(self.x[unplaced], centres, 1)[:, 0]
+            for p, c in zip(unplaced.tolist(), nearest_album.tolist(), strict=True):
+                by_album.setdefault(c, []).append(p)
+            album_photos = self._nearest_of(
+                fresh,
+                [[p for c in row for p in members[int(ids[c])]] for row in albums_near],
+                ALBUM_PHOTOS,
+            )
+            company = self._nearest_of(
+                fresh,
+                [[p for c in row for p in by_album.get(int(c), [])] for row in albums_near],
+                NEARBY + 1,
+            )
+        else:  # every album dissolved: the photos in no album are all there is
+            album_photos = [[] for _ in fresh]
+            company = unplaced[_nearest(self.x[fresh], self.x[unplaced], NEARBY + 1)].tolist()
         sizes: dict[int, int] = {int(a): len(m) for a, m in members.items()}
         gained: set[int] = set()
         left: list[np.ndarray] = []
         photos: set[int] = set()
         for j, i in enumerate(fresh.tolist()):
-            candidates = np.concatenate(
-                [np.asarray(members[int(ids[c])]) for c in albums_near[j]]
-                or [np.zeros(0, dtype=np.int64)]
-            )
-            nearest = candidates[_nearest(self.x[i : i + 1], self.x[candidates], ALBUM_PHOTOS)[0]]
-            more = {i, *company[j].tolist(), *nearest.tolist()}
+            more = {i, *company[j], *album_photos[j]}
             if photos and len(photos | more) > PART_LEAVES:
                 gained |= self._cut_part(photos, sizes, left)
                 photos = set()
@@ -1350,6 +1373,30 @@ class _Incremental:
         gained |= self._cut_part(photos, sizes, left)
         rest = np.concatenate(left) if left else np.zeros(0, dtype=np.int64)
         return gained | self._adopt(rest)
+
+    def _nearest_of(self, rows: np.ndarray, among: list[list[int]], k: int) -> list[list[int]]:
+        """For each photo of `rows`, its k nearest photos of its own list `among`, a block
+        of photos at a time (about 64 MB of candidates)."""
+        out: list[list[int]] = []
+        longest = max((len(c) for c in among), default=0)
+        if longest == 0:
+            return [[] for _ in rows]
+        block = max(1, (1 << 24) // (longest * self.x.shape[1]))
+        take = min(k, longest)
+        for start in range(0, rows.size, block):
+            lists = among[start : start + block]
+            idx = np.full((len(lists), longest), -1, dtype=np.int64)
+            for r, c in enumerate(lists):
+                idx[r, : len(c)] = c
+            cand = self.x[np.maximum(idx, 0)].astype(np.float64)  # [block, longest, d]
+            here = self.x[rows[start : start + block]].astype(np.float64)
+            d = np.einsum("bld,bld->bl", cand, cand) - 2.0 * np.einsum("bld,bd->bl", cand, here)
+            d[idx < 0] = np.inf
+            nearest = np.argpartition(d, take - 1, axis=1)[:, :take] if take < longest else None
+            for r in range(len(lists)):
+                chosen = idx[r] if nearest is None else idx[r, nearest[r]]
+                out.append(chosen[chosen >= 0].tolist())
+        return out
 
     def _cut_part(
         self, photos: set[int], sizes: dict[int, int], left: list[np.ndarray]
@@ -1379,13 +1426,18 @@ class _Incremental:
             if not new.size:
                 continue
             held = Counter(int(a) for a in self.labels[rows] if a >= 0)
-            if not held or (new.size >= self.min_size and new.size > sum(held.values())):
-                album = rows[self.labels[rows] < 0]  # with the waiting photos
-                self._new_album(album)
-                sizes[self.next_id - 1] = album.size
+            unplaced = rows[self.labels[rows] < 0]  # new photos, and waiting ones
+            if unplaced.size >= sum(held.values()):  # a group of photos in no album
+                if unplaced.size >= self.min_size:
+                    self._new_album(unplaced)
+                    sizes[self.next_id - 1] = unplaced.size
+                else:  # too few for an album: not an album's either (`_adopt` decides)
+                    left.append(new)
                 continue
             by_share = sorted(held, key=lambda a: (-held[a], a))
             for i in new[np.argsort(self.rank[new], kind="stable")]:
+                # the cut put it with these albums' photos: the album most of them are in,
+                # if it has room (no spread test here: the cut decided, as a full cut does)
                 room = [a for a in by_share if sizes[a] < self.max_size]
                 if not room:
                     left.append(np.array([i]))
@@ -1393,17 +1445,19 @@ class _Incremental:
                 self.labels[i] = room[0]
                 self.fresh[i] = False
                 sizes[room[0]] += 1
-                self.joined += 1
                 gained.add(room[0])
         out = nearby[~grouped]
         left.append(out[self.fresh[out] & (self.labels[out] == WAITING)])
         return gained
 
     def _adopt(self, todo: np.ndarray) -> set[int]:
-        """Each fresh photo the cut left out joins the album most of its NEIGHBOURS nearest
-        album photos are in (similarity weighted, among the albums nearest to it), as a
-        full cut places its leftovers, or the next of those albums, if it has room and
-        keeps the photo as a full cut keeps its photos (`holds`). The rest wait."""
+        """Each fresh photo of `todo` still in no album joins the album most of its
+        NEIGHBOURS nearest album photos are in (similarity weighted, among the albums
+        nearest to it), as a full cut places its leftovers, else the next of those, else
+        the nearest album, that has room and keeps the photo as a full cut keeps its
+        photos (`holds`). The rest wait."""
+        todo = np.unique(todo)
+        todo = todo[self.fresh[todo] & (self.labels[todo] == WAITING)]
         members = album_members(self.labels)
         if not todo.size or not members:
             return set()
@@ -1420,12 +1474,12 @@ class _Incremental:
             votes: dict[int, float] = {}
             for t in np.lexsort((voters, -sims))[:NEIGHBOURS]:
                 votes[int(album[t])] = votes.get(int(album[t]), 0.0) + float(sims[t])
-            for c in sorted(votes, key=lambda c: (-votes[c], c)):
+            by_vote = sorted(votes, key=lambda c: (-votes[c], c))
+            for c in [*by_vote, *(int(c) for c in near if int(c) not in votes)]:
                 if counts[c] < self.max_size and holds(self.x[members[int(ids[c])]], photo):
                     self.labels[todo[j]] = ids[c]
                     self.fresh[todo[j]] = False
                     counts[c] += 1
-                    self.joined += 1
                     gained.add(int(ids[c]))
                     break
         return gained
@@ -1477,6 +1531,7 @@ class _Incremental:
         left = idx[part < 0]
         self.labels[left] = WAITING
         self.fresh[left] = True
+        self.released[left] = True
         for j, piece in enumerate(pieces):
             if j == 0:
                 self.labels[piece] = aid
@@ -1495,32 +1550,30 @@ class _Incremental:
 # replayed histories on real features (3 libraries, 5-30 and 3-12).
 NEARBY = 5
 ALBUM_PHOTOS = 60
-# Many fresh photos are cut in parts of about this many photos with their neighbourhoods:
-# an exact Ward tree costs the square of its leaves (parts of 3,000: 5.1 s for the above).
+# Many fresh photos are cut in parts of about this many photos with their neighbourhoods
+# (parts of 3,000: 5.1 s for the above; of 400-1,000 the same). 30,000 new photos among
+# 100,000 (256 dims) take 30 s, the full cut 10 s: most of it is one Ward merge a leaf in
+# Python, ~25 leaves a new photo, and moving nobody is worth it for so rare an import.
 PART_LEAVES = 1000
 
 
-def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[len(a), len(b)] squared Euclidean distances, float64."""
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    d = (a64 * a64).sum(axis=1)[:, None] - 2.0 * a64 @ b64.T + (b64 * b64).sum(axis=1)[None, :]
-    out: np.ndarray = np.maximum(d, 0.0)
-    return out
-
-
 def _nearest(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
-    """[len(a), min(k, len(b))]: indices of each row of a's k nearest rows of b (ties by
-    index), computed in blocks."""
+    """[len(a), min(k, len(b))]: indices of each row of a's k nearest rows of b (equal
+    distances may fall either way), in blocks of about 64 MB of distances."""
     take = min(k, b.shape[0])
     out = np.zeros((a.shape[0], take), dtype=np.int64)
     if take == 0:
         return out
-    for start in range(0, a.shape[0], 1024):
-        d = _sq_distances(a[start : start + 1024], b)
-        part = np.argpartition(d, take - 1, axis=1)[:, :take] if take < b.shape[0] else None
-        out[start : start + 1024] = (
-            part if part is not None else np.argsort(d, axis=1, kind="stable")[:, :take]
-        )
+    b64 = b.astype(np.float64)
+    b_sq = np.einsum("ij,ij->i", b64, b64)
+    rows = max(1, (1 << 23) // b.shape[0])
+    for start in range(0, a.shape[0], rows):
+        a64 = a[start : start + rows].astype(np.float64)
+        d = b_sq[None, :] - 2.0 * a64 @ b64.T  # + |a|^2, the same along each row
+        if take < b.shape[0]:
+            out[start : start + rows] = np.argpartition(d, take - 1, axis=1)[:, :take]
+        else:
+            out[start : start + rows] = np.argsort(d, axis=1, kind="stable")[:, :take]
     return out
 
 

@@ -116,7 +116,7 @@ def recluster(
         )
     except cluster.Cancelled:
         return ClusterRun(model, min_size, max_size, digest, skipped=True, note="stopped")
-    groups, retired = album_rows(x, hashes, result, albums, set(previous.baselines))
+    groups, retired = album_rows(x, hashes, result, albums, dict(previous.baselines))
     n_albums = len(np.unique(result.labels[result.labels >= 0]))
     run = ClusterRun(
         model_id=model,
@@ -183,18 +183,18 @@ def album_rows(
     hashes: Sequence[str],
     result: cluster.Regrouping,
     previous: dict[int, set[str]],
-    measured: set[int],
+    baselines: dict[int, cluster.Baseline],
 ) -> tuple[list[GroupRow], list[int]]:
     """The albums to store (all after a full regroup, whose centres may have moved with a
-    new model; else those whose members changed, and those whose baseline was not kept
-    before: `measured` has the others) and the ids of those retired."""
+    new model; else those whose members or baseline changed: `baselines` are the stored
+    ones) and the ids of those retired."""
     labels = result.labels
     members = cluster.album_members(labels)
     groups = []
     for gid, idx in members.items():
         member_hashes = {hashes[i] for i in idx}
         changed = previous.get(gid) != member_hashes
-        if not changed and not result.full and gid in measured:
+        if not changed and not result.full and baselines.get(gid) == result.baselines[gid]:
             continue
         rank, sims, centre = cluster.album_ranks(x[idx])
         groups.append(

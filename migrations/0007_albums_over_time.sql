@@ -16,12 +16,11 @@ CREATE TABLE cluster_waiting (
     content_hash    TEXT PRIMARY KEY REFERENCES contents(hash)
 ) WITHOUT ROWID;
 
--- Photos the last run (before this migration) left in no album wait; photos embedded
--- since then are not known apart from them, and wait too (they join albums with the next
--- photos like them, or at a full regroup).
+-- Photos the last run (before this migration) saw and left in no album wait: those
+-- embedded before it started (a photo embedded since is new to the next run).
 INSERT INTO cluster_waiting (content_hash)
 SELECT DISTINCT e.content_hash FROM embeddings e
-WHERE EXISTS (SELECT 1 FROM cluster_runs)
+WHERE e.created_at <= (SELECT max(started_at) FROM cluster_runs)
   AND EXISTS (SELECT 1 FROM files f WHERE f.content_hash = e.content_hash AND f.state = 'live')
   AND NOT EXISTS (
     SELECT 1 FROM cluster_members m JOIN clusters c ON c.id = m.cluster_id

@@ -343,3 +343,68 @@ def test_more_new_photos_than_one_tree_takes_are_cut_in_parts(
         expected = np.repeat([int(first.labels[truth == s][0]) for s in range(7)], 3)
         assert (placed == expected).mean() >= 0.95
         assert len(set(result.labels[len(x) + len(known) :].tolist())) == 1
+
+
+def test_many_new_photos_in_overlapping_parts_keep_every_album_within_the_limits() -> None:
+    """700 new photos (half of subjects the library knows, half of 36 new ones) among
+    3,000 at limits 3-5: cut in many parts whose neighbourhoods overlap, a photo is placed
+    once; every album stays within the limits; `joined` counts new photos in albums that
+    existed."""
+    rng = np.random.default_rng(16)
+    k, d, s = 200, 32, 0.3
+    centres = rng.standard_normal((k, d)).astype(np.float32)
+    x = _unit(centres[np.repeat(np.arange(k), 15)] + s * rng.standard_normal((3000, d)))
+    known = rng.integers(0, k, 350)
+    extra = rng.standard_normal((36, d)).astype(np.float32)
+    new = np.vstack([centres[known], extra[rng.integers(0, 36, 350)]])
+    new = _unit(new + s * rng.standard_normal((700, d)))
+    first = regroup(x, 3, 5)
+    after = regroup(np.vstack([x, new]), 3, 5, _add(_then(first), 700))
+    assert not after.full
+    sizes = np.bincount(after.labels[after.labels >= 0])
+    assert sizes[sizes > 0].min() >= 3 and sizes.max() <= 5
+    existed = set(first.labels[first.labels >= 0].tolist())
+    in_old = np.isin(after.labels[len(x) :], list(existed))
+    assert after.joined == int(in_old.sum())
+    assert (after.labels[: len(x)][first.labels >= 0] == first.labels[first.labels >= 0]).all()
+
+
+def test_photos_waiting_in_no_album_are_not_growth() -> None:
+    """Three albums of 10 and 31 one-off photos waiting: nothing changed, or one photo
+    deleted, is not a library that doubled."""
+    x, truth = blobs([10, 10, 10], d=64, seed=3, spread=0.05)
+    odd = sphere(31, 64, 11)
+    labels = np.concatenate([truth, np.full(31, WAITING)]).astype(np.int64)
+    baselines = {a: Baseline(10, album_fit(x[truth == a])) for a in range(3)}
+    both = np.vstack([x, odd])
+    same = regroup(both, MIN, MAX, Previous(labels, baselines, 3))
+    assert same.full == "" and same.moved == 0 and (same.labels[:30] == truth).all()
+    keep = np.arange(1, len(both))
+    less = regroup(both[keep], MIN, MAX, Previous(labels[keep], baselines, 3))
+    assert less.full == "" and less.moved == 0
+
+
+def test_a_recut_that_keeps_an_albums_members_still_stores_its_new_baseline() -> None:
+    from dataclasses import replace
+
+    from imageclust_daemon.regroup import album_rows
+
+    x, _, first = _library()
+    hashes = [f"{i:064x}" for i in range(len(x))]
+    albums = {a: {hashes[i] for i in np.flatnonzero(first.labels == a)} for a in first.baselines}
+    same = replace(first, full="")  # an incremental run that changed nothing
+    rows, retired = album_rows(x, hashes, same, albums, dict(first.baselines))
+    assert rows == [] and retired == []  # nothing to write
+    aid = int(first.labels[0])
+    recut = replace(same, baselines={**first.baselines, aid: Baseline(99, 0.5)})
+    rows, _ = album_rows(x, hashes, recut, albums, dict(first.baselines))
+    assert [(r.id, r.changed, r.cut_size) for r in rows] == [(aid, False, 99)]
+
+
+def test_a_min_size_above_every_album_dissolves_them_all_and_places_their_photos_again() -> None:
+    x, _, first = _library()
+    after = regroup(x, 16, 40, _then(first))  # every album (8-15 photos) below 16
+    assert after.dissolved == len(first.baselines) and not after.full
+    sizes = np.bincount(after.labels[after.labels >= 0])
+    assert sizes[sizes > 0].min() >= 16 and sizes.max() <= 40
+    assert not set(after.labels.tolist()) & set(first.baselines), "no old album is left"

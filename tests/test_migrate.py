@@ -109,9 +109,9 @@ def test_shipped_migrations_are_numbered_and_each_applies_on_top_of_the_previous
 
 
 def test_albums_cut_before_migration_7_stay_put_at_the_next_regroup(tmp_path: Path) -> None:
-    """Migration 7 (albums over time): the photos an older run left in no album wait; the
-    albums it cut have no baseline yet; the first regroup after it is incremental: a new
-    photo joins its album and nothing else moves."""
+    """Migration 7 (albums over time): the photos an older run left in no album wait (not
+    one embedded after it); the albums it cut have no baseline yet; the first regroup
+    after it is incremental: new photos join their album and nothing else moves."""
     from imageclust_daemon import regroup
     from imageclust_daemon.store import vector_to_blob
     from tests.test_cluster import blobs
@@ -150,6 +150,18 @@ def test_albums_cut_before_migration_7_stay_put_at_the_next_regroup(tmp_path: Pa
                 conn.execute(
                     "INSERT INTO cluster_members VALUES (?, ?, 0, 1.0)", (10 + int(truth[i]), h)
                 )
+        later = f"{98:064x}"  # embedded after the last run: new to the next one, not waiting
+        vector = x[truth == 0].mean(axis=0)
+        conn.execute("INSERT INTO contents (hash, size, created_at) VALUES (?, 1, 5)", (later,))
+        conn.execute(
+            "INSERT INTO embeddings VALUES (?, ?, 16, ?, 5)",
+            (later, model, vector_to_blob(vector / np.linalg.norm(vector))),
+        )
+        conn.execute(
+            "INSERT INTO files (path, size, mtime_ns, inode, device, content_hash, state, "
+            "first_seen, updated_at) VALUES (?, 1, 0, 98, 0, ?, 'live', 5, 5)",
+            (b"/p/later.jpg", later),
+        )
     finally:
         conn.close()
     with Store.open(path) as store:
@@ -173,9 +185,9 @@ def test_albums_cut_before_migration_7_stay_put_at_the_next_regroup(tmp_path: Pa
             (b"/p/new.jpg", extra),
         )
         run = regroup.recluster(store, model, min_size=5, max_size=30)
-        assert run.full_reason == "" and run.joined == 1 and run.moved == 0
-        assert run.changed_clusters == 1 and run.new_clusters == 0 and run.retired_clusters == 0
+        assert run.full_reason == "" and run.joined == 2 and run.moved == 0
+        assert run.changed_clusters == 2 and run.new_clusters == 0 and run.retired_clusters == 0
         albums = store.active_clusters()
-        assert set(albums) == {10, 11, 12} and extra in albums[11]
+        assert set(albums) == {10, 11, 12} and extra in albums[11] and later in albums[10]
         assert store.waiting_contents() == {f"{i:064x}" for i in (24, 25)}
         assert set(store.album_baselines()) == {10, 11, 12}, "kept from now on"
