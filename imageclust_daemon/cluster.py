@@ -41,8 +41,8 @@ Measured on real features (EfficientNet-Lite0: 1,140 photos of 114 photographs, 
 through replayed histories (index 90%, add 1, add 5% of new subjects, delete 1, add 5%
 of known subjects; 5 histories each, at 5-30 and at 3-12): adding photos moved no photo
 of an album; deleting one moved none, but in one history of 20, where its album fell
-below min_size and 3 of its photos went to other albums; the final ARI was at most 0.018
-below that of a cut of the same library from scratch (0.023 above at best).
+below min_size and 2 of its photos went to other albums; the final ARI was at most 0.020
+below that of a cut of the same library from scratch (0.019 above at best).
 `tests/bench/bench_history.py` replays such a history through `imageclust index`.
 
 How photos become groups (a full cut)
