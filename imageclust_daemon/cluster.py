@@ -352,8 +352,15 @@ def cut_tree(
             whole[v], orphans[v], cost[v] = True, 0.0, sse[v] + lam
         else:
             orphans[v], cost[v] = split
+    return _collect(tree, whole)
+
+
+def _collect(tree: Tree, whole: np.ndarray) -> _Cut:
+    """The cut a dynamic programme chose: from the root down, the nodes it keeps whole are
+    groups; the leaves it reaches without one are left over."""
+    m = tree.n_leaves
     groups, left = [], []
-    stack = [total - 1]
+    stack = [2 * m - 2]
     while stack:
         v = stack.pop()
         if whole[v]:
@@ -361,7 +368,7 @@ def cut_tree(
         elif v < m:
             left.append(v)
         else:
-            stack.extend(int(x) for x in tree.merges[v - m, :2])
+            stack.extend(int(c) for c in tree.merges[v - m, :2])
     return _Cut(sorted(groups), sorted(left))
 
 
@@ -463,17 +470,7 @@ def stable_cut(tree: Tree, min_size: int, max_size: int) -> _Cut:
             whole[v], value[v] = True, persistence[v]
         else:
             value[v] = split
-    groups, left = [], []
-    stack = [total - 1]
-    while stack:
-        v = stack.pop()
-        if whole[v]:
-            groups.append(v)
-        elif v < m:
-            left.append(v)
-        else:
-            stack.extend(int(c) for c in tree.merges[v - m, :2])
-    return _Cut(sorted(groups), sorted(left))
+    return _collect(tree, whole)
 
 
 def _leaves(tree: Tree, node: int) -> list[int]:
