@@ -509,10 +509,6 @@ def choose_price(tree: Tree, min_size: int, max_size: int, n_clusters: int) -> f
     return _price_for_count(tree, min_size, max_size, n_clusters, heights)
 
 
-def _at(heights: np.ndarray, i: int) -> float:
-    return float(heights[i]) if i < heights.size else 0.0
-
-
 def _price_between(heights: np.ndarray, k: int) -> float:
     """A price that keeps the k-1 highest merges undone and all lower ones done."""
     if k <= 1:
