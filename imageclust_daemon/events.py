@@ -1,0 +1,477 @@
+"""Events: the library as a person lived it. Pure: arrays and plain data in, labels out.
+
+Every photo with a plausible capture time belongs to one event: a moment (minutes to
+hours), a day out, or a trip (days away from home). The boundaries come from the photos
+themselves, in three steps (`find_events`):
+
+1. **Sessions.** Photos in time order are cut where a gap is long for its neighbourhood:
+   a gap at least `RHYTHM` times the geometric mean of the gaps around it (its
+   `WINDOW` neighbours each side), as in PhotoTOC (Platt et al. 2003) and Cooper et
+   al.'s temporal event clustering, and never at a gap under `MIN_GAP`: a burst of
+   photos seconds apart followed by ten minutes of nothing is one moment. A gap of
+   `HOURS_APART` or more always ends a session (step 3 decides whether the sessions
+   either side of it are one event). A session
+   never crosses the start of a day (`DAY_STARTS` o'clock: a party past midnight is
+   the evening before). Consecutive photos taken more than `JUMP_KM` apart, faster
+   than a person walks, are cut too (a change of place).
+2. **Home and away.** Home is where photos are taken on the most days (`home_of`:
+   positions within `HOME_KM` of one another count as one place), learned from the
+   `HOME_MONTHS` each side of each session, so a person who moves house gets a new home.
+   A session with a position farther than `HOME_KM` from home is away; one without a
+   position is unknown.
+3. **Events.** A run of sessions away from home that spans a night is a trip: sessions
+   without a position inside the run belong to it, and a gap of `TRIP_BREAK_DAYS` or
+   more with no photo, or `TRIP_SPLIT_DAYS` between two different places, ends it.
+   Sessions away on one day are a day out. The other sessions of one day are one event
+   unless they were taken at two places (centres farther apart than `PLACE_KM` and
+   than their own spreads), or hours apart (`HOURS_APART`) and showing different
+   things: their photos are less alike across the two sessions than the photos of a
+   session are on average, halfway to two photos picked at random (`content_apart`).
+
+An event is a trip when it spans two days or more away from home, a day when it
+lasts `DAY_HOURS` or more or is a day out, and a moment otherwise.
+
+Events over time (`settle`): the events of days with no new photo are kept exactly
+(a deleted photo leaves its event and nothing else moves). The days of new photos are
+cut again, together with every event that has a photo on one of those days, and with
+any event the fresh cut joins to them (a trip that goes on, photo by photo, as the
+phone syncs each evening). So new photos of new days add events, and a late import
+of old photos changes only the events of its own days.
+
+Times are the cameras' local clock times, as EXIF writes them (a day is the day the
+person lived, wherever they were).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+
+# A gap at least this many times the geometric mean of its neighbourhood's gaps ends a
+# session: PhotoTOC's K = log(17), with its window of 10 gaps each side.
+RHYTHM = 17.0
+WINDOW = 10
+MIN_GAP = 20 * 60.0  # seconds: a pause under 20 minutes never ends a session
+DAY_STARTS = 4  # o'clock: photos before 4 am belong to the evening before
+JUMP_KM = 5.0  # consecutive photos this far apart, faster than walking: two places
+WALK_KMH = 6.0
+HOME_KM = 30.0  # one place, for home and away: a city and its suburbs
+HOME_MONTHS = 6  # home is learned from the photos of this many months each side of a session
+PLACE_KM = 1.0  # two sessions' centres farther apart than this (and their spreads): two places
+HOURS_APART = 2.0  # sessions at least this far apart on one day are two events if unlike
+DAY_HOURS = 3.0  # an event lasting this long (or a day out) is a day, not a moment
+TRIP_BREAK_DAYS = 7.0  # a week with no photo ends a trip
+UNLOCATED_TRIP_DAYS = 3  # photos on this many days in a row, none with a position: a trip
+UNLOCATED_TRIP_MAX = 21
+AGREE_KM = 50.0
+
+MOMENT, DAY, TRIP = "moment", "day", "trip"
+
+
+@dataclass(frozen=True, slots=True)
+class Shots:
+    """The photos to cut into events, in any order: capture times (naive local
+    `datetime`s), positions (NaN where none) and embeddings (rows of `x`; `has_x` False
+    for a photo without one)."""
+
+    times: Sequence[datetime]
+    lat: np.ndarray
+    lon: np.ndarray
+    x: np.ndarray | None = None
+    has_x: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    rows: tuple[int, ...]  # indexes into the Shots, in time order
+    kind: str  # MOMENT, DAY or TRIP
+    started: datetime
+    ended: datetime
+
+
+@dataclass(slots=True)
+class _Session:
+    rows: list[int]  # in time order
+    day: int  # the day it belongs to (days since 0001-01-01, starting at DAY_STARTS)
+    start: float  # seconds
+    end: float
+    centre: tuple[float, float] | None
+    spread: float  # km: median distance of its positions from its centre
+    away: bool | None = None  # None: no position
+
+
+def day_of(when: datetime) -> int:
+    """The day a person lived `when` in: days start at DAY_STARTS o'clock."""
+    return (when - timedelta(hours=DAY_STARTS)).toordinal()
+
+
+def _seconds(when: datetime) -> float:
+    return (when - datetime(1, 1, 1)).total_seconds()
+
+
+def km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    p1, p2 = math.radians(a[0]), math.radians(b[0])
+    dp, dl = p2 - p1, math.radians(b[1] - a[1])
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 6371.0 * 2 * math.asin(min(1.0, math.sqrt(h)))
+
+
+def _km_many(lat: np.ndarray, lon: np.ndarray, at: tuple[float, float]) -> np.ndarray:
+    p1, p2 = np.radians(lat), math.radians(at[0])
+    dp, dl = p2 - p1, np.radians(at[1] - lon)
+    h = np.sin(dp / 2) ** 2 + np.cos(p1) * math.cos(p2) * np.sin(dl / 2) ** 2
+    out: np.ndarray = 6371.0 * 2 * np.arcsin(np.minimum(1.0, np.sqrt(h)))
+    return out
+
+
+def find_events(shots: Shots) -> list[Event]:
+    """The events of `shots`, in time order (see the module's docstring)."""
+    if not len(shots):
+        return []
+    t = np.array([_seconds(w) for w in shots.times])
+    order = np.argsort(t, kind="stable")
+    sessions = _sessions(shots, t, order)
+    _mark_away(sessions, shots)
+    apart = content_apart(shots, sessions)
+    events = []
+    for group in _group(sessions, apart):
+        rows = tuple(r for s in group for r in s.rows)
+        first, last = shots.times[rows[0]], shots.times[rows[-1]]
+        events.append(Event(rows, _kind(group), first, last))
+    return events
+
+
+def _sessions(shots: Shots, t: np.ndarray, order: np.ndarray) -> list[_Session]:
+    ts = t[order]
+    gaps = np.maximum(np.diff(ts), 1.0)
+    cut = np.zeros(len(gaps), dtype=bool)
+    if len(gaps):
+        logs = np.log(gaps)
+        sums = np.concatenate([[0.0], np.cumsum(logs)])
+        lo = np.maximum(np.arange(len(gaps)) - WINDOW, 0)
+        hi = np.minimum(np.arange(len(gaps)) + WINDOW + 1, len(gaps))
+        local = (sums[hi] - sums[lo]) / (hi - lo)
+        cut = (gaps >= MIN_GAP) & (logs >= math.log(RHYTHM) + local)
+        cut |= gaps >= HOURS_APART * 3600.0  # long for any rhythm: whether it parts two
+        # events is for their places and contents to say (`_same_event`)
+        days = np.array([day_of(shots.times[i]) for i in order])
+        cut |= days[1:] != days[:-1]
+        cut |= _jumps(shots, order, ts)
+    bounds = [0, *(np.flatnonzero(cut) + 1).tolist(), len(order)]
+    sessions = []
+    for a, b in itertools.pairwise(bounds):
+        rows = order[a:b].tolist()
+        centre, spread = _centre(shots, rows)
+        sessions.append(
+            _Session(rows, day_of(shots.times[rows[0]]), ts[a], ts[b - 1], centre, spread)
+        )
+    return sessions
+
+
+def _jumps(shots: Shots, order: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Gaps (between consecutive photos in time) across which the person travelled: two
+    positioned photos more than JUMP_KM apart, farther than walking would take them.
+    Where photos without a position lie between, the longest gap between them is cut."""
+    cut = np.zeros(max(len(order) - 1, 0), dtype=bool)
+    lat, lon = shots.lat[order], shots.lon[order]
+    located = np.flatnonzero(np.isfinite(lat) & np.isfinite(lon))
+    for a, b in itertools.pairwise(located):
+        d = km((lat[a], lon[a]), (lat[b], lon[b]))
+        hours = max(ts[b] - ts[a], 1.0) / 3600.0
+        if d > JUMP_KM and d / hours > WALK_KMH:
+            gaps = np.diff(ts[a : b + 1])
+            cut[a + int(np.argmax(gaps))] = True
+    return cut
+
+
+def _centre(shots: Shots, rows: Sequence[int]) -> tuple[tuple[float, float] | None, float]:
+    lat, lon = shots.lat[rows], shots.lon[rows]
+    ok = np.isfinite(lat) & np.isfinite(lon)
+    if not ok.any():
+        return None, 0.0
+    centre = (float(np.median(lat[ok])), float(np.median(lon[ok])))
+    return centre, float(np.median(_km_many(lat[ok], lon[ok], centre)))
+
+
+# -- home and away ----------------------------------------------------------------------------
+
+
+def home_of(days: Sequence[tuple[int, tuple[float, float]]]) -> tuple[float, float] | None:
+    """Where photos were taken in the most weeks: of the positions of (day, position)
+    pairs, the one with the most distinct weeks within HOME_KM of it (weeks, not days:
+    a fortnight away, photographed daily, must not outweigh months at home)."""
+    if not days:
+        return None
+    points = np.array([p for _, p in days], dtype=np.float64)
+    weeks = np.array([d // 7 for d, _ in days])
+    # Candidates: one per ~10 km cell, the cell's median position (a few hundred at most).
+    cells: dict[tuple[int, int], list[int]] = {}
+    for i, (a, b) in enumerate(points):
+        cells.setdefault((int(a * 10) // 1, int(b * 10) // 1), []).append(i)
+    best, best_days = None, -1
+    for members in sorted(cells.values(), key=len, reverse=True)[:200]:
+        at = (float(np.median(points[members, 0])), float(np.median(points[members, 1])))
+        near = _km_many(points[:, 0], points[:, 1], at) <= HOME_KM
+        n = len(np.unique(weeks[near]))
+        if n > best_days:
+            best, best_days = at, n
+    return best
+
+
+def _mark_away(sessions: list[_Session], shots: Shots) -> None:
+    """Each located session's `away`: farther than HOME_KM from the home of the months
+    around it (HOME_MONTHS each side)."""
+    located = [s for s in sessions if s.centre is not None]
+    if not located:
+        return
+    month = {id(s): _month(shots.times[s.rows[0]]) for s in located}
+    by_month: dict[int, list[tuple[int, tuple[float, float]]]] = {}
+    for s in located:
+        assert s.centre is not None
+        by_month.setdefault(month[id(s)], []).append((s.day, s.centre))
+    homes = {}
+    for m in sorted(by_month):
+        stretch = [
+            p for k in range(m - HOME_MONTHS, m + HOME_MONTHS + 1) for p in by_month.get(k, ())
+        ]
+        homes[m] = home_of(stretch)
+    for s in located:
+        home = homes[month[id(s)]]
+        assert s.centre is not None
+        s.away = home is not None and km(s.centre, home) > HOME_KM
+
+
+def _month(when: datetime) -> int:
+    return when.year * 12 + when.month - 1
+
+
+# -- what the sessions show --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Likeness:
+    means: dict[int, np.ndarray]  # session index -> mean embedding of its photos
+    counts: dict[int, int]
+    threshold: float  # mean similarity across two sessions below this: unlike
+
+
+def content_apart(shots: Shots, sessions: Sequence[_Session]) -> _Likeness | None:
+    """How alike the photos of one session are (the mean similarity of two of its photos,
+    over the library's sessions) and two photos picked at random; two sessions whose
+    photos are, across them, less alike than halfway between show different things."""
+    if shots.x is None or shots.has_x is None or not shots.has_x.any():
+        return None
+    x = shots.x
+    means, counts, within = {}, {}, []
+    for i, s in enumerate(sessions):
+        rows = [r for r in s.rows if shots.has_x[r]]
+        if not rows:
+            continue
+        total = x[rows].sum(axis=0, dtype=np.float64)
+        means[i], counts[i] = total / len(rows), len(rows)
+        if len(rows) >= 2:  # mean pairwise similarity, from the sum: (|Σx|² - n) / (n² - n)
+            n = len(rows)
+            within.append((float(total @ total) - n) / (n * n - n))
+    with_x = np.flatnonzero(shots.has_x)
+    if not within or len(with_x) < 2:
+        return None
+    rng = np.random.default_rng(0)
+    a, b = rng.choice(with_x, 2000), rng.choice(with_x, 2000)
+    keep = a != b
+    random = float(np.median(np.einsum("ij,ij->i", x[a[keep]], x[b[keep]]))) if keep.any() else 0
+    same = float(np.median(within))
+    if same <= random:
+        return None  # the embeddings do not tell sessions apart: say nothing of content
+    return _Likeness(means, counts, (same + random) / 2)
+
+
+def _unlike(likeness: _Likeness | None, a: int, b: int) -> bool:
+    if likeness is None or a not in likeness.means or b not in likeness.means:
+        return False
+    return float(likeness.means[a] @ likeness.means[b]) < likeness.threshold
+
+
+# -- sessions into events ----------------------------------------------------------------------
+
+
+def _group(sessions: list[_Session], likeness: _Likeness | None) -> list[list[_Session]]:
+    index = {id(s): i for i, s in enumerate(sessions)}
+    trips = _trips(sessions)
+    groups: list[list[_Session]] = []
+    i = 0
+    while i < len(sessions):
+        if i in trips:
+            end = trips[i]
+            groups.append(sessions[i:end])
+            i = end
+            continue
+        group = [sessions[i]]
+        i += 1
+        while i < len(sessions) and i not in trips and sessions[i].day == group[0].day:
+            if not _same_event(group, sessions[i], likeness, index):
+                break
+            group.append(sessions[i])
+            i += 1
+        groups.append(group)
+    return groups
+
+
+def _same_event(
+    group: list[_Session], nxt: _Session, likeness: _Likeness | None, index: dict[int, int]
+) -> bool:
+    """Whether `nxt` (same day, right after `group`) belongs to the same event."""
+    located = [s for s in group if s.centre is not None]
+    away = [s.away for s in group if s.away is not None]
+    if nxt.away and away and all(away):
+        return True  # a day out: away from home all day, wherever the day went
+    last = group[-1]
+    if nxt.centre is not None and located:
+        prev = located[-1]
+        assert prev.centre is not None
+        if km(prev.centre, nxt.centre) > max(PLACE_KM, 2 * (prev.spread + nxt.spread)):
+            return False
+    if (nxt.start - last.end) / 3600.0 >= HOURS_APART:
+        return not _unlike(likeness, index[id(last)], index[id(nxt)])
+    return True
+
+
+def _trips(sessions: list[_Session]) -> dict[int, int]:
+    """{first session: one past the last} of each trip (see `_located_trips` and
+    `_unlocated_trips`)."""
+    trips = _located_trips(sessions)
+    trips.update(_unlocated_trips(sessions, trips))
+    return trips
+
+
+def _located_trips(sessions: list[_Session]) -> dict[int, int]:
+    """Runs of sessions away from home over two days or more: sessions without a
+    position inside a run belong to it, and those on its first and last days."""
+    trips: dict[int, int] = {}
+    i = 0
+    while i < len(sessions):
+        if not sessions[i].away:
+            i += 1
+            continue
+        last_away = j = i
+        while j + 1 < len(sessions):
+            s = sessions[j + 1]
+            if s.away is False or _breaks(sessions[last_away], s, sessions[j]):
+                break
+            j += 1
+            if s.away:
+                last_away = j
+        end = last_away + 1
+        while end <= j and sessions[end].day == sessions[last_away].day:
+            end += 1
+        start = i
+        while start - 1 >= 0 and sessions[start - 1].away is None:
+            if sessions[start - 1].day != sessions[i].day or start - 1 in _ends(trips):
+                break
+            start -= 1
+        if sessions[end - 1].day > sessions[start].day:
+            trips[start] = end
+        i = end
+    return trips
+
+
+def _unlocated_trips(sessions: list[_Session], trips: Mapping[int, int]) -> dict[int, int]:
+    """Runs of sessions with no position at all on UNLOCATED_TRIP_DAYS or more days in a
+    row (and at most UNLOCATED_TRIP_MAX): a camera without GPS on a trip, told by its
+    rhythm alone, as at home few people photograph day after day."""
+    inside = {k for start, end in trips.items() for k in range(start, end)}
+    found: dict[int, int] = {}
+    i = 0
+    while i < len(sessions):
+        if sessions[i].away is not None or i in inside:
+            i += 1
+            continue
+        j = i
+        while (
+            j + 1 < len(sessions)
+            and j + 1 not in inside
+            and sessions[j + 1].away is None
+            and sessions[j + 1].day - sessions[j].day <= 1
+        ):
+            j += 1
+        days = sessions[j].day - sessions[i].day + 1
+        if UNLOCATED_TRIP_DAYS <= days <= UNLOCATED_TRIP_MAX:
+            found[i] = j + 1
+        i = j + 1
+    return found
+
+
+def _ends(trips: Mapping[int, int]) -> set[int]:
+    return {end - 1 for end in trips.values()}
+
+
+def _breaks(last_away: _Session, s: _Session, prev: _Session) -> bool:
+    """Whether the trip last away at `last_away` ends before `s` (right after `prev`):
+    a week without photos, or a day without photos between two places."""
+    if (s.start - prev.end) / 86400.0 >= TRIP_BREAK_DAYS:
+        return True
+    if s.centre is None or last_away.centre is None:
+        return False
+    return s.day - prev.day >= 2 and km(s.centre, last_away.centre) > AGREE_KM
+
+
+def _kind(group: Sequence[_Session]) -> str:
+    if group[-1].day > group[0].day:
+        return TRIP
+    if any(s.away for s in group) or (group[-1].end - group[0].start) / 3600 >= DAY_HOURS:
+        return DAY
+    return MOMENT
+
+
+# -- events over time --------------------------------------------------------------------------
+
+NEW = -1
+
+
+def settle(
+    shots: Shots, fresh: Sequence[Event], previous: np.ndarray, next_id: int
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Each shot's event id, and the kind of each event cut again: `previous` (each
+    shot's event id then, or NEW) where no new photo touches it, `fresh` (a cut of all
+    the shots) on the days of new photos (see the module's docstring)."""
+    n = len(shots)
+    days = np.array([day_of(w) for w in shots.times], dtype=np.int64)
+    fresh_of = np.empty(n, dtype=np.int64)
+    for e, event in enumerate(fresh):
+        fresh_of[list(event.rows)] = e
+    old = previous != NEW
+    # The window cut again: the days of new photos, every previous event with a photo on
+    # one of them, every fresh event that reaches into the window, to a fixed point.
+    window = np.isin(days, days[~old])
+    while True:
+        grown = window | (old & np.isin(previous, previous[window & old]))
+        grown |= np.isin(fresh_of, fresh_of[grown])
+        if (grown == window).all():
+            break
+        window = grown
+    cut = sorted(set(fresh_of[window].tolist()))
+    # A fresh event keeps the id of the previous event it shares most photos with (each
+    # id once, the biggest overlap first); the others get new ids.
+    overlaps = []
+    for e in cut:
+        ids, counts = np.unique(previous[(fresh_of == e) & old], return_counts=True)
+        overlaps += [(-int(c), e, int(i)) for i, c in zip(ids, counts, strict=True)]
+    given: dict[int, int] = {}
+    for _, e, gid in sorted(overlaps):
+        if e not in given and gid not in given.values():
+            given[e] = gid
+    labels = previous.copy()
+    kinds = {}
+    for e in cut:
+        if e not in given:
+            given[e], next_id = next_id, next_id + 1
+        labels[fresh_of == e] = given[e]
+        kinds[given[e]] = fresh[e].kind
+    return labels, kinds
