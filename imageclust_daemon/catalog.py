@@ -33,16 +33,17 @@ from urllib.parse import quote
 
 import sqlite_utils
 
-from imageclust_daemon import pairs, places, search
+from imageclust_daemon import label, pairs, places, search
 from imageclust_daemon.durable import fsync_dir
 from imageclust_daemon.errors import DatabaseError, QueryRefused
 from imageclust_daemon.migrate import statements
-from imageclust_daemon.store import READ_MMAP_BYTES
+from imageclust_daemon.store import READ_MMAP_BYTES, Store
 
 # 2: photos.place and photos.format; full-text search (FTS5) over photos (path, place) and clusters
 #    (title, catchy_phrase); catalog_info names the search snapshot.
 # 3: photos.shown_as: the RAW of a RAW+JPEG pair is shown as (and grouped with) its JPEG.
-SCHEMA_VERSION = 3
+# 4: events (moments, days out, trips) and photos.event_id; album titles unique.
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE photos (
@@ -60,6 +61,7 @@ CREATE TABLE photos (
     shown_as      TEXT,                    -- the photo this file is: its content_hash, or for
                                            -- the RAW of a RAW+JPEG pair the JPEG's
     cluster_id    INTEGER,                 -- NULL when in no group (a pair's RAW: its JPEG's)
+    event_id      INTEGER,                 -- NULL without a capture time (a pair's RAW: its JPEG's)
     status        TEXT NOT NULL CHECK (status IN ('indexed', 'pending', 'failed')),
     error         TEXT,                    -- why, when status is 'failed'
     offline       INTEGER NOT NULL DEFAULT 0  -- 1: its folder is unreachable right now
@@ -78,6 +80,17 @@ CREATE TABLE cluster_members (
     rank          INTEGER NOT NULL,        -- 0 = closest to the group's centroid
     PRIMARY KEY (cluster_id, content_hash)
 ) WITHOUT ROWID;
+CREATE TABLE events (
+    id            INTEGER PRIMARY KEY,     -- stable: an event no new photo touches keeps its id
+    title         TEXT NOT NULL,           -- where and when, unique across events
+    started_at    TEXT NOT NULL,           -- capture time of its first photo, as EXIF has it
+    ended_at      TEXT NOT NULL,           -- of its last photo
+    place         TEXT,                    -- where most of its positioned photos were taken
+    lat           REAL,
+    lon           REAL,
+    size          INTEGER NOT NULL,        -- distinct photos
+    kind          TEXT NOT NULL CHECK (kind IN ('moment', 'day', 'trip'))
+);
 CREATE TABLE catalog_info (
     key           TEXT PRIMARY KEY,
     value         TEXT
@@ -92,6 +105,7 @@ CREATE VIEW cluster_photos AS
 
 INDEXES = """
 CREATE INDEX photos_by_cluster ON photos(cluster_id);
+CREATE INDEX photos_by_event ON photos(event_id);
 CREATE INDEX photos_by_hash ON photos(content_hash);
 CREATE INDEX photos_by_photo ON photos(shown_as);
 CREATE INDEX photos_by_date ON photos(taken_at);
@@ -289,6 +303,12 @@ def _build(
             "'unixepoch') FROM state.clusters c JOIN state.cluster_runs r ON r.id = c.changed_run "
             "WHERE c.state = 'active'"
         )
+        _distinct_album_titles(conn, state_db)
+        conn.execute(
+            "INSERT INTO events (id, title, started_at, ended_at, place, lat, lon, size, kind) "
+            "SELECT id, title, started_at, ended_at, place, lat, lon, size, kind "
+            "FROM state.events WHERE state = 'active'"
+        )
         escaped = [
             raw
             for (raw,) in conn.execute(
@@ -350,18 +370,41 @@ def _fill_photos(
     conn.create_function("place_of", 2, lambda lat, lon: named.get((lat, lon)), deterministic=True)
     conn.execute(
         "INSERT INTO photos (path, path_bytes, content_hash, size, width, height, taken_at, "
-        "lat, lon, place, format, shown_as, cluster_id, status, error, offline) "
+        "lat, lon, place, format, shown_as, cluster_id, event_id, status, error, offline) "
         # (a function call only where it can answer: few paths are not UTF-8, few
         # photos have a position, few are a RAW shown by its JPEG)
         f"SELECT {text_sql}, f.path, f.content_hash, f.size, c.width, c.height, "
         "c.taken_at, c.lat, c.lon, "
         "CASE WHEN c.lat IS NULL THEN NULL ELSE place_of(c.lat, c.lon) END, c.format, "
-        f"{shown_sql}, m.cluster_id, {_STATUS}, "
+        f"{shown_sql}, m.cluster_id, v.event_id, {_STATUS}, "
         "coalesce(f.error, c.error), f.offline_since IS NOT NULL "
         + _LIVE_FILES.format(schema="state.")
         + f"LEFT JOIN cluster_members m ON m.content_hash = {shown_sql} "
+        + f"LEFT JOIN state.event_members v ON v.content_hash = {shown_sql} "
         "WHERE f.state = 'live' ORDER BY f.path",
         (model_id,),
+    )
+
+
+def _distinct_album_titles(conn: sqlite3.Connection, state_db: Path) -> None:
+    """No two albums of the catalog share a title: those that would read the same get
+    what tells them apart (`label.distinct_titles`); the state keeps each album's own."""
+    titles = dict(conn.execute("SELECT id, title FROM clusters WHERE title IS NOT NULL"))
+    clashing = {i for ids in label.clashing(titles) for i in ids}
+    if not clashing:
+        return
+    with closing(_open_state(state_db)) as state:
+        store = Store(state, state_db)
+        facts = {i: store.group_facts(i) for i in sorted(clashing)}
+    places_of = {}
+    for i, f in facts.items():
+        where = label.agreed_position(f)
+        place = places.nearest_place(*where) if where else None
+        places_of[i] = place.city if place else None
+    shown = label.distinct_titles(titles, facts, places_of, now=datetime.now())
+    conn.executemany(
+        "UPDATE clusters SET title = ? WHERE id = ?",
+        [(title, i) for i, title in shown.items() if title != titles[i]],
     )
 
 
@@ -436,6 +479,7 @@ def _full_text(conn: sqlite3.Connection) -> None:
     db = sqlite_utils.Database(conn)
     db["photos"].enable_fts(["path", "place"])  # type: ignore[union-attr]
     db["clusters"].enable_fts(["title", "catchy_phrase"])  # type: ignore[union-attr]
+    db["events"].enable_fts(["title", "place"])  # type: ignore[union-attr]
 
 
 def _is_live(conn: sqlite3.Connection, raw: bytes) -> bool:

@@ -175,6 +175,7 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
                 min_size=cfg.cluster.min_size,
                 max_size=cfg.cluster.max_size,
                 pair_raw_jpeg=cfg.library.pair_raw_jpeg,
+                words=regroup.words_for(cfg, store, model.id),
             )
             titled = _title(args, cfg, store)
     if args.json:
@@ -281,12 +282,34 @@ def _print_albums(cfg: config.Config, grouped: ClusterRun, titled: regroup.Label
             f"have them, else numbered): {titled.problem} "
             "(start Ollama and run `imageclust relabel` for better ones)"
         )
+    _print_events(cfg)
     print(f"catalog: {cfg.catalog_path}")
     print('  look: imageclust query "SELECT title, size FROM clusters ORDER BY size DESC"')
+    print('        imageclust query "SELECT kind, title, size FROM events ORDER BY started_at"')
     if cfg.organize.dir is not None:
         print(f"organized view (a folder per album): {cfg.organize.dir}")
     else:
         print("a folder per album: set organize.dir in the config")
+
+
+def _print_events(cfg: config.Config) -> None:
+    """The events, by kind, and the latest few."""
+    kinds = {
+        str(kind): cast(int, n)
+        for kind, n in catalog.query(
+            cfg.catalog_path, "SELECT kind, count(*) FROM events GROUP BY kind"
+        ).rows
+    }
+    if not kinds:
+        print("no events: no photo has a capture time")
+        return
+    total = sum(kinds.values())
+    said = ", ".join(_count(kinds[k], k) for k in ("moment", "day", "trip") if k in kinds)
+    print(f"{_count(total, 'event')} ({said}); the latest:")
+    for title, size in catalog.query(
+        cfg.catalog_path, "SELECT title, size FROM events ORDER BY started_at DESC, id LIMIT 3"
+    ).rows:
+        print(f"  {title}  ({_count(cast(int, size), 'photo')})")
 
 
 def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -300,8 +323,10 @@ def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
             max_size=cfg.cluster.max_size,
             force=args.force,
             pair_raw_jpeg=cfg.library.pair_raw_jpeg,
+            words=regroup.words_for(cfg, store, model_id),
         )
-    if not run.skipped:
+    events_changed = run.events is not None and run.events.touched
+    if not run.skipped or events_changed:
         _publish(cfg, model_id)
     elif publish.refresh_view(cfg.catalog_path, cfg.organize.dir):
         log.warning("built the organized view at %s", cfg.organize.dir)
@@ -309,6 +334,9 @@ def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
         print(json.dumps(asdict(run)))
         return 0
     if run.skipped:
+        if events_changed and run.events is not None:
+            print(f"albums: {run.note}; {regroup.describe_events(run.events)}")
+            return 0
         print(
             f"{run.note}; nothing done" + ("" if "--force" in run.note else " (--force to regroup)")
         )
@@ -485,6 +513,14 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
         shown[key] = ", ".join(f"{kind} {n}" for kind, n in found.items()) or "none"
     if counts.get("skipped"):
         shown["skipped"] += " (not photos: counted, not read)"
+    kinds = counts.get("events") or {}
+    shown["events"] = (
+        f"{sum(kinds.values())} ("
+        + ", ".join(_count(kinds[k], k) for k in ("moment", "day", "trip") if k in kinds)
+        + ")"
+        if kinds
+        else "none"
+    )
     width = max(len(k) for k in shown)
     for key, value in shown.items():
         print(f"{key:<{width}}  {value}")

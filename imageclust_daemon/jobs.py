@@ -372,8 +372,13 @@ class Jobs:
             max_size=self.cfg.cluster.max_size,
             stop=self.stop,
             pair_raw_jpeg=self.cfg.library.pair_raw_jpeg,
+            words=regroup.words_for(self.cfg, self.store, self.model.id),
         )
         _return_freed_memory()  # the embeddings matrix: 2 GB at 1M photos
+        if run.events is not None and run.events.touched:
+            if run.skipped:  # (else the regroup's line below says it)
+                log.info("events: %s", regroup.describe_events(run.events))
+            self._changed()
         if run.skipped:
             log.debug("recluster: %s", run.note)
         else:

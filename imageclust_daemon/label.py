@@ -24,9 +24,9 @@ import math
 import re
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 TITLE_MAX = 25
 PHRASE_MAX = 100
@@ -63,6 +63,7 @@ class GroupFacts:
     taken_at: tuple[str, ...] = ()  # ISO 8601 capture times of members that have one
     positions: tuple[tuple[float, float], ...] = ()  # (lat, lon) of members that have one
     folders: tuple[str, ...] = ()  # parent folder name of each member file
+    subject: str | None = None  # what most of its photos show, when one word clearly wins
 
 
 # -- text cleaning ----------------------------------------------------------------------------
@@ -275,7 +276,9 @@ def plausible_day(text: str, now: datetime | None = None) -> datetime | None:
 
 def album_when(facts: GroupFacts, now: datetime | None = None) -> str | None:
     """When the album's photos were taken, when more than half of them have a plausible
-    date: the range of the middle 80% of those dates ("June 2024", "2017-2019")."""
+    date: the range of the middle 80% of those dates ("June 2024", "2017-2019"), or of
+    all of them when the middle 80% would be half of the album or less ("most photos"
+    means more than half)."""
     days = sorted(d for d in (plausible_day(t, now) for t in facts.taken_at) if d is not None)
     if 2 * len(days) <= max(facts.size, len(facts.taken_at)):
         return None
@@ -283,6 +286,8 @@ def album_when(facts: GroupFacts, now: datetime | None = None) -> str | None:
     # photos must not stretch "June 2024" to "2009-2024" either.
     trim = max(int(len(days) * TRIM_SHARE), 1 if len(days) >= 5 else 0)
     core = days[trim : len(days) - trim] or days
+    if 2 * len(core) <= max(facts.size, len(facts.taken_at)):
+        core = days  # the range said must hold most of the album's photos, not a few of them
     where = agreed_position(facts)
     return _describe_days(core, None if where is None else where[0] < 0)
 
@@ -311,22 +316,158 @@ def _common_folder(folders: Sequence[str]) -> str | None:
 def fallback_label(
     facts: GroupFacts, place: str | None, group_id: int, *, now: datetime | None = None
 ) -> Label:
-    """A title from place and dates, else the common folder name, else the group's number.
+    """A title from what most photos show (`facts.subject`), place and dates, else the
+    common folder name, else the group's number.
 
     `place` must be the name of `agreed_position(facts)` (None when there is none).
     """
     when = album_when(facts, now)
     folder = _common_folder(facts.folders)
+    subject = facts.subject[:1].upper() + facts.subject[1:] if facts.subject else None
     candidates = [
+        f"{subject}, {place}" if subject and place else None,
+        f"{subject}, {when}" if subject and when else None,
         f"{place}, {when}" if place and when else None,
+        subject,
         place,
         when,
         folder,
         f"Photo group {group_id}",
     ]
-    title = next(clean_text(c, TITLE_MAX) for c in candidates if c and clean_text(c, TITLE_MAX))
-    details = [d for d in (place, when) if d]
+    # The first that fits whole: a cut place name ("Santa Cruz de") says something false.
+    fitting = [c for c in candidates if c and clean_text(c, TITLE_MAX) == clean_text(c, 10**6)]
+    title = next(
+        (clean_text(c, TITLE_MAX) for c in fitting if clean_text(c, TITLE_MAX)),
+        next(clean_text(c, TITLE_MAX) for c in candidates if c and clean_text(c, TITLE_MAX)),
+    )
+    details = [d for d in (facts.subject, place, when) if d]
     phrase = f"{facts.size} photos" + (f" · {', '.join(details)}" if details else "")
     if not details and folder and folder != title:
         phrase += f" · {folder}"
     return Label(title, clean_text(phrase, PHRASE_MAX), "fallback")
+
+
+# -- event titles -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventFacts:
+    """What an event's title is made of: its first and last days (as a person lived them:
+    days start at 4 am, `events.day_of`), its first photo's time, and its place."""
+
+    id: int
+    first_day: date
+    last_day: date
+    started: datetime
+    place: str | None  # the city most of its positioned photos were taken in
+
+
+def event_when(first: date, last: date) -> str:
+    """ "11 June 2021", "3–7 May 2022", "28 May – 2 June 2022", "30 December 2021 – 2
+    January 2022"."""
+
+    def day(d: date) -> str:
+        return f"{d.day} {_MONTHS[d.month - 1]}"
+
+    if first == last:
+        return f"{day(first)} {first.year}"
+    if (first.year, first.month) == (last.year, last.month):
+        return f"{first.day}–{last.day} {_MONTHS[first.month - 1]} {first.year}"
+    if first.year == last.year:
+        return f"{day(first)} – {day(last)} {first.year}"
+    return f"{day(first)} {first.year} – {day(last)} {last.year}"
+
+
+def part_of_day(when: datetime) -> str:
+    hour = when.hour
+    if 4 <= hour < 12:
+        return "morning"
+    if 12 <= hour < 17:
+        return "afternoon"
+    if 17 <= hour < 21:
+        return "evening"
+    return "night"
+
+
+def event_titles(events: Sequence[EventFacts]) -> dict[int, str]:
+    """Each event's title, where and when ("Paris, 11 June 2021"; "Seville, 3–7 May 2022"),
+    unique across `events`: events that would read the same get the part of the day they
+    began in ("…, morning") when that tells them apart, else the time they began ("…,
+    14:05"), else that time and their number."""
+    titles = {
+        e.id: f"{e.place}, {event_when(e.first_day, e.last_day)}"
+        if e.place
+        else event_when(e.first_day, e.last_day)
+        for e in events
+    }
+    by_id = {e.id: e for e in events}
+    clashes: dict[str, list[int]] = {}
+    for eid, title in titles.items():
+        clashes.setdefault(title.casefold(), []).append(eid)
+    for ids in clashes.values():
+        if len(ids) < 2:
+            continue
+        for qualify in (
+            lambda e: part_of_day(e.started),
+            lambda e: e.started.strftime("%H:%M"),
+            lambda e: f"{e.started:%H:%M}, event {e.id}",
+        ):
+            words = [qualify(by_id[eid]) for eid in ids]
+            if len(set(words)) == len(words):
+                break
+        for eid, word in zip(ids, words, strict=True):
+            titles[eid] = f"{titles[eid]}, {word}"
+    return titles
+
+
+# -- titles that tell albums apart --------------------------------------------------------------
+
+
+def distinct_titles(
+    titles: Mapping[int, str],
+    facts: Mapping[int, GroupFacts],
+    places: Mapping[int, str | None],
+    *,
+    now: datetime | None = None,
+) -> dict[int, str]:
+    """`titles` (album id -> title), with what tells them apart added to those that would
+    read the same (case aside): the album's subject, its place, its span of time, its
+    folder, each only where it tells some of them apart and is true of the album (see
+    `album_when`, `agreed_position`), and last the album's number. `facts` and `places`
+    (the name of each album's agreed position) are needed for the clashing ones only."""
+    qualifiers: list[Callable[[int], str | None]] = [
+        lambda i: facts[i].subject if i in facts else None,
+        lambda i: places.get(i),
+        lambda i: album_when(facts[i], now) if i in facts else None,
+        lambda i: _common_folder(facts[i].folders) if i in facts else None,
+    ]
+    out = dict(titles)
+    while todo := _clashes(out):  # (a qualified title may read like another album's)
+        ids = todo[0]
+        best: dict[int, str] = {}
+        for qualify in qualifiers:  # the one that tells most of them apart (first on a tie)
+            words = {i: qualify(i) for i in ids}
+            shown = {
+                i: f"{out[i]}, {w}" if w and w.casefold() not in out[i].casefold() else out[i]
+                for i, w in words.items()
+            }
+            if len({t.casefold() for t in shown.values()}) > len(
+                {t.casefold() for t in best.values()} if best else {0}
+            ):
+                best = shown
+        if not best:  # nothing true tells them apart: their numbers do
+            best = {i: f"{out[i]}, album {i}" for i in ids}
+        out.update(best)
+    return out
+
+
+def clashing(titles: Mapping[int, str]) -> list[list[int]]:
+    """The ids of titles that read the same (case aside), in groups."""
+    return _clashes(titles)
+
+
+def _clashes(titles: Mapping[int, str]) -> list[list[int]]:
+    same: dict[str, list[int]] = {}
+    for i, title in sorted(titles.items()):
+        same.setdefault(title.casefold(), []).append(i)
+    return [ids for ids in same.values() if len(ids) > 1]

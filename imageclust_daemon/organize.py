@@ -1,4 +1,5 @@
-"""The organized view: a folder with one sub-folder of symlinks per titled group.
+"""The organized view: a folder with one sub-folder of symlinks per titled group, and
+`Events/<year>/<YYYY-MM-DD title>/` with one per event.
 
 `organize.dir` is a symlink to a versioned tree beside it (`.<name>.<stamp>`). A new
 tree is built completely, then the symlink is swapped with one atomic rename, and
@@ -16,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imageclust_daemon.errors import ImageclustError
 
@@ -27,11 +29,15 @@ class OrganizeError(ImageclustError):
     """The organized folder cannot be built where configured."""
 
 
+EVENTS = "Events"  # the folder of events, beside the albums' folders
+
+
 @dataclass(frozen=True, slots=True)
 class Group:
     id: int
     title: str | None
     paths: tuple[bytes, ...]  # live files of the group's members
+    day: str | None = None  # an event's first day, YYYY-MM-DD (None: an album)
 
 
 def safe_name(title: str | None, fallback: str) -> str:
@@ -69,12 +75,19 @@ def build(groups: Sequence[Group], dest: Path) -> int:
     tree.mkdir()
     links = 0
     try:
-        folders: set[bytes] = set()
+        folders: set[bytes] = {EVENTS.lower().encode()}  # an album titled "Events": "Events (2)"
+        by_year: dict[str, set[bytes]] = {}
         for group in groups:
-            folder_name = _unique(
-                safe_name(group.title, f"Group {group.id}").encode("utf-8"), folders
-            )
-            folder = os.path.join(os.fsencode(tree), folder_name)
+            if group.day is None:
+                under, taken = os.fsencode(tree), folders
+                name = safe_name(group.title, f"Group {group.id}")
+            else:
+                year = group.day[:4]
+                under = os.path.join(os.fsencode(tree), EVENTS.encode(), year.encode())
+                os.makedirs(under, exist_ok=True)
+                taken = by_year.setdefault(year, set())
+                name = safe_name(f"{group.day} {group.title or ''}", f"{group.day} {group.id}")
+            folder = os.path.join(under, _unique(name.encode("utf-8"), taken))
             os.mkdir(folder)
             names: set[bytes] = set()
             for path in group.paths:
@@ -103,7 +116,8 @@ def is_current(dest: Path, catalog: Path) -> bool:
 
 
 def groups_from_catalog(catalog: Path) -> list[Group]:
-    """The titled groups and their files, as the published catalog has them."""
+    """The titled groups and the events, and their files, as the published catalog has
+    them."""
     import sqlite3
 
     from imageclust_daemon.catalog import uri
@@ -117,15 +131,24 @@ def groups_from_catalog(catalog: Path) -> list[Group]:
             "FROM clusters c JOIN photos p ON p.cluster_id = c.id "
             "ORDER BY c.id, 3, p.offline, p.path_bytes"
         ).fetchall()
+        event_rows = conn.execute(
+            "SELECT e.id, e.title, coalesce(p.content_hash, p.path), p.path_bytes, "
+            "substr(e.started_at, 1, 10) FROM events e JOIN photos p ON p.event_id = e.id "
+            "ORDER BY e.started_at, e.id, 3, p.offline, p.path_bytes"
+        ).fetchall()
     finally:
         conn.close()
-    groups: dict[int, tuple[str | None, list[bytes]]] = {}
+    return _grouped(rows, None) + _grouped(event_rows, "event")
+
+
+def _grouped(rows: list[tuple[Any, ...]], kind: str | None) -> list[Group]:
+    groups: dict[int, tuple[str | None, list[bytes], str | None]] = {}
     shown: set[tuple[int, str]] = set()
-    for cluster_id, title, content, path in rows:
-        if (cluster_id, content) in shown:
+    for group_id, title, content, path, *day in rows:
+        if (group_id, content) in shown:
             continue
-        shown.add((cluster_id, content))
-        groups.setdefault(cluster_id, (title, []))[1].append(path)
-    for _, paths in groups.values():
+        shown.add((group_id, content))
+        groups.setdefault(group_id, (title, [], day[0] if kind else None))[1].append(path)
+    for _, paths, _ in groups.values():
         paths.sort()
-    return [Group(cid, title, tuple(paths)) for cid, (title, paths) in groups.items()]
+    return [Group(gid, title, tuple(paths), day) for gid, (title, paths, day) in groups.items()]

@@ -194,6 +194,38 @@ class GroupRow:
     changed: bool  # new, or membership differs from the group it inherits its id from
     cut_size: int  # members when the group was last cut (its growth is measured from it)
     fit: float  # the members' variance about their centre when the group was last cut
+    subject: str | None = None  # what most of its photos show (subjects.subject_of)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """One event, ready to store."""
+
+    id: int
+    kind: str  # moment, day or trip
+    title: str
+    started_at: str  # capture times of its first and last photos, as EXIF has them
+    ended_at: str
+    place: str | None
+    lat: float | None
+    lon: float | None
+    members: tuple[str, ...]  # content hashes
+
+
+@dataclass(frozen=True, slots=True)
+class EventReport:
+    """What one update of the events did."""
+
+    dated: int = 0  # distinct photos with a plausible capture time
+    events: int = 0
+    new: int = 0
+    changed: int = 0  # members or title changed (new ones not included)
+    retired: int = 0
+    seconds: float = 0.0
+
+    @property
+    def touched(self) -> bool:
+        return bool(self.new or self.changed or self.retired)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +253,7 @@ class ClusterRun:
     moved: int = 0  # photos in an album before that left some of its photos
     dissolved: int = 0  # albums fallen below min_size, their photos placed again
     recut: dict[int, str] = field(default_factory=dict)  # album id -> why it was cut again
+    events: EventReport | None = None  # what the events update beside it did (not stored)
 
 
 @dataclass(frozen=True, slots=True)

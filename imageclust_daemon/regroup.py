@@ -9,25 +9,34 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import TypeVar
 
 import blake3
 import numpy as np
 
-from imageclust_daemon import cluster, decode, label, pairs
+from imageclust_daemon import cluster, decode, events, label, models, pairs, subjects
+from imageclust_daemon.config import Config
 from imageclust_daemon.errors import (
     DecodeError,
+    ImageclustError,
     OllamaError,
     OllamaModelMissing,
     OllamaUnavailable,
 )
 from imageclust_daemon.ollama import OllamaClient
 from imageclust_daemon.places import Place, nearest_place
-from imageclust_daemon.records import ClusterRun, GroupRow, LabelJob, display_path
+from imageclust_daemon.records import (
+    ClusterRun,
+    EventReport,
+    EventRow,
+    GroupRow,
+    LabelJob,
+    display_path,
+)
 from imageclust_daemon.store import Store
 
 log = logging.getLogger(__name__)
@@ -69,12 +78,14 @@ def recluster(
     force: bool = False,
     stop: threading.Event | None = None,
     pair_raw_jpeg: bool = True,
+    words: Callable[[int], np.ndarray | None] | None = None,
 ) -> ClusterRun:
     """Regroup the live library's distinct photos, moving only what the changes since the
     last run demand (`cluster.regroup`); flag the new and changed albums. The whole library
     is cut again only when asked (`force`), on a new model, at the first run, or when the
     library doubled since its albums were cut. The RAW of a RAW+JPEG pair is its JPEG's
-    photo, not one of its own (`pair_raw_jpeg`).
+    photo, not one of its own (`pair_raw_jpeg`). `words`: the vocabulary's text vectors
+    for the embeddings' dimension (`subject_words`), for what each album shows.
 
     Does nothing (and says so: `skipped`) when the model, the limits and the set of
     contents are those of the last run.
@@ -94,12 +105,17 @@ def recluster(
             "still need an embedding; run `imageclust index` first (or --force)",
         )
     hashes, x = store.live_embeddings(model)
-    if pair_raw_jpeg:
-        hashes, x = _without(pairs.find(store.conn, model), hashes, x)
+    shown = pairs.find(store.conn, model) if pair_raw_jpeg else {}
+    hashes, x = _without(shown, hashes, x)
+    # Events first: they need no regroup of the albums to change (a library upgraded to
+    # events has none yet), and cost little when no photo is new.
+    dated = update_events(store, hashes, x, shown_elsewhere=shown)
     digest = _digest([model, str(min_size), str(max_size), *hashes])
     last = store.last_cluster_run()
     if last is not None and last.input_digest == digest and not force:
-        return replace(last, skipped=True, note=f"nothing changed since run #{last.run_id}")
+        return replace(
+            last, skipped=True, note=f"nothing changed since run #{last.run_id}", events=dated
+        )
     albums = store.active_clusters()
     previous = _previous(store, hashes, albums)
     full = "recluster --force" if force else ""
@@ -115,8 +131,11 @@ def recluster(
             cancelled=stop.is_set if stop is not None else cluster.never,
         )
     except cluster.Cancelled:
-        return ClusterRun(model, min_size, max_size, digest, skipped=True, note="stopped")
-    groups, retired = album_rows(x, hashes, result, albums, dict(previous.baselines))
+        return ClusterRun(
+            model, min_size, max_size, digest, skipped=True, note="stopped", events=dated
+        )
+    vectors = words(x.shape[1]) if words is not None and len(x) else None
+    groups, retired = album_rows(x, hashes, result, albums, dict(previous.baselines), vectors)
     n_albums = len(np.unique(result.labels[result.labels >= 0]))
     run = ClusterRun(
         model_id=model,
@@ -137,6 +156,7 @@ def recluster(
         moved=result.moved,
         dissolved=result.dissolved,
         recut=result.recut,
+        events=dated,
     )
     waiting = [hashes[i] for i in np.flatnonzero(result.labels < 0)]
     run_id = store.save_clustering(run, groups, retired, waiting)
@@ -163,7 +183,19 @@ def describe(run: ClusterRun) -> str:
             f"{count(run.dissolved, 'album')} fell below cluster.min_size, its photos placed again"
         )
     waiting = f"; {run.unclustered} in no album" if run.unclustered else ""
-    return f"{how}; {albums}{waiting}" + (f" ({'; '.join(why)})" if why else "")
+    said = f"{how}; {albums}{waiting}" + (f" ({'; '.join(why)})" if why else "")
+    if run.events is not None and run.events.touched:
+        said += f"; {describe_events(run.events)}"
+    return said
+
+
+def describe_events(report: EventReport) -> str:
+    """ "12 events (2 new, 1 changed, 0 retired)"."""
+    noun = "event" if report.events == 1 else "events"
+    return (
+        f"{report.events} {noun} ({report.new} new, {report.changed} changed, "
+        f"{report.retired} retired)"
+    )
 
 
 def _previous(store: Store, hashes: list[str], albums: dict[int, set[str]]) -> cluster.Previous:
@@ -184,10 +216,12 @@ def album_rows(
     result: cluster.Regrouping,
     previous: dict[int, set[str]],
     baselines: dict[int, cluster.Baseline],
+    words: np.ndarray | None = None,
 ) -> tuple[list[GroupRow], list[int]]:
     """The albums to store (all after a full regroup, whose centres may have moved with a
     new model; else those whose members or baseline changed: `baselines` are the stored
-    ones) and the ids of those retired."""
+    ones) and the ids of those retired. `words`: the vocabulary's vectors, for each
+    album's subject."""
     labels = result.labels
     members = cluster.album_members(labels)
     groups = []
@@ -210,10 +244,175 @@ def album_rows(
                 changed=changed,
                 cut_size=result.baselines[gid].size,
                 fit=result.baselines[gid].fit,
+                subject=None
+                if words is None
+                else subjects.subject_of(x[idx], words, subjects.SUBJECTS),
             )
         )
     retired = sorted(gid for gid in previous if gid not in members)
     return groups, retired
+
+
+def subject_words(
+    store: Store, model_id: str, open_text: Callable[[int], models.TextModel]
+) -> Callable[[int], np.ndarray | None]:
+    """`recluster`'s `words`: the vocabulary's vectors for the model, from the store or
+    embedded once by the text tower (`open_text(dim)`); None, said once in the log, when
+    the model has no text tower here (albums then have no subject)."""
+
+    def words(dim: int) -> np.ndarray | None:
+        version = subjects.VOCABULARY_VERSION
+        try:
+            return subjects.word_vectors(
+                lambda: store.subject_vectors(model_id, version),
+                lambda texts: open_text(dim).embed(texts),
+                lambda vectors: store.keep_subject_vectors(model_id, version, vectors),
+            )
+        except ImageclustError as exc:
+            log.info("albums get no subject words: %s", exc)
+            return None
+
+    return words
+
+
+def words_for(cfg: Config, store: Store, model_id: str) -> Callable[[int], np.ndarray | None]:
+    """`subject_words` with the configured model's text tower."""
+
+    def open_text(dim: int) -> models.TextModel:
+        return models.open_text_model(
+            models.locate(cfg),
+            vision_dim=dim,
+            threads=cfg.model.threads,
+            providers=cfg.model.providers,
+        )
+
+    return subject_words(store, model_id, open_text)
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+def update_events(
+    store: Store,
+    hashes: Sequence[str],
+    x: np.ndarray,
+    *,
+    shown_elsewhere: Mapping[str, str] | None = None,
+    place_of: Callable[[float, float], Place | None] = nearest_place,
+    now: datetime | None = None,
+) -> EventReport:
+    """Cut the library's dated photos into events, keeping every event no new photo
+    touches (`events.settle`), and title them; write only what changed. `hashes`/`x`: the
+    embeddings at hand (what the photos show tells two sessions of one day apart);
+    `shown_elsewhere`: the RAWs of RAW+JPEG pairs, which are their JPEG's photo."""
+    started = time.monotonic()
+    now = now or datetime.now()
+    skip = shown_elsewhere or {}
+    dated = []
+    for content_hash, taken_at, lat, lon in store.dated_contents():
+        when = label.plausible_day(taken_at, now)  # a clock never set has no event
+        if when is not None and content_hash not in skip:
+            dated.append((content_hash, when, taken_at, lat, lon))
+    dated.sort(key=lambda d: (d[1], d[0]))
+    previous = store.active_events()
+    event_of = {h: eid for eid, (_, members) in previous.items() for h in members}
+    keys = [d[0] for d in dated]
+    before = np.array([event_of.get(h, events.NEW) for h in keys], dtype=np.int64)
+    if not (before == events.NEW).any() and len(keys) == len(event_of):
+        return EventReport(len(keys), len(previous), seconds=time.monotonic() - started)
+    row_of = {h: i for i, h in enumerate(hashes)}
+    rows = [row_of.get(h, -1) for h in keys]
+    has_x = np.array([r >= 0 for r in rows], dtype=bool)
+    shots = events.Shots(
+        [d[1] for d in dated],
+        np.array([np.nan if d[3] is None else d[3] for d in dated], dtype=np.float64),
+        np.array([np.nan if d[4] is None else d[4] for d in dated], dtype=np.float64),
+        x[[max(r, 0) for r in rows]] if len(x) and len(rows) else None,
+        has_x,
+    )
+    kinds = {eid: e.kind for eid, (e, _) in previous.items()}
+    if (before == events.NEW).any():
+        fresh = events.find_events(shots)
+        labels, cut_kinds = events.settle(shots, fresh, before, store.next_event_id())
+        kinds.update(cut_kinds)
+    else:  # only deletions: every event keeps what it has left
+        labels = before
+    rows_now = _event_rows(dated, labels, kinds, previous, place_of)
+    changed = [r for r in rows_now if r.id not in previous or _event_differs(previous[r.id], r)]
+    retired = sorted(set(previous) - {r.id for r in rows_now})
+    if changed or retired:
+        store.save_events(changed, retired)
+    new = sum(r.id not in previous for r in changed)
+    return EventReport(
+        len(keys),
+        len(rows_now),
+        new,
+        len(changed) - new,
+        len(retired),
+        time.monotonic() - started,
+    )
+
+
+def _event_rows(
+    dated: Sequence[tuple[str, datetime, str, float | None, float | None]],
+    labels: np.ndarray,
+    kinds: Mapping[int, str],
+    previous: Mapping[int, tuple[EventRow, set[str]]],
+    place_of: Callable[[float, float], Place | None],
+) -> list[EventRow]:
+    """Every event as it is now, titled (titles are unique across all of them)."""
+    members: dict[int, list[int]] = {}
+    for i, eid in enumerate(labels.tolist()):
+        members.setdefault(eid, []).append(i)
+    facts, found = [], []
+    for eid, idx in sorted(members.items()):
+        hashes = tuple(dated[i][0] for i in idx)
+        old = previous.get(eid)
+        if old is not None and old[1] == set(hashes):
+            place, lat, lon = old[0].place, old[0].lat, old[0].lon  # as it was
+        else:
+            place, lat, lon = _event_place([(dated[i][3], dated[i][4]) for i in idx], place_of)
+        first, last = dated[idx[0]], dated[idx[-1]]
+        facts.append(
+            label.EventFacts(
+                eid,
+                date.fromordinal(events.day_of(first[1])),
+                date.fromordinal(events.day_of(last[1])),
+                first[1],
+                place.rsplit(", ", 1)[0] if place else None,
+            )
+        )
+        found.append((eid, hashes, first[2], last[2], place, lat, lon))
+    titles = label.event_titles(facts)
+    return [
+        EventRow(eid, kinds[eid], titles[eid], first, last, place, lat, lon, hashes)
+        for eid, hashes, first, last, place, lat, lon in found
+    ]
+
+
+def _event_place(
+    positions: Sequence[tuple[float | None, float | None]],
+    place_of: Callable[[float, float], Place | None],
+) -> tuple[str | None, float | None, float | None]:
+    """Where most of an event's positioned photos were taken (its photos without a
+    position were taken at the same time, so with them), and that place's name."""
+    known = tuple((a, b) for a, b in positions if a is not None and b is not None)
+    where = label.agreed_position(label.GroupFacts(len(known), positions=known))
+    if where is None:
+        return None, None, None
+    place = place_of(*where)
+    return (str(place) if place else None), round(where[0], 6), round(where[1], 6)
+
+
+def _event_differs(old: tuple[EventRow, set[str]], new: EventRow) -> bool:
+    row, members = old
+    return members != set(new.members) or (
+        row.kind,
+        row.title,
+        row.started_at,
+        row.ended_at,
+        row.place,
+    ) != (new.kind, new.title, new.started_at, new.ended_at, new.place)
 
 
 # -- relabel -----------------------------------------------------------------------------------

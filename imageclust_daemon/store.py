@@ -29,6 +29,7 @@ from imageclust_daemon.label import GroupFacts, Label
 from imageclust_daemon.records import (
     ClusterRun,
     ContentRow,
+    EventRow,
     FileRow,
     GroupRow,
     KnownFile,
@@ -82,7 +83,7 @@ STATUS_KEYS = (
     "labeled",
 )
 # Status keys whose value is a mapping (format or kind -> files), {} before any index.
-STATUS_MAPS = ("formats", "skipped")
+STATUS_MAPS = ("events", "formats", "skipped")
 
 
 class Store:
@@ -349,8 +350,8 @@ class Store:
     def collect_garbage(self, older_than_days: float) -> tuple[int, int]:
         """Forget files gone longer than that, then contents (and embeddings) no file has.
 
-        Contents still in a group, or waiting for one, are kept until the next regroup
-        drops them.
+        Contents still in a group or an event, or waiting for a group, are kept until the
+        next regroup drops them.
         Returns (file rows, contents) removed.
         """
         cutoff = time.time() - older_than_days * 86400
@@ -364,7 +365,9 @@ class Store:
                 "AND NOT EXISTS (SELECT 1 FROM cluster_members m "
                 "WHERE m.content_hash = contents.hash) "
                 "AND NOT EXISTS (SELECT 1 FROM cluster_waiting w "
-                "WHERE w.content_hash = contents.hash)",
+                "WHERE w.content_hash = contents.hash) "
+                "AND NOT EXISTS (SELECT 1 FROM event_members v "
+                "WHERE v.content_hash = contents.hash)",
                 (cutoff,),
             ).rowcount
         self.conn.execute("PRAGMA optimize")
@@ -526,8 +529,8 @@ class Store:
                 if g.is_new:
                     conn.execute(
                         "INSERT INTO clusters (id, state, size, centroid, members_digest, "
-                        "created_run, changed_run, needs_label, cut_size, fit) "
-                        "VALUES (?, 'active', ?, ?, ?, ?, ?, 1, ?, ?)",
+                        "created_run, changed_run, needs_label, cut_size, fit, subject) "
+                        "VALUES (?, 'active', ?, ?, ?, ?, ?, 1, ?, ?, ?)",
                         (
                             g.id,
                             len(g.members),
@@ -537,19 +540,30 @@ class Store:
                             run_id,
                             g.cut_size,
                             g.fit,
+                            g.subject,
                         ),
                     )
                 elif g.changed:
                     conn.execute(
                         "UPDATE clusters SET state = 'active', size = ?, centroid = ?, "
                         "members_digest = ?, changed_run = ?, needs_label = 1, cut_size = ?, "
-                        "fit = ? WHERE id = ?",
-                        (len(g.members), blob, g.members_digest, run_id, g.cut_size, g.fit, g.id),
+                        "fit = ?, subject = ? WHERE id = ?",
+                        (
+                            len(g.members),
+                            blob,
+                            g.members_digest,
+                            run_id,
+                            g.cut_size,
+                            g.fit,
+                            g.subject,
+                            g.id,
+                        ),
                     )
                 else:  # same members: the label stays; the centroid may move with a new model
                     conn.execute(
-                        "UPDATE clusters SET centroid = ?, cut_size = ?, fit = ? WHERE id = ?",
-                        (blob, g.cut_size, g.fit, g.id),
+                        "UPDATE clusters SET centroid = ?, cut_size = ?, fit = ?, "
+                        "subject = coalesce(?, subject) WHERE id = ?",
+                        (blob, g.cut_size, g.fit, g.subject, g.id),
                     )
                 conn.execute("DELETE FROM cluster_members WHERE cluster_id = ?", (g.id,))
                 conn.executemany(
@@ -569,6 +583,95 @@ class Store:
             )
         assert run_id is not None
         return int(run_id)
+
+    def subject_vectors(self, model_id: str, version: int) -> np.ndarray | None:
+        row = self.conn.execute(
+            "SELECT words, dim, vectors FROM subject_vectors WHERE model_id = ? AND version = ?",
+            (model_id, version),
+        ).fetchone()
+        if row is None or len(row[2]) != 4 * row[0] * row[1]:
+            return None
+        return blob_to_vector(row[2]).reshape(row[0], row[1])
+
+    def keep_subject_vectors(self, model_id: str, version: int, vectors: np.ndarray) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO subject_vectors (model_id, version, words, dim, vectors) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (model_id, version, vectors.shape[0], vectors.shape[1], vector_to_blob(vectors)),
+            )
+
+    # -- events --------------------------------------------------------------------------------
+
+    def dated_contents(self) -> list[tuple[str, str, float | None, float | None]]:
+        """(hash, capture time, lat, lon) of each distinct content of a live file that has a
+        capture time and decodes, in hash order."""
+        return self.conn.execute(
+            "SELECT c.hash, c.taken_at, c.lat, c.lon FROM contents c "
+            "WHERE c.taken_at IS NOT NULL AND c.error IS NULL AND EXISTS "
+            "(SELECT 1 FROM files f WHERE f.content_hash = c.hash AND f.state = 'live') "
+            "ORDER BY c.hash"
+        ).fetchall()
+
+    def active_events(self) -> dict[int, tuple[EventRow, set[str]]]:
+        """Each active event as stored, and its members."""
+        members: dict[int, set[str]] = {}
+        for content_hash, event_id in self.conn.execute(
+            "SELECT content_hash, event_id FROM event_members"
+        ):
+            members.setdefault(event_id, set()).add(content_hash)
+        found = {}
+        for eid, kind, title, started, ended, place, lat, lon in self.conn.execute(
+            "SELECT id, kind, title, started_at, ended_at, place, lat, lon FROM events "
+            "WHERE state = 'active'"
+        ):
+            event = EventRow(eid, kind, title, started, ended, place, lat, lon, members=())
+            found[eid] = (event, members.get(eid, set()))
+        return found
+
+    def next_event_id(self) -> int:
+        """An id above every id ever given: ids are never reused."""
+        return int(self.conn.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0])
+
+    def save_events(self, changed: Sequence[EventRow], retired: Iterable[int]) -> None:
+        """Write the events that are new or changed (members, kind, times or title) and
+        retire those gone, in one transaction."""
+        now = time.time()
+        with self.transaction() as conn:
+            for e in changed:
+                conn.execute(
+                    "INSERT INTO events (id, state, kind, title, started_at, ended_at, place, "
+                    "lat, lon, size, created_at, updated_at) "
+                    "VALUES (?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET state = 'active', kind = excluded.kind, "
+                    "title = excluded.title, started_at = excluded.started_at, "
+                    "ended_at = excluded.ended_at, place = excluded.place, lat = excluded.lat, "
+                    "lon = excluded.lon, size = excluded.size, updated_at = excluded.updated_at",
+                    (
+                        e.id,
+                        e.kind,
+                        e.title,
+                        e.started_at,
+                        e.ended_at,
+                        e.place,
+                        e.lat,
+                        e.lon,
+                        len(e.members),
+                        now,
+                        now,
+                    ),
+                )
+                conn.execute("DELETE FROM event_members WHERE event_id = ?", (e.id,))
+            for event_id in retired:
+                conn.execute(
+                    "UPDATE events SET state = 'retired', updated_at = ? WHERE id = ?",
+                    (now, event_id),
+                )
+                conn.execute("DELETE FROM event_members WHERE event_id = ?", (event_id,))
+            conn.executemany(
+                "INSERT OR REPLACE INTO event_members (content_hash, event_id) VALUES (?, ?)",
+                [(h, e.id) for e in changed for h in e.members],
+            )
 
     # -- labels --------------------------------------------------------------------------------
 
@@ -620,7 +723,10 @@ class Store:
                 (cluster_id,),
             )
         ]
-        return GroupFacts(size, tuple(sorted(taken)), tuple(positions), tuple(folders))
+        (subject,) = self.conn.execute(
+            "SELECT subject FROM clusters WHERE id = ?", (cluster_id,)
+        ).fetchone() or (None,)
+        return GroupFacts(size, tuple(sorted(taken)), tuple(positions), tuple(folders), subject)
 
     def cached_label(self, digest: str, llm_model: str, prompt_version: int) -> Label | None:
         row = self.conn.execute(
@@ -719,6 +825,12 @@ class Store:
             "labeled": one(
                 "SELECT count(*) FROM clusters WHERE state = 'active' AND title IS NOT NULL"
             ).fetchone()[0],
+            "events": dict(
+                one(
+                    "SELECT kind, count(*) FROM events WHERE state = 'active' GROUP BY kind "
+                    "ORDER BY kind"
+                ).fetchall()
+            ),
             "formats": dict(
                 one(
                     "SELECT c.format, count(*) FROM files f JOIN contents c "

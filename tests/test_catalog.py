@@ -40,12 +40,24 @@ CONTRACT = {
         "format",
         "shown_as",
         "cluster_id",
+        "event_id",
         "status",
         "error",
         "offline",
     ],
     "clusters": ["id", "title", "catchy_phrase", "size", "label_source", "updated_at"],
     "cluster_members": ["cluster_id", "content_hash", "rank"],
+    "events": [
+        "id",
+        "title",
+        "started_at",
+        "ended_at",
+        "place",
+        "lat",
+        "lon",
+        "size",
+        "kind",
+    ],
     "cluster_photos": ["cluster_id", "title", "path", "rank", "representative"],
     "catalog_info": ["key", "value"],
 }
@@ -433,7 +445,8 @@ def test_organized_view_is_symlinks_swapped_in_whole(
     sizes = conn.execute("SELECT sum(size) FROM clusters").fetchone()
     conn.close()
     assert {organize.safe_name(t, "") for t in titles} <= set(folders)
-    links = [p for folder in view.iterdir() for p in folder.iterdir()]
+    albums = [folder for folder in view.iterdir() if folder.name != organize.EVENTS]
+    links = [p for folder in albums for p in folder.iterdir()]
     assert len(links) == members[0] == sizes[0]
     for link in links:
         assert link.is_symlink() and os.path.isabs(os.readlink(link)) and link.resolve().is_file()

@@ -354,3 +354,32 @@ def test_the_snapshot_format_is_readable_without_imageclust(
     assert set(rows) == hashes and rows == sorted(rows)
     m = np.frombuffer(raw, "<f4", count=n * d, offset=header["matrix_offset"]).reshape(n, d)
     assert np.allclose(np.linalg.norm(m, axis=1), 1.0, atol=1e-4)
+
+
+def test_albums_get_the_word_most_of_their_photos_are_closest_to(
+    library: tuple[Path, Path, dict[str, int]],
+) -> None:
+    """The vocabulary went through the real tokenizer and text tower once, is kept in the
+    state database, and each album's subject is what `subjects.subject_of` says of its
+    photos' embeddings against it."""
+    from imageclust_daemon import subjects
+
+    config, _, _ = library
+    state = config.parent / "data" / "state.sqlite"
+    conn = sqlite3.connect(state)
+    (model_id,) = conn.execute("SELECT model_id FROM cluster_runs LIMIT 1").fetchone()
+    albums = conn.execute("SELECT id, subject FROM clusters WHERE state = 'active'").fetchall()
+    rows = conn.execute("SELECT model_id, words, dim FROM subject_vectors").fetchall()
+    conn.close()
+    assert rows == [(model_id, len(subjects.SUBJECTS), 32)]
+    with Store.open_readonly(state) as store:
+        vectors = store.subject_vectors(model_id, subjects.VOCABULARY_VERSION)
+        assert vectors is not None
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+        for album, subject in albums:
+            found = store.conn.execute(
+                "SELECT content_hash FROM cluster_members WHERE cluster_id = ?", (album,)
+            )
+            members = [h for (h,) in found]
+            x = np.array([store.embedding(h, model_id) for h in members])
+            assert subject == subjects.subject_of(x, vectors, subjects.SUBJECTS)

@@ -56,6 +56,7 @@ def test_record_is_idempotent_and_counts_are_exact(tmp_path: Path) -> None:
             "unreadable": 1,
             "clusters": 0,
             "labeled": 0,
+            "events": {},
             "formats": {"JPEG": 2},
             "skipped": {},
         }
