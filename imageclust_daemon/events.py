@@ -14,11 +14,12 @@ themselves, in three steps (`find_events`):
    never crosses the start of a day (`DAY_STARTS` o'clock: a party past midnight is
    the evening before). Consecutive photos taken more than `JUMP_KM` apart, faster
    than a person walks, are cut too (a change of place).
-2. **Home and away.** Home is where photos are taken on the most days (`home_of`:
+2. **Home and away.** Home is where photos are taken in the most weeks (`home_of`:
    positions within `HOME_KM` of one another count as one place), learned from the
    `HOME_MONTHS` each side of each session, so a person who moves house gets a new home.
    A session with a position farther than `HOME_KM` from home is away; one without a
-   position is unknown.
+   position, or with no home known around it (no place photographed in
+   `HOME_MIN_WEEKS` weeks), is unknown, and only the rhythm tells its trips.
 3. **Events.** A run of sessions away from home that spans a night is a trip: sessions
    without a position inside the run belong to it, and a gap of `TRIP_BREAK_DAYS` or
    more with no photo, or `TRIP_SPLIT_DAYS` between two different places, ends it.
@@ -61,6 +62,8 @@ DAY_STARTS = 4  # o'clock: photos before 4 am belong to the evening before
 JUMP_KM = 5.0  # consecutive photos this far apart, faster than walking: two places
 WALK_KMH = 6.0
 HOME_KM = 30.0  # one place, for home and away: a city and its suburbs
+HOME_CANDIDATES = 30  # the busiest ~10 km cells (most sessions) are tried as home
+HOME_MIN_WEEKS = 4  # a place photographed in fewer weeks than this is not known as home
 HOME_MONTHS = 6  # home is learned from the photos of this many months each side of a session
 PLACE_KM = 1.0  # two sessions' centres farther apart than this (and their spreads): two places
 HOURS_APART = 2.0  # sessions at least this far apart on one day are two events if unlike
@@ -207,23 +210,24 @@ def _centre(shots: Shots, rows: Sequence[int]) -> tuple[tuple[float, float] | No
 def home_of(days: Sequence[tuple[int, tuple[float, float]]]) -> tuple[float, float] | None:
     """Where photos were taken in the most weeks: of the positions of (day, position)
     pairs, the one with the most distinct weeks within HOME_KM of it (weeks, not days:
-    a fortnight away, photographed daily, must not outweigh months at home)."""
+    a fortnight away, photographed daily, must not outweigh months at home); None when
+    no place has HOME_MIN_WEEKS (the first weeks of a library may all be a trip)."""
     if not days:
         return None
     points = np.array([p for _, p in days], dtype=np.float64)
     weeks = np.array([d // 7 for d, _ in days])
-    # Candidates: one per ~10 km cell, the cell's median position (a few hundred at most).
+    # Candidates: the median position of each of the HOME_CANDIDATES busiest ~10 km cells.
     cells: dict[tuple[int, int], list[int]] = {}
     for i, (a, b) in enumerate(points):
         cells.setdefault((int(a * 10) // 1, int(b * 10) // 1), []).append(i)
     best, best_days = None, -1
-    for members in sorted(cells.values(), key=len, reverse=True)[:200]:
+    for members in sorted(cells.values(), key=len, reverse=True)[:HOME_CANDIDATES]:
         at = (float(np.median(points[members, 0])), float(np.median(points[members, 1])))
         near = _km_many(points[:, 0], points[:, 1], at) <= HOME_KM
         n = len(np.unique(weeks[near]))
         if n > best_days:
             best, best_days = at, n
-    return best
+    return best if best_days >= HOME_MIN_WEEKS else None
 
 
 def _mark_away(sessions: list[_Session], shots: Shots) -> None:
@@ -246,7 +250,7 @@ def _mark_away(sessions: list[_Session], shots: Shots) -> None:
     for s in located:
         home = homes[month[id(s)]]
         assert s.centre is not None
-        s.away = home is not None and km(s.centre, home) > HOME_KM
+        s.away = None if home is None else km(s.centre, home) > HOME_KM
 
 
 def _month(when: datetime) -> int:
@@ -435,6 +439,16 @@ def _kind(group: Sequence[_Session]) -> str:
 NEW = -1
 
 
+def _rows_by(labels: np.ndarray, wanted: np.ndarray) -> dict[int, np.ndarray]:
+    """{label: the rows holding it} for the `wanted` labels, in one sort (not one scan of
+    all rows per label: 100,000 events of 1M photos)."""
+    order = np.argsort(labels, kind="stable")
+    ordered = labels[order]
+    starts = np.searchsorted(ordered, wanted, side="left")
+    ends = np.searchsorted(ordered, wanted, side="right")
+    return {int(w): order[a:b] for w, a, b in zip(wanted.tolist(), starts, ends, strict=True)}
+
+
 def settle(
     shots: Shots, fresh: Sequence[Event], previous: np.ndarray, next_id: int
 ) -> tuple[np.ndarray, dict[int, str]]:
@@ -456,22 +470,26 @@ def settle(
         if (grown == window).all():
             break
         window = grown
-    cut = sorted(set(fresh_of[window].tolist()))
+    cut = np.unique(fresh_of[window])
+    rows_of = _rows_by(fresh_of, cut)
     # A fresh event keeps the id of the previous event it shares most photos with (each
     # id once, the biggest overlap first); the others get new ids.
     overlaps = []
-    for e in cut:
-        ids, counts = np.unique(previous[(fresh_of == e) & old], return_counts=True)
+    for e in cut.tolist():
+        had = previous[rows_of[e]]
+        ids, counts = np.unique(had[had != NEW], return_counts=True)
         overlaps += [(-int(c), e, int(i)) for i, c in zip(ids, counts, strict=True)]
     given: dict[int, int] = {}
+    taken: set[int] = set()
     for _, e, gid in sorted(overlaps):
-        if e not in given and gid not in given.values():
+        if e not in given and gid not in taken:
             given[e] = gid
+            taken.add(gid)
     labels = previous.copy()
     kinds = {}
-    for e in cut:
+    for e in cut.tolist():
         if e not in given:
             given[e], next_id = next_id, next_id + 1
-        labels[fresh_of == e] = given[e]
+        labels[rows_of[e]] = given[e]
         kinds[given[e]] = fresh[e].kind
     return labels, kinds

@@ -352,8 +352,9 @@ def fallback_label(
 
 @dataclass(frozen=True, slots=True)
 class EventFacts:
-    """What an event's title is made of: its first and last days (as a person lived them:
-    days start at 4 am, `events.day_of`), its first photo's time, and its place."""
+    """What an event's title is made of: the calendar dates of its first and last photos
+    (a party from 8 pm to 1 am reads "29–30 June"), its first photo's time, and its
+    place."""
 
     id: int
     first_day: date

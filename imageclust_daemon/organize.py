@@ -75,12 +75,14 @@ def build(groups: Sequence[Group], dest: Path) -> int:
     tree.mkdir()
     links = 0
     try:
-        folders: set[bytes] = {EVENTS.lower().encode()}  # an album titled "Events": "Events (2)"
+        folders: set[bytes] = {EVENTS.lower().encode()}
         by_year: dict[str, set[bytes]] = {}
         for group in groups:
             if group.day is None:
                 under, taken = os.fsencode(tree), folders
                 name = safe_name(group.title, f"Group {group.id}")
+                if name.casefold() == EVENTS.casefold():
+                    name += " (album)"  # beside the events' folder
             else:
                 year = group.day[:4]
                 under = os.path.join(os.fsencode(tree), EVENTS.encode(), year.encode())

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import datetime
 from typing import TypeVar
 
 import blake3
@@ -376,8 +376,8 @@ def _event_rows(
         facts.append(
             label.EventFacts(
                 eid,
-                date.fromordinal(events.day_of(first[1])),
-                date.fromordinal(events.day_of(last[1])),
+                first[1].date(),
+                last[1].date(),
                 first[1],
                 place.rsplit(", ", 1)[0] if place else None,
             )

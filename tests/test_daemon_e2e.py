@@ -226,6 +226,18 @@ def _albums(data: Path) -> dict[int, tuple[Any, ...]]:
     return {r[0]: (*r[1:], frozenset(members.get(r[0], ()))) for r in rows}
 
 
+def _events(data: Path) -> dict[int, tuple[str, frozenset[str]]]:
+    """Each event of the published catalog: its title and members."""
+    members: dict[int, set[str]] = {}
+    for eid, path in catalog_rows(data, "SELECT event_id, path FROM photos"):
+        if eid is not None:
+            members.setdefault(eid, set()).add(path)
+    return {
+        eid: (title, frozenset(members.get(eid, ())))
+        for eid, title in catalog_rows(data, "SELECT id, title FROM events")
+    }
+
+
 def test_a_photo_dropped_into_the_library_changes_exactly_one_album(
     tmp_path: Path, daemon_config: Callable[..., Path], daemons: Callable[..., DaemonProcess]
 ) -> None:
@@ -244,9 +256,18 @@ def test_a_photo_dropped_into_the_library_changes_exactly_one_album(
 
     wait_until(lambda: settled(40), TIMEOUT, f"40 photos in titled albums: {daemon}")
     before = _albums(data)
+    events_before = _events(data)
+    assert events_before, "the dated photos are in events"
     (new,) = add_photos(root, scene=2, count=1, first_seed=4200)
     wait_until(lambda: settled(41), TIMEOUT, f"the new photo in a titled album: {daemon}")
     after = _albums(data)
+    # Its day's event (it has an EXIF time: a JPEG of scene 2, December 2021) takes it in;
+    # every other event is as it was.
+    events_after = _events(data)
+    (with_new,) = [e for e, (_, members) in events_after.items() if str(new) in members]
+    assert {e: v for e, v in events_after.items() if e != with_new} == {
+        e: v for e, v in events_before.items() if e != with_new
+    }
     assert set(after) == set(before), "no album appeared or went"
     changed = {cid for cid in after if after[cid] != before[cid]}
     assert len(changed) == 1, (changed, before, after)

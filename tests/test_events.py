@@ -358,3 +358,16 @@ def test_events_are_stored_published_and_linked_in_the_organized_view(tmp_path: 
         after = {e.title: (i, len(m)) for i, (e, m) in store.active_events().items()}
     assert after["Seville, 3–5 May 2022"] == (ids_before["Seville, 3–5 May 2022"], 13)
     assert after["Paris, 11 June 2021, morning"][0] == ids_before["Paris, 11 June 2021, morning"]
+
+
+def test_an_album_titled_events_does_not_take_the_events_folder(tmp_path: Path) -> None:
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"x")
+    groups = [
+        organize.Group(1, "Events", (os.fsencode(photo),)),
+        organize.Group(2, "Paris, 11 June 2021", (os.fsencode(photo),), day="2021-06-11"),
+    ]
+    view = tmp_path / "Organized"
+    assert organize.build(groups, view) == 2
+    assert sorted(os.listdir(view)) == ["Events", "Events (album)"]
+    assert os.listdir(view / "Events" / "2021") == ["2021-06-11 Paris, 11 June 2021"]

@@ -191,3 +191,53 @@ def test_albums_cut_before_migration_7_stay_put_at_the_next_regroup(tmp_path: Pa
         assert set(albums) == {10, 11, 12} and extra in albums[11] and later in albums[10]
         assert store.waiting_contents() == {f"{i:064x}" for i in (24, 25)}
         assert set(store.album_baselines()) == {10, 11, 12}, "kept from now on"
+
+
+def test_a_library_grouped_before_migration_8_gets_its_events_at_the_next_regroup(
+    tmp_path: Path,
+) -> None:
+    """Migration 8 (events): nothing else changed since the last regroup, so the albums
+    are left as they are, and the events are cut all the same; the organized view's and
+    catalog's events come with the next publish."""
+    from imageclust_daemon import regroup
+    from imageclust_daemon.store import vector_to_blob
+
+    path = tmp_path / "s.sqlite"
+    conn = _connect(path)
+    model = "m@sha256:0"
+    hashes = [f"{i:064x}" for i in range(6)]
+    try:
+        migrate.apply(conn, migrate.load_migrations()[:7])
+        digest = regroup._digest([model, "5", "30", *hashes])
+        conn.execute(
+            "INSERT INTO cluster_runs (id, started_at, seconds, model_id, min_size, max_size, "
+            "method, n_points, n_clusters, unclustered, new_clusters, changed_clusters, "
+            "retired_clusters, input_digest) VALUES (1, 0, 0, ?, 5, 30, 'exact', 6, 0, 6, "
+            "0, 0, 0, ?)",
+            (model, digest),
+        )
+        for i, h in enumerate(hashes):
+            day = 3 if i < 3 else 20  # two moments, weeks apart
+            conn.execute(
+                "INSERT INTO contents (hash, size, taken_at, created_at) VALUES (?, 1, ?, 0)",
+                (h, f"2021-05-{day:02d}T10:0{i}:00"),
+            )
+            vector = np.eye(1, 16, i, dtype=np.float32)[0]
+            conn.execute(
+                "INSERT INTO embeddings VALUES (?, ?, 16, ?, 0)", (h, model, vector_to_blob(vector))
+            )
+            conn.execute(
+                "INSERT INTO files (path, size, mtime_ns, inode, device, content_hash, state, "
+                "first_seen, updated_at) VALUES (?, 1, 0, ?, 0, ?, 'live', 0, 0)",
+                (f"/p/{i}.jpg".encode(), i, h),
+            )
+    finally:
+        conn.close()
+    with Store.open(path) as store:
+        assert store.active_events() == {}
+        run = regroup.recluster(store, model, min_size=5, max_size=30)
+        assert run.skipped and "nothing changed" in run.note
+        assert run.events is not None and (run.events.new, run.events.dated) == (2, 6)
+        events = store.active_events()
+        assert sorted(len(members) for _, members in events.values()) == [3, 3]
+        assert sorted(e.title for e, _ in events.values()) == ["20 May 2021", "3 May 2021"]

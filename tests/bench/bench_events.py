@@ -2,6 +2,7 @@
 
     python tests/bench/bench_events.py [--lives 20] [--seed 0] [--years 2]
     python tests/bench/bench_events.py --cli [--years 1]    # through `imageclust index`
+    python tests/bench/bench_events.py --stitch 50          # 50 lives as one library: timings
 
 Each life (`tests/life.py`) is two years of one person's photos: moments in town, days
 out, two events on one day (at two places, or at one place showing different things),
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +161,32 @@ def bench_lives(n_lives: int, seed: int, years: float) -> None:
     )
 
 
+def bench_scale(n_lives: int, seed: int, years: float) -> None:
+    """`n_lives` lives one after another, as one library: how long a cut and an update
+    take at that size."""
+    from dataclasses import replace
+
+    photos: list[life.LifePhoto] = []
+    for k in range(n_lives):
+        shift = timedelta(days=round(366 * years + 30) * k)
+        photos += [replace(p, taken_at=p.taken_at + shift) for p in life.generate(seed + k, years)]
+    photos.sort(key=lambda p: p.taken_at)
+    shots = shots_of(photos, life.embeddings(photos, dim=32))
+    started = time.perf_counter()
+    found = events.find_events(shots)
+    cut = time.perf_counter() - started
+    labels = labels_of(found, len(photos))
+    before = labels.copy()
+    before[-100:] = events.NEW
+    started = time.perf_counter()
+    events.settle(shots, events.find_events(shots), before, int(labels.max()) + 1)
+    update = time.perf_counter() - started
+    print(
+        f"{len(photos)} photos, {len(found)} events: the cut {cut:.1f} s, an update after "
+        f"100 new photos (cut and settle) {update:.1f} s"
+    )
+
+
 def bench_cli(seed: int, years: float, work: Path) -> None:
     from PIL import Image
 
@@ -224,6 +252,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--years", type=float, default=2.0)
     parser.add_argument("--cli", action="store_true", help="one life through imageclust index")
+    parser.add_argument("--stitch", type=int, help="this many lives as one library: timings")
     parser.add_argument("--work", type=Path, help="folder for --cli (default: a temp folder)")
     args = parser.parse_args()
     if args.cli:
@@ -232,6 +261,9 @@ def main() -> None:
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 bench_cli(args.seed, args.years, Path(tmp))
+        return
+    if args.stitch:
+        bench_scale(args.stitch, args.seed, args.years)
         return
     bench_lives(args.lives, args.seed, args.years)
 
