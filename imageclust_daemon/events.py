@@ -18,11 +18,13 @@ themselves, in three steps (`find_events`):
    positions within `HOME_KM` of one another count as one place), learned from the
    `HOME_MONTHS` each side of each session, so a person who moves house gets a new home.
    A session with a position farther than `HOME_KM` from home is away; one without a
-   position, or with no home known around it (no place photographed in
-   `HOME_MIN_WEEKS` weeks), is unknown, and only the rhythm tells its trips.
+   position is unknown. (A library whose first weeks are all a trip takes that place
+   for home until weeks elsewhere outnumber them: those first events stay as cut.)
 3. **Events.** A run of sessions away from home that spans a night is a trip: sessions
    without a position inside the run belong to it, and a gap of `TRIP_BREAK_DAYS` or
-   more with no photo, or `TRIP_SPLIT_DAYS` between two different places, ends it.
+   more with no photo, or a whole day without photos between two places more than
+   `AGREE_KM` apart, ends it. Photos with no position at all on `UNLOCATED_TRIP_DAYS`
+   or more days in a row are a trip too, told by rhythm alone.
    Sessions away on one day are a day out. The other sessions of one day are one event
    unless they were taken at two places (centres farther apart than `PLACE_KM` and
    than their own spreads), or hours apart (`HOURS_APART`) and showing different
@@ -45,7 +47,6 @@ person lived, wherever they were).
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -63,7 +64,6 @@ JUMP_KM = 5.0  # consecutive photos this far apart, faster than walking: two pla
 WALK_KMH = 6.0
 HOME_KM = 30.0  # one place, for home and away: a city and its suburbs
 HOME_CANDIDATES = 30  # the busiest ~10 km cells (most sessions) are tried as home
-HOME_MIN_WEEKS = 4  # a place photographed in fewer weeks than this is not known as home
 HOME_MONTHS = 6  # home is learned from the photos of this many months each side of a session
 PLACE_KM = 1.0  # two sessions' centres farther apart than this (and their spreads): two places
 HOURS_APART = 2.0  # sessions at least this far apart on one day are two events if unlike
@@ -79,17 +79,25 @@ MOMENT, DAY, TRIP = "moment", "day", "trip"
 @dataclass(frozen=True, slots=True)
 class Shots:
     """The photos to cut into events, in any order: capture times (naive local
-    `datetime`s), positions (NaN where none) and embeddings (rows of `x`; `has_x` False
-    for a photo without one)."""
+    `datetime`s), positions (NaN where none) and embeddings: row `x_rows[i]` of `x` is
+    photo i's (-1: it has none; `x_rows` None: row i)."""
 
     times: Sequence[datetime]
     lat: np.ndarray
     lon: np.ndarray
     x: np.ndarray | None = None
-    has_x: np.ndarray | None = None
+    x_rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.times)
+
+    def embedding_rows(self) -> np.ndarray:
+        """Each photo's row of `x`, -1 for none."""
+        if self.x is None:
+            return np.full(len(self), -1, dtype=np.int64)
+        if self.x_rows is None:
+            return np.arange(len(self), dtype=np.int64)
+        return np.asarray(self.x_rows, dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,21 +111,30 @@ class Event:
 @dataclass(slots=True)
 class _Session:
     rows: list[int]  # in time order
-    day: int  # the day it belongs to (days since 0001-01-01, starting at DAY_STARTS)
+    day: int  # the day it belongs to (day_of)
     start: float  # seconds
     end: float
     centre: tuple[float, float] | None
     spread: float  # km: median distance of its positions from its centre
+    month: int  # of its first photo: year * 12 + month - 1
     away: bool | None = None  # None: no position
 
 
+_EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()
+
+
 def day_of(when: datetime) -> int:
-    """The day a person lived `when` in: days start at DAY_STARTS o'clock."""
+    """The day a person lived `when` in (a proleptic ordinal): days start at DAY_STARTS."""
     return (when - timedelta(hours=DAY_STARTS)).toordinal()
 
 
-def _seconds(when: datetime) -> float:
-    return (when - datetime(1, 1, 1)).total_seconds()
+def _clock(times: Sequence[datetime]) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds since 1970 and `day_of` of each time, in arrays (one conversion, not a
+    Python call per photo: 1M photos)."""
+    stamps = np.array(times, dtype="datetime64[s]")
+    seconds = stamps.astype(np.int64).astype(np.float64)
+    shifted = (stamps - np.timedelta64(DAY_STARTS, "h")).astype("datetime64[D]")
+    return seconds, shifted.astype(np.int64) + _EPOCH_ORDINAL
 
 
 def km(a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -127,22 +144,26 @@ def km(a: tuple[float, float], b: tuple[float, float]) -> float:
     return 6371.0 * 2 * math.asin(min(1.0, math.sqrt(h)))
 
 
-def _km_many(lat: np.ndarray, lon: np.ndarray, at: tuple[float, float]) -> np.ndarray:
-    p1, p2 = np.radians(lat), math.radians(at[0])
-    dp, dl = p2 - p1, np.radians(at[1] - lon)
-    h = np.sin(dp / 2) ** 2 + np.cos(p1) * math.cos(p2) * np.sin(dl / 2) ** 2
+def _km_pairs(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    dp, dl = p2 - p1, np.radians(lon2 - lon1)
+    h = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
     out: np.ndarray = 6371.0 * 2 * np.arcsin(np.minimum(1.0, np.sqrt(h)))
     return out
+
+
+def _km_many(lat: np.ndarray, lon: np.ndarray, at: tuple[float, float]) -> np.ndarray:
+    return _km_pairs(lat, lon, np.full_like(lat, at[0]), np.full_like(lon, at[1]))
 
 
 def find_events(shots: Shots) -> list[Event]:
     """The events of `shots`, in time order (see the module's docstring)."""
     if not len(shots):
         return []
-    t = np.array([_seconds(w) for w in shots.times])
+    t, days = _clock(shots.times)
     order = np.argsort(t, kind="stable")
-    sessions = _sessions(shots, t, order)
-    _mark_away(sessions, shots)
+    sessions = _sessions(shots, t, days, order)
+    _mark_away(sessions)
     apart = content_apart(shots, sessions)
     events = []
     for group in _group(sessions, apart):
@@ -152,8 +173,8 @@ def find_events(shots: Shots) -> list[Event]:
     return events
 
 
-def _sessions(shots: Shots, t: np.ndarray, order: np.ndarray) -> list[_Session]:
-    ts = t[order]
+def _sessions(shots: Shots, t: np.ndarray, days: np.ndarray, order: np.ndarray) -> list[_Session]:
+    ts, ds = t[order], days[order]
     gaps = np.maximum(np.diff(ts), 1.0)
     cut = np.zeros(len(gaps), dtype=bool)
     if len(gaps):
@@ -165,43 +186,94 @@ def _sessions(shots: Shots, t: np.ndarray, order: np.ndarray) -> list[_Session]:
         cut = (gaps >= MIN_GAP) & (logs >= math.log(RHYTHM) + local)
         cut |= gaps >= HOURS_APART * 3600.0  # long for any rhythm: whether it parts two
         # events is for their places and contents to say (`_same_event`)
-        days = np.array([day_of(shots.times[i]) for i in order])
-        cut |= days[1:] != days[:-1]
-        cut |= _jumps(shots, order, ts)
-    bounds = [0, *(np.flatnonzero(cut) + 1).tolist(), len(order)]
-    sessions = []
-    for a, b in itertools.pairwise(bounds):
-        rows = order[a:b].tolist()
-        centre, spread = _centre(shots, rows)
-        sessions.append(
-            _Session(rows, day_of(shots.times[rows[0]]), ts[a], ts[b - 1], centre, spread)
+        cut |= ds[1:] != ds[:-1]
+        cut |= _jumps(shots.lat[order], shots.lon[order], ts)
+    starts = np.concatenate([[0], np.flatnonzero(cut) + 1])
+    ends = np.concatenate([starts[1:], [len(order)]])
+    of_row = np.repeat(np.arange(len(starts)), ends - starts)
+    centres, spreads = _centres(shots.lat[order], shots.lon[order], of_row, len(starts))
+    first = [shots.times[i] for i in order[starts]]
+    order_list = order.tolist()
+    return [
+        _Session(
+            order_list[a:b],
+            int(ds[a]),
+            float(ts[a]),
+            float(ts[b - 1]),
+            None if np.isnan(centres[k, 0]) else (float(centres[k, 0]), float(centres[k, 1])),
+            float(spreads[k]),
+            first[k].year * 12 + first[k].month - 1,
         )
-    return sessions
+        for k, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True))
+    ]
 
 
-def _jumps(shots: Shots, order: np.ndarray, ts: np.ndarray) -> np.ndarray:
+def _jumps(lat: np.ndarray, lon: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """Gaps (between consecutive photos in time) across which the person travelled: two
     positioned photos more than JUMP_KM apart, farther than walking would take them.
-    Where photos without a position lie between, the longest gap between them is cut."""
-    cut = np.zeros(max(len(order) - 1, 0), dtype=bool)
-    lat, lon = shots.lat[order], shots.lon[order]
+    Where photos without a position lie between, the longest gap between them is cut. A
+    position that jumps away and straight back (the photos either side of it within
+    JUMP_KM of each other) is a stale fix, not a trip there and back."""
+    cut = np.zeros(max(len(ts) - 1, 0), dtype=bool)
     located = np.flatnonzero(np.isfinite(lat) & np.isfinite(lon))
-    for a, b in itertools.pairwise(located):
-        d = km((lat[a], lon[a]), (lat[b], lon[b]))
-        hours = max(ts[b] - ts[a], 1.0) / 3600.0
-        if d > JUMP_KM and d / hours > WALK_KMH:
-            gaps = np.diff(ts[a : b + 1])
-            cut[a + int(np.argmax(gaps))] = True
+    if len(located) < 2:
+        return cut
+    a, b = located[:-1], located[1:]
+    d = _km_pairs(lat[a], lon[a], lat[b], lon[b])
+    hours = np.maximum(ts[b] - ts[a], 1.0) / 3600.0
+    jump = (d > JUMP_KM) & (d / hours > WALK_KMH)
+    if len(located) >= 3:  # b is a stale fix when a and the photo after b agree
+        back = _km_pairs(lat[a[:-1]], lon[a[:-1]], lat[b[1:]], lon[b[1:]]) <= JUMP_KM
+        stale = np.zeros(len(a), dtype=bool)
+        stale[:-1] = jump[:-1] & jump[1:] & back
+        jump &= ~stale & ~np.concatenate([[False], stale[:-1]])
+    for k in np.flatnonzero(jump).tolist():
+        first, last = int(a[k]), int(b[k])
+        cut[first + int(np.argmax(np.diff(ts[first : last + 1])))] = True
     return cut
 
 
-def _centre(shots: Shots, rows: Sequence[int]) -> tuple[tuple[float, float] | None, float]:
-    lat, lon = shots.lat[rows], shots.lon[rows]
+def _grouped_median(values: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
+    """The median of `values` within each of `n` groups (NaN for an empty one), in one
+    sort."""
+    order = np.lexsort((values, groups))
+    v, counts = values[order], np.bincount(groups, minlength=n)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out = np.full(n, np.nan)
+    has = counts > 0
+    lo, hi = starts[has] + (counts[has] - 1) // 2, starts[has] + counts[has] // 2
+    out[has] = (v[lo] + v[hi]) / 2
+    return out
+
+
+def _centres(
+    lat: np.ndarray, lon: np.ndarray, groups: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's centre (median latitude and longitude; NaN without a position) and
+    spread (median distance from it). Longitude is taken on whichever side of the 180th
+    meridian the group's photos lie closer together."""
     ok = np.isfinite(lat) & np.isfinite(lon)
-    if not ok.any():
-        return None, 0.0
-    centre = (float(np.median(lat[ok])), float(np.median(lon[ok])))
-    return centre, float(np.median(_km_many(lat[ok], lon[ok], centre)))
+    g, la, lo = groups[ok], lat[ok], lon[ok]
+    centres = np.full((n, 2), np.nan)
+    spreads = np.zeros(n)
+    if not len(g):
+        return centres, spreads
+    centres[:, 0] = _grouped_median(la, g, n)
+    wrapped = np.where(lo < 0, lo + 360.0, lo)  # the circle cut at 0 instead of at 180
+    span = np.full(n, -np.inf)
+    np.maximum.at(span, g, lo)
+    low = np.full(n, np.inf)
+    np.minimum.at(low, g, lo)
+    span_wrapped = np.full(n, -np.inf)
+    np.maximum.at(span_wrapped, g, wrapped)
+    low_wrapped = np.full(n, np.inf)
+    np.minimum.at(low_wrapped, g, wrapped)
+    across = (span_wrapped - low_wrapped) < (span - low)
+    plain, shifted = _grouped_median(lo, g, n), _grouped_median(wrapped, g, n)
+    centres[:, 1] = np.where(across, np.where(shifted > 180.0, shifted - 360.0, shifted), plain)
+    distance = _km_pairs(la, lo, centres[g, 0], centres[g, 1])
+    spreads = np.nan_to_num(_grouped_median(distance, g, n))
+    return centres, spreads
 
 
 # -- home and away ----------------------------------------------------------------------------
@@ -210,51 +282,44 @@ def _centre(shots: Shots, rows: Sequence[int]) -> tuple[tuple[float, float] | No
 def home_of(days: Sequence[tuple[int, tuple[float, float]]]) -> tuple[float, float] | None:
     """Where photos were taken in the most weeks: of the positions of (day, position)
     pairs, the one with the most distinct weeks within HOME_KM of it (weeks, not days:
-    a fortnight away, photographed daily, must not outweigh months at home); None when
-    no place has HOME_MIN_WEEKS (the first weeks of a library may all be a trip)."""
+    a fortnight away, photographed daily, must not outweigh months at home)."""
     if not days:
         return None
     points = np.array([p for _, p in days], dtype=np.float64)
     weeks = np.array([d // 7 for d, _ in days])
     # Candidates: the median position of each of the HOME_CANDIDATES busiest ~10 km cells.
-    cells: dict[tuple[int, int], list[int]] = {}
-    for i, (a, b) in enumerate(points):
-        cells.setdefault((int(a * 10) // 1, int(b * 10) // 1), []).append(i)
-    best, best_days = None, -1
-    for members in sorted(cells.values(), key=len, reverse=True)[:HOME_CANDIDATES]:
-        at = (float(np.median(points[members, 0])), float(np.median(points[members, 1])))
-        near = _km_many(points[:, 0], points[:, 1], at) <= HOME_KM
-        n = len(np.unique(weeks[near]))
-        if n > best_days:
-            best, best_days = at, n
-    return best if best_days >= HOME_MIN_WEEKS else None
+    cells = np.floor(points * 10).astype(np.int64)
+    _, cell_of, counts = np.unique(cells, axis=0, return_inverse=True, return_counts=True)
+    cell_of = cell_of.reshape(-1)
+    busiest = np.argsort(-counts, kind="stable")[:HOME_CANDIDATES]
+    lat_med = _grouped_median(points[:, 0], cell_of, len(counts))
+    lon_med = _grouped_median(points[:, 1], cell_of, len(counts))
+    best, best_weeks = None, -1
+    for c in busiest.tolist():
+        at = (float(lat_med[c]), float(lon_med[c]))
+        n = len(np.unique(weeks[_km_many(points[:, 0], points[:, 1], at) <= HOME_KM]))
+        if n > best_weeks:
+            best, best_weeks = at, n
+    return best
 
 
-def _mark_away(sessions: list[_Session], shots: Shots) -> None:
+def _mark_away(sessions: list[_Session]) -> None:
     """Each located session's `away`: farther than HOME_KM from the home of the months
     around it (HOME_MONTHS each side)."""
-    located = [s for s in sessions if s.centre is not None]
-    if not located:
-        return
-    month = {id(s): _month(shots.times[s.rows[0]]) for s in located}
     by_month: dict[int, list[tuple[int, tuple[float, float]]]] = {}
-    for s in located:
-        assert s.centre is not None
-        by_month.setdefault(month[id(s)], []).append((s.day, s.centre))
+    for s in sessions:
+        if s.centre is not None:
+            by_month.setdefault(s.month, []).append((s.day, s.centre))
     homes = {}
-    for m in sorted(by_month):
+    for m in by_month:
         stretch = [
             p for k in range(m - HOME_MONTHS, m + HOME_MONTHS + 1) for p in by_month.get(k, ())
         ]
         homes[m] = home_of(stretch)
-    for s in located:
-        home = homes[month[id(s)]]
-        assert s.centre is not None
-        s.away = None if home is None else km(s.centre, home) > HOME_KM
-
-
-def _month(when: datetime) -> int:
-    return when.year * 12 + when.month - 1
+    for s in sessions:
+        home = homes.get(s.month)
+        if s.centre is not None and home is not None:
+            s.away = km(s.centre, home) > HOME_KM
 
 
 # -- what the sessions show --------------------------------------------------------------------
@@ -263,7 +328,6 @@ def _month(when: datetime) -> int:
 @dataclass(frozen=True, slots=True)
 class _Likeness:
     means: dict[int, np.ndarray]  # session index -> mean embedding of its photos
-    counts: dict[int, int]
     threshold: float  # mean similarity across two sessions below this: unlike
 
 
@@ -271,30 +335,34 @@ def content_apart(shots: Shots, sessions: Sequence[_Session]) -> _Likeness | Non
     """How alike the photos of one session are (the mean similarity of two of its photos,
     over the library's sessions) and two photos picked at random; two sessions whose
     photos are, across them, less alike than halfway between show different things."""
-    if shots.x is None or shots.has_x is None or not shots.has_x.any():
+    x, x_rows = shots.x, shots.embedding_rows()
+    if x is None or not (x_rows >= 0).any():
         return None
-    x = shots.x
-    means, counts, within = {}, {}, []
-    for i, s in enumerate(sessions):
-        rows = [r for r in s.rows if shots.has_x[r]]
-        if not rows:
-            continue
-        total = x[rows].sum(axis=0, dtype=np.float64)
-        means[i], counts[i] = total / len(rows), len(rows)
-        if len(rows) >= 2:  # mean pairwise similarity, from the sum: (|Σx|² - n) / (n² - n)
-            n = len(rows)
-            within.append((float(total @ total) - n) / (n * n - n))
-    with_x = np.flatnonzero(shots.has_x)
-    if not within or len(with_x) < 2:
+    rows = np.array([r for s in sessions for r in s.rows], dtype=np.int64)
+    session_of = np.repeat(np.arange(len(sessions)), [len(s.rows) for s in sessions])
+    have = x_rows[rows] >= 0
+    rows, session_of = rows[have], session_of[have]
+    counts = np.bincount(session_of, minlength=len(sessions))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    present = np.flatnonzero(counts)
+    # (rows are in session order: one reduceat sums each session's embeddings)
+    totals = np.add.reduceat(x[x_rows[rows]].astype(np.float64), starts[present], axis=0)
+    norms = np.einsum("ij,ij->i", totals, totals)
+    n = counts[present].astype(np.float64)
+    pairs = n >= 2  # mean pairwise similarity, from the sum: (|Σx|² - n) / (n² - n)
+    within = (norms[pairs] - n[pairs]) / (n[pairs] ** 2 - n[pairs])
+    with_x = np.flatnonzero(x_rows >= 0)
+    if not len(within) or len(with_x) < 2:
         return None
     rng = np.random.default_rng(0)
-    a, b = rng.choice(with_x, 2000), rng.choice(with_x, 2000)
+    a, b = x_rows[rng.choice(with_x, 2000)], x_rows[rng.choice(with_x, 2000)]
     keep = a != b
     random = float(np.median(np.einsum("ij,ij->i", x[a[keep]], x[b[keep]]))) if keep.any() else 0
     same = float(np.median(within))
     if same <= random:
         return None  # the embeddings do not tell sessions apart: say nothing of content
-    return _Likeness(means, counts, (same + random) / 2)
+    means = {int(k): totals[i] / n[i] for i, k in enumerate(present.tolist())}
+    return _Likeness(means, (same + random) / 2)
 
 
 def _unlike(likeness: _Likeness | None, a: int, b: int) -> bool:
@@ -394,14 +462,14 @@ def _unlocated_trips(sessions: list[_Session], trips: Mapping[int, int]) -> dict
     found: dict[int, int] = {}
     i = 0
     while i < len(sessions):
-        if sessions[i].away is not None or i in inside:
+        if sessions[i].centre is not None or i in inside:
             i += 1
             continue
         j = i
         while (
             j + 1 < len(sessions)
             and j + 1 not in inside
-            and sessions[j + 1].away is None
+            and sessions[j + 1].centre is None
             and sessions[j + 1].day - sessions[j].day <= 1
         ):
             j += 1
@@ -424,6 +492,14 @@ def _breaks(last_away: _Session, s: _Session, prev: _Session) -> bool:
     if s.centre is None or last_away.centre is None:
         return False
     return s.day - prev.day >= 2 and km(s.centre, last_away.centre) > AGREE_KM
+
+
+def kind_left(kind: str, first: datetime, last: datetime) -> str:
+    """The kind of an event that lost photos (and was not cut again): a trip whose photos
+    now lie on one day is a day; nothing else can be told without cutting it again."""
+    if kind == TRIP and day_of(first) == day_of(last):
+        return DAY
+    return kind
 
 
 def _kind(group: Sequence[_Session]) -> str:
@@ -456,7 +532,7 @@ def settle(
     shot's event id then, or NEW) where no new photo touches it, `fresh` (a cut of all
     the shots) on the days of new photos (see the module's docstring)."""
     n = len(shots)
-    days = np.array([day_of(w) for w in shots.times], dtype=np.int64)
+    _, days = _clock(shots.times)
     fresh_of = np.empty(n, dtype=np.int64)
     for e, event in enumerate(fresh):
         fresh_of[list(event.rows)] = e

@@ -261,11 +261,15 @@ def agreed_position(facts: GroupFacts) -> tuple[float, float] | None:
     return centre(near)
 
 
+FIRST_PHOTO_YEAR = 1826  # Niépce's view from the window at Le Gras: nothing is older
+
+
 def plausible_day(text: str, now: datetime | None = None) -> datetime | None:
-    """A capture time a camera could mean, or None: unparseable, January 1st at midnight
-    (a clock never set starts at its epoch), or after `now` (plus a day of time zones)."""
+    """A capture time a camera could mean, or None: unparseable, before FIRST_PHOTO_YEAR,
+    January 1st at midnight (a clock never set starts at its epoch), or after `now`
+    (plus a day of time zones)."""
     day = _parse_day(text)
-    if day is None:
+    if day is None or day.year < FIRST_PHOTO_YEAR:
         return None
     if (day.month, day.day, day.hour, day.minute, day.second) == (1, 1, 0, 0, 0):
         return None
@@ -434,7 +438,8 @@ def distinct_titles(
     """`titles` (album id -> title), with what tells them apart added to those that would
     read the same (case aside): the album's subject, its place, its span of time, its
     folder, each only where it tells some of them apart and is true of the album (see
-    `album_when`, `agreed_position`), and last the album's number. `facts` and `places`
+    `album_when`, `agreed_position`), the one that tells most of them apart first, and
+    last the album's number. `facts` and `places`
     (the name of each album's agreed position) are needed for the clashing ones only."""
     qualifiers: list[Callable[[int], str | None]] = [
         lambda i: facts[i].subject if i in facts else None,
@@ -443,23 +448,35 @@ def distinct_titles(
         lambda i: _common_folder(facts[i].folders) if i in facts else None,
     ]
     out = dict(titles)
-    while todo := _clashes(out):  # (a qualified title may read like another album's)
-        ids = todo[0]
+    while groups := _clashes(out):  # (a qualified title may read like another album's)
+        for ids in groups:
+            _tell_apart(ids, out, qualifiers)
+    return out
+
+
+def _tell_apart(
+    ids: list[int], out: dict[int, str], qualifiers: Sequence[Callable[[int], str | None]]
+) -> None:
+    """Qualify the titles of `ids` (which read the same) in `out` until they differ: each
+    time with the qualifier that tells most of them apart, last with their numbers."""
+    todo = [ids]
+    while todo:
+        group = todo.pop()
         best: dict[int, str] = {}
-        for qualify in qualifiers:  # the one that tells most of them apart (first on a tie)
-            words = {i: qualify(i) for i in ids}
+        for qualify in qualifiers:
+            words = {i: qualify(i) for i in group}
             shown = {
                 i: f"{out[i]}, {w}" if w and w.casefold() not in out[i].casefold() else out[i]
                 for i, w in words.items()
             }
-            if len({t.casefold() for t in shown.values()}) > len(
-                {t.casefold() for t in best.values()} if best else {0}
+            if len({t.casefold() for t in shown.values()}) > max(
+                len({t.casefold() for t in best.values()}), 1
             ):
                 best = shown
         if not best:  # nothing true tells them apart: their numbers do
-            best = {i: f"{out[i]}, album {i}" for i in ids}
+            best = {i: f"{out[i]}, album {i}" for i in group}
         out.update(best)
-    return out
+        todo += _clashes(best)
 
 
 def clashing(titles: Mapping[int, str]) -> list[list[int]]:

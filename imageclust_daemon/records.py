@@ -206,7 +206,8 @@ class EventRow:
     title: str
     started_at: str  # capture times of its first and last photos, as EXIF has them
     ended_at: str
-    place: str | None
+    place: str | None  # "Seville, Spain"
+    city: str | None  # "Seville"
     lat: float | None
     lon: float | None
     members: tuple[str, ...]  # content hashes

@@ -107,12 +107,18 @@ def recluster(
     hashes, x = store.live_embeddings(model)
     shown = pairs.find(store.conn, model) if pair_raw_jpeg else {}
     hashes, x = _without(shown, hashes, x)
-    # Events first: they need no regroup of the albums to change (a library upgraded to
-    # events has none yet), and cost little when no photo is new.
-    dated = update_events(store, hashes, x, shown_elsewhere=shown)
     digest = _digest([model, str(min_size), str(max_size), *hashes])
     last = store.last_cluster_run()
-    if last is not None and last.input_digest == digest and not force:
+    unchanged = last is not None and last.input_digest == digest
+    # Events first, and even when the albums need nothing: a library upgraded to events
+    # has none yet. Not when the photos are those of the last run and events exist (5 s
+    # to find that nothing changed at 1M photos).
+    dated = (
+        EventReport()
+        if unchanged and not force and store.has_events()
+        else update_events(store, hashes, x, shown_elsewhere=shown)
+    )
+    if last is not None and unchanged and not force:
         return replace(
             last, skipped=True, note=f"nothing changed since run #{last.run_id}", events=dated
         )
@@ -257,8 +263,8 @@ def subject_words(
     store: Store, model_id: str, open_text: Callable[[int], models.TextModel]
 ) -> Callable[[int], np.ndarray | None]:
     """`recluster`'s `words`: the vocabulary's vectors for the model, from the store or
-    embedded once by the text tower (`open_text(dim)`); None, said once in the log, when
-    the model has no text tower here (albums then have no subject)."""
+    embedded once by the text tower (`open_text(dim)`); None, said once a process in the
+    log, when the model has no text tower here (albums then have no subject)."""
 
     def words(dim: int) -> np.ndarray | None:
         version = subjects.VOCABULARY_VERSION
@@ -269,10 +275,19 @@ def subject_words(
                 lambda vectors: store.keep_subject_vectors(model_id, version, vectors),
             )
         except ImageclustError as exc:
-            log.info("albums get no subject words: %s", exc)
+            _say_once(f"albums get no subject words: {exc}")
             return None
 
     return words
+
+
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        log.info("%s", message)
 
 
 def words_for(cfg: Config, store: Store, model_id: str) -> Callable[[int], np.ndarray | None]:
@@ -304,7 +319,11 @@ def update_events(
     """Cut the library's dated photos into events, keeping every event no new photo
     touches (`events.settle`), and title them; write only what changed. `hashes`/`x`: the
     embeddings at hand (what the photos show tells two sessions of one day apart);
-    `shown_elsewhere`: the RAWs of RAW+JPEG pairs, which are their JPEG's photo."""
+    `shown_elsewhere`: the RAWs of RAW+JPEG pairs, which are their JPEG's photo.
+
+    Only the photos within NEAR_NEW_DAYS of a new photo are cut again (home is learned
+    from the months around a session; nothing farther can change), so an update after
+    a day's photos costs the months around it, not the whole library."""
     started = time.monotonic()
     now = now or datetime.now()
     skip = shown_elsewhere or {}
@@ -318,39 +337,56 @@ def update_events(
     event_of = {h: eid for eid, (_, members) in previous.items() for h in members}
     keys = [d[0] for d in dated]
     before = np.array([event_of.get(h, events.NEW) for h in keys], dtype=np.int64)
-    if not (before == events.NEW).any() and len(keys) == len(event_of):
+    new = before == events.NEW
+    if not new.any() and len(keys) == len(event_of):
         return EventReport(len(keys), len(previous), seconds=time.monotonic() - started)
-    row_of = {h: i for i, h in enumerate(hashes)}
-    rows = [row_of.get(h, -1) for h in keys]
-    has_x = np.array([r >= 0 for r in rows], dtype=bool)
-    shots = events.Shots(
-        [d[1] for d in dated],
-        np.array([np.nan if d[3] is None else d[3] for d in dated], dtype=np.float64),
-        np.array([np.nan if d[4] is None else d[4] for d in dated], dtype=np.float64),
-        x[[max(r, 0) for r in rows]] if len(x) and len(rows) else None,
-        has_x,
-    )
     kinds = {eid: e.kind for eid, (e, _) in previous.items()}
-    if (before == events.NEW).any():
+    labels = before.copy()
+    if new.any():
+        row_of = {h: i for i, h in enumerate(hashes)}
+        x_rows = np.array([row_of.get(h, -1) for h in keys], dtype=np.int64)
+        times = [d[1] for d in dated]
+        near = np.flatnonzero(_near(times, new) if previous else np.ones(len(keys), dtype=bool))
+        shots = events.Shots(
+            [times[i] for i in near],
+            np.array([np.nan if dated[i][3] is None else dated[i][3] for i in near]),
+            np.array([np.nan if dated[i][4] is None else dated[i][4] for i in near]),
+            x if len(x) else None,
+            x_rows[near],
+        )
         fresh = events.find_events(shots)
-        labels, cut_kinds = events.settle(shots, fresh, before, store.next_event_id())
+        labels[near], cut_kinds = events.settle(shots, fresh, before[near], store.next_event_id())
         kinds.update(cut_kinds)
-    else:  # only deletions: every event keeps what it has left
-        labels = before
     rows_now = _event_rows(dated, labels, kinds, previous, place_of)
     changed = [r for r in rows_now if r.id not in previous or _event_differs(previous[r.id], r)]
     retired = sorted(set(previous) - {r.id for r in rows_now})
     if changed or retired:
         store.save_events(changed, retired)
-    new = sum(r.id not in previous for r in changed)
+    made = sum(r.id not in previous for r in changed)
     return EventReport(
         len(keys),
         len(rows_now),
-        new,
-        len(changed) - new,
+        made,
+        len(changed) - made,
         len(retired),
         time.monotonic() - started,
     )
+
+
+NEAR_NEW_DAYS = 31 * (events.HOME_MONTHS + 1)
+
+
+def _near(times: Sequence[datetime], new: np.ndarray) -> np.ndarray:
+    """Which photos were taken within NEAR_NEW_DAYS of a new photo."""
+    _, days = events._clock(times)
+    new_days = np.unique(days[new])
+    at = np.clip(np.searchsorted(new_days, days), 1, len(new_days)) - 1
+    closest = np.minimum(
+        np.abs(days - new_days[at]),
+        np.abs(days - new_days[np.minimum(at + 1, len(new_days) - 1)]),
+    )
+    near: np.ndarray = closest <= NEAR_NEW_DAYS
+    return near
 
 
 def _event_rows(
@@ -368,40 +404,39 @@ def _event_rows(
     for eid, idx in sorted(members.items()):
         hashes = tuple(dated[i][0] for i in idx)
         old = previous.get(eid)
-        if old is not None and old[1] == set(hashes):
-            place, lat, lon = old[0].place, old[0].lat, old[0].lon  # as it was
-        else:
-            place, lat, lon = _event_place([(dated[i][3], dated[i][4]) for i in idx], place_of)
         first, last = dated[idx[0]], dated[idx[-1]]
-        facts.append(
-            label.EventFacts(
-                eid,
-                first[1].date(),
-                last[1].date(),
-                first[1],
-                place.rsplit(", ", 1)[0] if place else None,
-            )
-        )
-        found.append((eid, hashes, first[2], last[2], place, lat, lon))
+        kind = kinds[eid]
+        if old is not None and old[1] == set(hashes):
+            where = old[0].place, old[0].city, old[0].lat, old[0].lon  # as it was
+        else:
+            where = _event_place([(dated[i][3], dated[i][4]) for i in idx], place_of)
+            if old is not None and kind == old[0].kind:  # lost photos, not cut again
+                kind = events.kind_left(kind, first[1], last[1])
+        place, city, lat, lon = where
+        facts.append(label.EventFacts(eid, first[1].date(), last[1].date(), first[1], city))
+        found.append((eid, kind, hashes, first[2], last[2], place, city, lat, lon))
     titles = label.event_titles(facts)
     return [
-        EventRow(eid, kinds[eid], titles[eid], first, last, place, lat, lon, hashes)
-        for eid, hashes, first, last, place, lat, lon in found
+        EventRow(eid, kind, titles[eid], first, last, place, city, lat, lon, hashes)
+        for eid, kind, hashes, first, last, place, city, lat, lon in found
     ]
 
 
 def _event_place(
     positions: Sequence[tuple[float | None, float | None]],
     place_of: Callable[[float, float], Place | None],
-) -> tuple[str | None, float | None, float | None]:
+) -> tuple[str | None, str | None, float | None, float | None]:
     """Where most of an event's positioned photos were taken (its photos without a
-    position were taken at the same time, so with them), and that place's name."""
+    position were taken at the same time, so with them): the place, its own name, and
+    the position."""
     known = tuple((a, b) for a, b in positions if a is not None and b is not None)
     where = label.agreed_position(label.GroupFacts(len(known), positions=known))
     if where is None:
-        return None, None, None
+        return None, None, None, None
     place = place_of(*where)
-    return (str(place) if place else None), round(where[0], 6), round(where[1], 6)
+    if place is None:
+        return None, None, round(where[0], 6), round(where[1], 6)
+    return str(place), place.city, round(where[0], 6), round(where[1], 6)
 
 
 def _event_differs(old: tuple[EventRow, set[str]], new: EventRow) -> bool:

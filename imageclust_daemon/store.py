@@ -621,13 +621,16 @@ class Store:
         ):
             members.setdefault(event_id, set()).add(content_hash)
         found = {}
-        for eid, kind, title, started, ended, place, lat, lon in self.conn.execute(
-            "SELECT id, kind, title, started_at, ended_at, place, lat, lon FROM events "
+        for eid, kind, title, started, ended, place, city, lat, lon in self.conn.execute(
+            "SELECT id, kind, title, started_at, ended_at, place, city, lat, lon FROM events "
             "WHERE state = 'active'"
         ):
-            event = EventRow(eid, kind, title, started, ended, place, lat, lon, members=())
+            event = EventRow(eid, kind, title, started, ended, place, city, lat, lon, members=())
             found[eid] = (event, members.get(eid, set()))
         return found
+
+    def has_events(self) -> bool:
+        return self.conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None
 
     def next_event_id(self) -> int:
         """An id above every id ever given: ids are never reused."""
@@ -641,12 +644,13 @@ class Store:
             for e in changed:
                 conn.execute(
                     "INSERT INTO events (id, state, kind, title, started_at, ended_at, place, "
-                    "lat, lon, size, created_at, updated_at) "
-                    "VALUES (?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "city, lat, lon, size, created_at, updated_at) "
+                    "VALUES (?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (id) DO UPDATE SET state = 'active', kind = excluded.kind, "
                     "title = excluded.title, started_at = excluded.started_at, "
-                    "ended_at = excluded.ended_at, place = excluded.place, lat = excluded.lat, "
-                    "lon = excluded.lon, size = excluded.size, updated_at = excluded.updated_at",
+                    "ended_at = excluded.ended_at, place = excluded.place, city = excluded.city, "
+                    "lat = excluded.lat, lon = excluded.lon, size = excluded.size, "
+                    "updated_at = excluded.updated_at",
                     (
                         e.id,
                         e.kind,
@@ -654,6 +658,7 @@ class Store:
                         e.started_at,
                         e.ended_at,
                         e.place,
+                        e.city,
                         e.lat,
                         e.lon,
                         len(e.members),

@@ -10,6 +10,7 @@ CREATE TABLE events (
     started_at    TEXT NOT NULL,           -- the first photo's capture time, as EXIF has it
     ended_at      TEXT NOT NULL,           -- the last photo's
     place         TEXT,                    -- where most of its positioned photos were taken
+    city          TEXT,                    -- the place's own name, as its title says it
     lat           REAL,
     lon           REAL,
     size          INTEGER NOT NULL,        -- distinct photos

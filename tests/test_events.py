@@ -36,7 +36,6 @@ def _shots(rows: list[tuple[datetime, tuple[float, float] | None, int]], dim: in
         np.array([p[0] if p else np.nan for _, p, _ in rows]),
         np.array([p[1] if p else np.nan for _, p, _ in rows]),
         x,
-        np.ones(len(rows), dtype=bool),
     )
 
 
@@ -112,7 +111,6 @@ def test_generated_lives_are_cut_as_they_were_lived(seed: int) -> None:
         np.array([np.nan if p.lat is None else p.lat for p in photos]),
         np.array([np.nan if p.lon is None else p.lon for p in photos]),
         x,
-        np.ones(len(photos), dtype=bool),
     )
     truth = np.array([p.event for p in photos])
     found = _labels(events.find_events(shots), len(photos))
@@ -127,19 +125,11 @@ def _life_shots(seed: int) -> tuple[list[life.LifePhoto], events.Shots]:
         np.array([np.nan if p.lat is None else p.lat for p in photos]),
         np.array([np.nan if p.lon is None else p.lon for p in photos]),
         x,
-        np.ones(len(photos), dtype=bool),
     )
 
 
 def _subset(shots: events.Shots, idx: np.ndarray) -> events.Shots:
-    assert shots.x is not None and shots.has_x is not None
-    return events.Shots(
-        [shots.times[i] for i in idx],
-        shots.lat[idx],
-        shots.lon[idx],
-        shots.x[idx],
-        shots.has_x[idx],
-    )
+    return events.Shots([shots.times[i] for i in idx], shots.lat[idx], shots.lon[idx], shots.x, idx)
 
 
 def _settle(shots: events.Shots, before: np.ndarray, next_id: int) -> np.ndarray:
@@ -371,3 +361,72 @@ def test_an_album_titled_events_does_not_take_the_events_folder(tmp_path: Path) 
     assert organize.build(groups, view) == 2
     assert sorted(os.listdir(view)) == ["Events", "Events (album)"]
     assert os.listdir(view / "Events" / "2021") == ["2021-06-11 Paris, 11 June 2021"]
+
+
+def test_a_stale_gps_fix_does_not_make_a_moment_three() -> None:
+    rows = _home_life()
+    moment = _burst(datetime(2021, 7, 3, 14), 40, 21, HOME, 7)
+    moment[10] = (moment[10][0], (HOME[0] + 0.09, HOME[1]), 7)  # one fix 10 km off
+    rows += moment
+    rows.sort(key=lambda r: r[0])
+    shots = _shots(rows)
+    (event,) = [e for e in events.find_events(shots) if shots.times[e.rows[0]].month == 7]
+    assert len(event.rows) == 21
+
+
+def test_a_weekend_across_the_180th_meridian_is_not_a_trip() -> None:
+    taveuni = (-16.85, 179.99)
+    rows = [
+        (t, (taveuni[0], taveuni[1] - 0.002), s)
+        for t, _, s in _burst(datetime(2021, 1, 3, 15), 40, 6, None, 1)
+    ]
+    for week in range(1, 20):
+        start = datetime(2021, 1, 3, 15) + timedelta(weeks=week)
+        rows += [(t, taveuni, s) for t, _, s in _burst(start, 40, 6, None, week % 5)]
+    for day in range(2):  # a weekend whose photos fall either side of the meridian
+        start = datetime(2021, 6, 5, 10) + timedelta(days=day)
+        rows += [
+            (t, (taveuni[0], 179.995 if i % 2 else -179.995), 9)
+            for i, (t, _, _) in enumerate(_burst(start, 60, 10, None, 9))
+        ]
+    rows.sort(key=lambda r: r[0])
+    shots = _shots(rows)
+    assert all(e.kind != events.TRIP for e in events.find_events(shots))
+
+
+def test_days_in_a_row_at_a_place_with_no_home_yet_are_not_a_trip() -> None:
+    """Ten days at home, GPS on, are the first photos of a library: no place has weeks of
+    photos yet, and the rhythm alone calls a trip only photos without any position."""
+    rows = []
+    for day in range(10):
+        rows += _burst(datetime(2021, 3, 1, 18) + timedelta(days=day), 30, 5, HOME, day)
+    found = events.find_events(_shots(rows))
+    assert len(found) == 10 and all(e.kind != events.TRIP for e in found)
+    unlocated = [(t, None, s) for t, _, s in rows]
+    (trip,) = events.find_events(_shots(unlocated))
+    assert trip.kind == events.TRIP
+
+
+def test_a_year_one_clock_is_no_date_and_breaks_nothing() -> None:
+    assert label.plausible_day("0001-01-01T03:00:00") is None
+    assert label.plausible_day("1826-06-01T12:00:00") is not None
+
+
+def test_a_trip_that_lost_its_later_days_is_a_day(tmp_path: Path) -> None:
+    state = tmp_path / "state.sqlite"
+    home = [(f"h{w}.jpg", f"{datetime(2022, 1, 2, 12) + timedelta(weeks=w):%Y-%m-%dT%H:%M:%S}",
+             HOME) for w in range(16)]  # fmt: skip
+    trip = [
+        (f"t{d}{i}.jpg", f"2022-05-0{3 + d}T1{i}:00:00", AWAY) for d in range(3) for i in range(4)
+    ]
+    with Store.open(state) as store:
+        _record(store, home + trip)
+        hashes, x = store.live_embeddings(MODEL)
+        regroup.update_events(store, hashes, x, place_of=_paris)
+        ((before, _),) = [v for v in store.active_events().values() if v[0].kind == "trip"]
+        store.mark_gone([f"/lib/t{d}{i}.jpg".encode() for d in (1, 2) for i in range(4)])
+        hashes, x = store.live_embeddings(MODEL)
+        report = regroup.update_events(store, hashes, x, place_of=_paris)
+        assert (report.changed, report.new, report.retired) == (1, 0, 0)
+        after, members = store.active_events()[before.id]
+    assert (after.kind, after.title, len(members)) == ("day", "Seville, 3 May 2022", 4)
