@@ -287,9 +287,9 @@ def _print_albums(cfg: config.Config, grouped: ClusterRun, titled: regroup.Label
     print('  look: imageclust query "SELECT title, size FROM clusters ORDER BY size DESC"')
     print('        imageclust query "SELECT kind, title, size FROM events ORDER BY started_at"')
     if cfg.organize.dir is not None:
-        print(f"organized view (a folder per album): {cfg.organize.dir}")
+        print(f"organized view (a folder per album, and Events/<year>/): {cfg.organize.dir}")
     else:
-        print("a folder per album: set organize.dir in the config")
+        print("a folder per album and per event: set organize.dir in the config")
 
 
 def _print_events(cfg: config.Config) -> None:

@@ -69,7 +69,7 @@ def test_from_the_quick_start_to_titled_albums_and_the_folder_view(
     assert "albums (" in done.stdout and "the biggest:" in done.stdout
     assert "  Album " in done.stdout  # the titles Ollama gave
     assert f"catalog: {data / 'catalog.sqlite'}" in done.stdout
-    assert "a folder per album: set organize.dir in the config" in done.stdout
+    assert "a folder per album and per event: set organize.dir in the config" in done.stdout
     conn = sqlite3.connect(f"file:{data / 'catalog.sqlite'}?mode=ro", uri=True)
     try:
         albums = conn.execute("SELECT title, size, label_source FROM clusters").fetchall()
