@@ -29,12 +29,12 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
 
 import sqlite_utils
 
 from imageclust_daemon import label, pairs, places, search
 from imageclust_daemon.durable import fsync_dir
+from imageclust_daemon.durable import sqlite_uri as uri
 from imageclust_daemon.errors import DatabaseError, QueryRefused
 from imageclust_daemon.migrate import statements
 from imageclust_daemon.store import READ_MMAP_BYTES, Store
@@ -240,12 +240,6 @@ def _alive(pid: int) -> bool:
     except (PermissionError, OverflowError, ValueError):  # another user's, or not a pid
         return True
     return True
-
-
-def uri(path: Path, **params: str) -> str:
-    """A SQLite URI for `path` (any characters) with query parameters such as mode=ro."""
-    query = "&".join(f"{k}={v}" for k, v in params.items())
-    return f"file:{quote(os.fspath(path.resolve()))}" + (f"?{query}" if query else "")
 
 
 def _named_snapshot(catalog_path: Path) -> str | None:

@@ -11,7 +11,6 @@ import logging
 import os
 import sqlite3
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
@@ -22,10 +21,10 @@ from imageclust_daemon import (
     catalog,
     config,
     dask_index,
-    decode,
     doctor,
     grammar,
     hub,
+    logs,
     manifest,
     models,
     pipeline,
@@ -683,45 +682,9 @@ COMMANDS = {
 WRITERS = {"index", "recluster", "relabel"}
 
 
-def configure_logging(level: str) -> None:
-    """Log lines at `level` and above to stderr.
-
-    watchdog's WARNING records must reach the watcher's overflow alarm whatever the
-    level (an inotify overflow is only logged), so that logger stays at WARNING and the
-    output handler applies `level` instead.
-    """
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.setLevel(level)
-    logging.getLogger("watchdog").setLevel(logging.WARNING)
-    # Libraries' warnings (Pillow on a photo's odd EXIF, ...) as log lines, not raw stderr.
-    warnings.showwarning = _log_warning
-    warnings.filterwarnings("always", module="PIL")  # one line per photo, naming it
-
-
-def _log_warning(
-    message: Warning | str,
-    category: type[Warning],
-    filename: str,
-    lineno: int,
-    file: object = None,
-    line: str | None = None,
-) -> None:
-    """A warning as one log line; raised while a photo is decoded, it names the photo and
-    is INFO (the photo is recorded with its own outcome: the warning is a detail)."""
-    photo = decode.DECODING.get()
-    if photo:
-        libraries.info("%s: %s: %s", photo, category.__name__, message)
-    else:
-        libraries.warning("%s: %s (%s:%d)", category.__name__, message, filename, lineno)
-
-
-libraries = logging.getLogger("imageclust.libraries")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = grammar.parser().parse_args(argv)
-    configure_logging(args.log_level or ("INFO" if args.command == "run" else "WARNING"))
+    logs.configure_logging(args.log_level or ("INFO" if args.command == "run" else "WARNING"))
     cfg: config.Config | None = None
     try:
         cfg = _load_config(args)

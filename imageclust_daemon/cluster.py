@@ -136,6 +136,8 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
+from imageclust_daemon.records import Baseline
+
 # Exact Ward keeps an n x n float64 matrix: 6,000 points = 288 MB and ~2 s here.
 EXACT_MAX = 6000
 # Two-stage: k-means centres summarising the points. 3,000 keeps the Ward
@@ -1055,15 +1057,6 @@ DRIFT_DRAWS = 200
 # the truth without it, 0.57-0.70 with it, 0.69-0.86 from scratch). Full cuts stay rare:
 # a library of 100 photos that grows to 100,000 is cut whole about ten times.
 GROWTH = 2.0
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """An album as it was when it was last cut: what its growth and drift are measured
-    against."""
-
-    size: int
-    fit: float
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import io
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -21,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imageclust_daemon import camera_raw, exif, scan
 from imageclust_daemon.errors import DecodeError
+from imageclust_daemon.logs import DECODING
 from imageclust_daemon.preprocess import model_input, to_rgb, wide_to_8bit
 from imageclust_daemon.records import PhotoMeta, Preprocessing
 
@@ -49,9 +49,6 @@ FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
 _PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 # Modes whose pixels can be averaged (Image.reduce); not palette indices or 16-bit.
 _REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F"})
-
-DECODING: ContextVar[str] = ContextVar("imageclust_decoding", default="")
-"""The photo this thread is decoding, so a library's warning can name it (see cli)."""
 
 
 @dataclass(frozen=True, slots=True)

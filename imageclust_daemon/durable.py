@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 
 def fsync_dir(directory: Path) -> None:
@@ -28,3 +29,9 @@ def fsync_dir(directory: Path) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sqlite_uri(path: Path, **params: str) -> str:
+    """A SQLite URI for `path` (any characters) with query parameters such as mode=ro."""
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"file:{quote(os.fspath(path.resolve()))}" + (f"?{query}" if query else "")

@@ -17,7 +17,7 @@ from types import TracebackType
 import numpy as np
 
 from imageclust_daemon import search
-from imageclust_daemon.catalog import uri
+from imageclust_daemon.durable import sqlite_uri as uri
 
 ALBUMS_PER_PAGE = 60
 PHOTOS_PER_PAGE = 200

@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from imageclust_daemon.records import GroupFacts, Label
+
 TITLE_MAX = 25
 PHRASE_MAX = 100
 
@@ -46,24 +48,6 @@ REPLY_SCHEMA = {
 
 class ReplyError(ValueError):
     """The model's reply is not a usable label."""
-
-
-@dataclass(frozen=True, slots=True)
-class Label:
-    title: str
-    catchy_phrase: str
-    source: str  # "ollama" or "fallback"
-
-
-@dataclass(frozen=True, slots=True)
-class GroupFacts:
-    """What is known about a group without looking at its pixels."""
-
-    size: int
-    taken_at: tuple[str, ...] = ()  # ISO 8601 capture times of members that have one
-    positions: tuple[tuple[float, float], ...] = ()  # (lat, lon) of members that have one
-    folders: tuple[str, ...] = ()  # parent folder name of each member file
-    subject: str | None = None  # what most of its photos show, when one word clearly wins
 
 
 # -- text cleaning ----------------------------------------------------------------------------

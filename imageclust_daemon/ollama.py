@@ -24,7 +24,8 @@ import httpx
 
 from imageclust_daemon.config import Config
 from imageclust_daemon.errors import OllamaError, OllamaModelMissing, OllamaUnavailable
-from imageclust_daemon.label import REPLY_SCHEMA, Label, ReplyError, parse_reply
+from imageclust_daemon.label import REPLY_SCHEMA, ReplyError, parse_reply
+from imageclust_daemon.records import Label
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 _MAX_BODY = 1 << 20  # a label reply is < 1 KB; anything near 1 MB is garbage

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imageclust_daemon.durable import sqlite_uri as uri
 from imageclust_daemon.errors import ImageclustError
 
 _NAME_MAX = 120  # bytes; well below every filesystem's 255
@@ -121,8 +122,6 @@ def groups_from_catalog(catalog: Path) -> list[Group]:
     """The titled groups and the events, and their files, as the published catalog has
     them."""
     import sqlite3
-
-    from imageclust_daemon.catalog import uri
 
     conn = sqlite3.connect(uri(catalog, mode="ro"), uri=True)
     try:

@@ -269,3 +269,30 @@ class LabelJob:
     title: str | None = None
     catchy_phrase: str | None = None
     needs_label: bool = True  # new, changed or untitled; False: only an Ollama retry is due
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """An album as it was when it was last cut: what its growth and drift are measured
+    against."""
+
+    size: int
+    fit: float
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    title: str
+    catchy_phrase: str
+    source: str  # "ollama" or "fallback"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupFacts:
+    """What is known about a group without looking at its pixels."""
+
+    size: int
+    taken_at: tuple[str, ...] = ()  # ISO 8601 capture times of members that have one
+    positions: tuple[tuple[float, float], ...] = ()  # (lat, lon) of members that have one
+    folders: tuple[str, ...] = ()  # parent folder name of each member file
+    subject: str | None = None  # what most of its photos show, when one word clearly wins

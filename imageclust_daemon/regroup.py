@@ -30,10 +30,13 @@ from imageclust_daemon.errors import (
 from imageclust_daemon.ollama import OllamaClient
 from imageclust_daemon.places import Place, nearest_place
 from imageclust_daemon.records import (
+    Baseline,
     ClusterRun,
     EventReport,
     EventRow,
+    GroupFacts,
     GroupRow,
+    Label,
     LabelJob,
     display_path,
 )
@@ -221,7 +224,7 @@ def album_rows(
     hashes: Sequence[str],
     result: cluster.Regrouping,
     previous: dict[int, set[str]],
-    baselines: dict[int, cluster.Baseline],
+    baselines: dict[int, Baseline],
     words: np.ndarray | None = None,
 ) -> tuple[list[GroupRow], list[int]]:
     """The albums to store (all after a full regroup, whose centres may have moved with a
@@ -430,7 +433,7 @@ def _event_place(
     position were taken at the same time, so with them): the place, its own name, and
     the position."""
     known = tuple((a, b) for a, b in positions if a is not None and b is not None)
-    where = label.agreed_position(label.GroupFacts(len(known), positions=known))
+    where = label.agreed_position(GroupFacts(len(known), positions=known))
     if where is None:
         return None, None, None, None
     place = place_of(*where)
@@ -520,7 +523,7 @@ def relabel(
         # Ollama is away: a group whose fallback title is current keeps it as it is; only
         # new and changed groups need one now (a library without an LLM stays cheap).
         waiting = [job for job in waiting if job.needs_label or everything]
-    todo: list[tuple[LabelJob, label.GroupFacts, Place | None]] = []
+    todo: list[tuple[LabelJob, GroupFacts, Place | None]] = []
     for job in waiting:
         facts = store.group_facts(job.cluster_id)
         where = label.agreed_position(facts)  # a place only when most photos agree on it
@@ -569,8 +572,8 @@ class _Asker:
         self.down = threading.Event()
 
     def ask(
-        self, job: LabelJob, facts: label.GroupFacts, place: Place | None
-    ) -> tuple[label.Label | None, bool]:
+        self, job: LabelJob, facts: GroupFacts, place: Place | None
+    ) -> tuple[Label | None, bool]:
         """(the label or None, whether Ollama was asked)."""
         if self.down.is_set():
             return None, False
@@ -628,7 +631,7 @@ def abandonable_map(
                     return
 
 
-def _differs(job: LabelJob, new: label.Label) -> bool:
+def _differs(job: LabelJob, new: Label) -> bool:
     return (job.title, job.catchy_phrase, job.label_source) != (
         new.title,
         new.catchy_phrase,

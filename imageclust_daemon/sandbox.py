@@ -37,9 +37,9 @@ def _child(
 ) -> None:
     import resource
 
-    from imageclust_daemon import cli, decode
+    from imageclust_daemon import decode, logs
 
-    cli.configure_logging(log_level)  # warnings as log lines, as in the parent
+    logs.configure_logging(log_level)  # warnings as log lines, as in the parent
     decode.enable_heif()  # the parent's formats: HEIC must not fail for want of a plugin
 
     # A lower limit already set by the parent's environment stays (setrlimit refuses).

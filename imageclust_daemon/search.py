@@ -49,6 +49,7 @@ import numpy as np
 
 from imageclust_daemon import decode, models
 from imageclust_daemon.config import Config
+from imageclust_daemon.durable import sqlite_uri as uri
 from imageclust_daemon.embed import file_sha256, model_id
 from imageclust_daemon.errors import ImageclustError, UsageError
 from imageclust_daemon.store import Store
@@ -325,7 +326,6 @@ def read(path: Path) -> Snapshot:
 def open_for(catalog_path: Path) -> Snapshot:
     """The snapshot the catalog at `catalog_path` names, checked to be the one it was
     published with."""
-    from imageclust_daemon.catalog import uri  # catalog imports this module
 
     if not catalog_path.is_file():
         raise SearchError(
@@ -400,7 +400,6 @@ class Hit:
 
 def hits(catalog_path: Path, snapshot: Snapshot, ranked: list[tuple[int, float]]) -> list[Hit]:
     """The ranked rows as the catalog describes them, in rank order."""
-    from imageclust_daemon.catalog import uri
 
     wanted = {snapshot.hash_at(row): (row, score) for row, score in ranked}
     found: dict[str, tuple[list[str], int | None, str | None]] = {}
@@ -499,7 +498,6 @@ def by_example(cfg: Config, path: Path, limit: int) -> list[Hit]:
 
 def _shown_as(catalog_path: Path, content_hash: str) -> str:
     """The photo a content is in the catalog: itself, or the JPEG that shows a paired RAW."""
-    from imageclust_daemon.catalog import uri
 
     conn = sqlite3.connect(uri(catalog_path, mode="ro"), uri=True)
     try:

@@ -23,16 +23,17 @@ from typing import Any
 import numpy as np
 
 from imageclust_daemon import migrate
-from imageclust_daemon.cluster import Baseline
 from imageclust_daemon.errors import DatabaseError, SchemaTooNewError
-from imageclust_daemon.label import GroupFacts, Label
 from imageclust_daemon.records import (
+    Baseline,
     ClusterRun,
     ContentRow,
     EventRow,
     FileRow,
+    GroupFacts,
     GroupRow,
     KnownFile,
+    Label,
     LabelJob,
 )
 

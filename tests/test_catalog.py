@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from imageclust_daemon import catalog, organize, search
+from imageclust_daemon.durable import sqlite_uri
 from imageclust_daemon.errors import QueryRefused
 from tests.conftest import REPO, memory_limit, run_cli, write_config
 from tests.library import scene_library
@@ -100,7 +101,7 @@ def published(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dic
 
 
 def _ro(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(catalog.uri(path, mode="ro"), uri=True)
+    return sqlite3.connect(sqlite_uri(path, mode="ro"), uri=True)
 
 
 def test_every_documented_table_and_column_exists_and_is_documented(

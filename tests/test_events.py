@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imageclust_daemon import catalog, events, label, organize, regroup
+from imageclust_daemon.durable import sqlite_uri
 from imageclust_daemon.places import Place
 from imageclust_daemon.records import ContentRow, FileRow, FileStat, PhotoMeta
 from imageclust_daemon.store import Store
@@ -318,7 +319,7 @@ def test_events_are_stored_published_and_linked_in_the_organized_view(tmp_path: 
         again = regroup.update_events(store, hashes, x, place_of=_paris)
         assert not again.touched, "nothing new: nothing written"
     catalog.publish(state, tmp_path / "catalog.sqlite", model_id=MODEL, daemon_version="t")
-    conn = sqlite3.connect(catalog.uri(tmp_path / "catalog.sqlite", mode="ro"), uri=True)
+    conn = sqlite3.connect(sqlite_uri(tmp_path / "catalog.sqlite", mode="ro"), uri=True)
     found = conn.execute(
         "SELECT title, kind, size, place FROM events WHERE started_at LIKE '2021-06%' "
         "OR kind = 'trip' ORDER BY started_at"

@@ -223,7 +223,7 @@ def test_an_inotify_overflow_asks_for_a_rescan_at_any_log_level(tmp_path: Path) 
     """watchdog only logs an overflow (a WARNING): `--log-level ERROR` must not hide it."""
     script = f"""
 import logging, pathlib
-from imageclust_daemon.cli import configure_logging
+from imageclust_daemon.logs import configure_logging
 from imageclust_daemon.watch import ChangeBuffer, Watcher
 configure_logging("ERROR")
 buffer = ChangeBuffer(0.0)
