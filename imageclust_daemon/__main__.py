@@ -1,5 +1,5 @@
 """`python -m imageclust_daemon` is the `imageclust` command."""
 
-from imageclust_daemon.cli import main
+from imageclust_daemon.cli.commands import main
 
 raise SystemExit(main())

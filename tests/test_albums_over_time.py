@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imageclust_daemon.cluster import (
+from imageclust_daemon.grouping.cluster import (
     NEW,
     WAITING,
     Baseline,
@@ -326,7 +326,7 @@ def test_stable_cut_keeps_distinct_groups_and_one_blob_whole() -> None:
 def test_more_new_photos_than_one_tree_takes_are_cut_in_parts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import imageclust_daemon.cluster as method
+    import imageclust_daemon.grouping.cluster as method
 
     x, truth, first = _library()
     known = np.vstack([_around(x, truth, s, 3, seed=40 + s) for s in range(7)])
@@ -387,7 +387,7 @@ def test_photos_waiting_in_no_album_are_not_growth() -> None:
 def test_a_recut_that_keeps_an_albums_members_still_stores_its_new_baseline() -> None:
     from dataclasses import replace
 
-    from imageclust_daemon.regroup import album_rows
+    from imageclust_daemon.grouping.regroup import album_rows
 
     x, _, first = _library()
     hashes = [f"{i:064x}" for i in range(len(x))]

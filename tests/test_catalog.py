@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from imageclust_daemon import catalog, organize, search
 from imageclust_daemon.durable import sqlite_uri
 from imageclust_daemon.errors import QueryRefused
+from imageclust_daemon.published import catalog, organize, search
 from tests.conftest import REPO, memory_limit, run_cli, write_config
 from tests.library import scene_library
 from tests.test_index_e2e import build_library
@@ -473,7 +473,7 @@ def test_places_and_full_text_search_answer_through_imageclust_query(
 ) -> None:
     """Each photo with GPS names its nearest place; titles, phrases, paths and places are
     searchable with FTS5 through the read-only `query` (FTS5 reads PRAGMA data_version)."""
-    from imageclust_daemon.places import nearest_place
+    from imageclust_daemon.grouping.places import nearest_place
 
     conn = _ro(published["catalog"])
     try:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from imageclust_daemon.errors import ModelError
-from imageclust_daemon.tokenizer import CONTEXT_LENGTH, ClipTokenizer, clean
+from imageclust_daemon.model.tokenizer import CONTEXT_LENGTH, ClipTokenizer, clean
 from tests.clip_vocab import ReferenceTokenizer, write_tokenizer_json
 
 WORDS = [

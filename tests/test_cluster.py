@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.cluster.hierarchy import fcluster, linkage
 
-from imageclust_daemon.cluster import (
+from imageclust_daemon.grouping.cluster import (
     OUTLIER_SHARE,
     album_ranks,
     cluster,
@@ -168,7 +168,7 @@ def test_a_library_past_the_partition_size_is_grouped_cell_by_cell_as_a_whole(
     centres, each cell grouped alone at one price: the planted groups come out as the
     whole library's method finds them, none cut by a cell boundary, the same whatever
     the order of the rows."""
-    import imageclust_daemon.cluster as method
+    import imageclust_daemon.grouping.cluster as method
 
     x, truth = blobs([40] * 60, d=48, seed=3, spread=0.04)
     monkeypatch.setattr(method, "PARTITION_TARGET", 600)  # 4 cells
@@ -268,7 +268,7 @@ def test_match_clusters_prefers_the_optimal_assignment() -> None:
 
 def test_a_cancelled_clustering_stops_between_steps() -> None:
     """A daemon shutting down mid-recluster: both the exact and the two-stage paths poll."""
-    from imageclust_daemon.cluster import Cancelled
+    from imageclust_daemon.grouping.cluster import Cancelled
 
     x, _ = blobs([40] * 10, d=16, seed=1)
     for kw in ({}, {"exact_max": 100, "micro_clusters": 50}):
@@ -338,7 +338,7 @@ def test_a_one_off_far_from_every_album_stays_out_instead_of_making_one_impure()
 def test_the_polish_never_raises_the_sum_of_squares_or_breaks_the_limits(
     x: np.ndarray, min_size: int, extra: int
 ) -> None:
-    from imageclust_daemon.cluster import polish
+    from imageclust_daemon.grouping.cluster import polish
 
     max_size = min_size + extra
     labels = constrained_ward(x, min_size, max_size)
@@ -361,7 +361,7 @@ def test_the_polish_never_raises_the_sum_of_squares_or_breaks_the_limits(
 
 def test_a_leftover_whose_neighbours_are_all_in_full_groups_joins_the_nearest_with_room() -> None:
     """Every group with room scored 0 by the neighbour vote, and argmax took group 0."""
-    from imageclust_daemon.cluster import _adopt_orphans
+    from imageclust_daemon.grouping.cluster import _adopt_orphans
 
     rng = np.random.default_rng(0)
     d = 32

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from PIL import ImageDraw
 
-from imageclust_daemon.embed import model_id
+from imageclust_daemon.model.embed import model_id
 from tests import photos
 from tests.conftest import run_cli, write_config
 from tests.library import add_photos, scene_library
@@ -481,7 +481,8 @@ def test_a_stop_publishes_what_was_indexed(
 ) -> None:
     """Stopped before the first publish tick: the catalog still shows the indexed photos."""
     root = tmp_path / "Photos"
-    scene_library(root, 1, 5)
+    for photo in scene_library(root, 1, 5):  # there for a while: settled at the first rescan
+        os.utime(photo, (time.time() - 60, time.time() - 60))
     data = tmp_path / "data"
     daemon = daemons(daemon_config([root], schedule={"publish_seconds": 3600}))
     daemon.wait_for_message("STATUS=idle")  # the first full rescan is done

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imageclust_daemon import dask_index, manifest, models, pipeline
+from imageclust_daemon.index import dask_index, pipeline
+from imageclust_daemon.model import manifest, models
 from imageclust_daemon.records import FileRow, FileStat
 from imageclust_daemon.store import Store
 from tests import photos
@@ -140,7 +141,7 @@ def test_an_unreachable_scheduler_is_a_clear_error_that_changes_nothing(
 
 
 _POISON = """
-from imageclust_daemon import dask_index
+from imageclust_daemon.index import dask_index
 
 def poison(path):
     st = os.stat(path)

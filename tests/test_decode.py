@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps
 
-from imageclust_daemon import decode as decode_module
-from imageclust_daemon.decode import DecodedPhoto, decode
 from imageclust_daemon.errors import DecodeError
-from imageclust_daemon.preprocess import model_input
+from imageclust_daemon.index import decode as decode_module
+from imageclust_daemon.index.decode import DecodedPhoto, decode
+from imageclust_daemon.index.preprocess import model_input
 from imageclust_daemon.records import Preprocessing
 from tests import photos
 

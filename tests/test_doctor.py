@@ -8,7 +8,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from imageclust_daemon import config, doctor, manifest
+from imageclust_daemon import config
+from imageclust_daemon.model import manifest
+from imageclust_daemon.service import doctor
 from imageclust_daemon.store import Store
 from tests.clip_vocab import write_tokenizer_json
 from tests.conftest import run_cli

@@ -16,9 +16,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from imageclust_daemon import embed
-from imageclust_daemon.embed import CPU, choose_providers, open_session, provider_of
 from imageclust_daemon.errors import ModelContractError
+from imageclust_daemon.model import embed
+from imageclust_daemon.model.embed import CPU, choose_providers, open_session, provider_of
 from tests.onnx_models import build_tiny_clip, build_tiny_clip_text
 
 CUDA, COREML = "CUDAExecutionProvider", "CoreMLExecutionProvider"
@@ -69,7 +69,7 @@ def test_a_session_that_fails_on_the_accelerator_runs_on_the_cpu_with_one_warnin
 ) -> None:
     embed._warned.clear()
     factory = FailingOn(CUDA)
-    caplog.set_level(logging.WARNING, logger="imageclust_daemon.embed")
+    caplog.set_level(logging.WARNING, logger="imageclust_daemon.model.embed")
 
     sessions = [
         open_session(tiny_model, providers=["auto"], available=GPU_BUILD, factory=factory)
@@ -91,7 +91,7 @@ def test_an_accelerator_ort_drops_by_itself_is_reported(
 ) -> None:
     """onnxruntime-gpu without the CUDA libraries starts the session on the CPU alone."""
     embed._warned.clear()
-    caplog.set_level(logging.WARNING, logger="imageclust_daemon.embed")
+    caplog.set_level(logging.WARNING, logger="imageclust_daemon.model.embed")
 
     def drops_cuda(path: str, sess_options: Any, providers: Sequence[str]) -> Any:
         kept = [p for p in providers if p != CUDA]
@@ -108,7 +108,7 @@ def test_a_provider_this_build_lacks_is_named_with_the_package_to_install(
     tiny_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     embed._warned.clear()
-    caplog.set_level(logging.WARNING, logger="imageclust_daemon.embed")
+    caplog.set_level(logging.WARNING, logger="imageclust_daemon.model.embed")
 
     session = open_session(tiny_model, providers=["cuda"])  # the real, CPU-only ORT here
 

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imageclust_daemon import catalog, events, label, organize, regroup
 from imageclust_daemon.durable import sqlite_uri
-from imageclust_daemon.places import Place
+from imageclust_daemon.grouping import events, label, regroup
+from imageclust_daemon.grouping.places import Place
+from imageclust_daemon.published import catalog, organize
 from imageclust_daemon.records import ContentRow, FileRow, FileStat, PhotoMeta
 from imageclust_daemon.store import Store
 from tests import life

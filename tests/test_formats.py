@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imageclust_daemon import decode
 from imageclust_daemon.errors import DecodeError
+from imageclust_daemon.index import decode
 from imageclust_daemon.records import Preprocessing
 from tests import photos
 from tests.conftest import cli_json, run_cli

@@ -25,9 +25,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imageclust_daemon import catalog, decode, inflight
 from imageclust_daemon.errors import DecodeError
-from imageclust_daemon.preprocess import model_input
+from imageclust_daemon.index import decode, inflight
+from imageclust_daemon.index.preprocess import model_input
+from imageclust_daemon.published import catalog
 from imageclust_daemon.records import Preprocessing
 from tests import photos
 from tests.conftest import memory_limit, run_cli
@@ -288,7 +289,7 @@ def test_a_strip_is_resampled_only_where_the_crop_keeps_it() -> None:
     strip = Image.fromarray(base).resize((6000, 200), Image.Resampling.BICUBIC)
     boxed = model_input(strip, SPEC)
     whole = strip.resize((6720, 224), Image.Resampling.BICUBIC).crop((3248, 0, 3472, 224))
-    from imageclust_daemon.preprocess import normalize
+    from imageclust_daemon.index.preprocess import normalize
 
     reference = normalize(np.asarray(whole, dtype=np.uint8), SPEC)
     assert np.abs(boxed - reference).max() <= 0.1

@@ -18,14 +18,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from imageclust_daemon import config, manifest
-from imageclust_daemon import jobs as jobs_module
+from imageclust_daemon import config
 from imageclust_daemon import store as store_module
 from imageclust_daemon.config import Config
-from imageclust_daemon.daemon import Daemon
-from imageclust_daemon.jobs import Jobs, LazyModel
+from imageclust_daemon.index.watch import ChangeBuffer
+from imageclust_daemon.model import manifest
+from imageclust_daemon.service import jobs as jobs_module
+from imageclust_daemon.service.daemon import Daemon
+from imageclust_daemon.service.jobs import Jobs, LazyModel
 from imageclust_daemon.store import Store
-from imageclust_daemon.watch import ChangeBuffer
 from tests import photos
 from tests.conftest import REPO
 from tests.library import scene_library
@@ -224,7 +225,7 @@ def test_an_inotify_overflow_asks_for_a_rescan_at_any_log_level(tmp_path: Path) 
     script = f"""
 import logging, pathlib
 from imageclust_daemon.logs import configure_logging
-from imageclust_daemon.watch import ChangeBuffer, Watcher
+from imageclust_daemon.index.watch import ChangeBuffer, Watcher
 configure_logging("ERROR")
 buffer = ChangeBuffer(0.0)
 watcher = Watcher([pathlib.Path({str(tmp_path)!r})], buffer)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imageclust_daemon.label import (
+from imageclust_daemon.grouping.label import (
     PHRASE_MAX,
     TITLE_MAX,
     GroupFacts,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imageclust_daemon.lock import AlreadyRunning, InstanceLock
+from imageclust_daemon.service.lock import AlreadyRunning, InstanceLock
 
 
 def test_a_second_holder_is_refused_with_who_holds_it(tmp_path: Path) -> None:

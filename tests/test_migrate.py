@@ -112,7 +112,7 @@ def test_albums_cut_before_migration_7_stay_put_at_the_next_regroup(tmp_path: Pa
     """Migration 7 (albums over time): the photos an older run left in no album wait (not
     one embedded after it); the albums it cut have no baseline yet; the first regroup
     after it is incremental: new photos join their album and nothing else moves."""
-    from imageclust_daemon import regroup
+    from imageclust_daemon.grouping import regroup
     from imageclust_daemon.store import vector_to_blob
     from tests.test_cluster import blobs
 
@@ -199,7 +199,7 @@ def test_a_library_grouped_before_migration_8_gets_its_events_at_the_next_regrou
     """Migration 8 (events): nothing else changed since the last regroup, so the albums
     are left as they are, and the events are cut all the same; the organized view's and
     catalog's events come with the next publish."""
-    from imageclust_daemon import regroup
+    from imageclust_daemon.grouping import regroup
     from imageclust_daemon.store import vector_to_blob
 
     path = tmp_path / "s.sqlite"

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from imageclust_daemon import hub, manifest, models
 from imageclust_daemon.errors import ConfigError, DownloadError, ModelError
+from imageclust_daemon.model import hub, manifest, models
 from imageclust_daemon.records import (
     MERGES,
     ROLES,
@@ -1218,7 +1218,7 @@ def test_cli_download_from_a_dead_mirror_names_the_urls_and_exits_1(
 def test_int8_quantization_keeps_the_contract_and_the_embeddings(tmp_path: Path) -> None:
     import numpy as np
 
-    from imageclust_daemon.embed import Embedder, model_io, open_session
+    from imageclust_daemon.model.embed import Embedder, model_io, open_session
 
     source = build_tiny_clip(tmp_path / "tiny.onnx", dim=32)
     dest = models.quantize(source, models.int8_file(source))

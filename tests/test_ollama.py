@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from imageclust_daemon.errors import OllamaError, OllamaModelMissing, OllamaUnavailable
-from imageclust_daemon.label import REPLY_SCHEMA, TITLE_MAX, Label
-from imageclust_daemon.ollama import DEFAULT_HOST, OllamaClient, RetryPolicy, resolve_host
+from imageclust_daemon.grouping.label import REPLY_SCHEMA, TITLE_MAX, Label
+from imageclust_daemon.grouping.ollama import DEFAULT_HOST, OllamaClient, RetryPolicy, resolve_host
 from tests.ollama_server import LONG_TITLE, FakeOllama
 
 BASE = 0.05  # backoff base in these tests: seconds, not the 2 s of the default

@@ -14,8 +14,9 @@ import blake3
 import pytest
 from PIL import Image
 
-from imageclust_daemon import manifest, models, pipeline, presence, scan
-from imageclust_daemon.pipeline import Claims, plan, prepare
+from imageclust_daemon.index import pipeline, presence, scan
+from imageclust_daemon.index.pipeline import Claims, plan, prepare
+from imageclust_daemon.model import manifest, models
 from imageclust_daemon.records import FileStat, IndexReport, KnownFile, Preprocessing
 from imageclust_daemon.store import Store
 from tests import photos

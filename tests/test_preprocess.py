@@ -27,7 +27,7 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil
 from transformers.image_transforms import get_resize_output_image_size
 
-from imageclust_daemon.preprocess import (
+from imageclust_daemon.index.preprocess import (
     model_input,
     normalize,
     resample_filter,

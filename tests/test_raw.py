@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imageclust_daemon import camera_raw, decode, pairs
 from imageclust_daemon.errors import DecodeError
-from imageclust_daemon.pairs import Neighbour
+from imageclust_daemon.index import camera_raw, decode, pairs
+from imageclust_daemon.index.pairs import Neighbour
 from imageclust_daemon.records import Preprocessing
 from tests import photos
 from tests.conftest import cli_json, run_cli

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imageclust_daemon import camera_raw, decode
 from imageclust_daemon.errors import DecodeError
-from imageclust_daemon.preprocess import model_input
+from imageclust_daemon.index import camera_raw, decode
+from imageclust_daemon.index.preprocess import model_input
 from imageclust_daemon.records import Preprocessing
 from tests.tools import fetch_raw_samples
 

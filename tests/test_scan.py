@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imageclust_daemon import scan
+from imageclust_daemon.index import scan
 
 EXT = scan.image_extensions(heif=False)
 
@@ -146,7 +146,7 @@ def test_an_unreadable_folder_is_reported_and_the_walk_goes_on(tmp_path: Path) -
         prefix = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}"]
     code = (
         "import json, os, sys\n"
-        "from imageclust_daemon import scan\n"
+        "from imageclust_daemon.index import scan\n"
         "errors, lost = [], set()\n"
         "found = [os.fsdecode(f.path) for f in scan.walk(os.fsencode(sys.argv[1]), "
         "scan.image_extensions(False), on_error=lambda p, r: errors.append(r), "

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from imageclust_daemon import catalog, search
 from imageclust_daemon.errors import DatabaseError
+from imageclust_daemon.published import catalog, search
 from imageclust_daemon.store import Store
 from tests.conftest import run_cli
 from tests.library import scene_library, write_variant
@@ -106,7 +106,7 @@ def test_words_rank_as_the_text_embedding_against_every_photo(
     """The answer is the exact top of cosine similarity between the text's embedding (the
     real tokenizer and text tower) and the stored embeddings of the indexed photos."""
     from imageclust_daemon import config as config_module
-    from imageclust_daemon import models
+    from imageclust_daemon.model import models
 
     config, _, _ = library
     cfg = config_module.load(config)
@@ -229,9 +229,9 @@ def test_publishes_keep_one_snapshot_per_catalog_and_rewrite_only_on_change(
 def _indexed_library(tmp_path: Path, tiny_model: Path) -> tuple[Path, str, list[bytes]]:
     """Two scenes of three photos in a state database, as the daemon indexes them.
     Returns (the state database, the model id, the paths)."""
-    from imageclust_daemon import models as models_module
-    from imageclust_daemon import pipeline
-    from imageclust_daemon.manifest import load_manifest
+    from imageclust_daemon.index import pipeline
+    from imageclust_daemon.model import models as models_module
+    from imageclust_daemon.model.manifest import load_manifest
 
     root = tmp_path / "Photos"
     scene_library(root, 2, 3)
@@ -362,7 +362,7 @@ def test_albums_get_the_word_most_of_their_photos_are_closest_to(
     """The vocabulary went through the real tokenizer and text tower once, is kept in the
     state database, and each album's subject is what `subjects.subject_of` says of its
     photos' embeddings against it."""
-    from imageclust_daemon import subjects
+    from imageclust_daemon.grouping import subjects
 
     config, _, _ = library
     state = config.parent / "data" / "state.sqlite"

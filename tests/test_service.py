@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from imageclust_daemon import service
 from imageclust_daemon.errors import ConfigError, ImageclustError
+from imageclust_daemon.service import service
 from tests.conftest import REPO, run_cli, write_config
 
 PYTHON = os.path.abspath(sys.executable)

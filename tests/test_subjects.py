@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from imageclust_daemon import label, subjects
+from imageclust_daemon.grouping import label, subjects
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

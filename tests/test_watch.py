@@ -14,7 +14,7 @@ from watchdog.events import FileCreatedEvent, FileMovedEvent
 from watchdog.observers import inotify_c
 from watchdog.observers.polling import PollingObserver
 
-from imageclust_daemon.watch import ChangeBuffer, Watcher, _Handler
+from imageclust_daemon.index.watch import ChangeBuffer, Watcher, _Handler
 
 
 def _wait(condition: Callable[[], object], timeout: float = 10.0) -> bool:

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from imageclust_daemon import config as config_module
-from imageclust_daemon import web
 from imageclust_daemon.errors import ImageclustError
+from imageclust_daemon.gallery import web
 from tests.conftest import run_cli
 from tests.library import scene_library
 
@@ -212,7 +212,7 @@ def test_a_non_loopback_address_needs_allow_remote(
 
 
 def test_maintenance_deletes_the_pictures_of_forgotten_photos(tmp_path: Path) -> None:
-    from imageclust_daemon.thumbs import ThumbCache
+    from imageclust_daemon.gallery.thumbs import ThumbCache
 
     cache = ThumbCache(tmp_path)
     kept, gone = "a" * 64, "b" * 64
@@ -227,8 +227,8 @@ def test_maintenance_deletes_the_pictures_of_forgotten_photos(tmp_path: Path) ->
 
 
 def test_an_album_shows_its_phrase_only_when_it_says_something_new() -> None:
-    from imageclust_daemon import pages
-    from imageclust_daemon.gallery import Album
+    from imageclust_daemon.gallery import pages
+    from imageclust_daemon.gallery.gallery import Album
 
     def card(title: str, phrase: str) -> str:
         album = Album(1, title, phrase, 6, "2024-06-01", "2024-06-06", "Paris, France", [])

@@ -19,8 +19,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon import catalog, regroup
-from imageclust_daemon.label import Label
+from imageclust_daemon.grouping import regroup
+from imageclust_daemon.grouping.label import Label
+from imageclust_daemon.published import catalog
 from imageclust_daemon.records import ContentRow, FileRow, FileStat, PhotoMeta
 from imageclust_daemon.store import Store
 

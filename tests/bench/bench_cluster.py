@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon.cluster import (
+from imageclust_daemon.grouping.cluster import (
     EXACT_MAX,
     NEW,
     WAITING,

@@ -35,9 +35,10 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon import decode, manifest, models, pipeline
-from imageclust_daemon.embed import Embedder, model_io, open_session
-from imageclust_daemon.preprocess import model_input
+from imageclust_daemon.index import decode, pipeline
+from imageclust_daemon.index.preprocess import model_input
+from imageclust_daemon.model import manifest, models
+from imageclust_daemon.model.embed import Embedder, model_io, open_session
 from imageclust_daemon.store import Store
 from tests import photos
 

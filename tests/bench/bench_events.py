@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon import events, regroup
+from imageclust_daemon.grouping import events, regroup
 from tests import life
 from tests.metrics import adjusted_rand_index
 

@@ -36,8 +36,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon import camera_raw, decode, manifest
-from imageclust_daemon.preprocess import model_input
+from imageclust_daemon.index import camera_raw, decode
+from imageclust_daemon.index.preprocess import model_input
+from imageclust_daemon.model import manifest
 from imageclust_daemon.records import Preprocessing
 from tests.bench.bench_embed import end_to_end
 from tests.dng import Preview, dng_bytes

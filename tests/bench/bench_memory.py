@@ -39,7 +39,7 @@ def main() -> None:
             )
             code = (
                 "import json, resource, sys\n"
-                "from imageclust_daemon.cli import main\n"
+                "from imageclust_daemon.cli.commands import main\n"
                 f"rc = main(['--config', {str(config)!r}, 'index', '--json', '--no-progress', "
                 f"{str(folder)!r}])\n"
                 "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024\n"

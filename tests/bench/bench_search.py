@@ -35,8 +35,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon import catalog, models, search
 from imageclust_daemon import config as config_module
+from imageclust_daemon.model import models
+from imageclust_daemon.published import catalog, search
 from imageclust_daemon.store import Store
 from tests.bench.bench_catalog import MODEL, fill
 from tests.clip_vocab import write_tokenizer_json
@@ -72,7 +73,8 @@ def memory_probe(cfg_path: Path) -> tuple[float, float]:
     code = f"""
 import sys, numpy as np
 sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
-from imageclust_daemon import config, search
+from imageclust_daemon import config
+from imageclust_daemon.published import search
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):

@@ -26,11 +26,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon import catalog, regroup, web
 from imageclust_daemon import config as config_module
-from imageclust_daemon.gallery import Reader
+from imageclust_daemon.gallery import web
+from imageclust_daemon.gallery.gallery import Reader
+from imageclust_daemon.gallery.thumbs import ThumbCache
+from imageclust_daemon.grouping import regroup
+from imageclust_daemon.published import catalog
 from imageclust_daemon.store import Store
-from imageclust_daemon.thumbs import ThumbCache
 from tests.bench.bench_catalog import MODEL, fill
 from tests.conftest import write_config
 

@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon.cluster import cluster
+from imageclust_daemon.grouping.cluster import cluster
 from tests.metrics import adjusted_rand_index
 
 DIM = 512

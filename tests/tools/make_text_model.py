@@ -72,8 +72,8 @@ def check(path: Path, seed: int = 0) -> float:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from imageclust_daemon.embed import TextEmbedder, open_session, text_model_io
-    from imageclust_daemon.tokenizer import ClipTokenizer
+    from imageclust_daemon.model.embed import TextEmbedder, open_session, text_model_io
+    from imageclust_daemon.model.tokenizer import ClipTokenizer
     from tests.clip_vocab import write_tokenizer_json
 
     texts = ["a photo of a cat", "dog on the beach at sunset", "Zürich — 東京 🐶", ""]

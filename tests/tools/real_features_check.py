@@ -44,10 +44,10 @@ from PIL import Image, ImageEnhance, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon import manifest
-from imageclust_daemon.cluster import cluster
-from imageclust_daemon.decode import decode
-from imageclust_daemon.embed import Embedder, model_io, open_session
+from imageclust_daemon.grouping.cluster import cluster
+from imageclust_daemon.index.decode import decode
+from imageclust_daemon.model import manifest
+from imageclust_daemon.model.embed import Embedder, model_io, open_session
 from tests.metrics import adjusted_rand_index
 
 MIN_SIDE = 240  # smaller images are icons and diagrams, not photographs

@@ -37,15 +37,19 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from imageclust_daemon import activity, models, pipeline, publish, regroup
+from imageclust_daemon import activity
 from imageclust_daemon.config import Config
-from imageclust_daemon.embed import Embedder, short_provider
 from imageclust_daemon.errors import ImageclustError, is_disk_full
-from imageclust_daemon.ollama import OllamaClient, client_for
+from imageclust_daemon.gallery.thumbs import ThumbCache
+from imageclust_daemon.grouping import regroup
+from imageclust_daemon.grouping.ollama import OllamaClient, client_for
+from imageclust_daemon.index import pipeline
+from imageclust_daemon.index.watch import ChangeBuffer
+from imageclust_daemon.model import models
+from imageclust_daemon.model.embed import Embedder, short_provider
+from imageclust_daemon.published import publish
 from imageclust_daemon.records import IndexReport, ModelSpec, display_path
 from imageclust_daemon.store import Store
-from imageclust_daemon.thumbs import ThumbCache
-from imageclust_daemon.watch import ChangeBuffer
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import numpy as np
 import rawpy
 from PIL import Image
 
-from imageclust_daemon import exif, scan
 from imageclust_daemon.errors import DecodeError
+from imageclust_daemon.index import exif, scan
 
 # What a file starts with -> its RAW format, for the formats with a signature of their
 # own. The offsets and strings are those LibRaw's identify() tests (libraw_datastream /

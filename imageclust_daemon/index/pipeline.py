@@ -33,10 +33,11 @@ from typing import Protocol, TypeVar
 import blake3
 import numpy as np
 
-from imageclust_daemon import decode, presence, scan
 from imageclust_daemon.config import Config
 from imageclust_daemon.errors import DecodeError
-from imageclust_daemon.inflight import InFlight
+from imageclust_daemon.index import decode, presence, scan
+from imageclust_daemon.index.inflight import InFlight
+from imageclust_daemon.index.sandbox import decode_in_child
 from imageclust_daemon.records import (
     ContentRow,
     FileRow,
@@ -47,7 +48,6 @@ from imageclust_daemon.records import (
     Preprocessing,
     display_path,
 )
-from imageclust_daemon.sandbox import decode_in_child
 from imageclust_daemon.store import Store
 
 log = logging.getLogger(__name__)

@@ -133,8 +133,6 @@ from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy import sparse
-from scipy.optimize import linear_sum_assignment
 
 from imageclust_daemon.records import Baseline
 
@@ -548,6 +546,8 @@ def _price_for_count(
 
 def _kmeans(x: np.ndarray, k: int, iterations: int, cancelled: Cancel = never) -> np.ndarray:
     """Lloyd's k-means, seeded on the (canonical) row order; returns each row's centre."""
+    from scipy import sparse  # (imported when used: 0.2 s at every CLI start)
+
     n = x.shape[0]
     rng = np.random.default_rng(0)
     centres = x[np.sort(rng.choice(n, size=k, replace=False))].astype(np.float32)
@@ -606,6 +606,8 @@ def _normalized(x: np.ndarray) -> np.ndarray:
 
 def _group_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """float64 sum of the rows of each group 0..k-1 (label -1 ignored) and the group sizes."""
+    from scipy import sparse
+
     keep = labels >= 0
     onehot = sparse.csr_matrix(
         (np.ones(int(keep.sum()), dtype=x.dtype), (labels[keep], np.flatnonzero(keep))),
@@ -1594,6 +1596,8 @@ def match_clusters(
     """An id for each current group: the previous group's id with the highest Jaccard overlap
     (at least `threshold`; each previous id used once; assignment maximizing the total overlap),
     else a fresh id above every id in `previous` and at least `next_id`."""
+    from scipy.optimize import linear_sum_assignment
+
     owner = {member: gid for gid, members in previous.items() for member in members}
     prev_size = {gid: len(set(members)) for gid, members in previous.items()}
     pairs: dict[tuple[int, int], float] = {}

@@ -47,11 +47,12 @@ from typing import IO, BinaryIO
 import blake3
 import numpy as np
 
-from imageclust_daemon import decode, models
 from imageclust_daemon.config import Config
 from imageclust_daemon.durable import sqlite_uri as uri
-from imageclust_daemon.embed import file_sha256, model_id
 from imageclust_daemon.errors import ImageclustError, UsageError
+from imageclust_daemon.index import decode
+from imageclust_daemon.model import models
+from imageclust_daemon.model.embed import file_sha256, model_id
 from imageclust_daemon.store import Store
 
 MAGIC = b"ICSEARCH"

@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from imageclust_daemon import pipeline
-from imageclust_daemon.embed import Embedder, file_sha256
 from imageclust_daemon.errors import ImageclustError
-from imageclust_daemon.models import open_embedder
+from imageclust_daemon.index import pipeline
+from imageclust_daemon.model.embed import Embedder, file_sha256
+from imageclust_daemon.model.models import open_embedder
 from imageclust_daemon.records import FileStat, ModelSpec, display_path
 from imageclust_daemon.store import Store
 

@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from imageclust_daemon import decode
 from imageclust_daemon.errors import DecodeError
+from imageclust_daemon.index import decode
 
 SIZES = {"thumb": 256, "preview": 1280}
 _HASH = re.compile(r"[0-9a-f]{64}")

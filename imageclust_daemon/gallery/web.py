@@ -24,11 +24,14 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from imageclust_daemon import activity, models, pages, search
+from imageclust_daemon import activity
 from imageclust_daemon.config import Config, is_loopback, parse_listen
 from imageclust_daemon.errors import ImageclustError
-from imageclust_daemon.gallery import CatalogMissing, Reader
-from imageclust_daemon.thumbs import ThumbCache, Unavailable
+from imageclust_daemon.gallery import pages
+from imageclust_daemon.gallery.gallery import CatalogMissing, Reader
+from imageclust_daemon.gallery.thumbs import ThumbCache, Unavailable
+from imageclust_daemon.model import models
+from imageclust_daemon.published import search
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imageclust_daemon import __version__, catalog, organize
+from imageclust_daemon import __version__
+from imageclust_daemon.published import catalog, organize
 
 
 def publish(

@@ -6,8 +6,8 @@ from __future__ import annotations
 from html import escape
 from urllib.parse import urlencode
 
-from imageclust_daemon.gallery import ALBUMS_PER_PAGE, PHOTOS_PER_PAGE, Album, Photo, Status
-from imageclust_daemon.search import Hit
+from imageclust_daemon.gallery.gallery import ALBUMS_PER_PAGE, PHOTOS_PER_PAGE, Album, Photo, Status
+from imageclust_daemon.published.search import Hit
 
 STYLE = """
 :root { color-scheme: light dark; --fg: #1d1d1f; --muted: #6e6e73; --bg: #fbfbfd;

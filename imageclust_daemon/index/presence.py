@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
-from imageclust_daemon import scan
+from imageclust_daemon.index import scan
 from imageclust_daemon.records import FileStat, KnownFile, display_path
 
 log = logging.getLogger(__name__)

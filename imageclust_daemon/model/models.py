@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from imageclust_daemon import tokenizer
 from imageclust_daemon.config import Config
-from imageclust_daemon.embed import (
+from imageclust_daemon.errors import ConfigError, ModelError, ModelNotFoundError
+from imageclust_daemon.model import tokenizer
+from imageclust_daemon.model.embed import (
     Embedder,
     TextEmbedder,
     file_sha256,
@@ -27,8 +28,7 @@ from imageclust_daemon.embed import (
     open_session,
     text_model_io,
 )
-from imageclust_daemon.errors import ConfigError, ModelError, ModelNotFoundError
-from imageclust_daemon.manifest import CLIP_PROBE, OWN_FILE_KEYS, PURPOSE, load_manifest
+from imageclust_daemon.model.manifest import CLIP_PROBE, OWN_FILE_KEYS, PURPOSE, load_manifest
 from imageclust_daemon.records import (
     MERGES,
     ROLES,

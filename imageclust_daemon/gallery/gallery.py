@@ -16,8 +16,8 @@ from types import TracebackType
 
 import numpy as np
 
-from imageclust_daemon import search
 from imageclust_daemon.durable import sqlite_uri as uri
+from imageclust_daemon.published import search
 
 ALBUMS_PER_PAGE = 60
 PHOTOS_PER_PAGE = 200

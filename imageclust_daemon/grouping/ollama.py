@@ -24,7 +24,7 @@ import httpx
 
 from imageclust_daemon.config import Config
 from imageclust_daemon.errors import OllamaError, OllamaModelMissing, OllamaUnavailable
-from imageclust_daemon.label import REPLY_SCHEMA, ReplyError, parse_reply
+from imageclust_daemon.grouping.label import REPLY_SCHEMA, ReplyError, parse_reply
 from imageclust_daemon.records import Label
 
 DEFAULT_HOST = "http://127.0.0.1:11434"

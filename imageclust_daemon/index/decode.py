@@ -18,10 +18,10 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imageclust_daemon import camera_raw, exif, scan
 from imageclust_daemon.errors import DecodeError
+from imageclust_daemon.index import camera_raw, exif, scan
+from imageclust_daemon.index.preprocess import model_input, to_rgb, wide_to_8bit
 from imageclust_daemon.logs import DECODING
-from imageclust_daemon.preprocess import model_input, to_rgb, wide_to_8bit
 from imageclust_daemon.records import PhotoMeta, Preprocessing
 
 # Pillow warns above this and raises at twice it; indexing decodes no more than this

@@ -37,7 +37,8 @@ def _child(
 ) -> None:
     import resource
 
-    from imageclust_daemon import decode, logs
+    from imageclust_daemon import logs
+    from imageclust_daemon.index import decode
 
     logs.configure_logging(log_level)  # warnings as log lines, as in the parent
     decode.enable_heif()  # the parent's formats: HEIC must not fail for want of a plugin

@@ -25,14 +25,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 
-from imageclust_daemon import activity, models, web
+from imageclust_daemon import activity
 from imageclust_daemon.config import Config
-from imageclust_daemon.embed import short_provider
 from imageclust_daemon.errors import ConfigError, ImageclustError
-from imageclust_daemon.jobs import Jobs, LazyModel
-from imageclust_daemon.lock import InstanceLock
+from imageclust_daemon.gallery import web
+from imageclust_daemon.index.watch import ChangeBuffer, Watcher
+from imageclust_daemon.model import models
+from imageclust_daemon.model.embed import short_provider
+from imageclust_daemon.service.jobs import Jobs, LazyModel
+from imageclust_daemon.service.lock import InstanceLock
 from imageclust_daemon.store import Store
-from imageclust_daemon.watch import ChangeBuffer, Watcher
 
 log = logging.getLogger(__name__)
 

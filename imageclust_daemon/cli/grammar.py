@@ -7,7 +7,9 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from imageclust_daemon import __version__, catalog, config, service
+from imageclust_daemon import __version__, config
+from imageclust_daemon.published import catalog
+from imageclust_daemon.service import service
 
 Command = Callable[..., argparse.ArgumentParser]  # (subparsers, name, **kwargs) -> parser
 

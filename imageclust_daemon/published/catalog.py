@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import sqlite_utils
-
-from imageclust_daemon import label, pairs, places, search
 from imageclust_daemon.durable import fsync_dir
 from imageclust_daemon.durable import sqlite_uri as uri
 from imageclust_daemon.errors import DatabaseError, QueryRefused
+from imageclust_daemon.grouping import label, places
+from imageclust_daemon.index import pairs
 from imageclust_daemon.migrate import statements
+from imageclust_daemon.published import search
 from imageclust_daemon.store import READ_MMAP_BYTES, Store
 
 # 2: photos.place and photos.format; full-text search (FTS5) over photos (path, place) and clusters
@@ -470,6 +470,8 @@ def _full_text(conn: sqlite3.Connection) -> None:
     `<table>_fts` table with content=<table>): Datasette shows a search box by itself,
     and SQL tools can `... WHERE rowid IN (SELECT rowid FROM photos_fts WHERE
     photos_fts MATCH 'beach')`. No triggers: the catalog is never written after."""
+    import sqlite_utils  # (imported when used: 70 ms at every CLI start)
+
     db = sqlite_utils.Database(conn)
     db["photos"].enable_fts(["path", "place"])  # type: ignore[union-attr]
     db["clusters"].enable_fts(["title", "catchy_phrase"])  # type: ignore[union-attr]

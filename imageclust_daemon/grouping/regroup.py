@@ -18,7 +18,6 @@ from typing import TypeVar
 import blake3
 import numpy as np
 
-from imageclust_daemon import cluster, decode, events, label, models, pairs, subjects
 from imageclust_daemon.config import Config
 from imageclust_daemon.errors import (
     DecodeError,
@@ -27,8 +26,11 @@ from imageclust_daemon.errors import (
     OllamaModelMissing,
     OllamaUnavailable,
 )
-from imageclust_daemon.ollama import OllamaClient
-from imageclust_daemon.places import Place, nearest_place
+from imageclust_daemon.grouping import cluster, events, label, subjects
+from imageclust_daemon.grouping.ollama import OllamaClient
+from imageclust_daemon.grouping.places import Place, nearest_place
+from imageclust_daemon.index import decode, pairs
+from imageclust_daemon.model import models
 from imageclust_daemon.records import (
     Baseline,
     ClusterRun,

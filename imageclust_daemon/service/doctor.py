@@ -24,9 +24,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imageclust_daemon import manifest, migrate, models
+from imageclust_daemon import migrate
 from imageclust_daemon.config import Config
-from imageclust_daemon.embed import (
+from imageclust_daemon.errors import (
+    ConfigError,
+    ImageclustError,
+    ModelError,
+    OllamaError,
+    OllamaUnavailable,
+)
+from imageclust_daemon.grouping.ollama import OllamaClient, RetryPolicy, resolve_host
+from imageclust_daemon.model import manifest, models
+from imageclust_daemon.model.embed import (
     available_providers,
     choose_providers,
     file_sha256,
@@ -35,14 +44,6 @@ from imageclust_daemon.embed import (
     provider_of,
     short_provider,
 )
-from imageclust_daemon.errors import (
-    ConfigError,
-    ImageclustError,
-    ModelError,
-    OllamaError,
-    OllamaUnavailable,
-)
-from imageclust_daemon.ollama import OllamaClient, RetryPolicy, resolve_host
 from imageclust_daemon.records import TEXT, TOKENIZER, VISION, WORDS_ROLES, ModelSpec
 
 # Below this the state database and a catalog snapshot may not fit: each

@@ -36,10 +36,10 @@ import httpx
 
 from imageclust_daemon import __version__
 from imageclust_daemon.durable import fsync_dir
-from imageclust_daemon.embed import file_sha256
 from imageclust_daemon.errors import ConfigError, DownloadError
-from imageclust_daemon.manifest import OWN_FILE_KEYS
-from imageclust_daemon.models import Located, content_problems, matches
+from imageclust_daemon.model.embed import file_sha256
+from imageclust_daemon.model.manifest import OWN_FILE_KEYS
+from imageclust_daemon.model.models import Located, content_problems, matches
 from imageclust_daemon.records import ROLES, VISION, ModelFile, ModelSpec
 
 log = logging.getLogger(__name__)

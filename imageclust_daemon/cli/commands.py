@@ -17,27 +17,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-from imageclust_daemon import (
-    catalog,
-    config,
-    dask_index,
-    doctor,
-    grammar,
-    hub,
-    logs,
-    manifest,
-    models,
-    pipeline,
-    publish,
-    regroup,
-    scan,
-    search,
-    service,
-)
-from imageclust_daemon.embed import short_provider
+from imageclust_daemon import config, logs
+from imageclust_daemon.cli import grammar
 from imageclust_daemon.errors import ConfigError, ImageclustError, UsageError, is_disk_full
-from imageclust_daemon.lock import InstanceLock
-from imageclust_daemon.ollama import client_for
+from imageclust_daemon.grouping import regroup
+from imageclust_daemon.grouping.ollama import client_for
+from imageclust_daemon.index import dask_index, pipeline, scan
+from imageclust_daemon.model import hub, manifest, models
+from imageclust_daemon.model.embed import short_provider
+from imageclust_daemon.published import catalog, publish, search
 from imageclust_daemon.records import (
     ROLES,
     TEXT,
@@ -47,6 +35,8 @@ from imageclust_daemon.records import (
     IndexReport,
     display_path,
 )
+from imageclust_daemon.service import doctor, service
+from imageclust_daemon.service.lock import InstanceLock
 from imageclust_daemon.store import STATUS_KEYS, STATUS_MAPS, Store
 
 log = logging.getLogger("imageclust")
@@ -451,7 +441,7 @@ def _print_hits(found: list[search.Hit]) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, cfg: config.Config) -> int:
-    from imageclust_daemon import web
+    from imageclust_daemon.gallery import web
 
     listen = args.listen or cfg.web.listen or "127.0.0.1:8765"
     try:
@@ -620,7 +610,7 @@ def _print_file_report(name: str, report: models.FileReport) -> None:
 
 
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
-    from imageclust_daemon.daemon import Daemon
+    from imageclust_daemon.service.daemon import Daemon
 
     return Daemon(lambda: _load_config(args)).run()
 

@@ -1,0 +1,1 @@
+"""The command line: its grammar (argparse) and its commands, the only code that prints."""
