@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "imageclust_daemon"
-LAYERS = ["model", "index", "grouping", "published", "gallery", "service", "cli"]
+LAYERS = ["model", "index", "grouping", "published", "gallery", "usecases", "service", "cli"]
 ENTRY = {"imageclust_daemon.__main__"}  # `python -m imageclust_daemon`: the CLI's door
 
 

@@ -21,7 +21,6 @@ from imageclust_daemon import config, logs
 from imageclust_daemon.cli import grammar
 from imageclust_daemon.errors import ConfigError, ImageclustError, UsageError, is_disk_full
 from imageclust_daemon.grouping import regroup
-from imageclust_daemon.grouping.ollama import client_for
 from imageclust_daemon.index import dask_index, pipeline, scan
 from imageclust_daemon.model import hub, manifest, models
 from imageclust_daemon.model.embed import short_provider
@@ -38,6 +37,7 @@ from imageclust_daemon.records import (
 from imageclust_daemon.service import doctor, service
 from imageclust_daemon.service.lock import InstanceLock
 from imageclust_daemon.store import STATUS_KEYS, STATUS_MAPS, Store
+from imageclust_daemon.usecases import library
 
 log = logging.getLogger("imageclust")
 
@@ -55,14 +55,8 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def _publish(cfg: config.Config, model_id: str | None) -> None:
-    report = publish.publish(
-        cfg.state_db_path,
-        cfg.catalog_path,
-        model_id=model_id,
-        organize_dir=cfg.organize.dir,
-        pair_raw_jpeg=cfg.library.pair_raw_jpeg,
-    )
+def _publish(options: library.Options, model_id: str | None) -> None:
+    report = library.publish(None, model_id, options)
     log.info(
         "published %s: %d photos, %d groups, %d bytes in %.2f s",
         report.path,
@@ -99,6 +93,7 @@ def _index_roots(args: argparse.Namespace, cfg: config.Config) -> list[Path]:
 
 def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
     roots = _index_roots(args, cfg)
+    options = library.Options.from_config(cfg)
     located = models.locate(cfg)
     spec = located.spec
     with Store.open(cfg.state_db_path) as store:
@@ -136,11 +131,11 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
             if bar is not None:
                 cleanup.callback(bar.close)
             with redirect:
-                report = pipeline.index(
-                    [os.fsencode(r) for r in roots],
-                    store=store,
-                    model=model,
-                    options=pipeline.IndexOptions.from_config(cfg),
+                report = library.index(
+                    store,
+                    model,
+                    options,
+                    roots=roots,
                     reader=reader,
                     whole_library=not args.paths,
                     forget_missing=args.forget_missing,
@@ -158,22 +153,15 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
         grouped: ClusterRun | None = None
         titled: regroup.LabelReport | None = None
         if not args.no_group:  # what the daemon does next: regroup, then title what changed
-            grouped = regroup.recluster(
-                store,
-                model.id,
-                min_size=cfg.cluster.min_size,
-                max_size=cfg.cluster.max_size,
-                pair_raw_jpeg=cfg.library.pair_raw_jpeg,
-                words=regroup.words_for(cfg, store, model.id),
-            )
-            titled = _title(args, cfg, store)
+            grouped = library.regroup(store, model.id, options)
+            titled = _title(args, options, store)
     if args.json:
         out: dict[str, Any] = {**asdict(report), "provider": model.embedder.provider}
         if grouped is not None and titled is not None:
             out["groups"] = asdict(grouped)
             out["titles"] = asdict(titled)
         print(json.dumps(out), flush=True)
-    _publish(cfg, model.id)
+    _publish(options, model.id)
     if grouped is not None and titled is not None and not args.json:
         _print_albums(cfg, grouped, titled)
     return 0
@@ -214,11 +202,11 @@ def _print_index_summary(
     sys.stdout.flush()
 
 
-def _title(args: argparse.Namespace, cfg: config.Config, store: Store) -> regroup.LabelReport:
+def _title(args: argparse.Namespace, options: library.Options, store: Store) -> regroup.LabelReport:
     """Title the albums that need it, with a progress bar: a vision model on a CPU can take
     a minute an album."""
     waiting = len(store.label_jobs())
-    with client_for(cfg, os.environ) as client:
+    with options.client(os.environ) as client:
         bar = None
         if waiting and not args.json:
             print(f"titling {_count(waiting, 'album')} with {client.model} at {client.host}...")
@@ -228,10 +216,10 @@ def _title(args: argparse.Namespace, cfg: config.Config, store: Store) -> regrou
 
                 bar = tqdm(total=waiting, unit="album", desc="titling", disable=None)
         try:
-            return regroup.relabel(
+            return library.title(
                 store,
                 client,
-                parallel=cfg.ollama.parallel,
+                options,
                 progress=(lambda: bar.update(1)) if bar is not None else None,
             )
         finally:
@@ -303,20 +291,13 @@ def _print_events(cfg: config.Config) -> None:
 
 def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
     located = models.locate(cfg)
+    options = library.Options.from_config(cfg)
     with Store.open(cfg.state_db_path) as store:
         model_id = models.model_id_of(located.spec, located.vision_path, store)
-        run = regroup.recluster(
-            store,
-            model_id,
-            min_size=cfg.cluster.min_size,
-            max_size=cfg.cluster.max_size,
-            force=args.force,
-            pair_raw_jpeg=cfg.library.pair_raw_jpeg,
-            words=regroup.words_for(cfg, store, model_id),
-        )
+        run = library.regroup(store, model_id, options, force=args.force)
     events_changed = run.events is not None and run.events.touched
     if not run.skipped or events_changed:
-        _publish(cfg, model_id)
+        _publish(options, model_id)
     elif publish.refresh_view(cfg.catalog_path, cfg.organize.dir):
         log.warning("built the organized view at %s", cfg.organize.dir)
     if args.json:
@@ -340,11 +321,12 @@ def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
 def cmd_relabel(args: argparse.Namespace, cfg: config.Config) -> int:
     located = models.locate(cfg)
     path = located.vision_path
-    with Store.open(cfg.state_db_path) as store, client_for(cfg, os.environ) as client:
-        report = regroup.relabel(store, client, everything=args.all, parallel=cfg.ollama.parallel)
+    options = library.Options.from_config(cfg)
+    with Store.open(cfg.state_db_path) as store, options.client(os.environ) as client:
+        report = library.title(store, client, options, everything=args.all)
         model_id = models.model_id_of(located.spec, path, store) if path.is_file() else None
     if report.changed:
-        _publish(cfg, model_id)
+        _publish(options, model_id)
     elif publish.refresh_view(cfg.catalog_path, cfg.organize.dir):
         log.warning("built the organized view at %s", cfg.organize.dir)
     if args.json:

@@ -18,7 +18,6 @@ from typing import TypeVar
 import blake3
 import numpy as np
 
-from imageclust_daemon.config import Config
 from imageclust_daemon.errors import (
     DecodeError,
     ImageclustError,
@@ -293,20 +292,6 @@ def _say_once(message: str) -> None:
     if message not in _said:
         _said.add(message)
         log.info("%s", message)
-
-
-def words_for(cfg: Config, store: Store, model_id: str) -> Callable[[int], np.ndarray | None]:
-    """`subject_words` with the configured model's text tower."""
-
-    def open_text(dim: int) -> models.TextModel:
-        return models.open_text_model(
-            models.locate(cfg),
-            vision_dim=dim,
-            threads=cfg.model.threads,
-            providers=cfg.model.providers,
-        )
-
-    return subject_words(store, model_id, open_text)
 
 
 # -- events ------------------------------------------------------------------------------------

@@ -42,14 +42,13 @@ from imageclust_daemon.config import Config
 from imageclust_daemon.errors import ImageclustError, is_disk_full
 from imageclust_daemon.gallery.thumbs import ThumbCache
 from imageclust_daemon.grouping import regroup
-from imageclust_daemon.grouping.ollama import OllamaClient, client_for
-from imageclust_daemon.index import pipeline
+from imageclust_daemon.grouping.ollama import OllamaClient
 from imageclust_daemon.index.watch import ChangeBuffer
 from imageclust_daemon.model import models
 from imageclust_daemon.model.embed import Embedder, short_provider
-from imageclust_daemon.published import publish
 from imageclust_daemon.records import IndexReport, ModelSpec, display_path
 from imageclust_daemon.store import Store
+from imageclust_daemon.usecases import library
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +126,7 @@ class Jobs:
     _next_model: LazyModel | None = None  # from a reload, taken up between jobs
     _failed_rescans: int = 0  # in a row: past GIVE_UP_WAITING, regroup stops waiting
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _options: library.Options | None = None
     scheduler: BackgroundScheduler = field(
         default_factory=lambda: BackgroundScheduler(
             executors={"default": JobExecutor(1)},
@@ -248,6 +248,13 @@ class Jobs:
         self.heartbeat = time.monotonic()
 
     @property
+    def options(self) -> library.Options:
+        """The steps' options, from the config as it is now (a reload makes new ones)."""
+        if self._options is None or self._options.config is not self.cfg:
+            self._options = library.Options.from_config(self.cfg, settle=True)
+        return self._options
+
+    @property
     def store(self) -> Store:
         if self._store is None:
             self._store = Store.open(self.cfg.state_db_path, any_thread=True)
@@ -256,7 +263,6 @@ class Jobs:
     # -- the jobs ----------------------------------------------------------------------------
 
     def _index(self, only: list[bytes] | None) -> IndexReport:
-        cfg = self.cfg
         last_status = [time.monotonic()]
 
         def progress(done: int, total: int) -> None:
@@ -268,13 +274,11 @@ class Jobs:
         def scan_error(path: bytes, reason: str) -> None:
             log.warning("%s: %s", display_path(path), reason)
 
-        report = pipeline.index(
-            [os.fsencode(r) for r in cfg.roots],
-            store=self.store,
-            model=self.model,
-            options=pipeline.IndexOptions.from_config(cfg, settle=True),
+        report = library.index(
+            self.store,
+            self.model,
+            self.options,
             only=only,
-            whole_library=True,
             progress=progress,
             on_scan_error=scan_error,
             on_defer=self.buffer.touch_all,
@@ -369,15 +373,7 @@ class Jobs:
             raise
 
     def _regroup(self) -> None:
-        run = regroup.recluster(
-            self.store,
-            self.model.id,
-            min_size=self.cfg.cluster.min_size,
-            max_size=self.cfg.cluster.max_size,
-            stop=self.stop,
-            pair_raw_jpeg=self.cfg.library.pair_raw_jpeg,
-            words=regroup.words_for(self.cfg, self.store, self.model.id),
-        )
+        run = library.regroup(self.store, self.model.id, self.options, stop=self.stop)
         _return_freed_memory()  # the embeddings matrix: 2 GB at 1M photos
         if run.events is not None and run.events.touched:
             if run.skipped:  # (else the regroup's line below says it)
@@ -395,14 +391,10 @@ class Jobs:
         with self._lock:
             if self.stop.is_set():
                 return
-            self._client = client = client_for(self.cfg, os.environ)
+            self._client = client = self.options.client(os.environ)
         try:
-            report = regroup.relabel(
-                self.store,
-                client,
-                parallel=self.cfg.ollama.parallel,
-                stop=self.stop,
-                progress=self._beat,
+            report = library.title(
+                self.store, client, self.options, stop=self.stop, progress=self._beat
             )
         finally:
             with self._lock:
@@ -432,14 +424,7 @@ class Jobs:
         unpublished = self._unpublished
         self._publish_due = self._unpublished = False
         try:
-            self.store.checkpoint()
-            report = publish.publish(
-                self.cfg.state_db_path,
-                self.cfg.catalog_path,
-                model_id=self.model.id,
-                organize_dir=self.cfg.organize.dir,
-                pair_raw_jpeg=self.cfg.library.pair_raw_jpeg,
-            )
+            report = library.publish(self.store, self.model.id, self.options)
         except BaseException:
             self._publish_due, self._unpublished = True, unpublished  # again at the next run
             raise
