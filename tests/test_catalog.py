@@ -25,7 +25,7 @@ from tests.conftest import REPO, memory_limit, run_cli, write_config
 from tests.library import scene_library
 from tests.test_index_e2e import build_library
 
-# The public contract (README.md, "The catalog"): tables and views with their columns.
+# The public contract (docs/reference.md, "The catalog"): tables and views with their columns.
 CONTRACT = {
     "photos": [
         "path",
@@ -107,7 +107,7 @@ def _ro(path: Path) -> sqlite3.Connection:
 def test_every_documented_table_and_column_exists_and_is_documented(
     published: dict[str, Any],
 ) -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "docs" / "reference.md").read_text(encoding="utf-8")
     conn = _ro(published["catalog"])
     try:
         for table, columns in CONTRACT.items():
@@ -227,7 +227,7 @@ def test_query_refuses_anything_but_reading(published: dict[str, Any], sql: str)
 
 
 def test_query_may_describe_the_schema(published: dict[str, Any]) -> None:
-    """README: "Column lists: SELECT * FROM pragma_table_info('photos')"."""
+    """docs/reference.md: "Column lists: SELECT * FROM pragma_table_info('photos')"."""
     columns = catalog.query(published["catalog"], "SELECT name FROM pragma_table_info('photos')")
     assert [r[0] for r in columns.rows] == CONTRACT["photos"]
     version = catalog.query(published["catalog"], "PRAGMA user_version")

@@ -138,8 +138,8 @@ def test_config_file_selection_order(tmp_path: Path) -> None:
     assert config.config_path(None, env) == from_env
 
 
-def test_every_setting_is_documented_in_readme_and_default_config() -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+def test_every_setting_is_documented_in_the_reference_and_default_config() -> None:
+    readme = (REPO / "docs" / "reference.md").read_text(encoding="utf-8")
     shipped = (REPO / "config" / "imageclust.toml").read_text(encoding="utf-8")
     sections: dict[str, str] = {}
     current = None
@@ -157,7 +157,7 @@ def test_every_setting_is_documented_in_readme_and_default_config() -> None:
         # the line above the key is a comment explaining it
         before = body.split(f"\n{name} = ")[0] if f"\n{name} = " in body else ""
         assert before.rstrip().splitlines()[-1].startswith("#"), f"{setting.key} has no comment"
-        assert f"`{setting.key}`" in readme, f"{setting.key} missing from README.md"
+        assert f"`{setting.key}`" in readme, f"{setting.key} missing from docs/reference.md"
 
 
 def test_organize_dir_inside_a_root_reached_through_a_symlink_is_refused(tmp_path: Path) -> None:

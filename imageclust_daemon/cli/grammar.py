@@ -154,7 +154,9 @@ def _models_commands(sub: Any, command: Command) -> None:
         "--vision-only", action="store_true", help="skip the text tower (search by words)"
     )
     dl.add_argument("--no-progress", action="store_true")
-    qz = command(msub, "quantize", help="write an int8 copy of the model (faster; see README)")
+    qz = command(
+        msub, "quantize", help="write an int8 copy of the model (faster; see docs/benchmarks.md)"
+    )
     qz.add_argument("name", nargs="?", help="manifest name (default: model.name)")
     vf = command(msub, "verify", help="check each file of a model: size, checksum, content")
     vf.add_argument("name", nargs="?", help="manifest name (default: model.name)")
