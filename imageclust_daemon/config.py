@@ -10,12 +10,14 @@ read at import time: callers load a `Config` and pass it on.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import re
+import textwrap
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,272 +39,7 @@ class Setting:
     maximum: float | None = None
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("library.roots", ["~/Pictures"], "paths", "Folders whose photos are indexed."),
-    Setting(
-        "library.exclude",
-        [],
-        "globs",
-        "Glob patterns to skip. Without '/', a pattern matches any file or folder name "
-        "(e.g. '*.tmp', 'Thumbnails'); with '/', the path relative to its root "
-        "(e.g. 'Archive/2009/*').",
-    ),
-    Setting(
-        "library.settle_seconds",
-        2.0,
-        "float",
-        "A changed file is read only after its size and mtime stayed the same this long.",
-        minimum=0,
-        maximum=3600,
-    ),
-    Setting(
-        "library.poll",
-        False,
-        "bool",
-        "Poll every root instead of using change notifications (network filesystems "
-        "are polled anyway).",
-    ),
-    Setting(
-        "library.pair_raw_jpeg",
-        True,
-        "bool",
-        "A RAW and a JPEG or HEIC of one shot (same folder, same name before the "
-        "extension) are one photo: the JPEG shows it in albums, search and the gallery, "
-        "and the catalog lists both files. false: each file is a photo of its own.",
-    ),
-    Setting(
-        "library.poll_seconds",
-        30.0,
-        "float",
-        "How often polled roots are compared, in seconds.",
-        minimum=0.1,
-        maximum=86400,
-    ),
-    Setting(
-        "schedule.reconcile_seconds",
-        21600.0,
-        "float",
-        "Seconds between full rescans of every root (catches events the watcher missed).",
-        minimum=1,
-        maximum=30 * 86400,
-    ),
-    Setting(
-        "schedule.recluster_seconds",
-        600.0,
-        "float",
-        "Seconds between reclusters; each runs only if photos changed since the last "
-        "(the first right after the startup rescan).",
-        minimum=0,
-        maximum=30 * 86400,
-    ),
-    Setting(
-        "schedule.publish_seconds",
-        30.0,
-        "float",
-        "Seconds between catalog publishes; each runs only if something changed.",
-        minimum=0,
-        maximum=86400,
-    ),
-    Setting(
-        "maintenance.gc_days",
-        30.0,
-        "float",
-        "Days an embedding is kept after the last file with its content is gone.",
-        minimum=0,
-        maximum=36500,
-    ),
-    Setting(
-        "storage.data_dir",
-        "",
-        "path",
-        "Where the state database, the catalog and downloaded models live; "
-        "empty = the platform's user data dir.",
-    ),
-    Setting(
-        "catalog.path",
-        "",
-        "path",
-        "The published read-only catalog; empty = <data_dir>/catalog.sqlite.",
-    ),
-    Setting(
-        "organize.dir",
-        "",
-        "path",
-        "A folder to fill with one sub-folder of symlinks per titled group; empty = off.",
-    ),
-    Setting(
-        "model.name",
-        "clip-vit-b32",
-        "str",
-        "Which entry of the model manifest to use (`imageclust models list`).",
-    ),
-    Setting(
-        "model.path",
-        "",
-        "path",
-        "The ONNX file; empty = <data_dir>/models/<the manifest's file name>.",
-    ),
-    Setting(
-        "model.text_path",
-        "",
-        "path",
-        "The text tower's ONNX file (search by words); empty = <data_dir>/models/<the "
-        "manifest's file name>.",
-    ),
-    Setting(
-        "model.tokenizer_path",
-        "",
-        "path",
-        "The text tower's tokenizer.json; empty = <data_dir>/models/<the manifest's file name>.",
-    ),
-    Setting(
-        "model.providers",
-        ["auto"],
-        "providers",
-        "ONNX Runtime execution providers in order of preference: 'auto' (CUDA when the "
-        "installed ONNX Runtime offers it), 'cuda', 'coreml', 'cpu'; the CPU is always last.",
-    ),
-    Setting(
-        "model.batch_size",
-        16,
-        "int",
-        "Images per inference call.",
-        minimum=1,
-        maximum=256,
-    ),
-    Setting(
-        "model.threads",
-        0,
-        "int",
-        "ONNX Runtime threads; 0 = one per core.",
-        minimum=0,
-        maximum=256,
-    ),
-    Setting(
-        "index.workers",
-        0,
-        "int",
-        "Threads that read, hash and decode photos ahead of inference; 0 = automatic.",
-        minimum=0,
-        maximum=64,
-    ),
-    Setting(
-        "index.dask_scheduler",
-        "",
-        "scheduler",
-        "A Dask scheduler (tcp://HOST:8786) whose workers read, decode and embed what "
-        "`imageclust index` reads, for the first index of a very large archive; the "
-        "photos and the model must be at the same paths on every worker. Empty: this "
-        "machine. The daemon always indexes on this machine.",
-    ),
-    Setting(
-        "cluster.min_size",
-        5,
-        "int",
-        "Smallest group of photos worth a title.",
-        minimum=1,
-        maximum=100_000,
-    ),
-    Setting(
-        "cluster.max_size",
-        30,
-        "int",
-        "Largest group; bigger ones are split.",
-        minimum=1,
-        maximum=1_000_000,
-    ),
-    Setting(
-        "ollama.host",
-        "",
-        "url?",
-        "Base URL of the Ollama server that writes titles; empty = $OLLAMA_HOST, "
-        "else http://127.0.0.1:11434.",
-    ),
-    Setting(
-        "ollama.model",
-        "gemma3:4b",
-        "str",
-        "The Ollama vision model that writes titles.",
-    ),
-    Setting(
-        "ollama.parallel",
-        1,
-        "int",
-        "Requests to Ollama in flight at once.",
-        minimum=1,
-        maximum=16,
-    ),
-    Setting(
-        "ollama.timeout",
-        120.0,
-        "float",
-        "Seconds one request may take in all before it counts as failed.",
-        minimum=1,
-        maximum=3600,
-    ),
-    Setting(
-        "ollama.connect_timeout",
-        5.0,
-        "float",
-        "Seconds to wait for a connection to Ollama.",
-        minimum=0.1,
-        maximum=120,
-    ),
-    Setting(
-        "ollama.attempts",
-        3,
-        "int",
-        "Tries per group before it gets a fallback title.",
-        minimum=1,
-        maximum=10,
-    ),
-    Setting(
-        "ollama.backoff_base",
-        2.0,
-        "float",
-        "Seconds before the first retry; doubled each retry, with full jitter.",
-        minimum=0,
-        maximum=600,
-    ),
-    Setting(
-        "ollama.backoff_cap",
-        30.0,
-        "float",
-        "Longest wait between retries, in seconds.",
-        minimum=0,
-        maximum=3600,
-    ),
-    Setting(
-        "ollama.keep_alive",
-        "5m",
-        "str",
-        "How long Ollama keeps the model loaded after a request (Ollama's duration syntax).",
-    ),
-    Setting(
-        "web.listen",
-        "127.0.0.1:8765",
-        "listen",
-        "Where the daemon serves the gallery (HOST:PORT); empty = off. `imageclust serve` "
-        "uses it too unless given --listen.",
-    ),
-    Setting(
-        "web.allow_remote",
-        False,
-        "bool",
-        "Allow web.listen on an address other machines can reach. The gallery has no "
-        "login: anyone who reaches it sees every photo.",
-    ),
-    Setting(
-        "web.workers",
-        2,
-        "int",
-        "Thumbnails and previews made at once (each decodes one original).",
-        minimum=1,
-        maximum=16,
-    ),
-)
-
-SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
+# SETTINGS (every key, in order) is read off the section objects below.
 
 # `model.providers` values; embed.PROVIDERS maps them to ONNX Runtime's names.
 _PROVIDER_NAMES = ("auto", "cuda", "coreml", "cpu")
@@ -440,91 +177,353 @@ def _flatten(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
     return flat
 
 
-# -- typed settings: one frozen object per section, its fields the section's keys in SETTINGS --
+# -- the settings: one frozen object per section, each field one key, declared once --------
+#
+# A field's metadata is the key's whole declaration: its default (as it would be written
+# in TOML), its kind (what `validate` checks and turns it into), its help (the comment
+# above it in config/imageclust.toml and its row in docs/reference.md, both generated
+# from it: `python -m tests.tools.gen_config`) and its range.
+
+
+def setting(
+    default: Any,
+    kind: str,
+    help: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Any:
+    """One key of a section: a dataclass field whose metadata declares it."""
+    return field(
+        metadata={
+            "default": default,
+            "kind": kind,
+            "help": help,
+            "minimum": minimum,
+            "maximum": maximum,
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class LibrarySettings:
-    roots: tuple[Path, ...]
-    exclude: tuple[str, ...]
-    settle_seconds: float
-    poll: bool
-    pair_raw_jpeg: bool
-    poll_seconds: float
+    roots: tuple[Path, ...] = setting(
+        ["~/Pictures"],
+        "paths",
+        "Folders whose photos are indexed (searched recursively; symlinked folders "
+        "are followed, each folder visited once).",
+    )
+    exclude: tuple[str, ...] = setting(
+        [],
+        "globs",
+        'Glob patterns to skip. Without "/", a pattern matches any file or folder '
+        'name ("*.tmp", "Thumbnails"); with "/", the path relative to its root '
+        '("Archive/2009/*"). Hidden files and folders (leading dot) are always '
+        "skipped.",
+    )
+    settle_seconds: float = setting(
+        2.0,
+        "float",
+        "Seconds a changed file's size and mtime must stay the same before it is "
+        "read, so a slow copy is indexed once, complete.",
+        minimum=0,
+        maximum=3600,
+    )
+    poll: bool = setting(
+        False,
+        "bool",
+        "Poll every root instead of using change notifications. Roots on network "
+        "filesystems (NFS, SMB, sshfs, ...) and roots the OS cannot watch (inotify "
+        "limit) are polled anyway, with a warning in the log.",
+    )
+    pair_raw_jpeg: bool = setting(
+        True,
+        "bool",
+        "A RAW and a JPEG (or HEIC) of one shot, in one folder under one name "
+        "(IMG_0042.CR3 + IMG_0042.JPG), are one photo: the JPEG shows it in albums, "
+        "search and the gallery, and the catalog lists both files. false: each file "
+        "is a photo of its own.",
+    )
+    poll_seconds: float = setting(
+        30.0,
+        "float",
+        "How often polled roots are compared, in seconds (a poll stats every file).",
+        minimum=0.1,
+        maximum=86400,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class ScheduleSettings:
-    reconcile_seconds: float
-    recluster_seconds: float
-    publish_seconds: float
+    reconcile_seconds: float = setting(
+        21600.0,
+        "float",
+        "Seconds between full rescans of every root: the safety net for events the "
+        "watcher missed (queue overflows, changes while the daemon was down). 6 "
+        "hours.",
+        minimum=1,
+        maximum=2592000,
+    )
+    recluster_seconds: float = setting(
+        600.0,
+        "float",
+        "Seconds between reclusters (10 minutes); each runs only if photos changed "
+        "since the last, the first right after the startup rescan: a big import is "
+        "grouped once, not once per photo.",
+        minimum=0,
+        maximum=2592000,
+    )
+    publish_seconds: float = setting(
+        30.0,
+        "float",
+        "Seconds between catalog publishes; each runs only if something changed.",
+        minimum=0,
+        maximum=86400,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class MaintenanceSettings:
-    gc_days: float
+    gc_days: float = setting(
+        30.0,
+        "float",
+        "Days an embedding is kept after the last file with its content is gone (an "
+        "unplugged drive or a folder moved away and back costs nothing within it).",
+        minimum=0,
+        maximum=36500,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class StorageSettings:
-    data_dir: Path | None
+    data_dir: Path | None = setting(
+        "",
+        "path",
+        "Where the state database (state.sqlite), the catalog and downloaded models "
+        "live. Empty = the platform's user data directory "
+        "(~/.local/share/imageclust on Linux, ~/Library/Application "
+        "Support/imageclust on macOS).",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class CatalogSettings:
-    path: Path | None
+    path: Path | None = setting(
+        "",
+        "path",
+        "The published read-only catalog (SQLite) that other programs query. Empty "
+        "= <data_dir>/catalog.sqlite. Rebuilt and swapped in atomically after "
+        "changes.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class OrganizeSettings:
-    dir: Path | None
+    dir: Path | None = setting(
+        "",
+        "path",
+        "A folder to fill with one sub-folder of symlinks per titled album, and "
+        "Events/<year>/<YYYY-MM-DD title>/ with one per event, so any "
+        "file browser shows the library organized by meaning. Empty = off. The "
+        "folder is imageclust's own (rebuilt as a whole); the originals are never "
+        "touched. It must be outside library.roots (its links would be indexed as "
+        "photos again).",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSettings:
-    name: str
-    path: Path | None
-    text_path: Path | None
-    tokenizer_path: Path | None
-    providers: tuple[str, ...]
-    batch_size: int
-    threads: int
+    name: str = setting(
+        "clip-vit-b32",
+        "str",
+        "Which entry of the model manifest to use; `imageclust models list` shows "
+        "them. clip-vit-b32 is the default: 512-dim embeddings, ~130 core-ms per "
+        "photo on a laptop CPU. clip-vit-l14 is ~4x slower and somewhat better at "
+        "fine detail.",
+    )
+    path: Path | None = setting(
+        "",
+        "path",
+        "The ONNX file. Empty = <data_dir>/models/<the manifest's file name>, where "
+        "`imageclust models download` puts it.",
+    )
+    text_path: Path | None = setting(
+        "",
+        "path",
+        "The text tower's ONNX file, for search by words. Empty = "
+        "<data_dir>/models/<the manifest's file name>, where `imageclust models "
+        "download` puts it (`--vision-only` skips it).",
+    )
+    tokenizer_path: Path | None = setting(
+        "",
+        "path",
+        "The text tower's tokenizer.json. Empty = <data_dir>/models/<the manifest's "
+        "file name>, next to the text tower.",
+    )
+    providers: tuple[str, ...] = setting(
+        ["auto"],
+        "providers",
+        'ONNX Runtime execution providers, in order of preference: "auto" (CUDA '
+        "when the installed ONNX Runtime offers it: `pip install onnxruntime-gpu` "
+        'in place of onnxruntime), "cuda", "coreml" (macOS), "cpu". The CPU is '
+        "always tried last; a model that cannot start on an accelerator runs on the "
+        "CPU, with one warning.",
+    )
+    batch_size: int = setting(
+        16,
+        "int",
+        "Images per inference call (1-256).",
+        minimum=1,
+        maximum=256,
+    )
+    threads: int = setting(
+        0,
+        "int",
+        "ONNX Runtime threads; 0 = one per core.",
+        minimum=0,
+        maximum=256,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class IndexSettings:
-    workers: int
-    dask_scheduler: str
+    workers: int = setting(
+        0,
+        "int",
+        "Threads that read, hash and decode photos ahead of inference (0-64); 0 = "
+        "automatic (one per core, at most 4).",
+        minimum=0,
+        maximum=64,
+    )
+    dask_scheduler: str = setting(
+        "",
+        "scheduler",
+        "A Dask scheduler (tcp://HOST:8786) whose workers read, decode and embed "
+        "what `imageclust index` reads: for the first index of a very large archive "
+        '(see README, "A first index on many machines"). The photos and the model '
+        "file must be at the same paths on every worker (a shared filesystem). "
+        "Empty: this machine. The daemon always indexes on this machine. Needs the "
+        "dask extra.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class ClusterSettings:
-    min_size: int
-    max_size: int
+    min_size: int = setting(
+        5,
+        "int",
+        "Smallest group of photos worth a title. 5: an album of fewer photos is "
+        "rarely worth naming, and smaller limits let near-duplicate bursts form "
+        "groups alone. Photos that fit no group join the group of their nearest "
+        "neighbours with room; one far from every group (at most 2% of the photos) "
+        "stays ungrouped.",
+        minimum=1,
+        maximum=100000,
+    )
+    max_size: int = setting(
+        30,
+        "int",
+        "Largest group; bigger ones are split along the clustering tree. 30: a "
+        "screen or two of photos, one subject or one moment. On 94 distinct real "
+        "photographs, 200 left one album of 68 unrelated ones (30: 5 albums); on "
+        "1,140 shots of 114 real photographs, ARI 0.66 at 200, 0.78 at 30. Raise it "
+        "for broader albums (a whole trip in one), lower it for finer ones.",
+        minimum=1,
+        maximum=1000000,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class OllamaSettings:
-    host: str
-    model: str
-    parallel: int
-    timeout: float
-    connect_timeout: float
-    attempts: int
-    backoff_base: float
-    backoff_cap: float
-    keep_alive: str
+    host: str = setting(
+        "",
+        "url?",
+        "Base URL of the Ollama server that writes group titles. Empty = "
+        "$OLLAMA_HOST (read as Ollama's own tools read it), else "
+        "http://127.0.0.1:11434.",
+    )
+    model: str = setting(
+        "gemma3:4b",
+        "str",
+        "The Ollama vision model that writes group titles (`ollama pull "
+        "gemma3:4b`). Any model that takes images works: llava, llama3.2-vision, "
+        "qwen2.5vl, ...",
+    )
+    parallel: int = setting(
+        1,
+        "int",
+        "Requests to Ollama in flight at once. 1: a local model answers one request "
+        "at a time unless OLLAMA_NUM_PARALLEL is raised on the server.",
+        minimum=1,
+        maximum=16,
+    )
+    timeout: float = setting(
+        120.0,
+        "float",
+        "Seconds one request may take in all (a vision model on a CPU can need a "
+        "minute for three photos); past it the attempt counts as failed.",
+        minimum=1,
+        maximum=3600,
+    )
+    connect_timeout: float = setting(
+        5.0,
+        "float",
+        "Seconds to wait for a connection to the Ollama server.",
+        minimum=0.1,
+        maximum=120,
+    )
+    attempts: int = setting(
+        3,
+        "int",
+        "Tries per group before the group gets a fallback title for this cycle.",
+        minimum=1,
+        maximum=10,
+    )
+    backoff_base: float = setting(
+        2.0,
+        "float",
+        "Seconds before the first retry; doubled for each retry, with full jitter.",
+        minimum=0,
+        maximum=600,
+    )
+    backoff_cap: float = setting(
+        30.0,
+        "float",
+        "Longest wait between two retries, in seconds.",
+        minimum=0,
+        maximum=3600,
+    )
+    keep_alive: str = setting(
+        "5m",
+        "str",
+        'How long Ollama keeps the model in memory after a request ("5m", "1h", "0").',
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class WebSettings:
-    listen: str
-    allow_remote: bool
-    workers: int
+    listen: str = setting(
+        "127.0.0.1:8765",
+        "listen",
+        "Where the daemon serves the photo gallery (HOST:PORT); empty = off. "
+        "`imageclust serve` uses it too unless given --listen.",
+    )
+    allow_remote: bool = setting(
+        False,
+        "bool",
+        "Allow web.listen on an address other machines can reach. The gallery has "
+        "no login: anyone who can reach it sees every photo.",
+    )
+    workers: int = setting(
+        2,
+        "int",
+        "Thumbnails and previews made at once (each decodes one original).",
+        minimum=1,
+        maximum=16,
+    )
 
 
-# The section objects by section name: `test_config` checks that their fields are exactly
-# the keys of SETTINGS and that each holds what its kind validates to.
+# The section objects by section name, in the order of the config file.
 SECTIONS: Mapping[str, type[Any]] = {
     "library": LibrarySettings,
     "schedule": ScheduleSettings,
@@ -538,6 +537,14 @@ SECTIONS: Mapping[str, type[Any]] = {
     "ollama": OllamaSettings,
     "web": WebSettings,
 }
+
+
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f"{section}.{f.name}", **f.metadata)
+    for section, settings in SECTIONS.items()
+    for f in fields(settings)
+)
+SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -653,3 +660,51 @@ def load(path: Path | None, named_by: str = "--config") -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
     return from_mapping(doc, path)
+
+
+# -- what is generated from the declarations ---------------------------------------------------
+
+TOML_HEADER = """\
+# imageclust configuration: every key, with its default.
+#
+# Where this file is read from: `imageclust --config PATH`, else the file named
+# by $IMAGECLUST_CONFIG, else imageclust.toml in your user config directory
+# (~/.config/imageclust/ on Linux, ~/Library/Application Support/imageclust/
+# on macOS). Without any file the defaults below apply.
+# Paths may use ~ and $ENVIRONMENT_VARIABLES. An unknown key or a bad value is
+# an error at start that names the key.
+"""
+
+
+def toml_value(value: Any) -> str:
+    """A default as the config file writes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def default_toml() -> str:
+    """config/imageclust.toml: every key with its default, its help above it."""
+    out = [TOML_HEADER.rstrip("\n")]
+    for section, settings in SECTIONS.items():
+        out.append(f"\n[{section}]")
+        for i, f in enumerate(fields(settings)):
+            if i:
+                out.append("")
+            wrapped = textwrap.wrap(f.metadata["help"], width=78, break_on_hyphens=False)
+            out += [f"# {line}" for line in wrapped]
+            out.append(f"{f.name} = {toml_value(f.metadata['default'])}")
+    return "\n".join(out) + "\n"
+
+
+def settings_table() -> str:
+    """The table of every key in docs/reference.md."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        text = s.help.replace("|", "\\|")
+        rows.append(f"| `{s.key}` | `{toml_value(s.default)}` | {text} |")
+    return "\n".join(rows) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -170,3 +171,16 @@ def test_organize_dir_inside_a_root_reached_through_a_symlink_is_refused(tmp_pat
     )
     with pytest.raises(ConfigError, match="inside library root"):
         config.load(path)
+
+
+def test_the_config_file_and_the_reference_are_generated_from_the_one_declaration() -> None:
+    """config/imageclust.toml and docs/reference.md's table are what config.py declares
+    (`python -m tests.tools.gen_config` writes them), and the file loads to the defaults."""
+    from tests.tools import gen_config
+
+    assert gen_config.main(["--check"]) == 0
+    shipped = tomllib.loads((REPO / "config" / "imageclust.toml").read_text(encoding="utf-8"))
+    assert config.from_mapping(shipped) == config.from_mapping({})
+    assert [s.key for s in config.SETTINGS] == [
+        f"{section}.{name}" for section, keys in shipped.items() for name in keys
+    ]
