@@ -1,4 +1,4 @@
-"""Albums that stay put: `cluster.regroup` moves only what a change in the library demands."""
+"""Albums that stay put: `albums.regroup` moves only what a change in the library demands."""
 
 from __future__ import annotations
 
@@ -7,19 +7,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imageclust_daemon.grouping.cluster import (
+from imageclust_daemon.grouping.albums import (
     NEW,
     WAITING,
-    Baseline,
     Previous,
     Regrouping,
     album_fit,
-    cluster,
     moved_points,
     regroup,
-    stable_cut,
-    ward_tree,
 )
+from imageclust_daemon.grouping.cluster import cluster
+from imageclust_daemon.grouping.ward import stable_cut, ward_tree
+from imageclust_daemon.records import Baseline
 from tests.metrics import adjusted_rand_index
 from tests.test_cluster import blobs, partition, sphere
 

@@ -10,15 +10,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.cluster.hierarchy import fcluster, linkage
 
-from imageclust_daemon.grouping.cluster import (
-    OUTLIER_SHARE,
-    album_ranks,
-    cluster,
-    constrained_ward,
-    jaccard,
-    match_clusters,
-    ward_tree,
-)
+from imageclust_daemon.grouping.albums import album_ranks, jaccard, match_clusters
+from imageclust_daemon.grouping.cluster import OUTLIER_SHARE, cluster, constrained_ward
+from imageclust_daemon.grouping.ward import ward_tree
 from tests.metrics import adjusted_rand_index
 
 
@@ -268,7 +262,7 @@ def test_match_clusters_prefers_the_optimal_assignment() -> None:
 
 def test_a_cancelled_clustering_stops_between_steps() -> None:
     """A daemon shutting down mid-recluster: both the exact and the two-stage paths poll."""
-    from imageclust_daemon.grouping.cluster import Cancelled
+    from imageclust_daemon.grouping.ward import Cancelled
 
     x, _ = blobs([40] * 10, d=16, seed=1)
     for kw in ({}, {"exact_max": 100, "micro_clusters": 50}):

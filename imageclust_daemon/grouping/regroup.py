@@ -25,7 +25,7 @@ from imageclust_daemon.errors import (
     OllamaModelMissing,
     OllamaUnavailable,
 )
-from imageclust_daemon.grouping import cluster, events, label, subjects
+from imageclust_daemon.grouping import albums, events, label, subjects, ward
 from imageclust_daemon.grouping.ollama import OllamaClient
 from imageclust_daemon.grouping.places import Place, nearest_place
 from imageclust_daemon.index import decode, pairs
@@ -85,7 +85,7 @@ def recluster(
     words: Callable[[int], np.ndarray | None] | None = None,
 ) -> ClusterRun:
     """Regroup the live library's distinct photos, moving only what the changes since the
-    last run demand (`cluster.regroup`); flag the new and changed albums. The whole library
+    last run demand (`albums.regroup`); flag the new and changed albums. The whole library
     is cut again only when asked (`force`), on a new model, at the first run, or when the
     library doubled since its albums were cut. The RAW of a RAW+JPEG pair is its JPEG's
     photo, not one of its own (`pair_raw_jpeg`). `words`: the vocabulary's text vectors
@@ -126,26 +126,26 @@ def recluster(
         return replace(
             last, skipped=True, note=f"nothing changed since run #{last.run_id}", events=dated
         )
-    albums = store.active_clusters()
-    previous = _previous(store, hashes, albums)
+    active = store.active_clusters()
+    previous = _previous(store, hashes, active)
     full = "recluster --force" if force else ""
-    if not full and last is not None and last.model_id != model and albums:
+    if not full and last is not None and last.model_id != model and active:
         full = "a new model"
     try:
-        result = cluster.regroup(
+        result = albums.regroup(
             x,
             min_size,
             max_size,
             previous,
             full=full,
-            cancelled=stop.is_set if stop is not None else cluster.never,
+            cancelled=stop.is_set if stop is not None else ward.never,
         )
-    except cluster.Cancelled:
+    except ward.Cancelled:
         return ClusterRun(
             model, min_size, max_size, digest, skipped=True, note="stopped", events=dated
         )
     vectors = words(x.shape[1]) if words is not None and len(x) else None
-    groups, retired = album_rows(x, hashes, result, albums, dict(previous.baselines), vectors)
+    groups, retired = album_rows(x, hashes, result, active, dict(previous.baselines), vectors)
     n_albums = len(np.unique(result.labels[result.labels >= 0]))
     run = ClusterRun(
         model_id=model,
@@ -179,7 +179,7 @@ def describe(run: ClusterRun) -> str:
     def count(n: int, noun: str) -> str:
         return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
-    albums = (
+    summary = (
         f"{count(run.n_clusters, 'album')} ({run.new_clusters} new, "
         f"{run.changed_clusters} changed, {run.retired_clusters} retired)"
     )
@@ -193,7 +193,7 @@ def describe(run: ClusterRun) -> str:
             f"{count(run.dissolved, 'album')} fell below cluster.min_size, its photos placed again"
         )
     waiting = f"; {run.unclustered} in no album" if run.unclustered else ""
-    said = f"{how}; {albums}{waiting}" + (f" ({'; '.join(why)})" if why else "")
+    said = f"{how}; {summary}{waiting}" + (f" ({'; '.join(why)})" if why else "")
     if run.events is not None and run.events.touched:
         said += f"; {describe_events(run.events)}"
     return said
@@ -208,22 +208,22 @@ def describe_events(report: EventReport) -> str:
     )
 
 
-def _previous(store: Store, hashes: list[str], albums: dict[int, set[str]]) -> cluster.Previous:
+def _previous(store: Store, hashes: list[str], active: dict[int, set[str]]) -> albums.Previous:
     """The last run's albums over today's contents: each content's album, WAITING or NEW
     (all NEW before the first run), and the first id never given."""
-    album_of = {h: cid for cid, members in albums.items() for h in members}
+    album_of = {h: cid for cid, members in active.items() for h in members}
     waiting = store.waiting_contents()
     labels = np.array(
-        [album_of.get(h, cluster.WAITING if h in waiting else cluster.NEW) for h in hashes],
+        [album_of.get(h, albums.WAITING if h in waiting else albums.NEW) for h in hashes],
         dtype=np.int64,
     )
-    return cluster.Previous(labels, store.album_baselines(), store.next_cluster_id())
+    return albums.Previous(labels, store.album_baselines(), store.next_cluster_id())
 
 
 def album_rows(
     x: np.ndarray,
     hashes: Sequence[str],
-    result: cluster.Regrouping,
+    result: albums.Regrouping,
     previous: dict[int, set[str]],
     baselines: dict[int, Baseline],
     words: np.ndarray | None = None,
@@ -233,14 +233,14 @@ def album_rows(
     ones) and the ids of those retired. `words`: the vocabulary's vectors, for each
     album's subject."""
     labels = result.labels
-    members = cluster.album_members(labels)
+    members = albums.album_members(labels)
     groups = []
     for gid, idx in members.items():
         member_hashes = {hashes[i] for i in idx}
         changed = previous.get(gid) != member_hashes
         if not changed and not result.full and baselines.get(gid) == result.baselines[gid]:
             continue
-        rank, sims, centre = cluster.album_ranks(x[idx])
+        rank, sims, centre = albums.album_ranks(x[idx])
         groups.append(
             GroupRow(
                 id=gid,

@@ -6,7 +6,7 @@ Each size runs in its own process so peak RSS is that run's alone. Points are
 drawn from a mixture on the unit sphere (random centres, groups of 20-150,
 Gaussian noise then renormalized), like CLIP embeddings of photo events.
 Prints wall time, peak RSS, ARI against the mixture's truth, the time of the incremental
-regroups that follow (`cluster.regroup` after one more photo, and after 1% more: what
+regroups that follow (`albums.regroup` after one more photo, and after 1% more: what
 the daemon does after a change), and at `--exact-n` (the largest n exact Ward handles
 in memory here) the ARI of the two-stage method against exact Ward on the same points.
 """
@@ -25,17 +25,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon.grouping.cluster import (
-    EXACT_MAX,
+from imageclust_daemon.grouping.albums import (
     NEW,
     WAITING,
-    Baseline,
     Previous,
     album_fit,
     album_members,
-    cluster,
     regroup,
 )
+from imageclust_daemon.grouping.cluster import EXACT_MAX, cluster
+from imageclust_daemon.records import Baseline
 from tests.metrics import adjusted_rand_index
 
 # The config's defaults (cluster.min_size, cluster.max_size); --limits changes them.
