@@ -87,6 +87,88 @@ STATUS_KEYS = (
 STATUS_MAPS = ("events", "formats", "skipped")
 
 
+def _insert_run(conn: sqlite3.Connection, run: ClusterRun) -> int:
+    """Record a regroup; its id."""
+    run_id = conn.execute(
+        "INSERT INTO cluster_runs (started_at, seconds, model_id, min_size, max_size, "
+        "method, n_points, n_clusters, unclustered, new_clusters, changed_clusters, "
+        "retired_clusters, input_digest, full_reason, joined, moved, dissolved, recut) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            run.started_at,
+            run.seconds,
+            run.model_id,
+            run.min_size,
+            run.max_size,
+            run.method,
+            run.n_points,
+            run.n_clusters,
+            run.unclustered,
+            run.new_clusters,
+            run.changed_clusters,
+            run.retired_clusters,
+            run.input_digest,
+            run.full_reason,
+            run.joined,
+            run.moved,
+            run.dissolved,
+            json.dumps({str(k): v for k, v in sorted(run.recut.items())}),
+        ),
+    ).lastrowid
+    assert run_id is not None
+    return int(run_id)
+
+
+def _write_group(conn: sqlite3.Connection, g: GroupRow, run_id: int) -> None:
+    """Store one group a regroup cut or changed, its members with it."""
+    blob = vector_to_blob(g.centroid)
+    if g.is_new:
+        conn.execute(
+            "INSERT INTO clusters (id, state, size, centroid, members_digest, "
+            "created_run, changed_run, needs_label, cut_size, fit, subject) "
+            "VALUES (?, 'active', ?, ?, ?, ?, ?, 1, ?, ?, ?)",
+            (
+                g.id,
+                len(g.members),
+                blob,
+                g.members_digest,
+                run_id,
+                run_id,
+                g.cut_size,
+                g.fit,
+                g.subject,
+            ),
+        )
+    elif g.changed:
+        conn.execute(
+            "UPDATE clusters SET state = 'active', size = ?, centroid = ?, "
+            "members_digest = ?, changed_run = ?, needs_label = 1, cut_size = ?, "
+            "fit = ?, subject = ? WHERE id = ?",
+            (
+                len(g.members),
+                blob,
+                g.members_digest,
+                run_id,
+                g.cut_size,
+                g.fit,
+                g.subject,
+                g.id,
+            ),
+        )
+    else:  # same members: the label stays; the centroid may move with a new model
+        conn.execute(
+            "UPDATE clusters SET centroid = ?, cut_size = ?, fit = ?, "
+            "subject = coalesce(?, subject) WHERE id = ?",
+            (blob, g.cut_size, g.fit, g.subject, g.id),
+        )
+    conn.execute("DELETE FROM cluster_members WHERE cluster_id = ?", (g.id,))
+    conn.executemany(
+        "INSERT INTO cluster_members (cluster_id, content_hash, rank, similarity) "
+        "VALUES (?, ?, ?, ?)",
+        [(g.id, h, rank, sim) for h, rank, sim in g.members],
+    )
+
+
 class Store:
     """One connection to the state database, owned by one thread."""
 
@@ -499,79 +581,9 @@ class Store:
         """Record a run in one transaction: the groups it cut or changed (others are left as
         they are), the groups it retired, and the contents left waiting; returns its id."""
         with self.transaction() as conn:
-            run_id = conn.execute(
-                "INSERT INTO cluster_runs (started_at, seconds, model_id, min_size, max_size, "
-                "method, n_points, n_clusters, unclustered, new_clusters, changed_clusters, "
-                "retired_clusters, input_digest, full_reason, joined, moved, dissolved, recut) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    run.started_at,
-                    run.seconds,
-                    run.model_id,
-                    run.min_size,
-                    run.max_size,
-                    run.method,
-                    run.n_points,
-                    run.n_clusters,
-                    run.unclustered,
-                    run.new_clusters,
-                    run.changed_clusters,
-                    run.retired_clusters,
-                    run.input_digest,
-                    run.full_reason,
-                    run.joined,
-                    run.moved,
-                    run.dissolved,
-                    json.dumps({str(k): v for k, v in sorted(run.recut.items())}),
-                ),
-            ).lastrowid
+            run_id = _insert_run(conn, run)
             for g in groups:
-                blob = vector_to_blob(g.centroid)
-                if g.is_new:
-                    conn.execute(
-                        "INSERT INTO clusters (id, state, size, centroid, members_digest, "
-                        "created_run, changed_run, needs_label, cut_size, fit, subject) "
-                        "VALUES (?, 'active', ?, ?, ?, ?, ?, 1, ?, ?, ?)",
-                        (
-                            g.id,
-                            len(g.members),
-                            blob,
-                            g.members_digest,
-                            run_id,
-                            run_id,
-                            g.cut_size,
-                            g.fit,
-                            g.subject,
-                        ),
-                    )
-                elif g.changed:
-                    conn.execute(
-                        "UPDATE clusters SET state = 'active', size = ?, centroid = ?, "
-                        "members_digest = ?, changed_run = ?, needs_label = 1, cut_size = ?, "
-                        "fit = ?, subject = ? WHERE id = ?",
-                        (
-                            len(g.members),
-                            blob,
-                            g.members_digest,
-                            run_id,
-                            g.cut_size,
-                            g.fit,
-                            g.subject,
-                            g.id,
-                        ),
-                    )
-                else:  # same members: the label stays; the centroid may move with a new model
-                    conn.execute(
-                        "UPDATE clusters SET centroid = ?, cut_size = ?, fit = ?, "
-                        "subject = coalesce(?, subject) WHERE id = ?",
-                        (blob, g.cut_size, g.fit, g.subject, g.id),
-                    )
-                conn.execute("DELETE FROM cluster_members WHERE cluster_id = ?", (g.id,))
-                conn.executemany(
-                    "INSERT INTO cluster_members (cluster_id, content_hash, rank, similarity) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(g.id, h, rank, sim) for h, rank, sim in g.members],
-                )
+                _write_group(conn, g, run_id)
             for cid in retired:
                 conn.execute(
                     "UPDATE clusters SET state = 'retired', retired_run = ? WHERE id = ?",
@@ -582,8 +594,7 @@ class Store:
             conn.executemany(
                 "INSERT INTO cluster_waiting (content_hash) VALUES (?)", ((h,) for h in waiting)
             )
-        assert run_id is not None
-        return int(run_id)
+        return run_id
 
     def subject_vectors(self, model_id: str, version: int) -> np.ndarray | None:
         row = self.conn.execute(

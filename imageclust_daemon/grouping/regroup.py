@@ -95,19 +95,11 @@ def recluster(
     contents are those of the last run.
     """
     started, wall = time.monotonic(), time.time()
-    counts = store.status(model)
-    if not force and counts["pending"] > UNFINISHED_SHARE * counts["contents"]:
+    unfinished = None if force else _unfinished(store, model)
+    if unfinished:
         # Right after a model switch almost nothing has the new model's embedding yet:
         # grouping now would retire every group (and its title) for nothing.
-        return ClusterRun(
-            model,
-            min_size,
-            max_size,
-            "",
-            skipped=True,
-            note=f"indexing unfinished: {counts['pending']} of {counts['contents']} photos "
-            "still need an embedding; run `imageclust index` first (or --force)",
-        )
+        return ClusterRun(model, min_size, max_size, "", skipped=True, note=unfinished)
     hashes, x = store.live_embeddings(model)
     shown = pairs.find(store.conn, model) if pair_raw_jpeg else {}
     hashes, x = _without(shown, hashes, x)
@@ -146,17 +138,33 @@ def recluster(
         )
     vectors = words(x.shape[1]) if words is not None and len(x) else None
     groups, retired = album_rows(x, hashes, result, active, dict(previous.baselines), vectors)
-    n_albums = len(np.unique(result.labels[result.labels >= 0]))
-    run = ClusterRun(
-        model_id=model,
-        min_size=min_size,
-        max_size=max_size,
-        input_digest=digest,
-        started_at=wall,
+    run = _run_record(
+        ClusterRun(model, min_size, max_size, digest, started_at=wall, events=dated),
+        result,
+        groups,
+        retired,
         seconds=time.monotonic() - started,
+    )
+    waiting = [hashes[i] for i in np.flatnonzero(result.labels < 0)]
+    run_id = store.save_clustering(run, groups, retired, waiting)
+    return replace(run, run_id=run_id)
+
+
+def _run_record(
+    run: ClusterRun,
+    result: albums.Regrouping,
+    groups: Sequence[GroupRow],
+    retired: Sequence[int],
+    *,
+    seconds: float,
+) -> ClusterRun:
+    """What a regroup did, as its record: `run` (model, limits, digest, time) completed."""
+    return replace(
+        run,
+        seconds=seconds,
         method=result.method,
-        n_points=len(hashes),
-        n_clusters=n_albums,
+        n_points=len(result.labels),
+        n_clusters=len(np.unique(result.labels[result.labels >= 0])),
         unclustered=int((result.labels < 0).sum()),
         new_clusters=sum(g.is_new for g in groups),
         changed_clusters=sum(g.changed and not g.is_new for g in groups),
@@ -166,11 +174,18 @@ def recluster(
         moved=result.moved,
         dissolved=result.dissolved,
         recut=result.recut,
-        events=dated,
     )
-    waiting = [hashes[i] for i in np.flatnonzero(result.labels < 0)]
-    run_id = store.save_clustering(run, groups, retired, waiting)
-    return replace(run, run_id=run_id)
+
+
+def _unfinished(store: Store, model: str) -> str | None:
+    """Why the library cannot be grouped yet (too many photos without an embedding)."""
+    counts = store.status(model)
+    if counts["pending"] <= UNFINISHED_SHARE * counts["contents"]:
+        return None
+    return (
+        f"indexing unfinished: {counts['pending']} of {counts['contents']} photos still "
+        "need an embedding; run `imageclust index` first (or --force)"
+    )
 
 
 def describe(run: ClusterRun) -> str:
