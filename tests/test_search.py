@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,35 +21,73 @@ import pytest
 from imageclust_daemon.errors import DatabaseError
 from imageclust_daemon.published import catalog, search
 from imageclust_daemon.store import Store
-from tests.conftest import run_cli
+from tests.conftest import run_cli, write_config
 from tests.library import scene_library, write_variant
 from tests.photos import photo_like, save_jpeg
 
 
-@pytest.fixture
-def library(
-    tmp_path: Path, make_config: Callable[..., Path], text_files: dict[str, Path]
+def _build(
+    base: Path, tiny_model: Path, text_files: dict[str, Path]
 ) -> tuple[Path, Path, dict[str, int]]:
     """Three scenes of six photos, a copy of one photo, and a file that is no image,
-    indexed and published by the command. Returns (config, root, {path: scene})."""
-    root = tmp_path / "Photos"
+    indexed and published by the command in `base`. Returns (config, root, {path: scene})."""
+    root = base / "Photos"
     truth = scene_library(root, 3, 6)
     first = sorted(truth)[0]
     shutil.copy(first, root / "copy of first.jpg")
     truth[str(root / "copy of first.jpg")] = truth[first]
     (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
-    config = make_config(
-        [root],
+    config = _config(base, root, tiny_model, text_files)
+    result = run_cli("--config", str(config), "index", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    return config, root, truth
+
+
+def _config(base: Path, root: Path, tiny_model: Path, text_files: dict[str, Path]) -> Path:
+    return write_config(
+        base / "imageclust.toml",
+        library={"roots": [str(root)]},
+        storage={"data_dir": str(base / "data")},
         model={
+            "path": str(tiny_model),
+            "batch_size": 4,
             "text_path": str(text_files["text"]),
             "tokenizer_path": str(text_files["tokenizer"]),
         },
         cluster={"min_size": 3, "max_size": 10},
         ollama={"host": "http://127.0.0.1:9", "connect_timeout": 0.2},
     )
-    result = run_cli("--config", str(config), "index", "--no-progress")
-    assert result.returncode == 0, result.stderr
-    return config, root, truth
+
+
+@pytest.fixture(scope="module")
+def indexed(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, text_files: dict[str, Path]
+) -> tuple[Path, Path, dict[str, int]]:
+    """The library, indexed once for the module (its photos are only read)."""
+    return _build(tmp_path_factory.mktemp("search"), tiny_model, text_files)
+
+
+@pytest.fixture
+def library(
+    indexed: tuple[Path, Path, dict[str, int]],
+    tmp_path: Path,
+    tiny_model: Path,
+    text_files: dict[str, Path],
+) -> tuple[Path, Path, dict[str, int]]:
+    """The module's indexed library with a data folder of this test's own (its state,
+    catalog and snapshot copied: a test may damage or republish them); the photos are
+    the module's, never written. Returns (config, root, {path: scene})."""
+    config, root, truth = indexed
+    shutil.copytree(config.parent / "data", tmp_path / "data")
+    return _config(tmp_path, root, tiny_model, text_files), root, dict(truth)
+
+
+@pytest.fixture
+def own_library(
+    tmp_path: Path, tiny_model: Path, text_files: dict[str, Path]
+) -> tuple[Path, Path, dict[str, int]]:
+    """The library indexed for this test alone (it adds photos)."""
+    return _build(tmp_path, tiny_model, text_files)
 
 
 def _json(config: Path, *args: str) -> Any:
@@ -209,9 +246,9 @@ def test_a_missing_damaged_or_stale_snapshot_is_a_message_and_the_next_publish_r
 
 
 def test_publishes_keep_one_snapshot_per_catalog_and_rewrite_only_on_change(
-    library: tuple[Path, Path, dict[str, int]],
+    own_library: tuple[Path, Path, dict[str, int]],
 ) -> None:
-    config, root, _ = library
+    config, root, _ = own_library
     data = _data(config)
     first = search.open_for(data / "catalog.sqlite").path
     inode = first.stat().st_ino
