@@ -103,35 +103,38 @@ class GalleryPages:
 
     def photo(self, request: Request) -> str:
         content_hash = request.path_params["hash"]
-        with self.gallery.reader() as reader:
-            found = reader.photo(content_hash) if _HASH.fullmatch(content_hash) else None
-        if found is None:
-            raise NotFound("No photo of the library has this content (any more).")
         similar: list[search.Hit] = []
         note = ""
-        try:
-            snapshot = search.open_for(self.cfg.catalog_path)
-            row = snapshot.row_of(content_hash)
-            if row is not None:
-                similar = search.like_row(self.cfg.catalog_path, snapshot, row, 24)
-            else:
-                note = "Not in the search snapshot yet."
-        except ImageclustError as exc:
-            note = str(exc)
+        with self.gallery.reader() as reader:  # one read of one catalog for the whole page
+            found = reader.photo(content_hash) if _HASH.fullmatch(content_hash) else None
+            if found is None:
+                raise NotFound("No photo of the library has this content (any more).")
+            path = self.cfg.catalog_path
+            try:
+                snapshot = search.open_for(path, conn=reader.conn)
+                row = snapshot.row_of(content_hash)
+                if row is not None:
+                    similar = search.like_row(path, snapshot, row, 24, conn=reader.conn)
+                else:
+                    note = "Not in the search snapshot yet."
+            except ImageclustError as exc:
+                note = str(exc)
         return pages.photo_page(found, similar, note)
 
     def find(self, request: Request) -> str:
         query = request.query_params.get("q", "")
         if not query.strip():
             return pages.search_page(query, [], [], "")
-        with self.gallery.reader() as reader:
-            titled = reader.albums(ids=reader.title_matches(query))
         hits: list[search.Hit] = []
         note = ""
-        try:
-            hits = search.by_words(self.cfg, query, 60, words=self.gallery.words)
-        except ImageclustError as exc:
-            note = f"Search by words is not available: {exc}"
+        with self.gallery.reader() as reader:  # one read of one catalog for the whole page
+            titled = reader.albums(ids=reader.title_matches(query))
+            try:
+                hits = search.by_words(
+                    self.cfg, query, 60, words=self.gallery.words, conn=reader.conn
+                )
+            except ImageclustError as exc:
+                note = f"Search by words is not available: {exc}"
         return pages.search_page(query, hits, titled, note)
 
     def library(self, request: Request) -> str:

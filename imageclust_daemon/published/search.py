@@ -324,20 +324,31 @@ def read(path: Path) -> Snapshot:
     return Snapshot(path, model, token, hashes, flags.astype(bool), matrix)
 
 
-def open_for(catalog_path: Path) -> Snapshot:
-    """The snapshot the catalog at `catalog_path` names, checked to be the one it was
-    published with."""
+@contextlib.contextmanager
+def _reading(catalog_path: Path, conn: sqlite3.Connection | None) -> Iterator[sqlite3.Connection]:
+    """`conn`, or a read-only connection of its own to the catalog, closed after."""
+    if conn is not None:
+        yield conn
+        return
+    own = sqlite3.connect(uri(catalog_path, mode="ro"), uri=True)
+    try:
+        yield own
+    finally:
+        own.close()
 
-    if not catalog_path.is_file():
+
+def open_for(catalog_path: Path, *, conn: sqlite3.Connection | None = None) -> Snapshot:
+    """The snapshot the catalog at `catalog_path` names, checked to be the one it was
+    published with. `conn`: a read of that catalog already open (a gallery page's, so
+    the page reads one catalog even while a publish swaps in the next)."""
+
+    if conn is None and not catalog_path.is_file():
         raise SearchError(
             f"no catalog at {catalog_path}: index the library first (imageclust index)"
         )
     try:
-        conn = sqlite3.connect(uri(catalog_path, mode="ro"), uri=True)
-        try:
-            info = dict(conn.execute("SELECT key, value FROM catalog_info").fetchall())
-        finally:
-            conn.close()
+        with _reading(catalog_path, conn) as db:
+            info = dict(db.execute("SELECT key, value FROM catalog_info").fetchall())
     except sqlite3.Error as exc:
         raise SearchError(f"{catalog_path}: cannot read the catalog: {exc}") from None
     name, token = info.get("search_snapshot"), info.get("search_token")
@@ -399,28 +410,34 @@ class Hit:
     offline: bool
 
 
-def hits(catalog_path: Path, snapshot: Snapshot, ranked: list[tuple[int, float]]) -> list[Hit]:
-    """The ranked rows as the catalog describes them, in rank order."""
+def hits(
+    catalog_path: Path,
+    snapshot: Snapshot,
+    ranked: list[tuple[int, float]],
+    *,
+    conn: sqlite3.Connection | None = None,
+) -> list[Hit]:
+    """The ranked rows as the catalog describes them, in rank order (`conn`: as in
+    `open_for`)."""
 
     wanted = {snapshot.hash_at(row): (row, score) for row, score in ranked}
     found: dict[str, tuple[list[str], int | None, str | None]] = {}
-    conn = sqlite3.connect(uri(catalog_path, mode="ro"), uri=True)
     try:
-        conn.execute("CREATE TEMP TABLE wanted (hash TEXT PRIMARY KEY)")
-        conn.executemany("INSERT INTO wanted VALUES (?)", [(h,) for h in wanted])
-        # A photo's own files first, then the RAW of a RAW+JPEG pair it shows.
-        for content_hash, path, cluster_id, title in conn.execute(
-            "SELECT p.shown_as, p.path, p.cluster_id, c.title FROM photos p "
-            "JOIN wanted w ON w.hash = p.shown_as "
-            "LEFT JOIN clusters c ON c.id = p.cluster_id "
-            "WHERE p.status = 'indexed' ORDER BY p.content_hash != p.shown_as, p.path"
-        ):
-            paths, _, _ = found.setdefault(content_hash, ([], cluster_id, title))
-            paths.append(path)
+        with _reading(catalog_path, conn) as db:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (hash TEXT PRIMARY KEY)")
+            db.execute("DELETE FROM temp.wanted")
+            db.executemany("INSERT INTO temp.wanted VALUES (?)", [(h,) for h in wanted])
+            # A photo's own files first, then the RAW of a RAW+JPEG pair it shows.
+            for content_hash, path, cluster_id, title in db.execute(
+                "SELECT p.shown_as, p.path, p.cluster_id, c.title FROM photos p "
+                "JOIN temp.wanted w ON w.hash = p.shown_as "
+                "LEFT JOIN clusters c ON c.id = p.cluster_id "
+                "WHERE p.status = 'indexed' ORDER BY p.content_hash != p.shown_as, p.path"
+            ):
+                paths, _, _ = found.setdefault(content_hash, ([], cluster_id, title))
+                paths.append(path)
     except sqlite3.Error as exc:
         raise SearchError(f"{catalog_path}: cannot read the catalog: {exc}") from None
-    finally:
-        conn.close()
     out = []
     for content_hash, (row, score) in wanted.items():
         if content_hash not in found:
@@ -447,12 +464,20 @@ def open_words(cfg: Config) -> WordsModel:
     return opener
 
 
-def by_words(cfg: Config, text: str, limit: int, *, words: WordsModel | None = None) -> list[Hit]:
+def by_words(
+    cfg: Config,
+    text: str,
+    limit: int,
+    *,
+    words: WordsModel | None = None,
+    conn: sqlite3.Connection | None = None,
+) -> list[Hit]:
     """The photos whose embedding is closest to `text`'s, best first. `words`: how the
-    text model is had (default: opened now; the gallery keeps one loaded)."""
+    text model is had (default: opened now; the gallery keeps one loaded); `conn`: as in
+    `open_for`."""
     if not text.strip():
         raise UsageError('nothing to search for: give some words, e.g. "dog on a beach"')
-    snapshot = open_for(cfg.catalog_path)
+    snapshot = open_for(cfg.catalog_path, conn=conn)
     if not len(snapshot):
         return []
     located = models.locate(cfg)
@@ -463,13 +488,20 @@ def by_words(cfg: Config, text: str, limit: int, *, words: WordsModel | None = N
             "index the library with it first (imageclust index)"
         )
     query = (words or open_words(cfg))(located, snapshot.dim).embed([text])[0]
-    return hits(cfg.catalog_path, snapshot, rank(snapshot, query, limit))
+    return hits(cfg.catalog_path, snapshot, rank(snapshot, query, limit), conn=conn)
 
 
-def like_row(catalog_path: Path, snapshot: Snapshot, row: int, limit: int) -> list[Hit]:
+def like_row(
+    catalog_path: Path,
+    snapshot: Snapshot,
+    row: int,
+    limit: int,
+    *,
+    conn: sqlite3.Connection | None = None,
+) -> list[Hit]:
     """The photos most like the snapshot's `row`, that photo left out."""
     query = np.asarray(snapshot.matrix[row], dtype=np.float32)
-    return hits(catalog_path, snapshot, rank(snapshot, query, limit, exclude=row))
+    return hits(catalog_path, snapshot, rank(snapshot, query, limit, exclude=row), conn=conn)
 
 
 def by_example(cfg: Config, path: Path, limit: int) -> list[Hit]:
