@@ -306,7 +306,8 @@ def test_events_are_stored_published_and_linked_in_the_organized_view(tmp_path: 
         (f"b{i}.jpg", f"2021-06-11T19:{i:02d}:00", (48.90, 2.30)) for i in range(5)
     ] + [
         (f"t{d}{i}.jpg", f"2022-05-0{3 + d}T1{i}:00:00", AWAY) for d in range(3) for i in range(4)
-    ] + [("undated.jpg", None, None), ("unset-clock.jpg", "2000-01-01T00:00:00", None)]  # fmt: skip
+    ] + [("undated.jpg", None, None), ("unset-clock.jpg", "2000-01-01T00:00:00", None),
+         ("year-one.jpg", "0001-01-01T03:00:00", None)]  # fmt: skip
     # A photo at home every week of the spring between: home is where most weeks are.
     start = datetime(2022, 1, 2, 12)
     rows += [
@@ -331,7 +332,7 @@ def test_events_are_stored_published_and_linked_in_the_organized_view(tmp_path: 
         ("Seville, 3–5 May 2022", "trip", 12, "Seville, Spain"),
     ]
     no_event = {p for (p,) in conn.execute("SELECT path FROM photos WHERE event_id IS NULL")}
-    assert no_event == {"/lib/undated.jpg", "/lib/unset-clock.jpg"}
+    assert no_event == {"/lib/undated.jpg", "/lib/unset-clock.jpg", "/lib/year-one.jpg"}
     conn.close()
     view = tmp_path / "Organized"
     organize.build(organize.groups_from_catalog(tmp_path / "catalog.sqlite"), view)

@@ -67,6 +67,15 @@ def _publish(options: library.Options, model_id: str | None) -> None:
     )
 
 
+def _publish_or_refresh(changed: bool, options: library.Options, model_id: str | None) -> None:
+    """Publish what changed; else build the organized view if it is missing or older than
+    the catalog (organize.dir set since the last publish)."""
+    if changed:
+        _publish(options, model_id)
+    elif publish.refresh_view(options.catalog, options.organize_dir):
+        log.warning("built the organized view at %s", options.organize_dir)
+
+
 def _index_roots(args: argparse.Namespace, cfg: config.Config) -> list[Path]:
     """The folders `index` walks: PATHs given (each must be a folder), else library.roots."""
     if not args.paths:
@@ -296,10 +305,7 @@ def cmd_recluster(args: argparse.Namespace, cfg: config.Config) -> int:
         model_id = models.model_id_of(located.spec, located.vision_path, store)
         run = library.regroup(store, model_id, options, force=args.force)
     events_changed = run.events is not None and run.events.touched
-    if not run.skipped or events_changed:
-        _publish(options, model_id)
-    elif publish.refresh_view(cfg.catalog_path, cfg.organize.dir):
-        log.warning("built the organized view at %s", cfg.organize.dir)
+    _publish_or_refresh(not run.skipped or events_changed, options, model_id)
     if args.json:
         print(json.dumps(asdict(run)))
         return 0
@@ -325,10 +331,7 @@ def cmd_relabel(args: argparse.Namespace, cfg: config.Config) -> int:
     with Store.open(cfg.state_db_path) as store, options.client(os.environ) as client:
         report = library.title(store, client, options, everything=args.all)
         model_id = models.model_id_of(located.spec, path, store) if path.is_file() else None
-    if report.changed:
-        _publish(options, model_id)
-    elif publish.refresh_view(cfg.catalog_path, cfg.organize.dir):
-        log.warning("built the organized view at %s", cfg.organize.dir)
+    _publish_or_refresh(report.changed > 0, options, model_id)
     if args.json:
         print(json.dumps(asdict(report)))
         return 0

@@ -29,7 +29,7 @@ themselves, in three steps (`find_events`):
    unless they were taken at two places (centres farther apart than `PLACE_KM` and
    than their own spreads), or hours apart (`HOURS_APART`) and showing different
    things: their photos are less alike across the two sessions than the photos of a
-   session are on average, halfway to two photos picked at random (`content_apart`).
+   session are on average, halfway to two photos picked at random (`_content_apart`).
 
 An event is a trip when it spans two days or more away from home, a day when it
 lasts `DAY_HOURS` or more or is a day out, and a moment otherwise.
@@ -164,7 +164,7 @@ def find_events(shots: Shots) -> list[Event]:
     order = np.argsort(t, kind="stable")
     sessions = _sessions(shots, t, days, order)
     _mark_away(sessions)
-    apart = content_apart(shots, sessions)
+    apart = _content_apart(shots, sessions)
     events = []
     for group in _group(sessions, apart):
         rows = tuple(r for s in group for r in s.rows)
@@ -331,7 +331,7 @@ class _Likeness:
     threshold: float  # mean similarity across two sessions below this: unlike
 
 
-def content_apart(shots: Shots, sessions: Sequence[_Session]) -> _Likeness | None:
+def _content_apart(shots: Shots, sessions: Sequence[_Session]) -> _Likeness | None:
     """How alike the photos of one session are (the mean similarity of two of its photos,
     over the library's sessions) and two photos picked at random; two sessions whose
     photos are, across them, less alike than halfway between show different things."""
@@ -523,6 +523,24 @@ def _rows_by(labels: np.ndarray, wanted: np.ndarray) -> dict[int, np.ndarray]:
     starts = np.searchsorted(ordered, wanted, side="left")
     ends = np.searchsorted(ordered, wanted, side="right")
     return {int(w): order[a:b] for w, a, b in zip(wanted.tolist(), starts, ends, strict=True)}
+
+
+# Home is learned from HOME_MONTHS each side of a session: nothing farther from a new
+# photo than this can change when it arrives.
+NEAR_NEW_DAYS = 31 * (HOME_MONTHS + 1)
+
+
+def near_new(times: Sequence[datetime], new: np.ndarray) -> np.ndarray:
+    """Which photos were taken within NEAR_NEW_DAYS of a new photo."""
+    _, days = _clock(times)
+    new_days = np.unique(days[new])
+    at = np.clip(np.searchsorted(new_days, days), 1, len(new_days)) - 1
+    closest = np.minimum(
+        np.abs(days - new_days[at]),
+        np.abs(days - new_days[np.minimum(at + 1, len(new_days) - 1)]),
+    )
+    near: np.ndarray = closest <= NEAR_NEW_DAYS
+    return near
 
 
 def settle(

@@ -432,7 +432,7 @@ def distinct_titles(
         lambda i: _common_folder(facts[i].folders) if i in facts else None,
     ]
     out = dict(titles)
-    while groups := _clashes(out):  # (a qualified title may read like another album's)
+    while groups := clashing(out):  # (a qualified title may read like another album's)
         for ids in groups:
             _tell_apart(ids, out, qualifiers)
     return out
@@ -460,15 +460,11 @@ def _tell_apart(
         if not best:  # nothing true tells them apart: their numbers do
             best = {i: f"{out[i]}, album {i}" for i in group}
         out.update(best)
-        todo += _clashes(best)
+        todo += clashing(best)
 
 
 def clashing(titles: Mapping[int, str]) -> list[list[int]]:
     """The ids of titles that read the same (case aside), in groups."""
-    return _clashes(titles)
-
-
-def _clashes(titles: Mapping[int, str]) -> list[list[int]]:
     same: dict[str, list[int]] = {}
     for i, title in sorted(titles.items()):
         same.setdefault(title.casefold(), []).append(i)

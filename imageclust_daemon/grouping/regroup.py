@@ -326,7 +326,7 @@ def update_events(
     embeddings at hand (what the photos show tells two sessions of one day apart);
     `shown_elsewhere`: the RAWs of RAW+JPEG pairs, which are their JPEG's photo.
 
-    Only the photos within NEAR_NEW_DAYS of a new photo are cut again (home is learned
+    Only the photos within `events.NEAR_NEW_DAYS` of a new photo are cut again (home is learned
     from the months around a session; nothing farther can change), so an update after
     a day's photos costs the months around it, not the whole library."""
     started = time.monotonic()
@@ -351,7 +351,9 @@ def update_events(
         row_of = {h: i for i, h in enumerate(hashes)}
         x_rows = np.array([row_of.get(h, -1) for h in keys], dtype=np.int64)
         times = [d[1] for d in dated]
-        near = np.flatnonzero(_near(times, new) if previous else np.ones(len(keys), dtype=bool))
+        near = np.flatnonzero(
+            events.near_new(times, new) if previous else np.ones(len(keys), dtype=bool)
+        )
         shots = events.Shots(
             [times[i] for i in near],
             np.array([np.nan if dated[i][3] is None else dated[i][3] for i in near]),
@@ -376,22 +378,6 @@ def update_events(
         len(retired),
         time.monotonic() - started,
     )
-
-
-NEAR_NEW_DAYS = 31 * (events.HOME_MONTHS + 1)
-
-
-def _near(times: Sequence[datetime], new: np.ndarray) -> np.ndarray:
-    """Which photos were taken within NEAR_NEW_DAYS of a new photo."""
-    _, days = events._clock(times)
-    new_days = np.unique(days[new])
-    at = np.clip(np.searchsorted(new_days, days), 1, len(new_days)) - 1
-    closest = np.minimum(
-        np.abs(days - new_days[at]),
-        np.abs(days - new_days[np.minimum(at + 1, len(new_days) - 1)]),
-    )
-    near: np.ndarray = closest <= NEAR_NEW_DAYS
-    return near
 
 
 def _event_rows(

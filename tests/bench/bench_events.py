@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imageclust_daemon.grouping import events, regroup
+from imageclust_daemon.grouping import events
 from tests import life
 from tests.metrics import adjusted_rand_index
 
@@ -182,7 +182,7 @@ def bench_scale(n_lives: int, seed: int, years: float) -> None:
     update = time.perf_counter() - started
     # As the daemon updates: only the photos within the months around the new ones.
     started = time.perf_counter()
-    near = np.flatnonzero(regroup._near(shots.times, before == events.NEW))
+    near = np.flatnonzero(events.near_new(shots.times, before == events.NEW))
     part = events.Shots([shots.times[i] for i in near], shots.lat[near], shots.lon[near],
                         shots.x, near)  # fmt: skip
     events.settle(part, events.find_events(part), before[near], int(labels.max()) + 1)
@@ -190,7 +190,7 @@ def bench_scale(n_lives: int, seed: int, years: float) -> None:
     print(
         f"{len(photos)} photos, {len(found)} events: the cut {cut:.1f} s; an update after "
         f"100 new photos (cut and settle): of the whole library {update:.1f} s, of the "
-        f"{len(near)} photos within {regroup.NEAR_NEW_DAYS} days of them (as "
+        f"{len(near)} photos within {events.NEAR_NEW_DAYS} days of them (as "
         f"`update_events` does) {windowed:.2f} s"
     )
 
