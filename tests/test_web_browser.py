@@ -57,6 +57,14 @@ def _settle_images(driver: Any) -> list[int]:
     return widths
 
 
+def _broken(driver: Any) -> list[str]:
+    """The images of the page that did not load (for a failure's message)."""
+    found: list[str] = driver.execute_script(
+        "return Array.from(document.images).filter(i => !i.naturalWidth).map(i => i.src)"
+    )
+    return found
+
+
 def _shot(driver: Any, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     assert driver.save_screenshot(str(SHOTS / f"{name}.png"))
@@ -77,7 +85,7 @@ def test_albums_album_search_photo_library_status_in_a_browser(
 
     browser.find_element(By.CSS_SELECTOR, "a.album").click()
     widths = _settle_images(browser)
-    assert len(widths) == 6 and all(w > 0 for w in widths)
+    assert len(widths) == 6 and all(w > 0 for w in widths), _broken(browser)
     _shot(browser, "album")
 
     box = browser.find_element(By.NAME, "q")
@@ -85,7 +93,7 @@ def test_albums_album_search_photo_library_status_in_a_browser(
     box.submit()
     widths = _settle_images(browser)
     assert browser.current_url.startswith(base + "/search?q=")
-    assert len(widths) == 18 and all(w > 0 for w in widths)
+    assert len(widths) == 18 and all(w > 0 for w in widths), _broken(browser)
     _shot(browser, "search")
 
     browser.find_element(By.CSS_SELECTOR, ".photos a").click()
