@@ -22,7 +22,7 @@ import pytest
 from imageclust_daemon.index import dask_index, pipeline
 from imageclust_daemon.model import manifest, models
 from imageclust_daemon.records import FileRow, FileStat
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 from tests import photos
 from tests.conftest import run_cli, write_config
 from tests.dask_cluster import LocalDask

@@ -11,7 +11,7 @@ from typing import Any
 from imageclust_daemon import config
 from imageclust_daemon.model import manifest
 from imageclust_daemon.service import doctor
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 from tests.clip_vocab import write_tokenizer_json
 from tests.conftest import run_cli
 from tests.onnx_models import build_tiny_clip_text

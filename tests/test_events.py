@@ -18,7 +18,7 @@ from imageclust_daemon.grouping import events, label, regroup
 from imageclust_daemon.grouping.places import Place
 from imageclust_daemon.published import catalog, organize
 from imageclust_daemon.records import ContentRow, FileRow, FileStat, PhotoMeta
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 from tests import life
 from tests.metrics import adjusted_rand_index
 

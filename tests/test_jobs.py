@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 
 from imageclust_daemon import config
-from imageclust_daemon import store as store_module
 from imageclust_daemon.config import Config
 from imageclust_daemon.index.watch import ChangeBuffer
 from imageclust_daemon.model import manifest
 from imageclust_daemon.service import jobs as jobs_module
 from imageclust_daemon.service.daemon import Daemon
 from imageclust_daemon.service.jobs import Jobs, LazyModel
-from imageclust_daemon.store import Store
+from imageclust_daemon.state import store as store_module
+from imageclust_daemon.state.store import Store
 from tests import photos
 from tests.conftest import REPO
 from tests.library import scene_library

@@ -1,7 +1,7 @@
 """The package's layers: imports point down only, and no module imports itself back.
 
 Lowest first: the core (the modules at the top of the package: config, errors, records,
-the store and its migrations, ...), then model, index, grouping, published, gallery,
+...; and `state`, the store and its migrations), then model, index, grouping, published, gallery,
 service, cli. A module may import its own layer and the layers below it; the core
 imports only the core. Imports inside functions count too (they are how cycles hid).
 """
@@ -9,12 +9,14 @@ imports only the core. Imports inside functions count too (they are how cycles h
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "imageclust_daemon"
 LAYERS = ["model", "index", "grouping", "published", "gallery", "usecases", "service", "cli"]
+CORE = {"state"}  # subpackages of the core
 ENTRY = {"imageclust_daemon.__main__"}  # `python -m imageclust_daemon`: the CLI's door
 
 
@@ -26,6 +28,8 @@ def _module_name(path: Path) -> str:
 def _layer(module: str) -> int:
     """0 for the core, then 1 + the index of its subpackage in LAYERS."""
     parts = module.split(".")
+    if len(parts) > 1 and parts[1] in CORE:
+        return 0
     if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS):
         return 1 + LAYERS.index(parts[1])
     return 0
@@ -102,7 +106,7 @@ def test_no_module_imports_itself_back() -> None:
 @pytest.mark.parametrize(
     ("module", "target", "wrong"),
     [
-        ("imageclust_daemon.store", "imageclust_daemon.grouping.cluster", True),
+        ("imageclust_daemon.state.store", "imageclust_daemon.grouping.cluster", True),
         ("imageclust_daemon.index.decode", "imageclust_daemon.published.catalog", True),
         ("imageclust_daemon.cli.commands", "imageclust_daemon.index.pipeline", False),
         ("imageclust_daemon.grouping.regroup", "imageclust_daemon.model.models", False),
@@ -111,3 +115,49 @@ def test_no_module_imports_itself_back() -> None:
 def test_the_check_catches_a_wrong_import(module: str, target: str, wrong: bool) -> None:
     assert bool(wrong_way({module: {target}})) is wrong
     assert cycles({module: {target}, target: {module}}) != []
+
+
+# The state database's tables, which only the store (state/) and its migrations know; the
+# rest reads the `published_*` views (migration 9). The catalog has tables of its own
+# named like some of these (clusters, events): those are read unprefixed on its own
+# connection, while the state is attached as `state` (or named by a `{schema}` part).
+STATE_ONLY_TABLES = {
+    "files",
+    "contents",
+    "embeddings",
+    "cluster_runs",
+    "cluster_waiting",
+    "event_members",
+    "labels",
+    "model_files",
+    "skipped_files",
+    "subject_vectors",
+}
+_READ = re.compile(r"\b(?:FROM|JOIN)\s+(state\.|\{\w+\}\.)?(\w+)", re.IGNORECASE)
+
+
+def state_reads(source: str) -> list[str]:
+    """The state tables that SQL in `source` reads other than through a published view."""
+    found = []
+    for prefix, table in _READ.findall(source):
+        if prefix and not table.startswith("published_"):
+            found.append(prefix + table)
+        elif not prefix and table in STATE_ONLY_TABLES:
+            found.append(table)
+    return found
+
+
+def test_only_the_store_reads_the_state_tables() -> None:
+    wrong = {
+        _module_name(path): state_reads(path.read_text(encoding="utf-8"))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "state" not in path.relative_to(PACKAGE).parts[:1]
+    }
+    assert {module: reads for module, reads in wrong.items() if reads} == {}
+    # the check sees a read of a state table, and lets a view through
+    assert state_reads('"SELECT f.path FROM {s}.files f JOIN state.contents c"') == [
+        "{s}.files",
+        "state.contents",
+    ]
+    assert state_reads('"SELECT hash FROM contents"') == ["contents"]
+    assert state_reads('"SELECT path FROM state.published_files p"') == []

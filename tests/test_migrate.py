@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imageclust_daemon import migrate
 from imageclust_daemon.errors import DatabaseError, SchemaTooNewError
-from imageclust_daemon.store import Store
+from imageclust_daemon.state import migrate
+from imageclust_daemon.state.store import Store
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -113,7 +113,7 @@ def test_albums_cut_before_migration_7_stay_put_at_the_next_regroup(tmp_path: Pa
     one embedded after it); the albums it cut have no baseline yet; the first regroup
     after it is incremental: new photos join their album and nothing else moves."""
     from imageclust_daemon.grouping import regroup
-    from imageclust_daemon.store import vector_to_blob
+    from imageclust_daemon.state.groups import vector_to_blob
     from tests.test_cluster import blobs
 
     path = tmp_path / "s.sqlite"
@@ -200,7 +200,7 @@ def test_a_library_grouped_before_migration_8_gets_its_events_at_the_next_regrou
     are left as they are, and the events are cut all the same; the organized view's and
     catalog's events come with the next publish."""
     from imageclust_daemon.grouping import regroup
-    from imageclust_daemon.store import vector_to_blob
+    from imageclust_daemon.state.groups import vector_to_blob
 
     path = tmp_path / "s.sqlite"
     conn = _connect(path)

@@ -18,7 +18,7 @@ from imageclust_daemon.index import pipeline, presence, scan
 from imageclust_daemon.index.pipeline import Claims, plan, prepare
 from imageclust_daemon.model import manifest, models
 from imageclust_daemon.records import FileStat, IndexReport, KnownFile, Preprocessing
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 from tests import photos
 from tests.conftest import cli_json, run_cli
 

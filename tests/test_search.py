@@ -20,7 +20,7 @@ import pytest
 
 from imageclust_daemon.errors import DatabaseError
 from imageclust_daemon.published import catalog, search
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 from tests.conftest import run_cli, write_config
 from tests.library import scene_library, write_variant
 from tests.photos import photo_like, save_jpeg

@@ -14,7 +14,8 @@ from hypothesis.extra.numpy import arrays
 
 from imageclust_daemon.errors import DatabaseError
 from imageclust_daemon.records import ContentRow, FileRow, FileStat, PhotoMeta
-from imageclust_daemon.store import Store, blob_to_vector, vector_to_blob
+from imageclust_daemon.state.groups import blob_to_vector, vector_to_blob
+from imageclust_daemon.state.store import Store
 
 MODEL = "tiny@sha256:00"
 
@@ -67,6 +68,41 @@ def test_record_is_idempotent_and_counts_are_exact(tmp_path: Path) -> None:
             "SELECT width, height, taken_at, lat, lon FROM contents WHERE hash = 'aa'"
         ).fetchone()
         assert row == (3, 2, "2024-01-02T03:04:05", 1.5, 2.5)
+
+
+def test_status_and_the_gallery_count_a_failed_copy_alike(tmp_path: Path) -> None:
+    """`imageclust status` (the state) and the gallery's status page (the published
+    catalog) count the same way: a damaged photo copied twice is one failure of 2 files."""
+    from imageclust_daemon.gallery.gallery import Reader
+    from imageclust_daemon.published import catalog
+
+    v = np.ones(4, dtype=np.float32) / 2
+    aa, bb, cc = (c * 64 for c in "abc")  # content hashes are 64 hex digits
+    contents = [
+        ContentRow(aa, 10, decoded=True, meta=PhotoMeta(3, 2)),
+        ContentRow(bb, 11, decoded=True, error="cannot decode: junk"),
+        ContentRow(cc, 12),
+    ]
+    files = [
+        FileRow(_stat(b"/r/a.jpg", inode=1), aa),
+        FileRow(_stat(b"/r/copy.jpg", inode=2), aa),
+        FileRow(_stat(b"/r/bad.jpg", inode=3), bb),
+        FileRow(_stat(b"/r/bad copy.jpg", inode=4), bb),
+        FileRow(_stat(b"/r/locked.jpg", inode=5), None, "cannot read: Permission denied"),
+        FileRow(_stat(b"/r/waiting.jpg", inode=6), cc),
+    ]
+    state = tmp_path / "s.sqlite"
+    with Store.open(state) as store:
+        store.record(contents, files, [(aa, v)], MODEL)
+        status = store.status(MODEL)
+    counted = {k: status[k] for k in ("embedded", "pending", "failed", "unreadable")}
+    assert counted == {"embedded": 1, "pending": 1, "failed": 2, "unreadable": 1}
+    catalog.publish(state, tmp_path / "catalog.sqlite", model_id=MODEL, daemon_version="t")
+    with Reader(tmp_path / "catalog.sqlite") as reader:
+        shown = reader.status()
+    assert (shown.counts["indexed"], shown.counts["pending"], shown.counts["failed"]) == (1, 1, 2)
+    assert shown.failed_total == 3
+    assert [path for path, _ in shown.failed] == ["/r/bad copy.jpg", "/r/bad.jpg", "/r/locked.jpg"]
 
 
 def test_a_bare_content_row_does_not_wipe_metadata(tmp_path: Path) -> None:
@@ -174,7 +210,7 @@ def test_a_transaction_that_reads_then_writes_waits_for_another_writer(tmp_path:
 
 
 def test_status_counts_are_the_keys_status_prints(tmp_path: Path) -> None:
-    from imageclust_daemon.store import STATUS_KEYS, STATUS_MAPS
+    from imageclust_daemon.state.store import STATUS_KEYS, STATUS_MAPS
 
     with Store.open(tmp_path / "s.sqlite") as store:
         assert tuple(store.status(None)) == STATUS_KEYS + STATUS_MAPS

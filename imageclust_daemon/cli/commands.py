@@ -36,7 +36,7 @@ from imageclust_daemon.records import (
 )
 from imageclust_daemon.service import doctor, service
 from imageclust_daemon.service.lock import InstanceLock
-from imageclust_daemon.store import STATUS_KEYS, STATUS_MAPS, Store
+from imageclust_daemon.state.store import STATUS_KEYS, STATUS_MAPS, Store
 from imageclust_daemon.usecases import library
 
 log = logging.getLogger("imageclust")

@@ -18,6 +18,7 @@ import numpy as np
 
 from imageclust_daemon.durable import sqlite_uri as uri
 from imageclust_daemon.published import search
+from imageclust_daemon.state.store import count_statuses
 
 ALBUMS_PER_PAGE = 60
 PHOTOS_PER_PAGE = 200
@@ -258,10 +259,7 @@ class Reader:
     # -- status ----------------------------------------------------------------------------
 
     def status(self, shown: int = 100) -> Status:
-        counts = dict(self.conn.execute("SELECT status, count(*) FROM photos GROUP BY status"))
-        counts["offline"] = self.conn.execute(
-            "SELECT count(*) FROM photos WHERE offline"
-        ).fetchone()[0]
+        counts = count_statuses(self.conn, "SELECT content_hash, status, offline FROM photos")
         info = dict(self.conn.execute("SELECT key, value FROM catalog_info"))
         failed = self.conn.execute(
             "SELECT path, error FROM photos WHERE status = 'failed' ORDER BY path LIMIT ?",
@@ -276,6 +274,6 @@ class Reader:
             self.album_count(),
             {k: str(v) for k, v in info.items()},
             [(str(p), str(e)) for p, e in failed],
-            int(counts.get("failed", 0)),
+            counts["failed_files"],
             folders.most_common(shown),
         )

@@ -265,11 +265,17 @@ def library_page(layout: list[tuple[int, float, float, int, str | None]], note: 
 
 
 def status_page(status: Status, daemon: dict[str, str]) -> str:
-    c = status.counts
+    c = status.counts  # counted as `imageclust status` counts (store.count_statuses)
+    failed = c.get("failed", 0)
     rows = [
         ("Photos indexed", c.get("indexed", 0)),
         ("Waiting to be indexed", c.get("pending", 0)),
-        ("Failed", c.get("failed", 0)),
+        (
+            "Failed",
+            f"{failed} ({status.failed_total} file{'s' if status.failed_total != 1 else ''})"
+            if status.failed_total != failed
+            else failed,
+        ),
         ("Offline (folder unreachable)", c.get("offline", 0)),
         ("Albums", status.albums),
     ]
@@ -282,7 +288,9 @@ def status_page(status: Status, daemon: dict[str, str]) -> str:
     facts = "".join(
         f"<tr><td class=muted>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in when
     )
-    failed = "".join(f"<tr><td>{escape(p)}</td><td>{escape(e)}</td></tr>" for p, e in status.failed)
+    failed_rows = "".join(
+        f"<tr><td>{escape(p)}</td><td>{escape(e)}</td></tr>" for p, e in status.failed
+    )
     more_failed = (
         f"<p class=muted>and {status.failed_total - len(status.failed)} more</p>"
         if status.failed_total > len(status.failed)
@@ -295,9 +303,9 @@ def status_page(status: Status, daemon: dict[str, str]) -> str:
         f"<h1>Status</h1><table class=list>{table}</table><h2>Activity</h2>"
         f"<table class=facts-table>{facts}</table>"
         + (
-            f"<h2>Failed photos</h2><table class=list><tr><th>Path</th><th>Why</th></tr>{failed}"
-            f"</table>{more_failed}"
-            if failed
+            f"<h2>Failed photos</h2><table class=list><tr><th>Path</th><th>Why</th></tr>"
+            f"{failed_rows}</table>{more_failed}"
+            if failed_rows
             else ""
         )
         + (

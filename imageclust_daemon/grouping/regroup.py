@@ -41,7 +41,7 @@ from imageclust_daemon.records import (
     LabelJob,
     display_path,
 )
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 
 log = logging.getLogger(__name__)
 

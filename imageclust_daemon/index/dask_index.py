@@ -42,7 +42,7 @@ from imageclust_daemon.index import pipeline
 from imageclust_daemon.model.embed import Embedder, file_sha256
 from imageclust_daemon.model.models import open_embedder
 from imageclust_daemon.records import FileStat, ModelSpec, display_path
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 
 log = logging.getLogger(__name__)
 

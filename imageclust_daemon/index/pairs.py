@@ -62,17 +62,16 @@ def find(conn: sqlite3.Connection, model_id: str | None, *, schema: str = "main"
     s = schema
     marks = ",".join("?" * len(RAW_FORMATS))
     raws = conn.execute(
-        f"SELECT f.path FROM {s}.contents c JOIN {s}.files f ON f.content_hash = c.hash "
-        f"WHERE c.format IN ({marks}) AND f.state = 'live'",
-        sorted(RAW_FORMATS),
+        f"SELECT path FROM {s}.published_files WHERE format IN ({marks})", sorted(RAW_FORMATS)
     ).fetchall()
     folders = sorted({os.path.dirname(path) for (path,) in raws})
     found: list[Neighbour] = []
     query = (
-        f"SELECT f.path, f.content_hash, c.format, c.error IS NULL AND EXISTS ("
-        f"  SELECT 1 FROM {s}.embeddings e WHERE e.content_hash = c.hash AND e.model_id = ?) "
-        f"FROM {s}.files f JOIN {s}.contents c ON c.hash = f.content_hash "
-        f"WHERE f.path > ? AND f.path < ? AND f.state = 'live'"
+        f"SELECT p.path, p.content_hash, p.format, p.error IS NULL AND EXISTS ("
+        f"  SELECT 1 FROM {s}.published_embeddings e "
+        f"  WHERE e.content_hash = p.content_hash AND e.model_id = ?) "
+        f"FROM {s}.published_files p "
+        f"WHERE p.path > ? AND p.path < ? AND p.content_hash IS NOT NULL"
     )
     for folder in folders:
         # The folder's paths sort between "folder/" and "folder0" ("0" follows "/").

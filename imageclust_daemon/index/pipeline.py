@@ -48,7 +48,7 @@ from imageclust_daemon.records import (
     Preprocessing,
     display_path,
 )
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 
 log = logging.getLogger(__name__)
 

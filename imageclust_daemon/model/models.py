@@ -40,7 +40,7 @@ from imageclust_daemon.records import (
     ModelFile,
     ModelSpec,
 )
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ from imageclust_daemon.durable import sqlite_uri as uri
 from imageclust_daemon.errors import DatabaseError, QueryRefused
 from imageclust_daemon.grouping import label, places
 from imageclust_daemon.index import pairs
-from imageclust_daemon.migrate import statements
 from imageclust_daemon.published import search
-from imageclust_daemon.store import READ_MMAP_BYTES, Store
+from imageclust_daemon.state.migrate import statements
+from imageclust_daemon.state.store import EMBEDDED_BY, PHOTO_STATUS, READ_MMAP_BYTES, Store
 
 # 2: photos.place and photos.format; full-text search (FTS5) over photos (path, place) and clusters
 #    (title, catchy_phrase); catalog_info names the search snapshot.
@@ -283,31 +283,28 @@ def _build(
         conn.execute("BEGIN")  # one read snapshot of the state for the whole build
         for statement in statements(SCHEMA):
             conn.execute(statement)
+        # The state is read through its published_* views (migration 9), never its tables.
         conn.execute(
             "INSERT INTO cluster_members (cluster_id, content_hash, rank) "
-            "SELECT m.cluster_id, m.content_hash, m.rank FROM state.cluster_members m "
-            "JOIN state.clusters c ON c.id = m.cluster_id WHERE c.state = 'active'"
+            "SELECT cluster_id, content_hash, rank FROM state.published_album_members"
         )
         # before photos are joined to it: without it that join is quadratic (580 s at 100k)
         conn.execute("CREATE INDEX members_by_hash ON cluster_members(content_hash)")
         conn.execute(
             "INSERT INTO clusters (id, title, catchy_phrase, size, label_source, updated_at) "
-            "SELECT c.id, c.title, c.catchy_phrase, c.size, c.label_source, "
-            "strftime('%Y-%m-%dT%H:%M:%S+00:00', max(coalesce(c.labeled_at, 0), r.started_at), "
-            "'unixepoch') FROM state.clusters c JOIN state.cluster_runs r ON r.id = c.changed_run "
-            "WHERE c.state = 'active'"
+            "SELECT id, title, catchy_phrase, size, label_source, updated_at "
+            "FROM state.published_albums"
         )
         _distinct_album_titles(conn, state_db)
         conn.execute(
             "INSERT INTO events (id, title, started_at, ended_at, place, lat, lon, size, kind) "
             "SELECT id, title, started_at, ended_at, place, lat, lon, size, kind "
-            "FROM state.events WHERE state = 'active'"
+            "FROM state.published_events"
         )
         escaped = [
             raw
             for (raw,) in conn.execute(
-                "SELECT path FROM state.files WHERE state = 'live' AND NOT is_utf8(path) "
-                "ORDER BY path"
+                "SELECT path FROM state.published_files WHERE NOT is_utf8(path) ORDER BY path"
             )
         ]
         texts = escaped_texts(escaped, lambda text: _is_live(conn, text.encode()))
@@ -335,19 +332,6 @@ def _build(
     return snapshot.name
 
 
-# A live file's content, its embedding by the model (the one parameter), and its status:
-# the catalog's photos and the search snapshot's rows are both read through these.
-_LIVE_FILES = (
-    "FROM {schema}files f "
-    "LEFT JOIN {schema}contents c ON c.hash = f.content_hash "
-    "LEFT JOIN {schema}embeddings e ON e.content_hash = f.content_hash AND e.model_id = ? "
-)
-_STATUS = (
-    "CASE WHEN f.error IS NOT NULL OR c.error IS NOT NULL THEN 'failed' "
-    "     WHEN e.content_hash IS NOT NULL THEN 'indexed' ELSE 'pending' END"
-)
-
-
 def _fill_photos(
     conn: sqlite3.Connection, texts: dict[bytes, str], shown: dict[str, str], model_id: str | None
 ) -> None:
@@ -355,11 +339,11 @@ def _fill_photos(
     conn.create_function(
         "text_path", 1, lambda raw: texts.get(raw) or raw.decode(), deterministic=True
     )
-    text_sql = "text_path(f.path)" if texts else "CAST(f.path AS TEXT)"  # all UTF-8
+    text_sql = "text_path(p.path)" if texts else "CAST(p.path AS TEXT)"  # all UTF-8
     conn.create_function(
         "shown_as", 1, lambda h: shown.get(h, h) if h is not None else None, deterministic=True
     )
-    shown_sql = "shown_as(f.content_hash)" if shown else "f.content_hash"
+    shown_sql = "shown_as(p.content_hash)" if shown else "p.content_hash"
     named = _places(conn)
     conn.create_function("place_of", 2, lambda lat, lon: named.get((lat, lon)), deterministic=True)
     conn.execute(
@@ -367,15 +351,15 @@ def _fill_photos(
         "lat, lon, place, format, shown_as, cluster_id, event_id, status, error, offline) "
         # (a function call only where it can answer: few paths are not UTF-8, few
         # photos have a position, few are a RAW shown by its JPEG)
-        f"SELECT {text_sql}, f.path, f.content_hash, f.size, c.width, c.height, "
-        "c.taken_at, c.lat, c.lon, "
-        "CASE WHEN c.lat IS NULL THEN NULL ELSE place_of(c.lat, c.lon) END, c.format, "
-        f"{shown_sql}, m.cluster_id, v.event_id, {_STATUS}, "
-        "coalesce(f.error, c.error), f.offline_since IS NOT NULL "
-        + _LIVE_FILES.format(schema="state.")
+        f"SELECT {text_sql}, p.path, p.content_hash, p.size, p.width, p.height, "
+        "p.taken_at, p.lat, p.lon, "
+        "CASE WHEN p.lat IS NULL THEN NULL ELSE place_of(p.lat, p.lon) END, p.format, "
+        f"{shown_sql}, m.cluster_id, v.event_id, {PHOTO_STATUS}, "
+        "p.error, p.offline FROM state.published_files p "
+        + EMBEDDED_BY.format(schema="state.")
         + f"LEFT JOIN cluster_members m ON m.content_hash = {shown_sql} "
-        + f"LEFT JOIN state.event_members v ON v.content_hash = {shown_sql} "
-        "WHERE f.state = 'live' ORDER BY f.path",
+        f"LEFT JOIN state.published_event_members v ON v.content_hash = {shown_sql} "
+        "ORDER BY p.path",
         (model_id,),
     )
 
@@ -418,10 +402,10 @@ def _write_snapshot(
     with closing(_open_state(state_db)) as state:
         state.execute("BEGIN")  # the rows and their embeddings from one read
         found = state.execute(
-            "SELECT f.content_hash, min(f.offline_since IS NOT NULL) "
-            + _LIVE_FILES.format(schema="")
-            + f"WHERE f.state = 'live' AND {_STATUS} = 'indexed' "
-            "GROUP BY f.content_hash ORDER BY f.content_hash",
+            "SELECT p.content_hash, min(p.offline) FROM published_files p "
+            + EMBEDDED_BY.format(schema="")
+            + f"WHERE {PHOTO_STATUS} = 'indexed' "
+            "GROUP BY p.content_hash ORDER BY p.content_hash",
             (model_id,),
         )
         rows = ((h, away) for h, away in found if shown.get(h, h) == h)
@@ -454,13 +438,7 @@ def _finish(
 
 def _places(conn: sqlite3.Connection) -> dict[tuple[float, float], str]:
     """The nearest named place of every position the live photos were taken at."""
-    points = conn.execute(
-        # (the contents with a position first: a scan of contents, 0.06 s at 1M photos
-        # with none, where a scan of the files joined to them took 1.5 s)
-        "SELECT DISTINCT c.lat, c.lon FROM state.contents c "
-        "WHERE c.lat IS NOT NULL AND c.lon IS NOT NULL AND EXISTS "
-        "(SELECT 1 FROM state.files f WHERE f.content_hash = c.hash AND f.state = 'live')"
-    ).fetchall()
+    points = conn.execute("SELECT lat, lon FROM state.published_positions").fetchall()
     found = places.nearest_places([(float(a), float(b)) for a, b in points])
     return {(a, b): str(p) for (a, b), p in zip(points, found, strict=True) if p is not None}
 
@@ -479,9 +457,7 @@ def _full_text(conn: sqlite3.Connection) -> None:
 
 
 def _is_live(conn: sqlite3.Connection, raw: bytes) -> bool:
-    found = conn.execute(
-        "SELECT 1 FROM state.files WHERE path = ? AND state = 'live'", (raw,)
-    ).fetchone()
+    found = conn.execute("SELECT 1 FROM state.published_files WHERE path = ?", (raw,)).fetchone()
     return found is not None
 
 

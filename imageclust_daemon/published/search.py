@@ -53,7 +53,7 @@ from imageclust_daemon.errors import ImageclustError, UsageError
 from imageclust_daemon.index import decode
 from imageclust_daemon.model import models
 from imageclust_daemon.model.embed import file_sha256, model_id
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 
 MAGIC = b"ICSEARCH"
 FORMAT = 1
@@ -201,7 +201,8 @@ def _vectors(state: sqlite3.Connection, plan: Plan) -> Iterator[bytes]:
     if plan.model_id is None or not len(plan):
         return
     found = state.execute(
-        "SELECT content_hash, vector FROM embeddings WHERE model_id = ? ORDER BY content_hash",
+        "SELECT content_hash, vector FROM published_embeddings WHERE model_id = ? "
+        "ORDER BY content_hash",
         (plan.model_id,),
     )
     for row in range(len(plan)):

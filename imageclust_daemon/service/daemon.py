@@ -34,7 +34,7 @@ from imageclust_daemon.model import models
 from imageclust_daemon.model.embed import short_provider
 from imageclust_daemon.service.jobs import Jobs, LazyModel
 from imageclust_daemon.service.lock import InstanceLock
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 
 log = logging.getLogger(__name__)
 

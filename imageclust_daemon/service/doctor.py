@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imageclust_daemon import migrate
 from imageclust_daemon.config import Config
 from imageclust_daemon.errors import (
     ConfigError,
@@ -45,6 +44,7 @@ from imageclust_daemon.model.embed import (
     short_provider,
 )
 from imageclust_daemon.records import TEXT, TOKENIZER, VISION, WORDS_ROLES, ModelSpec
+from imageclust_daemon.state import migrate
 
 # Below this the state database and a catalog snapshot may not fit: each
 # publish writes a full new catalog file next to the old one before the rename.

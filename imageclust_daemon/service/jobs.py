@@ -47,7 +47,7 @@ from imageclust_daemon.index.watch import ChangeBuffer
 from imageclust_daemon.model import models
 from imageclust_daemon.model.embed import Embedder, short_provider
 from imageclust_daemon.records import IndexReport, ModelSpec, display_path
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 from imageclust_daemon.usecases import library
 
 log = logging.getLogger(__name__)

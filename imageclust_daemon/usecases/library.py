@@ -19,7 +19,7 @@ from imageclust_daemon.model import models
 from imageclust_daemon.published import catalog
 from imageclust_daemon.published import publish as publishing
 from imageclust_daemon.records import ClusterRun, IndexReport
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 
 TextOpener = Callable[[int], models.TextModel]  # the text tower, for a vision dimension
 

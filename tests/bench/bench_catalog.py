@@ -23,7 +23,7 @@ from imageclust_daemon.grouping import regroup
 from imageclust_daemon.grouping.label import Label
 from imageclust_daemon.published import catalog
 from imageclust_daemon.records import ContentRow, FileRow, FileStat, PhotoMeta
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 
 MODEL = "clip-vit-b32@sha256:bench"
 

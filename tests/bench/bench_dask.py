@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from imageclust_daemon.index import dask_index, pipeline
 from imageclust_daemon.model import manifest, models
 from imageclust_daemon.records import ContentRow, FileRow, FileStat, PhotoMeta
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 from tests.bench.bench_embed import ReaderFor, end_to_end, here, make_library
 
 

@@ -39,7 +39,7 @@ from imageclust_daemon.index import decode, pipeline
 from imageclust_daemon.index.preprocess import model_input
 from imageclust_daemon.model import manifest, models
 from imageclust_daemon.model.embed import Embedder, model_io, open_session
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 from tests import photos
 
 

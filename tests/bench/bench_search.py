@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from imageclust_daemon import config as config_module
 from imageclust_daemon.model import models
 from imageclust_daemon.published import catalog, search
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 from tests.bench.bench_catalog import MODEL, fill
 from tests.clip_vocab import write_tokenizer_json
 from tests.conftest import write_config

@@ -32,7 +32,7 @@ from imageclust_daemon.gallery.gallery import Reader
 from imageclust_daemon.gallery.thumbs import ThumbCache
 from imageclust_daemon.grouping import regroup
 from imageclust_daemon.published import catalog
-from imageclust_daemon.store import Store
+from imageclust_daemon.state.store import Store
 from tests.bench.bench_catalog import MODEL, fill
 from tests.conftest import write_config
 
