@@ -10,11 +10,9 @@ read at import time: callers load a `Config` and pass it on.
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import os
 import re
-import textwrap
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -660,51 +658,3 @@ def load(path: Path | None, named_by: str = "--config") -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
     return from_mapping(doc, path)
-
-
-# -- what is generated from the declarations ---------------------------------------------------
-
-TOML_HEADER = """\
-# imageclust configuration: every key, with its default.
-#
-# Where this file is read from: `imageclust --config PATH`, else the file named
-# by $IMAGECLUST_CONFIG, else imageclust.toml in your user config directory
-# (~/.config/imageclust/ on Linux, ~/Library/Application Support/imageclust/
-# on macOS). Without any file the defaults below apply.
-# Paths may use ~ and $ENVIRONMENT_VARIABLES. An unknown key or a bad value is
-# an error at start that names the key.
-"""
-
-
-def toml_value(value: Any) -> str:
-    """A default as the config file writes it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return repr(value)
-
-
-def default_toml() -> str:
-    """config/imageclust.toml: every key with its default, its help above it."""
-    out = [TOML_HEADER.rstrip("\n")]
-    for section, settings in SECTIONS.items():
-        out.append(f"\n[{section}]")
-        for i, f in enumerate(fields(settings)):
-            if i:
-                out.append("")
-            wrapped = textwrap.wrap(f.metadata["help"], width=78, break_on_hyphens=False)
-            out += [f"# {line}" for line in wrapped]
-            out.append(f"{f.name} = {toml_value(f.metadata['default'])}")
-    return "\n".join(out) + "\n"
-
-
-def settings_table() -> str:
-    """The table of every key in docs/reference.md."""
-    rows = ["| key | default | meaning |", "|---|---|---|"]
-    for s in SETTINGS:
-        text = s.help.replace("|", "\\|")
-        rows.append(f"| `{s.key}` | `{toml_value(s.default)}` | {text} |")
-    return "\n".join(rows) + "\n"

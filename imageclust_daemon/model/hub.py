@@ -159,7 +159,6 @@ def download(
     if f is None:
         raise DownloadError(spec.name, f"the manifest lists no {role} file for this model")
     urls = [url] if url is not None else file_urls(spec, f, endpoint)
-    what = f"{spec.name} {role} ({f.repo_path or f.filename})"
     if not urls:
         raise DownloadError(
             spec.name,
@@ -175,36 +174,25 @@ def download(
         )
     part = part_path(dest)
     http = client if client is not None else default_client(timeout)
-    attempts: list[tuple[str, str]] = []
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open(part, "ab") as out:
             _lock(out, urls[0])
             try:
-                for i, source in enumerate(urls):
-                    try:
-                        fetched = _fetch(http, source, out, f.size_bytes, progress, timeout)
-                        problems = _check_fetched(spec, f, out, part, dict(companions or {}))
-                        if problems and not fetched:
-                            # A complete .part left by an earlier run that was not this file:
-                            # nothing was asked of the server yet; ask it now.
-                            fetched = _fetch(http, source, out, f.size_bytes, progress, timeout)
-                            problems = _check_fetched(spec, f, out, part, dict(companions or {}))
-                    except _Gone as gone:
-                        attempts.append((source, gone.status))
-                        continue
-                    except DownloadError as exc:
-                        attempts.append((source, exc.reason))
-                        step = exc.next_step or _wrong_file_step(spec, f, i > 0)
-                        raise _failed(what, attempts, step) from exc
-                    if problems:
-                        attempts.append((source, "; ".join(problems) + f"; {part.name} deleted"))
-                        raise _failed(what, attempts, _wrong_file_step(spec, f, i > 0))
-                    # Still holding the lock: no second downloader can append before the rename.
-                    os.replace(part, dest)
-                    break
-                else:
-                    raise _failed(what, attempts, _gone_step(spec, f, endpoint, url))
+                source, i = _first_good(
+                    http,
+                    urls,
+                    out,
+                    part,
+                    spec,
+                    f,
+                    progress=progress,
+                    timeout=timeout,
+                    companions=dict(companions or {}),
+                    gone_step=_gone_step(spec, f, endpoint, url),
+                )
+                # Still holding the lock: no second downloader can append before the rename.
+                os.replace(part, dest)
             except BaseException:
                 _remove_if_empty(out, part)  # a failure before the first byte leaves no litter
                 raise
@@ -215,6 +203,46 @@ def download(
             http.close()
     fsync_dir(dest.parent)
     return Fetched(role, dest, source, fallback=i > 0)
+
+
+def _first_good(
+    http: httpx.Client,
+    urls: Sequence[str],
+    out: IO[bytes],
+    part: Path,
+    spec: ModelSpec,
+    f: ModelFile,
+    *,
+    progress: Progress | None,
+    timeout: float,
+    companions: dict[str, Path],
+    gone_step: str,
+) -> tuple[str, int]:
+    """Fetch into `out` from the first of `urls` that has the file (the next only after a
+    404 or 410), and check it; the URL it came from and its place in `urls`."""
+    what = f"{spec.name} {f.role} ({f.repo_path or f.filename})"
+    attempts: list[tuple[str, str]] = []
+    for i, source in enumerate(urls):
+        try:
+            fetched = _fetch(http, source, out, f.size_bytes, progress, timeout)
+            problems = _check_fetched(spec, f, out, part, companions)
+            if problems and not fetched:
+                # A complete .part left by an earlier run that was not this file:
+                # nothing was asked of the server yet; ask it now.
+                fetched = _fetch(http, source, out, f.size_bytes, progress, timeout)
+                problems = _check_fetched(spec, f, out, part, companions)
+        except _Gone as gone:
+            attempts.append((source, gone.status))
+            continue
+        except DownloadError as exc:
+            attempts.append((source, exc.reason))
+            step = exc.next_step or _wrong_file_step(spec, f, i > 0)
+            raise _failed(what, attempts, step) from exc
+        if problems:
+            attempts.append((source, "; ".join(problems) + f"; {part.name} deleted"))
+            raise _failed(what, attempts, _wrong_file_step(spec, f, i > 0))
+        return source, i
+    raise _failed(what, attempts, gone_step)
 
 
 def _check_fetched(
