@@ -403,6 +403,14 @@ class IndexSettings:
         "Empty: this machine. The daemon always indexes on this machine. Needs the "
         "dask extra.",
     )
+    dask_connect_timeout: float = setting(
+        10.0,
+        "float",
+        "Seconds to keep trying to reach the Dask scheduler before `index` gives up "
+        "(having written nothing).",
+        minimum=0.5,
+        maximum=600,
+    )
 
 
 @dataclass(frozen=True, slots=True)

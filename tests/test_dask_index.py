@@ -127,7 +127,11 @@ def test_an_unreachable_scheduler_is_a_clear_error_that_changes_nothing(
     root.mkdir()
     photos.save_jpeg(photos.photo_like(1), root / "a.jpg")
     config = _config(
-        tmp_path, "data", root, tiny_model, index={"dask_scheduler": "tcp://127.0.0.1:1"}
+        tmp_path,
+        "data",
+        root,
+        tiny_model,
+        index={"dask_scheduler": "tcp://127.0.0.1:1", "dask_connect_timeout": 1.0},
     )
     result = run_cli("--config", str(config), "index", "--no-progress")
     assert result.returncode == 1

@@ -133,7 +133,12 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
             reader: pipeline.Reader = pipeline.read_and_embed
             scheduler = args.dask or cfg.index.dask_scheduler
             if scheduler:  # connected before anything is written: an error changes nothing
-                cluster = dask_index.Cluster.connect(scheduler, located.vision_path, model.id)
+                cluster = dask_index.Cluster.connect(
+                    scheduler,
+                    located.vision_path,
+                    model.id,
+                    timeout=cfg.index.dask_connect_timeout,
+                )
                 cleanup.callback(cluster.close)
                 cluster.ready_workers()
                 reader = cluster.read_and_embed

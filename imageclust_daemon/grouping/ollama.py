@@ -84,6 +84,7 @@ class OllamaClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host.rstrip("/")
         self.model = model
@@ -91,6 +92,7 @@ class OllamaClient:
         self.keep_alive = keep_alive
         self.retry = retry
         self._sleep = sleep
+        self._clock = clock  # the deadline's; a test's own clock checks it without waiting
         self._rng = rng or random.Random()
         self._http: httpx.Client | None = httpx.Client(
             base_url=self.host,
@@ -122,7 +124,7 @@ class OllamaClient:
         http = self._http
         if http is None:  # closed by a stop: nothing more will be asked this run
             raise OllamaUnavailable(self.host, "client is closed")
-        deadline = time.monotonic() + self.timeout
+        deadline = self._clock() + self.timeout
         outcome: list[tuple[bool, Any]] = []
 
         def exchange() -> None:
@@ -155,7 +157,7 @@ class OllamaClient:
                 for chunk in response.iter_bytes():
                     chunks.append(chunk)
                     size += len(chunk)
-                    if time.monotonic() > deadline:
+                    if self._clock() > deadline:
                         raise OllamaUnavailable(self.host, f"no full answer in {self.timeout:g} s")
                     if size > _MAX_BODY:
                         raise OllamaError(self.host, "answer is larger than 1 MB")

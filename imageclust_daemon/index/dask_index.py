@@ -47,7 +47,6 @@ from imageclust_daemon.state.store import Store
 log = logging.getLogger(__name__)
 
 SHARD_FILES = 64  # files per task: ~4 s of a worker's time, small enough to lose
-CONNECT_SECONDS = 10
 
 
 class ClusterError(ImageclustError):
@@ -168,9 +167,7 @@ class Cluster:
     shard_files: int = SHARD_FILES
 
     @classmethod
-    def connect(
-        cls, address: str, model_path: Path, model_id: str, *, timeout: float = CONNECT_SECONDS
-    ) -> Cluster:
+    def connect(cls, address: str, model_path: Path, model_id: str, *, timeout: float) -> Cluster:
         try:
             from distributed import Client
         except ImportError:

@@ -47,7 +47,9 @@ def on_dask(workers: int, model_path: Path) -> ReaderFor:
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
         ) as cluster:
-            client = dask_index.Cluster.connect(cluster.scheduler_address, model_path, loaded.id)
+            client = dask_index.Cluster.connect(
+                cluster.scheduler_address, model_path, loaded.id, timeout=10.0
+            )
             try:
                 client.ready_workers()  # each worker hashes the model file once, before timing
                 yield client.read_and_embed
