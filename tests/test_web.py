@@ -16,7 +16,7 @@ import pytest
 from imageclust_daemon import config as config_module
 from imageclust_daemon.errors import ImageclustError
 from imageclust_daemon.gallery import web
-from tests.conftest import run_cli
+from tests.conftest import run_cli, write_config
 from tests.library import scene_library
 
 
@@ -42,31 +42,72 @@ def start_gallery(cfg: config_module.Config) -> web.Background:
             time.sleep(0.05)
 
 
-@pytest.fixture
-def served(
-    tmp_path: Path, make_config: Callable[..., Path], text_files: dict[str, Path]
-) -> Iterator[dict[str, Any]]:
-    """A library of 3 scenes indexed by the command, and the gallery serving it."""
-    root = tmp_path / "Photos"
-    truth = scene_library(root, 3, 6)
-    port = free_port()
-    config = make_config(
-        [root],
+def _config(folder: Path, root: Path, tiny_model: Path, text_files: dict[str, Path]) -> Path:
+    """A config in `folder` (its data dir `folder/data`) for the library at `root`."""
+    return write_config(
+        folder / "imageclust.toml",
+        library={"roots": [str(root)]},
+        storage={"data_dir": str(folder / "data")},
         model={
+            "path": str(tiny_model),
+            "batch_size": 4,
             "text_path": str(text_files["text"]),
             "tokenizer_path": str(text_files["tokenizer"]),
         },
         cluster={"min_size": 3, "max_size": 10},
         ollama={"host": "http://127.0.0.1:9", "connect_timeout": 0.2},
-        web={"listen": f"127.0.0.1:{port}"},
+        web={"listen": f"127.0.0.1:{free_port()}"},
     )
+
+
+def _index(folder: Path, tiny_model: Path, text_files: dict[str, Path]) -> tuple[Path, dict]:
+    """A library of 3 scenes at `folder/Photos`, indexed by the command: (root, truth)."""
+    root = folder / "Photos"
+    truth = scene_library(root, 3, 6)
+    config = _config(folder, root, tiny_model, text_files)
     assert run_cli("--config", str(config), "index", "--no-progress").returncode == 0
+    return root, truth
+
+
+def _serve(config: Path, root: Path, truth: dict) -> Iterator[dict[str, Any]]:
     cfg = config_module.load(config)
     gallery = start_gallery(cfg)
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{cfg.web.listen}"
     with httpx.Client(base_url=base, timeout=30) as client:
         yield {"client": client, "cfg": cfg, "root": root, "truth": truth, "base": base}
     gallery.stop()
+
+
+@pytest.fixture(scope="module")
+def indexed(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, text_files: dict[str, Path]
+) -> tuple[Path, Path, dict]:
+    """The library, indexed once for the module (its photos are only read)."""
+    folder = tmp_path_factory.mktemp("web")
+    return (folder, *_index(folder, tiny_model, text_files))
+
+
+@pytest.fixture
+def served(
+    indexed: tuple[Path, Path, dict],
+    tmp_path: Path,
+    tiny_model: Path,
+    text_files: dict[str, Path],
+) -> Iterator[dict[str, Any]]:
+    """The gallery serving the module's library from a data folder of this test's own
+    (state, catalog and pictures copied: a test may republish them or fill the cache)."""
+    folder, root, truth = indexed
+    shutil.copytree(folder / "data", tmp_path / "data")
+    yield from _serve(_config(tmp_path, root, tiny_model, text_files), root, dict(truth))
+
+
+@pytest.fixture
+def own_served(
+    tmp_path: Path, tiny_model: Path, text_files: dict[str, Path]
+) -> Iterator[dict[str, Any]]:
+    """A library of this test's own (it damages the photos), indexed and served."""
+    root, truth = _index(tmp_path, tiny_model, text_files)
+    yield from _serve(tmp_path / "imageclust.toml", root, truth)
 
 
 def _hashes(cfg: config_module.Config) -> list[str]:
@@ -146,8 +187,9 @@ def test_what_it_refuses(served: dict[str, Any]) -> None:
 
 
 def test_a_photo_deleted_or_corrupted_after_publish_is_a_placeholder(
-    served: dict[str, Any],
+    own_served: dict[str, Any],
 ) -> None:
+    served = own_served
     client: httpx.Client = served["client"]
     cfg = served["cfg"]
     first, second = sorted(served["truth"])[:2]
