@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
-from tests.test_web import served  # noqa: F401  (a fixture)
+from tests.test_web import indexed, own_served, served  # noqa: F401  (fixtures)
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SHOTS = REPO / "tests" / "output" / "screenshots"
@@ -117,11 +117,11 @@ def test_albums_album_search_photo_library_status_in_a_browser(
 
 
 def test_a_missing_original_shows_a_placeholder_in_the_browser(
-    served: dict[str, Any],  # noqa: F811
+    own_served: dict[str, Any],  # noqa: F811
     browser: Any,
 ) -> None:
-    shutil.rmtree(served["root"] / "event 0")
-    browser.get(served["base"] + "/")
+    shutil.rmtree(own_served["root"] / "event 0")
+    browser.get(own_served["base"] + "/")
     widths = _settle_images(browser)
     assert len(widths) == 12 and all(w > 0 for w in widths), "placeholders have a size too"
     _shot(browser, "albums-with-missing-originals")
