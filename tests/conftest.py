@@ -66,6 +66,27 @@ def write_config(path: Path, **sections: dict[str, Any]) -> Path:
     return path
 
 
+def library_config(
+    folder: Path, root: Path, tiny_model: Path, text_files: dict[str, Path], **more: Any
+) -> Path:
+    """A config in `folder` (its data dir `folder/data`) for the library at `root`: the
+    tiny towers, small albums, Ollama unreachable; `more` adds sections."""
+    return write_config(
+        folder / "imageclust.toml",
+        library={"roots": [str(root)]},
+        storage={"data_dir": str(folder / "data")},
+        model={
+            "path": str(tiny_model),
+            "batch_size": 4,
+            "text_path": str(text_files["text"]),
+            "tokenizer_path": str(text_files["tokenizer"]),
+        },
+        cluster={"min_size": 3, "max_size": 10},
+        ollama={"host": "http://127.0.0.1:9", "connect_timeout": 0.2},
+        **more,
+    )
+
+
 @pytest.fixture
 def make_config(tmp_path: Path, tiny_model: Path):  # type: ignore[no-untyped-def]
     """A config pointing at a fresh data dir and the tiny model; extra sections override."""

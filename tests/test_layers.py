@@ -161,3 +161,20 @@ def test_only_the_store_reads_the_state_tables() -> None:
     ]
     assert state_reads('"SELECT hash FROM contents"') == ["contents"]
     assert state_reads('"SELECT path FROM state.published_files p"') == []
+
+
+def test_the_published_catalog_is_read_through_its_reader() -> None:
+    """Connections are opened by the store (the state), the catalog's reader (every read
+    of a published catalog), the catalog's build (the file it writes, and the state's
+    views it reads) and `doctor` (an integrity check of either file); nowhere else."""
+    opening = {
+        _module_name(path)
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "sqlite3.connect(" in path.read_text(encoding="utf-8")
+    }
+    assert opening == {
+        "imageclust_daemon.state.store",
+        "imageclust_daemon.published.reader",
+        "imageclust_daemon.published.catalog",
+        "imageclust_daemon.service.doctor",
+    }

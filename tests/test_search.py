@@ -21,7 +21,7 @@ import pytest
 from imageclust_daemon.errors import DatabaseError
 from imageclust_daemon.published import catalog, search
 from imageclust_daemon.state.store import Store
-from tests.conftest import run_cli, write_config
+from tests.conftest import library_config, run_cli
 from tests.library import scene_library, write_variant
 from tests.photos import photo_like, save_jpeg
 
@@ -43,20 +43,8 @@ def _build(
     return config, root, truth
 
 
-def _config(base: Path, root: Path, tiny_model: Path, text_files: dict[str, Path]) -> Path:
-    return write_config(
-        base / "imageclust.toml",
-        library={"roots": [str(root)]},
-        storage={"data_dir": str(base / "data")},
-        model={
-            "path": str(tiny_model),
-            "batch_size": 4,
-            "text_path": str(text_files["text"]),
-            "tokenizer_path": str(text_files["tokenizer"]),
-        },
-        cluster={"min_size": 3, "max_size": 10},
-        ollama={"host": "http://127.0.0.1:9", "connect_timeout": 0.2},
-    )
+def _config(folder: Path, root: Path, tiny_model: Path, text_files: dict[str, Path]) -> Path:
+    return library_config(folder, root, tiny_model, text_files)
 
 
 @pytest.fixture(scope="module")

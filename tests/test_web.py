@@ -16,7 +16,7 @@ import pytest
 from imageclust_daemon import config as config_module
 from imageclust_daemon.errors import ImageclustError
 from imageclust_daemon.gallery import web
-from tests.conftest import run_cli, write_config
+from tests.conftest import library_config, run_cli
 from tests.library import scene_library
 
 
@@ -43,20 +43,8 @@ def start_gallery(cfg: config_module.Config) -> web.Background:
 
 
 def _config(folder: Path, root: Path, tiny_model: Path, text_files: dict[str, Path]) -> Path:
-    """A config in `folder` (its data dir `folder/data`) for the library at `root`."""
-    return write_config(
-        folder / "imageclust.toml",
-        library={"roots": [str(root)]},
-        storage={"data_dir": str(folder / "data")},
-        model={
-            "path": str(tiny_model),
-            "batch_size": 4,
-            "text_path": str(text_files["text"]),
-            "tokenizer_path": str(text_files["tokenizer"]),
-        },
-        cluster={"min_size": 3, "max_size": 10},
-        ollama={"host": "http://127.0.0.1:9", "connect_timeout": 0.2},
-        web={"listen": f"127.0.0.1:{free_port()}"},
+    return library_config(
+        folder, root, tiny_model, text_files, web={"listen": f"127.0.0.1:{free_port()}"}
     )
 
 

@@ -16,8 +16,8 @@ from types import TracebackType
 
 import numpy as np
 
-from imageclust_daemon.durable import sqlite_uri as uri
 from imageclust_daemon.published import search
+from imageclust_daemon.published.reader import open_catalog
 from imageclust_daemon.state.store import count_statuses
 
 ALBUMS_PER_PAGE = 60
@@ -72,7 +72,7 @@ class Reader:
         if not path.is_file():
             raise CatalogMissing(f"no catalog at {path} yet: the first publish makes it")
         try:
-            self.conn = sqlite3.connect(uri(path, mode="ro"), uri=True, check_same_thread=False)
+            self.conn = open_catalog(path, any_thread=True)
             self.conn.execute("BEGIN")  # one snapshot of the file for the whole page
             self.conn.execute("SELECT 1 FROM catalog_info LIMIT 1").fetchall()
         except sqlite3.Error as exc:

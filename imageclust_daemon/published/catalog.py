@@ -36,6 +36,7 @@ from imageclust_daemon.errors import DatabaseError, QueryRefused
 from imageclust_daemon.grouping import label, places
 from imageclust_daemon.index import pairs
 from imageclust_daemon.published import search
+from imageclust_daemon.published.reader import open_catalog, reading
 from imageclust_daemon.state.migrate import statements
 from imageclust_daemon.state.store import EMBEDDED_BY, PHOTO_STATUS, READ_MMAP_BYTES, Store
 
@@ -196,12 +197,9 @@ def publish(
         tmp.unlink(missing_ok=True)
     # A reader that opened the catalog before the swap may still open the snapshot it names.
     search.remove_unnamed(dest.parent, dest.name, {snapshot} | ({before} if before else set()))
-    conn = sqlite3.connect(uri(dest, mode="ro"), uri=True)
-    try:
+    with reading(dest) as conn:
         photos = conn.execute("SELECT count(*) FROM photos").fetchone()[0]
         clusters = conn.execute("SELECT count(*) FROM clusters").fetchone()[0]
-    finally:
-        conn.close()
     return PublishReport(dest, photos, clusters, dest.stat().st_size, time.monotonic() - started)
 
 
@@ -245,13 +243,10 @@ def _alive(pid: int) -> bool:
 def _named_snapshot(catalog_path: Path) -> str | None:
     """The snapshot file the catalog at `catalog_path` names, if it can be read."""
     try:
-        conn = sqlite3.connect(uri(catalog_path, mode="ro"), uri=True)
-        try:
+        with reading(catalog_path) as conn:
             row = conn.execute(
                 "SELECT value FROM catalog_info WHERE key = 'search_snapshot'"
             ).fetchone()
-        finally:
-            conn.close()
     except sqlite3.Error:
         return None
     return str(row[0]) if row and row[0] else None
@@ -564,7 +559,7 @@ def open_query(
     text = sql.strip()
     if not text:
         raise QueryRefused("empty query")
-    conn = sqlite3.connect(uri(catalog, mode="ro"), uri=True)
+    conn = open_catalog(catalog)
     try:
         conn.execute("PRAGMA query_only = ON")
         # SQLite's heap limit is per process: only `imageclust query` runs this.

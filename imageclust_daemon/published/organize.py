@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imageclust_daemon.durable import sqlite_uri as uri
 from imageclust_daemon.errors import ImageclustError
+from imageclust_daemon.published.reader import open_catalog
 
 _NAME_MAX = 120  # bytes; well below every filesystem's 255
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
@@ -121,9 +121,7 @@ def is_current(dest: Path, catalog: Path) -> bool:
 def groups_from_catalog(catalog: Path) -> list[Group]:
     """The titled groups and the events, and their files, as the published catalog has
     them."""
-    import sqlite3
-
-    conn = sqlite3.connect(uri(catalog, mode="ro"), uri=True)
+    conn = open_catalog(catalog)
     try:
         # One link per distinct photo: a duplicate (same content at two paths) is shown
         # once, as `clusters.size` counts it once: at its first path that is online.

@@ -48,11 +48,11 @@ import blake3
 import numpy as np
 
 from imageclust_daemon.config import Config
-from imageclust_daemon.durable import sqlite_uri as uri
 from imageclust_daemon.errors import ImageclustError, UsageError
 from imageclust_daemon.index import decode
 from imageclust_daemon.model import models
 from imageclust_daemon.model.embed import file_sha256, model_id
+from imageclust_daemon.published.reader import reading
 from imageclust_daemon.state.store import Store
 
 MAGIC = b"ICSEARCH"
@@ -325,19 +325,6 @@ def read(path: Path) -> Snapshot:
     return Snapshot(path, model, token, hashes, flags.astype(bool), matrix)
 
 
-@contextlib.contextmanager
-def _reading(catalog_path: Path, conn: sqlite3.Connection | None) -> Iterator[sqlite3.Connection]:
-    """`conn`, or a read-only connection of its own to the catalog, closed after."""
-    if conn is not None:
-        yield conn
-        return
-    own = sqlite3.connect(uri(catalog_path, mode="ro"), uri=True)
-    try:
-        yield own
-    finally:
-        own.close()
-
-
 def open_for(catalog_path: Path, *, conn: sqlite3.Connection | None = None) -> Snapshot:
     """The snapshot the catalog at `catalog_path` names, checked to be the one it was
     published with. `conn`: a read of that catalog already open (a gallery page's, so
@@ -348,7 +335,7 @@ def open_for(catalog_path: Path, *, conn: sqlite3.Connection | None = None) -> S
             f"no catalog at {catalog_path}: index the library first (imageclust index)"
         )
     try:
-        with _reading(catalog_path, conn) as db:
+        with reading(catalog_path, conn) as db:
             info = dict(db.execute("SELECT key, value FROM catalog_info").fetchall())
     except sqlite3.Error as exc:
         raise SearchError(f"{catalog_path}: cannot read the catalog: {exc}") from None
@@ -424,7 +411,7 @@ def hits(
     wanted = {snapshot.hash_at(row): (row, score) for row, score in ranked}
     found: dict[str, tuple[list[str], int | None, str | None]] = {}
     try:
-        with _reading(catalog_path, conn) as db:
+        with reading(catalog_path, conn) as db:
             db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (hash TEXT PRIMARY KEY)")
             db.execute("DELETE FROM temp.wanted")
             db.executemany("INSERT INTO temp.wanted VALUES (?)", [(h,) for h in wanted])
@@ -533,15 +520,13 @@ def by_example(cfg: Config, path: Path, limit: int) -> list[Hit]:
 def _shown_as(catalog_path: Path, content_hash: str) -> str:
     """The photo a content is in the catalog: itself, or the JPEG that shows a paired RAW."""
 
-    conn = sqlite3.connect(uri(catalog_path, mode="ro"), uri=True)
     try:
-        found = conn.execute(
-            "SELECT shown_as FROM photos WHERE content_hash = ? LIMIT 1", (content_hash,)
-        ).fetchone()
+        with reading(catalog_path) as conn:
+            found = conn.execute(
+                "SELECT shown_as FROM photos WHERE content_hash = ? LIMIT 1", (content_hash,)
+            ).fetchone()
     except sqlite3.Error as exc:
         raise SearchError(f"{catalog_path}: cannot read the catalog: {exc}") from None
-    finally:
-        conn.close()
     return str(found[0]) if found and found[0] else content_hash
 
 
