@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from imageclust_daemon.errors import DecodeError
-from imageclust_daemon.index import decode
+from imageclust_daemon.index import decode, originals
 
 SIZES = {"thumb": 256, "preview": 1280}
 _HASH = re.compile(r"[0-9a-f]{64}")
@@ -65,13 +65,13 @@ class ThumbCache:
         return dest
 
     @staticmethod
-    def _make(originals: Iterable[bytes], size: int) -> bytes:
+    def _make(paths: Iterable[bytes], size: int) -> bytes:
         reasons = []
-        for raw in originals:
+        for raw in paths:
             shown = os.fsdecode(raw)
             try:
-                with open(raw, "rb") as f:
-                    return decode.thumbnail_jpeg(f.read(), longest=size, path=shown)
+                with originals.readable(raw) as data:
+                    return decode.thumbnail_jpeg(data, longest=size, path=shown)
             except (OSError, DecodeError) as exc:
                 reasons.append(f"{shown}: {getattr(exc, 'strerror', None) or exc}")
         raise Unavailable("; ".join(reasons) or "no file of the library has this content")

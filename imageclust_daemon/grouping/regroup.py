@@ -28,7 +28,7 @@ from imageclust_daemon.errors import (
 from imageclust_daemon.grouping import albums, events, label, subjects, ward
 from imageclust_daemon.grouping.ollama import OllamaClient
 from imageclust_daemon.grouping.places import Place, nearest_place
-from imageclust_daemon.index import decode, pairs
+from imageclust_daemon.index import decode, originals, pairs
 from imageclust_daemon.model import models
 from imageclust_daemon.records import (
     Baseline,
@@ -460,8 +460,8 @@ def _thumbnails(job: LabelJob) -> list[bytes]:
     images = []
     for path in job.representatives:
         try:
-            with open(path, "rb") as f:
-                images.append(decode.thumbnail_jpeg(f.read(), path=display_path(path)))
+            with originals.readable(path) as data:
+                images.append(decode.thumbnail_jpeg(data, path=display_path(path)))
         except (OSError, DecodeError) as exc:
             log.warning("%s: not sent for labeling: %s", display_path(path), exc)
     return images

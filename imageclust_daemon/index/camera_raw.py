@@ -13,11 +13,14 @@ a camera's RAW (a scan, an export), which the caller then reads as a TIFF.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import rawpy
@@ -173,24 +176,47 @@ def _why(exc: BaseException) -> str:
     return str(text) or type(exc).__name__
 
 
+# Of a RAW read from its file (one too large to hold: over originals.WHOLE_READ_MAX), what
+# is read for its EXIF: TIFF IFDs, a CR3's CMT boxes and a RAF's JPEG sit near the start.
+FACTS_HEAD = 16 << 20
+
+
 @contextmanager
-def opened(data: bytes, kind: str, *, path: str = "") -> Iterator[RawShot]:
-    """The RAW in `data`, opened (headers parsed, nothing decoded yet)."""
+def opened(data: bytes | BinaryIO, kind: str, *, path: str = "") -> Iterator[RawShot]:
+    """The RAW in `data` (its bytes, or the open file, which LibRaw then reads as it needs
+    to, never whole), opened: headers parsed, nothing decoded yet."""
     raw = rawpy.RawPy()
     try:
+        if isinstance(data, bytes):
+            head = data
+        else:
+            data.seek(0)
+            head = data.read(FACTS_HEAD)
         try:
-            raw.open_buffer(io.BytesIO(data))
+            if isinstance(data, bytes):
+                raw.open_buffer(io.BytesIO(data))
+            else:
+                raw.open_file(_fd_path(data))
         except rawpy.LibRawFileUnsupportedError:
-            if data[:4] in _TIFF and kind not in ("DNG", "CR2"):
+            if head[:4] in _TIFF and kind not in ("DNG", "CR2"):
                 raise NotRaw from None
             raise DecodeError(
                 path, f"not a {kind} file LibRaw can read (unsupported or corrupt)"
             ) from None
         except rawpy.LibRawError as exc:
             raise DecodeError(path, f"cannot read the {kind} file: {_why(exc)}") from None
-        yield RawShot(raw, data, kind, path)
+        yield RawShot(raw, head, kind, path)
     finally:
         raw.close()
+
+
+def _fd_path(f: BinaryIO) -> str:
+    """A path that opens the very file `f` has open (not whatever is at its name now)."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        candidate = f"{folder}/{f.fileno()}"
+        if os.path.exists(candidate):
+            return candidate
+    raise OSError(errno.ENOTSUP, "cannot read a RAW this large from its file here")
 
 
 def _preview(raw: rawpy.RawPy) -> Preview | None:

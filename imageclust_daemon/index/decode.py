@@ -115,22 +115,34 @@ def check_cost(image: Image.Image, *, path: str = "") -> None:
         )
 
 
-def check_scans(data: bytes, *, path: str = "") -> None:
+def check_scans(data: bytes | BinaryIO, *, path: str = "") -> None:
     """Refuse a JPEG with more scans than any encoder writes: decoding time grows with
     each. Counting the start-of-scan markers is exact: inside entropy-coded data every
     0xFF byte is followed by 0x00 (byte stuffing), so 0xFFDA only ever starts a scan.
     A sequential JPEG whose first scan holds every component (what cameras write) is
     not counted (2.8 ms of a 12 MP photo's ~45): libjpeg stops such a file at a second
     scan ("broken data stream") without decoding it."""
-    if _one_scan(data):
+    if _one_scan(_head(data)):
         return
-    scans = data.count(b"\xff\xda")
+    scans = data.count(b"\xff\xda") if isinstance(data, bytes) else _count_scans(data)
     if scans > MAX_JPEG_SCANS:
         raise DecodeError(
             path,
             f"a JPEG of {scans} scans (encoders write about 10): over the {MAX_JPEG_SCANS} "
             "imageclust decodes, as decoding time grows with each",
         )
+
+
+def _count_scans(f: BinaryIO) -> int:
+    """The start-of-scan markers of the file `f`, counted as it is read in chunks (a file
+    too large to hold), up to one past the limit; `f` is left where it was."""
+    at, count, last = f.tell(), 0, b""
+    f.seek(0)
+    while count <= MAX_JPEG_SCANS and (chunk := f.read(1 << 20)):
+        count += (last + chunk).count(b"\xff\xda")  # `last`: a marker split by the chunks
+        last = chunk[-1:]
+    f.seek(at)
+    return count
 
 
 # Start-of-frame markers of sequential (baseline and extended) Huffman JPEG.
@@ -263,7 +275,7 @@ def _decode(
     if kind is not None:
         try:
             with _reasons(path):
-                return _decode_raw(_whole(data), kind, spec, path=path)
+                return _decode_raw(data, kind, spec, path=path)
         except camera_raw.NotRaw:  # a TIFF that is no camera's RAW: read as a TIFF
             pass
     source = io.BytesIO(data) if isinstance(data, bytes) else data
@@ -301,7 +313,7 @@ def _load(image: Image.Image, data: bytes | BinaryIO, target: int | None, *, pat
     (a JPEG) decode at the smallest scale whose shorter side stays >= `target`."""
     check_shape(*image.size, path=path)
     check_layout(image, path=path)
-    if isinstance(data, bytes) and image.format in ("JPEG", "MPO"):
+    if image.format in ("JPEG", "MPO"):
         check_scans(data, path=path)
     if target is not None and image.format in ("JPEG", "MPO"):
         image.draft(None, (target, target))
@@ -323,12 +335,9 @@ def _head(data: bytes | BinaryIO) -> bytes:
     return head
 
 
-def _whole(data: bytes | BinaryIO) -> bytes:
-    """LibRaw reads from memory (rawpy copies a file object into bytes anyway)."""
-    return data if isinstance(data, bytes) else data.read()
-
-
-def _decode_raw(data: bytes, kind: str, spec: Preprocessing, *, path: str) -> DecodedPhoto:
+def _decode_raw(
+    data: bytes | BinaryIO, kind: str, spec: Preprocessing, *, path: str
+) -> DecodedPhoto:
     with camera_raw.opened(data, kind, path=path) as shot:
         check_shape(shot.width, shot.height, path=path)
         found = shot.facts()
@@ -404,9 +413,12 @@ def _formats() -> str:
     return ", ".join(f for f in allowed_formats() if f != "MPO")
 
 
-def thumbnail_jpeg(data: bytes, longest: int = 672, quality: int = 85, *, path: str = "") -> bytes:
+def thumbnail_jpeg(
+    data: bytes | BinaryIO, longest: int = 672, quality: int = 85, *, path: str = ""
+) -> bytes:
     """A small upright JPEG of a photo, for the labeling LLM and the gallery (a few tens
-    of KB, not megabytes); a RAW's from its preview where that is large enough."""
+    of KB, not megabytes); a RAW's from its preview where that is large enough. `data`:
+    the photo's bytes, or its open file (`originals.contents`), read as the decoder asks."""
     try:
         with _reasons(path):
             rgb = to_rgb(_picture(data, longest, path=path))
@@ -420,9 +432,9 @@ def thumbnail_jpeg(data: bytes, longest: int = 672, quality: int = 85, *, path: 
         raise exc from None
 
 
-def _picture(data: bytes, longest: int, *, path: str) -> Image.Image:
+def _picture(data: bytes | BinaryIO, longest: int, *, path: str) -> Image.Image:
     """The photo upright, its longer side >= `longest` where the photo has it."""
-    kind = camera_raw.sniff(data, path)
+    kind = camera_raw.sniff(_head(data), path)
     if kind is not None:
         try:
             with camera_raw.opened(data, kind, path=path) as shot:
@@ -433,7 +445,10 @@ def _picture(data: bytes, longest: int, *, path: str) -> Image.Image:
                 return _raw_picture(shot, max(int(wanted * 0.98), 1), path=path)
         except camera_raw.NotRaw:
             pass
-    with _reasons(path, kind), Image.open(io.BytesIO(data), formats=allowed_formats()) as image:
+    if not isinstance(data, bytes):
+        data.seek(0)
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    with _reasons(path, kind), Image.open(source, formats=allowed_formats()) as image:
         _load(image, data, longest, path=path)
         small = reduced(image, longest)  # bounded like indexing, before any copy
         return _oriented(small)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import stat as statmod
 import threading
 import time
 from collections import Counter, deque
@@ -28,14 +27,14 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import BinaryIO, Protocol, TypeVar
 
 import blake3
 import numpy as np
 
 from imageclust_daemon.config import Config
 from imageclust_daemon.errors import DecodeError
-from imageclust_daemon.index import decode, presence, scan
+from imageclust_daemon.index import decode, originals, presence, scan
 from imageclust_daemon.index.inflight import InFlight
 from imageclust_daemon.index.sandbox import decode_in_child
 from imageclust_daemon.records import (
@@ -157,13 +156,6 @@ class Claims:
             self._taken.discard(content_hash)
 
 
-# A photo is read into memory once, then hashed and decoded from there. Past this
-# size (a huge TIFF, a video renamed .jpg) it is hashed in chunks and decoded
-# from the file instead, so memory stays bounded by workers x this, not by file size.
-WHOLE_READ_MAX = 64 << 20
-_HASH_CHUNK = 1 << 20
-
-
 FUTURE_SLACK_NS = 2_000_000_000  # mtimes this far ahead of the clock still count as "now"
 
 
@@ -180,58 +172,65 @@ def prepare(
     if stat.kind:  # never opened: a FIFO would block, a device could have side effects
         return Prepared(FileRow(stat, None, f"not a regular file ({stat.kind})"))
     try:
-        # O_NONBLOCK: a FIFO swapped in since the scan must not block the worker forever.
-        fd = os.open(stat.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with originals.opened(stat.path) as (f, st):
+            return _read_and_decode(stat, f, st, claims, spec, journal, shown)
+    except originals.NotAFile:
+        return Prepared(FileRow(stat, None, "not a regular file any more"))
     except FileNotFoundError:
         return Prepared(FileRow(stat, None, "vanished while being indexed"), vanished=True)
     except OSError as exc:
         return Prepared(FileRow(stat, None, f"cannot read: {exc.strerror or exc}"))
-    with open(fd, "rb", buffering=0) as f:
-        try:
-            st = os.fstat(fd)
-            if not statmod.S_ISREG(st.st_mode):
-                return Prepared(FileRow(stat, None, "not a regular file any more"))
-            current = FileStat(stat.path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
-            data: bytes | None = None
-            if st.st_size <= WHOLE_READ_MAX:
-                data = f.read()
-                digest = blake3.blake3(data)
-                size = len(data)
-            else:
-                digest, size = blake3.blake3(), 0
-                while chunk := f.read(_HASH_CHUNK):
-                    digest.update(chunk)
-                    size += len(chunk)
-        except OSError as exc:
-            return Prepared(FileRow(stat, None, f"cannot read: {exc.strerror or exc}"))
-        content_hash = digest.hexdigest()
-        current = replace(current, size=size)
-        row = FileRow(current, content_hash)
-        if not claims.claim(content_hash):
-            return Prepared(row, ContentRow(content_hash, size), bytes_read=size)
-        try:
-            if journal is not None:
-                journal.begin(content_hash)
-            if journal is not None and content_hash in journal.suspects:
-                log.warning("%s: decoding it alone in a child process (see the log above)", shown)
-                source = data if data is not None else os.fsdecode(stat.path)
-                decoded = decode_in_child(source, spec, path=shown)
-            else:
-                if data is None:
-                    f.seek(0)
-                decoded = decode.decode(data if data is not None else f, spec, path=shown)
-        except DecodeError as exc:
-            content = ContentRow(content_hash, size, decoded=True, error=exc.reason)
-            return Prepared(row, content, bytes_read=size)
-        except (MemoryError, OSError) as exc:
-            # Not a property of the content: leave it pending, so the next run retries it.
-            claims.release(content_hash)
-            reason = "not enough memory" if isinstance(exc, MemoryError) else exc.strerror
-            log.warning("%s: cannot decode now (%s); will retry next run", shown, reason)
-            return Prepared(row, ContentRow(content_hash, size), bytes_read=size, retry=True)
-        finally:
-            if journal is not None:
-                journal.end(content_hash)  # reached only if the process lived through it
+
+
+def _read_and_decode(
+    stat: FileStat,
+    f: BinaryIO,
+    st: os.stat_result,
+    claims: Claims,
+    spec: Preprocessing,
+    journal: InFlight | None,
+    shown: str,
+) -> Prepared:
+    """`prepare` of the open original `f`: OSError while reading is the caller's."""
+    current = FileStat(stat.path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    read = originals.contents(f, st)
+    data = read if isinstance(read, bytes) else None
+    if data is not None:
+        digest = blake3.blake3(data)
+        size = len(data)
+    else:
+        digest, size = blake3.blake3(), 0
+        while chunk := f.read(originals.CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    content_hash = digest.hexdigest()
+    current = replace(current, size=size)
+    row = FileRow(current, content_hash)
+    if not claims.claim(content_hash):
+        return Prepared(row, ContentRow(content_hash, size), bytes_read=size)
+    try:
+        if journal is not None:
+            journal.begin(content_hash)
+        if journal is not None and content_hash in journal.suspects:
+            log.warning("%s: decoding it alone in a child process (see the log above)", shown)
+            source = data if data is not None else os.fsdecode(stat.path)
+            decoded = decode_in_child(source, spec, path=shown)
+        else:
+            if data is None:
+                f.seek(0)
+            decoded = decode.decode(data if data is not None else f, spec, path=shown)
+    except DecodeError as exc:
+        content = ContentRow(content_hash, size, decoded=True, error=exc.reason)
+        return Prepared(row, content, bytes_read=size)
+    except (MemoryError, OSError) as exc:
+        # Not a property of the content: leave it pending, so the next run retries it.
+        claims.release(content_hash)
+        reason = "not enough memory" if isinstance(exc, MemoryError) else exc.strerror
+        log.warning("%s: cannot decode now (%s); will retry next run", shown, reason)
+        return Prepared(row, ContentRow(content_hash, size), bytes_read=size, retry=True)
+    finally:
+        if journal is not None:
+            journal.end(content_hash)  # reached only if the process lived through it
     content = ContentRow(content_hash, size, decoded=True, meta=decoded.meta)
     return Prepared(row, content, decoded.pixels, bytes_read=size)
 

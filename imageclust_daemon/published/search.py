@@ -49,7 +49,7 @@ import numpy as np
 
 from imageclust_daemon.config import Config
 from imageclust_daemon.errors import ImageclustError, UsageError
-from imageclust_daemon.index import decode
+from imageclust_daemon.index import decode, originals
 from imageclust_daemon.model import models
 from imageclust_daemon.model.embed import file_sha256, model_id
 from imageclust_daemon.published.reader import reading
@@ -497,9 +497,9 @@ def by_example(cfg: Config, path: Path, limit: int) -> list[Hit]:
     embedding; it is left out of the answer) or any image file (embedded now)."""
     snapshot = open_for(cfg.catalog_path)
     try:
-        with open(path, "rb") as f:
+        with originals.opened(path) as (f, _):
             digest = blake3.blake3()
-            while chunk := f.read(1 << 20):
+            while chunk := f.read(originals.CHUNK):
                 digest.update(chunk)
             row = snapshot.row_of(_shown_as(cfg.catalog_path, digest.hexdigest()))
             if row is not None:
@@ -510,6 +510,8 @@ def by_example(cfg: Config, path: Path, limit: int) -> list[Hit]:
             query = _embed_image(cfg, f, str(path), snapshot.model)
     except IsADirectoryError:
         raise UsageError(f"PATH {path}: a folder, not an image") from None
+    except originals.NotAFile as exc:  # a folder, a FIFO, a device such as /dev/zero
+        raise UsageError(f"PATH {path}: {exc.strerror}, not an image") from None
     except FileNotFoundError:
         raise UsageError(f"PATH {path}: no such file") from None
     except OSError as exc:

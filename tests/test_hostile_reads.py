@@ -1,0 +1,168 @@
+"""Every read of an original is bounded, on every path: the hash and decode of `index`,
+the pictures sent to Ollama, the gallery's thumbnails, `similar`. Crafted files that
+took the service down before: a photo with gigabytes appended (sparse: cheap to make),
+a RAW's leading bytes on a huge file, FIFOs and devices where photos were."""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from imageclust_daemon.errors import DecodeError
+from imageclust_daemon.gallery.thumbs import ThumbCache, Unavailable
+from imageclust_daemon.index import decode, originals
+from imageclust_daemon.records import Preprocessing
+from tests import photos
+from tests.conftest import memory_limit, run_cli
+
+pytestmark = pytest.mark.slow  # sparse files of gigabytes, read through the real CLI
+
+GB = 1 << 30
+
+
+def _photo_with_appended(path: Path, extra: int) -> None:
+    """A valid PNG followed by `extra` bytes of nothing (a sparse hole)."""
+    Image.new("RGB", (640, 480), (30, 120, 200)).save(path)
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size + extra)
+
+
+def _rows(catalog: Path) -> dict[str, tuple[str, str | None]]:
+    conn = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)
+    try:
+        found = conn.execute("SELECT path, status, error FROM photos").fetchall()
+    finally:
+        conn.close()
+    return {os.path.basename(p): (s, e) for p, s, e in found}
+
+
+_THUMBNAIL = """
+import sys
+from imageclust_daemon.index import decode, originals
+from imageclust_daemon.records import Preprocessing
+with originals.readable(sys.argv[1]) as data:
+    print(len(decode.thumbnail_jpeg(data, 256, path=sys.argv[1])))
+"""
+
+
+def test_a_photo_with_gigabytes_appended_costs_its_own_size_everywhere(
+    make_config: Any, fake_ollama: Any, tmp_path: Path
+) -> None:
+    """Before: the thumbnail and the pictures for Ollama read the whole file (`f.read()`):
+    4 GB for a 141 KB PNG with 6 GB appended, every thumbnail request and every `index`
+    with Ollama reachable killed. Now, with 3 GB appended, `index` (hash, decode, titles)
+    runs in 2.5 GB of address space and the gallery's preview in 1.5 GB."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(5):
+        photos.save_jpeg(photos.photo_like(i), root / f"IMG_{i}.jpg")
+    padded = root / "padded.png"
+    _photo_with_appended(padded, 3 * GB)
+    config = make_config(
+        roots=[root],
+        cluster={"min_size": 2, "max_size": 10},
+        ollama={"host": fake_ollama.url, "model": "llava", "timeout": 10.0, "attempts": 1},
+    )
+
+    done = run_cli("--config", str(config), "index", "--no-progress", preexec_fn=memory_limit(2500))
+
+    assert done.returncode == 0, done.stderr
+    assert _rows(tmp_path / "data" / "catalog.sqlite")["padded.png"] == ("indexed", None)
+    sent = fake_ollama.generate_requests()
+    assert sent, "titles were asked for"
+    thumb = subprocess.run(
+        [sys.executable, "-c", _THUMBNAIL, str(padded), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=memory_limit(1500),
+    )
+    assert thumb.returncode == 0, thumb.stderr
+    assert int(thumb.stdout) > 0
+
+
+def test_a_raw_look_alike_of_gigabytes_is_not_read_whole(make_config: Any, tmp_path: Path) -> None:
+    """Before: a file with a RAW's leading bytes was read whole for LibRaw (2.5 GB sparse:
+    2.68 GB RSS; 5 GB: killed). Now LibRaw reads it from the file, as it needs to: 3 GB
+    of it in 2.5 GB of address space."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    photos.save_jpeg(photos.photo_like(1), root / "ordinary.jpg")
+    fake = root / "huge.raf"
+    with open(fake, "wb") as f:
+        f.write(b"FUJIFILMCCD-RAW 0201FF383501" + bytes(200))
+        f.truncate(3 * GB)
+    config = make_config(roots=[root])
+
+    done = run_cli("--config", str(config), "index", "--no-progress", preexec_fn=memory_limit(2500))
+
+    assert done.returncode == 0, done.stderr
+    rows = _rows(tmp_path / "data" / "catalog.sqlite")
+    assert rows["ordinary.jpg"] == ("indexed", None)
+    status, error = rows["huge.raf"]
+    assert status == "failed" and error is not None and "RAF" in error, error
+
+
+def test_fifos_and_devices_never_block_a_thumbnail_or_similar(
+    make_config: Any, tmp_path: Path
+) -> None:
+    """Before: two indexed photos replaced by FIFOs blocked both of the gallery's picture
+    makers until a restart; `similar` on a FIFO blocked and on /dev/zero hashed forever."""
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    cache = ThumbCache(tmp_path / "cache")
+    outcome: list[BaseException] = []
+
+    def make() -> None:
+        try:
+            cache.get("ab" * 32, "thumb", [os.fsencode(fifo), b"/dev/zero"])
+        except BaseException as exc:
+            outcome.append(exc)
+
+    maker = threading.Thread(target=make, daemon=True)
+    maker.start()
+    maker.join(timeout=10)
+    assert not maker.is_alive(), "a FIFO blocked the thumbnail maker"
+    assert len(outcome) == 1 and isinstance(outcome[0], Unavailable)
+    assert "not a regular file" in str(outcome[0])
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    photos.save_jpeg(photos.photo_like(1), root / "one.jpg")
+    config = make_config(roots=[root])
+    assert run_cli("--config", str(config), "index", "--no-progress").returncode == 0
+    for target in (str(fifo), "/dev/zero"):
+        started = time.monotonic()
+        done = run_cli("--config", str(config), "similar", target)
+        assert done.returncode == 2, (target, done.stdout, done.stderr)
+        assert "not a regular file" in done.stderr and "Traceback" not in done.stderr
+        assert time.monotonic() - started < 60
+
+
+def test_a_large_file_is_read_from_disk_and_its_jpeg_scans_are_still_counted(
+    tmp_path: Path,
+) -> None:
+    """Before: the 100-scan limit counted only files held in memory (up to 64 MB); a
+    progressive JPEG padded past that with comment segments decoded its 3,000 scans."""
+    out = io.BytesIO()
+    photos.photo_like(2).save(out, format="JPEG", progressive=True)
+    crafted = out.getvalue() + b"\xff\xda" * 300  # scans, as many markers as they bring
+    path = tmp_path / "scans.jpg"
+    path.write_bytes(crafted)
+    with open(path, "r+b") as f:  # past WHOLE_READ_MAX: decoded from the file
+        f.seek(0, os.SEEK_END)
+        f.write(b"\x00" * (originals.WHOLE_READ_MAX + 1 - len(crafted)))
+    with originals.readable(path) as data:
+        assert not isinstance(data, bytes)
+        with pytest.raises(DecodeError, match="scans"):
+            decode.decode(data, Preprocessing())
