@@ -167,3 +167,11 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.Error):
         return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def of_this_process(exc: BaseException) -> bool:
+    """Whether `exc` is a shortage of this process, not a fact about a file: too many open
+    files (EMFILE, ENFILE) or no memory for the kernel (ENOMEM). A scan or a read that
+    meets one stops, and nothing is concluded from it: no photo is offline, gone or
+    failed because this process ran out of descriptors."""
+    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
@@ -318,6 +320,48 @@ def _index_in_process(
         whole_library=True,
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+def test_out_of_file_descriptors_stops_the_run_and_marks_nothing(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EMFILE is this process's shortage, not a fact about the disk: before, a gallery
+    drowned in half-sent requests took the descriptors and the indexer marked 25 photos
+    offline. Now the scan or the read that meets it stops the run; nothing is offline,
+    gone or failed, and the next run (descriptors back) finds everything as it was."""
+    root = tmp_path / "Photos"
+    _photos(root / "a", 3)
+    _photos(root / "b", 3, first=3)
+    spec = manifest.load_manifest()["clip-vit-b32"]
+    real_scandir, real_open = os.scandir, os.open
+
+    def scandir(path: Any) -> Any:
+        if os.fsdecode(path).endswith("/b"):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_scandir(path)
+
+    def open_(path: Any, *args: Any, **kwargs: Any) -> int:
+        if os.fsdecode(path).endswith("9.jpg"):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, *args, **kwargs)
+
+    with Store.open(tmp_path / "state.sqlite") as store:
+        loaded = models.load_model(spec, tiny_model, store)
+        assert _index_in_process(store, loaded, [root]).embedded == 6
+        (root / "a" / "0.jpg").touch()  # something to read on the runs that fail
+        for name, fake in (("scandir", scandir), ("open", open_)):
+            with monkeypatch.context() as patched:
+                patched.setattr(os, name, fake)
+                if name == "open":  # the read of a new photo meets it
+                    photos.save_jpeg(photos.photo_like(9), root / "b" / "9.jpg")
+                with pytest.raises(OSError, match="Too many open files"):
+                    _index_in_process(store, loaded, [root])
+            status = store.status(loaded.id)
+            assert (status["offline"], status["failed"]) == (0, 0), (name, status)
+            assert status["files"] == 6, name
+        after = _index_in_process(store, loaded, [root])
+        assert (after.gone, after.offline) == (0, 0)
+        assert store.status(loaded.id)["embedded"] == 7
 
 
 def test_moves_exclusions_and_link_folders_are_not_taken_for_a_lost_mount(

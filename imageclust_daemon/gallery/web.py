@@ -10,10 +10,12 @@ cannot reach it through DNS rebinding.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,8 @@ class GalleryPages:
 
     def album(self, request: Request) -> str:
         cluster_id = request.path_params["id"]
+        if cluster_id >= 1 << 63:  # past SQLite's integers: no album has that id
+            raise NotFound(f"There is no album {cluster_id}.")
         with self.gallery.reader() as reader:
             found = reader.album(cluster_id)
             if found is None:
@@ -250,14 +254,83 @@ class HostCheck:
         await self.app(scope, receive, send)
 
 
+# A Host header: a name or IPv4 address, or an IPv6 address in brackets, and an optional
+# port of digits (RFC 9110 7.2); anything else names no host ("127.0.0.1:x@evil.example"
+# was once read as 127.0.0.1).
+_HOST = re.compile(r"(?:\[([0-9a-f:.]+)\]|([a-z0-9._-]+))(?::[0-9]{1,5})?")
+
+
 def _host_name(value: str) -> str:
-    value = value.strip().lower()
-    if value.startswith("["):  # [::1]:8765
-        return value[1 : value.find("]")] if "]" in value else value
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    """The host a Host header names, lower case; "" when it is not a well-formed one."""
+    found = _HOST.fullmatch(value.strip().lower())
+    if found is None:
+        return ""
+    return found.group(1) or found.group(2)
 
 
 # -- running it --------------------------------------------------------------------------------
+
+
+# What one slow or greedy client may hold: a connection has this long to send a whole
+# request head (and, between requests, to start the next), and past this many open
+# connections new ones are closed at once. uvicorn has neither (its keep-alive timeout
+# starts only after a response), so 1,200 half-sent requests held 1,200 descriptors
+# until the process hit its limit of open files and the indexer beside it could not open
+# a photo.
+HEAD_SECONDS = 10.0
+MAX_CONNECTIONS = 256
+REFUSED_LOG_SECONDS = 60.0  # one log line per burst of refused connections, not per socket
+
+
+def _guarded_protocol() -> type:
+    """uvicorn's h11 protocol with a deadline for each request head and a cap on the
+    connections open at once."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    refused = {"count": 0, "logged_at": 0.0}
+
+    class Guarded(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            if len(self.connections) >= MAX_CONNECTIONS:
+                transport.abort()
+                refused["count"] += 1
+                now = time.monotonic()
+                if now - refused["logged_at"] >= REFUSED_LOG_SECONDS:
+                    log.warning(
+                        "the gallery has %d connections open; refused %d more (a client "
+                        "opening many at once?)",
+                        len(self.connections),
+                        refused["count"],
+                    )
+                    refused["count"], refused["logged_at"] = 0, now
+                return
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.transport is None:  # refused above: never made
+                return
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(HEAD_SECONDS, self._head_overdue)
+
+        def _head_overdue(self) -> None:
+            in_flight = self.cycle is not None and not self.cycle.response_complete
+            if not in_flight and not self.transport.is_closing():
+                self.transport.close()  # no request head within HEAD_SECONDS
+
+    return Guarded
 
 
 def server(cfg: Config, listen: str) -> Any:
@@ -280,6 +353,7 @@ def server(cfg: Config, listen: str) -> Any:
         access_log=False,
         lifespan="off",
         server_header=False,
+        http=_guarded_protocol(),
     )
     return uvicorn.Server(config)
 

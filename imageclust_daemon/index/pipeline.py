@@ -33,7 +33,7 @@ import blake3
 import numpy as np
 
 from imageclust_daemon.config import Config
-from imageclust_daemon.errors import DecodeError
+from imageclust_daemon.errors import DecodeError, of_this_process
 from imageclust_daemon.index import decode, originals, presence, scan
 from imageclust_daemon.index.inflight import InFlight
 from imageclust_daemon.index.sandbox import decode_in_child
@@ -179,6 +179,8 @@ def prepare(
     except FileNotFoundError:
         return Prepared(FileRow(stat, None, "vanished while being indexed"), vanished=True)
     except OSError as exc:
+        if of_this_process(exc):  # out of descriptors: says nothing of the photo
+            raise
         return Prepared(FileRow(stat, None, f"cannot read: {exc.strerror or exc}"))
 
 

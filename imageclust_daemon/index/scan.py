@@ -15,6 +15,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from imageclust_daemon.errors import of_this_process
 from imageclust_daemon.records import FileStat
 
 # A file is looked at by its name; what it is, and so how it is decoded, its bytes say
@@ -129,6 +130,8 @@ def walk(
         if not stat.S_ISDIR(top.st_mode):
             raise NotADirectoryError(20, "not a folder")
     except OSError as exc:
+        if of_this_process(exc):
+            raise
         on_error(root, f"cannot open root: {exc.strerror or exc}")
         lost.add(root)
         return
@@ -140,6 +143,8 @@ def walk(
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name, reverse=True)
         except OSError as exc:
+            if of_this_process(exc):
+                raise
             on_error(folder, f"cannot list folder: {exc.strerror or exc}")
             lost.add(folder)
             continue
@@ -155,6 +160,8 @@ def walk(
             except FileNotFoundError:
                 continue  # vanished, or a dangling symlink: nothing to index
             except OSError as exc:  # EIO, ESTALE on a flaky share: unknown, not gone
+                if of_this_process(exc):
+                    raise
                 on_error(entry.path, f"cannot stat: {exc.strerror or exc}")
                 lost.add(entry.path)
                 continue
@@ -257,6 +264,8 @@ def look_at(
         except FileNotFoundError:
             continue
         except OSError as exc:  # unknown, not gone
+            if of_this_process(exc):
+                raise
             on_error(path, f"cannot stat: {exc.strerror or exc}")
             if unreachable is not None:
                 unreachable.add(path)
