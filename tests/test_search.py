@@ -20,6 +20,7 @@ import pytest
 
 from imageclust_daemon.errors import DatabaseError
 from imageclust_daemon.published import catalog, search
+from imageclust_daemon.published.reader import open_catalog
 from imageclust_daemon.state.store import Store
 from tests.conftest import library_config, run_cli
 from tests.library import scene_library, write_variant
@@ -249,6 +250,29 @@ def test_publishes_keep_one_snapshot_per_catalog_and_rewrite_only_on_change(
     snapshots = sorted(p.name for p in data.iterdir() if ".search-" in p.name)
     named = search.open_for(data / "catalog.sqlite").path.name
     assert named in snapshots and len(snapshots) <= 2, snapshots
+
+
+def test_a_reader_held_across_two_publishes_reads_again(
+    own_library: tuple[Path, Path, dict[str, int]],
+) -> None:
+    """Before: a reader that held the catalog across two publishes found the snapshot it
+    names deleted, and was told the snapshot was missing. Now it is told the catalog was
+    published again (`Republished`), and `retrying` reads the new one."""
+    config, root, _ = own_library
+    path = _data(config) / "catalog.sqlite"
+    held = open_catalog(path)
+    try:
+        first = search.open_for(path, conn=held).path
+        for i in range(2):  # two publishes, each with a new snapshot
+            save_jpeg(photo_like(70 + i), root / "event 0" / f"new{i}.jpg")
+            assert run_cli("--config", str(config), "index", "--no-progress").returncode == 0
+        assert not first.exists()
+        with pytest.raises(search.Republished, match="published again"):
+            search.open_for(path, conn=held)
+    finally:
+        held.close()
+    now = search.retrying(lambda: search.open_for(path))
+    assert now.path.exists() and now.path != first
 
 
 def _indexed_library(tmp_path: Path, tiny_model: Path) -> tuple[Path, str, list[bytes]]:

@@ -391,9 +391,10 @@ def cmd_query(args: argparse.Namespace, cfg: config.Config) -> int:
 
 def cmd_search(args: argparse.Namespace, cfg: config.Config) -> int:
     if args.command == "search":
-        found = search.by_words(cfg, args.text, args.limit)
+        found = search.retrying(lambda: search.by_words(cfg, args.text, args.limit))
     else:
-        found = search.by_example(cfg, Path(args.path).expanduser(), args.limit)
+        path = Path(args.path).expanduser()
+        found = search.retrying(lambda: search.by_example(cfg, path, args.limit))
     if args.json:
         out = [
             {

@@ -79,7 +79,9 @@ class GalleryPages:
     def html(self, render: Callable[[Request], str]) -> Callable[[Request], Response]:
         def endpoint(request: Request) -> Response:
             try:
-                return HTMLResponse(render(request))
+                # (a publish between the page's read of the catalog and of its search
+                # snapshot: the page is made again from the new catalog)
+                return HTMLResponse(search.retrying(lambda: render(request)))
             except CatalogMissing as exc:
                 return HTMLResponse(pages.message_page("Nothing published yet", str(exc)), 503)
             except NotFound as exc:

@@ -42,7 +42,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, TypeVar
 
 import blake3
 import numpy as np
@@ -63,9 +63,16 @@ _HASH_BYTES = 32
 # this many scores' worth of temporaries (4 MB of float32 at 1M photos).
 _CHUNK_ROWS = 65_536
 
+T = TypeVar("T")
+
 
 class SearchError(ImageclustError):
     """Search cannot answer: no snapshot, a stale or damaged one, or no text model."""
+
+
+class Republished(SearchError):
+    """The catalog being read was replaced by a publish, and the snapshot it names with
+    it: nothing is wrong; the reader opens the catalog again (`retrying`)."""
 
 
 # A publish writes the snapshot again: `index` publishes, and so does the daemon soon
@@ -347,12 +354,39 @@ def open_for(catalog_path: Path, *, conn: sqlite3.Connection | None = None) -> S
     try:
         snapshot = read(catalog_path.parent / name)
     except SearchError as exc:
+        if not (catalog_path.parent / name).exists() and _named_now(catalog_path) != name:
+            # A publish (or two) since this read of the catalog began: its snapshot is
+            # gone with it; the catalog now names another. Read the new one.
+            raise Republished(f"{catalog_path} was published again while it was read") from None
         raise SearchError(f"{exc}; {REPAIR}") from None
     if snapshot.token != token:
         raise SearchError(
             f"{snapshot.path} is not the snapshot {catalog_path} was published with; {REPAIR}"
         )
     return snapshot
+
+
+def retrying(read: Callable[[], T], tries: int = 3) -> T:
+    """`read()`, again (with a new read of the catalog) when a publish replaced the
+    catalog it was reading (`Republished`); the last try's error stands."""
+    for _ in range(tries - 1):
+        try:
+            return read()
+        except Republished:
+            continue
+    return read()
+
+
+def _named_now(catalog_path: Path) -> str | None:
+    """The snapshot the catalog at `catalog_path` names now (a fresh read)."""
+    try:
+        with reading(catalog_path) as db:
+            row = db.execute(
+                "SELECT value FROM catalog_info WHERE key = 'search_snapshot'"
+            ).fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row and row[0] else None
 
 
 # -- ranking -----------------------------------------------------------------------------------
