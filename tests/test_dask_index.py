@@ -235,6 +235,45 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path: Path, tiny_model: Path)
         cluster.close()
 
 
+def test_the_only_worker_killed_mid_run_ends_the_run_with_what_was_done(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """Before: with its only worker killed (its nanny starts another, at a new address the
+    shards are not bound to), `index --dask` never returned. Now it ends once no worker
+    of the run has been seen for WORKERLESS_SECONDS, keeping what was committed, and a
+    local run finishes the rest."""
+    root = tmp_path / "Photos"
+    n = 600
+    _many(root, n)
+    cluster = LocalDask(workers=1)
+    try:
+        [(_, pid)] = cluster.worker_pids().items()
+        config = _config(tmp_path, "data", root, tiny_model)
+        command = [sys.executable, "-m", "imageclust_daemon", "--config", str(config)]
+        run = subprocess.Popen(
+            [*command, "index", "--no-group", "--json", "--dask", cluster.address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        while _count(tmp_path / "data", "SELECT count(*) FROM files") == 0:
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.02)
+        assert run.poll() is None, "the run ended before its worker could be killed"
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        out, err = run.communicate(timeout=dask_index.WORKERLESS_SECONDS + 120)
+        assert time.monotonic() - killed < dask_index.WORKERLESS_SECONDS + 120
+        assert run.returncode == 0, err
+        report = json.loads(out)
+        assert 0 < report["embedded"] < n and report["left"] > 0, report
+        assert "every worker this run started with is gone" in err
+    finally:
+        cluster.close()
+    assert _index(config)["embedded"] == n - report["embedded"]  # the rest, here
+
+
 def test_a_file_a_worker_cannot_find_is_left_when_it_is_here_and_gone_when_it_is_not(
     tmp_path: Path, tiny_model: Path
 ) -> None:

@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -47,6 +48,11 @@ from imageclust_daemon.state.store import Store
 log = logging.getLogger(__name__)
 
 SHARD_FILES = 64  # files per task: ~4 s of a worker's time, small enough to lose
+# How long a run waits with none of its workers alive (a worker restarted by its nanny
+# comes back within seconds, but at another address, which the run's shards are not
+# bound to) before it leaves the rest to a local run.
+WORKERLESS_SECONDS = 20.0
+POLL_SECONDS = 0.2
 
 
 class ClusterError(ImageclustError):
@@ -254,7 +260,7 @@ class Cluster:
         first = [submit(s) for _, s in zip(range(in_flight), shards, strict=False)]
         queue = as_completed(first, loop=self.client.loop)  # type: ignore[no-untyped-call]
         done = 0
-        for future in queue:
+        for future in self._as_done(queue, workers, submitted, batches):
             shard = submitted.pop(future)
             if stop is not None and stop.is_set():
                 future.cancel()
@@ -285,6 +291,49 @@ class Cluster:
         for shard in shards:  # stopped: what was never sent
             batches.tally.left.extend(f.path for f in shard)
         return batches.tally
+
+    def _as_done(
+        self,
+        queue: Any,
+        workers: list[str],
+        submitted: dict[Any, list[FileStat]],
+        batches: pipeline.Batches,
+    ) -> Iterator[Any]:
+        """The futures of `queue` as they finish, until it is empty or every one of the
+        `workers` the shards are bound to has been gone for WORKERLESS_SECONDS (killed, or
+        restarted by its nanny at another address): then what is still out is left for a
+        local run, and the run ends, keeping what was committed."""
+        gone_since: float | None = None
+        while not queue.is_empty():
+            if queue.has_ready():
+                gone_since = None
+                yield from queue.next_batch(block=False)
+                continue
+            if self._any_alive(workers):
+                gone_since = None
+            elif gone_since is None:
+                gone_since = time.monotonic()
+            elif time.monotonic() - gone_since > WORKERLESS_SECONDS:
+                out = [f.path for shard in submitted.values() for f in shard]
+                log.warning(
+                    "dask: every worker this run started with is gone; %d files were not "
+                    "indexed there: `imageclust index` (without --dask) reads them here",
+                    len(out),
+                )
+                for future in list(submitted):
+                    future.cancel()
+                batches.tally.left.extend(out)
+                submitted.clear()
+                queue.clear()
+                return
+            time.sleep(POLL_SECONDS)
+
+    def _any_alive(self, workers: list[str]) -> bool:
+        try:
+            known = self.client.scheduler_info()["workers"]
+        except (OSError, TimeoutError):  # the scheduler itself unreachable: none
+            return False
+        return any(w in known for w in workers)
 
     @staticmethod
     def _record(results: Sequence[pipeline.Prepared], batches: pipeline.Batches) -> None:
