@@ -166,3 +166,26 @@ def test_a_large_file_is_read_from_disk_and_its_jpeg_scans_are_still_counted(
         assert not isinstance(data, bytes)
         with pytest.raises(DecodeError, match="scans"):
             decode.decode(data, Preprocessing())
+
+
+def test_file_names_cannot_steer_the_terminal(make_config: Any, tmp_path: Path) -> None:
+    """Before: ESC and OSC sequences in file names reached the terminal through `query`'s
+    output and `index`'s warnings (a title change, colours, a forged log line). Now every
+    control character a name holds is printed as \\xNN, and JSON escapes C1 too."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    evil = "\x1b]0;pwned\x07\x1b[31mred\x9b2J\nforged line"
+    photos.save_jpeg(photos.photo_like(1), root / f"{evil}.jpg")
+    (root / f"{evil} broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a photo")
+    config = make_config(roots=[root])
+
+    index = run_cli("--config", str(config), "index", "--no-progress")
+    text = run_cli("--config", str(config), "query", "SELECT path, error FROM photos")
+    as_json = run_cli("--config", str(config), "query", "SELECT path FROM photos", "--json")
+
+    assert index.returncode == 0 and text.returncode == 0 and as_json.returncode == 0
+    for out in (index.stdout, index.stderr, text.stdout, text.stderr, as_json.stdout):
+        assert not any(ch in out for ch in "\x1b\x07\x9b"), repr(out)
+    assert "\\x1b]0;pwned\\x07\\x1b[31mred\\x9b2J\\x0aforged line" in text.stdout
+    assert "\\x1b]0;pwned" in index.stderr  # the warning about the broken one names it
+    assert len(text.stdout.splitlines()) == 3  # the header and one line per photo

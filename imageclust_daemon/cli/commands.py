@@ -9,6 +9,7 @@ import csv
 import json
 import logging
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -375,7 +376,7 @@ def cmd_query(args: argparse.Namespace, cfg: config.Config) -> int:
             sys.stdout.write("[")
             for i, row in enumerate(result.rows):
                 item = {c: _json_value(v) for c, v in zip(result.columns, row, strict=True)}
-                sys.stdout.write(("," if i else "") + json.dumps(item, ensure_ascii=False))
+                sys.stdout.write(("," if i else "") + _json_text(item))
             sys.stdout.write("]\n")
         elif args.csv:
             writer = csv.writer(sys.stdout, lineterminator="\r\n")
@@ -383,9 +384,13 @@ def cmd_query(args: argparse.Namespace, cfg: config.Config) -> int:
             for row in result.rows:
                 writer.writerow([_json_value(v) for v in row])
         else:
-            print("\t".join(result.columns))
+            # (text for a terminal: a value's control characters, tabs and newlines as
+            # \xNN, so a file name cannot steer the terminal or break the columns)
+            print("\t".join(logs.printable(c) for c in result.columns))
             for row in result.rows:
-                print("\t".join("" if v is None else str(_json_value(v)) for v in row))
+                print(
+                    "\t".join("" if v is None else logs.printable(str(_json_value(v))) for v in row)
+                )
     return 0
 
 
@@ -661,6 +666,14 @@ COMMANDS = {
 
 # Commands that write the state database: one at a time, never beside the daemon.
 WRITERS = {"index", "recluster", "relabel"}
+
+
+def _json_text(value: Any) -> str:
+    """JSON as UTF-8 text, with DEL and the C1 controls escaped too (JSON escapes C0 by
+    itself): no byte of it steers a terminal."""
+    return re.sub(
+        "[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
