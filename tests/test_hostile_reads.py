@@ -189,3 +189,33 @@ def test_file_names_cannot_steer_the_terminal(make_config: Any, tmp_path: Path) 
     assert "\\x1b]0;pwned\\x07\\x1b[31mred\\x9b2J\\x0aforged line" in text.stdout
     assert "\\x1b]0;pwned" in index.stderr  # the warning about the broken one names it
     assert len(text.stdout.splitlines()) == 3  # the header and one line per photo
+
+
+@pytest.fixture(scope="module")
+def heavy_kinds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """9400x9400 images of the kinds that cost more than their pixels to decode."""
+    folder = tmp_path_factory.mktemp("heavy")
+    side = 9400
+    Image.new("RGB", (side, side), (10, 20, 30)).save(
+        folder / "lossless.webp", lossless=True, quality=0, method=0
+    )
+    Image.new("I;16", (side, side), 1000).save(folder / "grey16.png")
+    palette = Image.new("P", (side, side), 3)
+    palette.putpalette([i % 256 for i in range(768)])
+    palette.save(folder / "keyed.png", transparency=0)
+    return {p.name: p for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("name", ["lossless.webp", "grey16.png", "keyed.png"])
+def test_kinds_that_decode_dearer_are_held_to_the_same_memory(
+    heavy_kinds: dict[str, Path], name: str
+) -> None:
+    """Before: at 88 MP (under the pixel limit) a lossless WebP peaked at 1.43 GB in
+    `index`, a 16-bit grey PNG at 850 MB and a palette PNG with transparency at 845 MB,
+    where an RGBA PNG of that size peaks at 0.78 GB. Now their cost per pixel is counted
+    (docs/guide.md has the figures): refused at 88 MP, before any pixel is decoded."""
+    with (
+        originals.readable(heavy_kinds[name]) as data,
+        pytest.raises(DecodeError, match="MB one photo may take to decode"),
+    ):
+        decode.decode(data, Preprocessing())
