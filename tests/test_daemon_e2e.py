@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import ImageDraw
+from PIL import Image, ImageDraw
 
+from imageclust_daemon.index import inflight
 from imageclust_daemon.model.embed import model_id
 from tests import photos
 from tests.conftest import run_cli, write_config
@@ -489,6 +490,50 @@ def test_a_stop_publishes_what_was_indexed(
     assert not (data / "catalog.sqlite").exists(), "published before the first tick"
     assert daemon.terminate()[0] == 0
     assert catalog_rows(data, "SELECT count(*) FROM photos WHERE status = 'indexed'") == [(5,)]
+
+
+STUCK = """
+import os, time
+from PIL import PngImagePlugin
+
+_load = PngImagePlugin.PngImageFile.load
+
+
+def load(self):
+    if self.size == (171, 99):  # the photo whose decode takes minutes
+        open(os.environ["STUCK_FLAG"], "w").close()
+        time.sleep(600)
+    return _load(self)
+
+
+PngImagePlugin.PngImageFile.load = load
+"""
+
+
+def test_a_stop_does_not_wait_for_a_decode_that_takes_minutes(
+    tmp_path: Path, daemon_config: Callable[..., Path], daemons: Callable[..., DaemonProcess]
+) -> None:
+    """Before: during a long decode (15,000 JPEG scans took 188 s) the daemon did not stop
+    within 20 s of SIGTERM, and systemd would SIGKILL it. Now a stop waits for the running
+    job STOP_GRACE_SECONDS (10 s), then ends without it: the photo stays in flight in the
+    decoding journal, for the next start to decode alone in a child."""
+    root = tmp_path / "Photos"
+    root.mkdir()
+    Image.new("RGB", (171, 99), (200, 10, 10)).save(root / "stuck.png")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(STUCK, encoding="utf-8")
+    flag = tmp_path / "stuck"
+    env = {
+        "PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "STUCK_FLAG": str(flag),
+    }
+    daemon = daemons(daemon_config([root]), env=env)
+    wait_until(flag.exists, TIMEOUT, f"the decode to start: {daemon}")
+    code, seconds = daemon.terminate(timeout=30)
+    assert code == 0 and seconds < 18, (code, seconds, str(daemon))
+    assert "did not stop within 10 s" in str(daemon)
+    assert inflight.read(tmp_path / "data" / "decoding.journal"), "left in flight"
 
 
 def test_a_root_made_again_is_watched_again(

@@ -608,7 +608,14 @@ def _print_file_report(name: str, report: models.FileReport) -> None:
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
     from imageclust_daemon.service.daemon import Daemon
 
-    return Daemon(lambda: _load_config(args)).run()
+    daemon = Daemon(lambda: _load_config(args))
+    code = daemon.run()
+    if daemon.abandoned:  # a decode still running: not waited for (its threads never end)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cmd_service(args: argparse.Namespace, cfg: config.Config) -> int:

@@ -70,6 +70,9 @@ class Daemon:
         self.stop = threading.Event()
         self._reload = threading.Event()
         self._data_dir: Path | None = None
+        # A job still running when the stop gave up on it (`Jobs.shutdown`): the process
+        # must end without waiting for its threads (`cmd_run` exits at once).
+        self.abandoned = False
 
     def _signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -120,8 +123,8 @@ class Daemon:
             self.stop.set()
             if gallery is not None:
                 gallery.stop()
-            if jobs is not None:
-                jobs.shutdown()
+            if jobs is not None and not jobs.shutdown():
+                self.abandoned = True
             if watcher is not None:
                 watcher.stop()
             for signum, handler in previous.items():

@@ -107,6 +107,11 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+# How long a stop waits for the running job: its batch ends within a second or two, a
+# photo's decode within a few (the systemd unit's TimeoutStopSec is 20 s).
+STOP_GRACE_SECONDS = 10.0
+
+
 @dataclass
 class Jobs:
     """State shared by the jobs; only the executor thread touches the store."""
@@ -183,14 +188,29 @@ class Jobs:
         self._schedule(cfg)
         self.buffer.request_rescan("the config was reloaded")
 
-    def shutdown(self) -> None:
-        """Stop scheduling; let the running job finish its batch; close the store."""
+    def shutdown(self, grace: float = STOP_GRACE_SECONDS) -> bool:
+        """Stop scheduling; let the running job finish its batch; publish what changed;
+        close the store. False when the job did not finish within `grace` seconds (a
+        decode that takes minutes): then nothing more is done here, and the caller ends
+        the process without it (the photo stays in flight in the decoding journal, so the
+        next start decodes it alone in a child process, with a time limit)."""
         self.stop.set()
         with self._lock:
             if self._client is not None:
                 self._client.close()  # an in-flight Ollama request ends now
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=True)
+            waiting = threading.Thread(
+                target=self.scheduler.shutdown, kwargs={"wait": True}, name="imageclust-stop"
+            )
+            waiting.start()
+            waiting.join(grace)
+            if waiting.is_alive():
+                log.warning(
+                    "the running job did not stop within %g s (a photo still decoding?); "
+                    "stopping without it: the next start decodes that photo on its own",
+                    grace,
+                )
+                return False
             # What changed before the stop reaches the catalog now, not at the next start
             # (a publish takes < 1 s at 100k photos, ~22 s at 1M: not when nothing did).
             try:
@@ -201,6 +221,7 @@ class Jobs:
         if self._store is not None:
             self._store.close()
             self._store = None
+        return True
 
     def _guarded(self, name: str, fn: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
