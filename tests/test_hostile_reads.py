@@ -219,3 +219,53 @@ def test_kinds_that_decode_dearer_are_held_to_the_same_memory(
         pytest.raises(DecodeError, match="MB one photo may take to decode"),
     ):
         decode.decode(data, Preprocessing())
+
+
+PICTURE_KILLER = """
+import os, signal
+from PIL import Image
+
+_thumbnail = Image.Image.thumbnail
+
+
+def thumbnail(self, size, *args, **kwargs):
+    if self.size == (173, 97):  # the photo whose picture kills the process making it
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _thumbnail(self, size, *args, **kwargs)
+
+
+Image.Image.thumbnail = thumbnail
+"""
+
+
+def test_a_picture_that_kills_its_maker_costs_one_run_not_every_run(
+    make_config: Any, fake_ollama: Any, tmp_path: Path
+) -> None:
+    """Before: the pictures sent to Ollama (and the gallery's) were made outside the
+    decoding journal: a photo whose picture killed the process killed `index` and the
+    daemon again at every start, and no catalog was ever published. Now the picture is
+    made under a journal of its own; the next run makes it in a child process, which dies
+    in its place, and the run goes on."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.new("RGB", (173, 97), (200, 10, 10)).save(root / "killer.png")
+    for i in range(3):
+        Image.new("RGB", (174, 97), (200, 10 + i, 10)).save(root / f"like-{i}.png")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(PICTURE_KILLER, encoding="utf-8")
+    env = {"PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    config = make_config(
+        roots=[root],
+        cluster={"min_size": 2, "max_size": 10},
+        ollama={"host": fake_ollama.url, "model": "llava", "timeout": 10.0, "attempts": 1},
+    )
+
+    first = run_cli("--config", str(config), "index", "--no-progress", env=env)
+    assert first.returncode == -9, first.stderr  # killed making a picture for a title
+    second = run_cli("--config", str(config), "index", "--no-progress", env=env)
+
+    assert second.returncode == 0, second.stderr
+    assert "making its picture alone in a child process" in second.stderr
+    assert "not sent for labeling" in second.stderr
+    assert _rows(tmp_path / "data" / "catalog.sqlite")["killer.png"] == ("indexed", None)

@@ -19,7 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from imageclust_daemon.errors import DecodeError
-from imageclust_daemon.index import decode, originals
+from imageclust_daemon.index import sandbox
+from imageclust_daemon.index.inflight import InFlight
 
 SIZES = {"thumb": 256, "preview": 1280}
 _HASH = re.compile(r"[0-9a-f]{64}")
@@ -30,8 +31,11 @@ class Unavailable(Exception):
 
 
 class ThumbCache:
-    def __init__(self, root: Path, workers: int = 2) -> None:
+    def __init__(self, root: Path, workers: int = 2, journal: InFlight | None = None) -> None:
+        """`journal`: what the pictures are made under, so that a photo whose picture
+        ended an earlier process is made in a child (`sandbox.picture`)."""
         self.root = root
+        self.journal = journal
         self._slots = threading.BoundedSemaphore(workers)
         self._making: dict[tuple[str, str], threading.Lock] = {}
         self._lock = threading.Lock()
@@ -64,14 +68,12 @@ class ThumbCache:
             self._making.pop((content_hash, kind), None)
         return dest
 
-    @staticmethod
-    def _make(paths: Iterable[bytes], size: int) -> bytes:
+    def _make(self, paths: Iterable[bytes], size: int) -> bytes:
         reasons = []
         for raw in paths:
             shown = os.fsdecode(raw)
             try:
-                with originals.readable(raw) as data:
-                    return decode.thumbnail_jpeg(data, longest=size, path=shown)
+                return sandbox.picture(raw, size, self.journal, path=shown)
             except (OSError, DecodeError) as exc:
                 reasons.append(f"{shown}: {getattr(exc, 'strerror', None) or exc}")
         raise Unavailable("; ".join(reasons) or "no file of the library has this content")

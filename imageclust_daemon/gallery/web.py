@@ -32,6 +32,7 @@ from imageclust_daemon.errors import ImageclustError
 from imageclust_daemon.gallery import pages
 from imageclust_daemon.gallery.gallery import CatalogMissing, Reader
 from imageclust_daemon.gallery.thumbs import ThumbCache, Unavailable
+from imageclust_daemon.index import inflight
 from imageclust_daemon.model import models
 from imageclust_daemon.published import search
 
@@ -53,7 +54,12 @@ class Gallery:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.thumbs = ThumbCache(cfg.data_dir / "thumbs", cfg.web.workers)
+        try:
+            journal: inflight.InFlight | None = inflight.per_process(cfg.data_dir, "gallery")
+        except OSError as exc:  # a data dir it may not write: pictures are made unjournaled
+            log.warning("the gallery cannot keep its journal in %s: %s", cfg.data_dir, exc)
+            journal = None
+        self.thumbs = ThumbCache(cfg.data_dir / "thumbs", cfg.web.workers, journal=journal)
         self._words: models.TextModel | None = None
         self._lock = threading.Lock()
         self._open = search.open_words(cfg)

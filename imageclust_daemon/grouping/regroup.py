@@ -28,7 +28,8 @@ from imageclust_daemon.errors import (
 from imageclust_daemon.grouping import albums, events, label, subjects, ward
 from imageclust_daemon.grouping.ollama import OllamaClient
 from imageclust_daemon.grouping.places import Place, nearest_place
-from imageclust_daemon.index import decode, originals, pairs
+from imageclust_daemon.index import pairs, sandbox
+from imageclust_daemon.index.inflight import InFlight
 from imageclust_daemon.model import models
 from imageclust_daemon.records import (
     Baseline,
@@ -456,12 +457,14 @@ class LabelReport:
     seconds: float = 0.0
 
 
-def _thumbnails(job: LabelJob) -> list[bytes]:
+PICTURE_SIDE = 672  # the longer side of each picture sent to Ollama
+
+
+def _thumbnails(job: LabelJob, journal: InFlight | None) -> list[bytes]:
     images = []
     for path in job.representatives:
         try:
-            with originals.readable(path) as data:
-                images.append(decode.thumbnail_jpeg(data, path=display_path(path)))
+            images.append(sandbox.picture(path, PICTURE_SIDE, journal, path=display_path(path)))
         except (OSError, DecodeError) as exc:
             log.warning("%s: not sent for labeling: %s", display_path(path), exc)
     return images
@@ -476,8 +479,10 @@ def relabel(
     place_of: Callable[[float, float], Place | None] = nearest_place,
     stop: threading.Event | None = None,
     progress: Callable[[], None] | None = None,
+    pictures: InFlight | None = None,
 ) -> LabelReport:
     """Title every group that needs it; only those. Never blocked by Ollama being down.
+    `pictures`: the journal the pictures sent to Ollama are made under (no crash loop).
 
     Titles come from the label cache when the same membership was titled before,
     else from Ollama (at most `parallel` requests in flight), else from the
@@ -505,7 +510,7 @@ def relabel(
         return LabelReport(len(jobs), cached, changed=changed, seconds=time.monotonic() - started)
 
     problem = _ollama_problem(client)
-    asker = _Asker(client, now)
+    asker = _Asker(client, now, pictures)
     if problem:
         asker.down.set()
         # Ollama is away: a group whose fallback title is current keeps it as it is; only
@@ -555,8 +560,8 @@ class _Asker:
     """Asks Ollama for one group's label; once it fails to answer at all (`down`), the
     rest of the run is not asked."""
 
-    def __init__(self, client: OllamaClient, now: datetime) -> None:
-        self.client, self.now = client, now
+    def __init__(self, client: OllamaClient, now: datetime, pictures: InFlight | None) -> None:
+        self.client, self.now, self.pictures = client, now, pictures
         self.down = threading.Event()
 
     def ask(
@@ -565,7 +570,7 @@ class _Asker:
         """(the label or None, whether Ollama was asked)."""
         if self.down.is_set():
             return None, False
-        images = _thumbnails(job)
+        images = _thumbnails(job, self.pictures)
         if not images:
             return None, False
         where = str(place) if place else None

@@ -22,6 +22,7 @@ the library lock writes the journal.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -54,9 +55,9 @@ def read(path: Path) -> set[str]:
 class InFlight:
     """The journal of one indexing run. `suspects` are what earlier runs left open."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, inherited: frozenset[str] = frozenset()) -> None:
         self.path = path
-        self.suspects = frozenset(read(path))
+        self.suspects = frozenset(read(path)) | inherited
         self._lock = threading.Lock()
         self._open: set[str] = set(self.suspects)
         self._appended = 0
@@ -116,3 +117,37 @@ class InFlight:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def per_process(folder: Path, name: str) -> InFlight:
+    """A journal of this process's own, `<name>.<pid>.journal` in `folder`, for work that
+    several processes may do at once (the pictures of the gallery, of `serve` and of the
+    daemon alike, and those sent to Ollama). Its suspects are what processes now dead
+    left open in theirs; their files are removed once read."""
+    inherited: set[str] = set()
+    prefix, mine = f"{name}.", f"{name}.{os.getpid()}.journal"
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        names = []
+    for other in names:
+        pid = other[len(prefix) : -len(".journal")]
+        if not (other.startswith(prefix) and other.endswith(".journal") and pid.isdigit()):
+            continue
+        if other != mine and _alive(int(pid)):
+            continue
+        inherited |= read(folder / other)
+        if other != mine:
+            with contextlib.suppress(OSError):
+                (folder / other).unlink()
+    return InFlight(folder / mine, frozenset(inherited))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's, or not a pid
+        return True
+    return True

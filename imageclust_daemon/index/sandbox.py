@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import multiprocessing
 import os
 import signal
-import stat
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
 from imageclust_daemon.errors import DecodeError
+from imageclust_daemon.index.inflight import InFlight
 from imageclust_daemon.records import Preprocessing
+
+log = logging.getLogger(__name__)
 
 # A child may use this much address space: a bounded decode needs well under 1 GB
 # (an 88 MP RGBA PNG peaks at ~0.8 GB RSS for the whole `index` process); the
@@ -32,13 +35,13 @@ CHILD_ADDRESS_SPACE = 3 << 30
 CHILD_SECONDS = 120.0  # the slowest legitimate decode here takes ~2 s (an 89 MP PNG)
 
 
-def _child(
-    conn: Connection, data: bytes | str, spec: Preprocessing, path: str, log_level: str
-) -> None:
+def _child(conn: Connection, job: tuple[Any, ...], path: str, log_level: str) -> None:
+    """In the child: `job` is ("decode", bytes or file path, Preprocessing) or
+    ("thumbnail", file path, longest side); its result (or why not) goes to `conn`."""
     import resource
 
     from imageclust_daemon import logs
-    from imageclust_daemon.index import decode
+    from imageclust_daemon.index import decode, originals
 
     logs.configure_logging(log_level)  # warnings as log lines, as in the parent
     decode.enable_heif()  # the parent's formats: HEIC must not fail for want of a plugin
@@ -46,16 +49,16 @@ def _child(
     # A lower limit already set by the parent's environment stays (setrlimit refuses).
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
+    kind, data, arg = job
     try:
-        if isinstance(data, str):
-            # O_NONBLOCK and a type check: a FIFO swapped in since the scan must not block.
-            fd = os.open(data, os.O_RDONLY | os.O_NONBLOCK)
-            with open(fd, "rb") as f:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise OSError(errno.EINVAL, "not a regular file any more")
-                result: Any = decode.decode(f, spec, path=path)
+        if kind == "thumbnail":
+            with originals.readable(data) as read:
+                result: Any = decode.thumbnail_jpeg(read, arg, path=path)
+        elif isinstance(data, str):
+            with originals.readable(data) as read:  # never a FIFO, never the whole file
+                result = decode.decode(read, arg, path=path)
         else:
-            result = decode.decode(data, spec, path=path)
+            result = decode.decode(data, arg, path=path)
     except DecodeError as exc:
         result = ("refused", exc.reason)
     except MemoryError:
@@ -74,7 +77,17 @@ def decode_in_child(
     (retried next run) when the child fails for a reason that is not the photo's.
     `data` is the file's bytes, or its path for a file too large to pass whole."""
     with _one_at_a_time:
-        return _decode_in_child(data, spec, path=path, seconds=seconds)
+        return _in_child(("decode", data, spec), path=path, seconds=seconds)
+
+
+def thumbnail_in_child(
+    original: str, longest: int, *, path: str, seconds: float = CHILD_SECONDS
+) -> bytes:
+    """`decode.thumbnail_jpeg` of the file at `original` in a child process, as
+    `decode_in_child` decodes: for a picture whose making ended an earlier process."""
+    with _one_at_a_time:
+        made = _in_child(("thumbnail", original, longest), path=path, seconds=seconds)
+    return bytes(made)
 
 
 # One child at a time: two suspects decoding side by side could each take the blame
@@ -82,13 +95,13 @@ def decode_in_child(
 _one_at_a_time = threading.Lock()
 
 
-def _decode_in_child(data: bytes | str, spec: Preprocessing, *, path: str, seconds: float) -> Any:
+def _in_child(job: tuple[Any, ...], *, path: str, seconds: float) -> Any:
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     child = context.Process(
         target=_child,
-        args=(send, data, spec, path, level if isinstance(level, str) else "WARNING"),
+        args=(send, job, path, level if isinstance(level, str) else "WARNING"),
         name="imageclust-decode",
         daemon=True,
     )
@@ -132,3 +145,25 @@ def _how(code: int | None) -> str:
         hint = ": out of memory?" if name == "SIGKILL" else ""
         return f"{name}{hint}"
     return f"exit code {code}"
+
+
+def picture(original: bytes, longest: int, journal: InFlight | None, *, path: str) -> bytes:
+    """A small upright JPEG of the photo at `original` (`decode.thumbnail_jpeg`, read
+    through `originals`), its making journaled so that no picture can crash-loop a
+    process: one whose making an earlier process never finished (it died in it) is
+    made in a child process, where a crash costs the child (DecodeError)."""
+    from imageclust_daemon.index import decode, originals
+
+    key = hashlib.sha256(original).hexdigest()  # a path, not a content: pictures by file
+    if journal is None:
+        with originals.readable(original) as data:
+            return decode.thumbnail_jpeg(data, longest, path=path)
+    journal.begin(key)
+    try:
+        if key in journal.suspects:
+            log.warning("%s: making its picture alone in a child process", path)
+            return thumbnail_in_child(os.fsdecode(original), longest, path=path)
+        with originals.readable(original) as data:
+            return decode.thumbnail_jpeg(data, longest, path=path)
+    finally:
+        journal.end(key)  # reached only if the process lived through it

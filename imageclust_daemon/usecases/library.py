@@ -14,7 +14,7 @@ from pathlib import Path
 from imageclust_daemon.config import Config
 from imageclust_daemon.grouping import regroup as grouping
 from imageclust_daemon.grouping.ollama import OllamaClient, client_for
-from imageclust_daemon.index import pipeline, scan
+from imageclust_daemon.index import inflight, pipeline, scan
 from imageclust_daemon.model import models
 from imageclust_daemon.published import catalog
 from imageclust_daemon.published import publish as publishing
@@ -38,6 +38,7 @@ class Options:
     state_db: Path
     catalog: Path
     organize_dir: Path | None
+    data_dir: Path  # the journal of the pictures made for titles
     config: Config  # for the Ollama client, made per run (`client`)
 
     @classmethod
@@ -63,6 +64,7 @@ class Options:
             state_db=cfg.state_db_path,
             catalog=cfg.catalog_path,
             organize_dir=cfg.organize.dir,
+            data_dir=cfg.data_dir,
             config=cfg,
         )
 
@@ -136,14 +138,16 @@ def title(
     progress: Callable[[], None] | None = None,
 ) -> grouping.LabelReport:
     """Title the albums that need it (Ollama, else offline titles)."""
-    return grouping.relabel(
-        store,
-        client,
-        everything=everything,
-        parallel=options.parallel,
-        stop=stop,
-        progress=progress,
-    )
+    with inflight.per_process(options.data_dir, "titles") as pictures:
+        return grouping.relabel(
+            store,
+            client,
+            everything=everything,
+            parallel=options.parallel,
+            stop=stop,
+            progress=progress,
+            pictures=pictures,
+        )
 
 
 def publish(store: Store | None, model_id: str | None, options: Options) -> catalog.PublishReport:
