@@ -561,6 +561,26 @@ def test_a_root_made_again_is_watched_again(
     assert daemon.terminate()[0] == 0
 
 
+def test_a_root_moved_away_is_seen_at_once(
+    tmp_path: Path, daemon_config: Callable[..., Path], daemons: Callable[..., DaemonProcess]
+) -> None:
+    """Before: a root renamed away was followed by inotify to its new name, and the daemon
+    saw nothing until the next full rescan (hours). Now the supervisor notices the root is
+    gone, and its photos are offline (kept, not deleted) within seconds."""
+    root = tmp_path / "share"
+    scene_library(root, 1, 3)
+    data = tmp_path / "data"
+    daemon = daemons(daemon_config([root]))
+    wait_until(lambda: catalog_rows(data, "SELECT count(*) FROM photos") == [(3,)], TIMEOUT, "3")
+    root.rename(tmp_path / "elsewhere")
+    wait_until(
+        lambda: catalog_rows(data, "SELECT count(*) FROM photos WHERE offline") == [(3,)],
+        TIMEOUT,
+        f"the moved root's photos are offline: {daemon}",
+    )
+    assert daemon.terminate()[0] == 0
+
+
 def test_polling_roots_still_see_changes(
     tmp_path: Path, daemon_config: Callable[..., Path], daemons: Callable[..., DaemonProcess]
 ) -> None:

@@ -299,7 +299,8 @@ class Watcher:
 
     def healthy(self) -> bool:
         """Every observer and its emitter alive (an emitter ends when its root is deleted
-        or unmounted, while the observer lives on), and every root that exists watched."""
+        or unmounted, while the observer lives on), every root that exists watched, and
+        every root watched natively still there."""
         with self._lock:
             for observer in self._observers:
                 emitters = observer.emitters
@@ -307,6 +308,11 @@ class Watcher:
                     return False
                 if not all(e.is_alive() for e in emitters):
                     return False
+            # A root renamed (or moved) away: inotify follows the folder to its new name,
+            # its emitter lives on, and nothing says the root is gone; a restart and the
+            # rescan that follows it see the root missing and keep its photos offline.
+            if any(self._watched.get(r) is not None and not r.is_dir() for r in self.roots):
+                return False
             # A root renamed away and made again: inotify follows the old folder (its
             # emitter lives on) and never sees the new one at the root's path.
             return all(
