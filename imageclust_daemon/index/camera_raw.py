@@ -127,9 +127,11 @@ class RawShot:
         self._preview: Preview | bool | None = False  # not looked for yet
 
     def preview(self) -> Preview | None:
-        """The largest embedded picture LibRaw finds, or None."""
+        """The largest embedded picture LibRaw finds, or None; None too when the file
+        holds a bitmap preview over MAX_PREVIEW_PIXELS (LibRaw would decode it whole)."""
         if self._preview is False:
-            self._preview = _preview(self._raw)
+            too_big = _largest_bitmap_preview(self._data) > MAX_PREVIEW_PIXELS
+            self._preview = None if too_big else _preview(self._raw)
         return self._preview if isinstance(self._preview, Preview) else None
 
     def usable_preview(self, shortest: int) -> Preview | None:
@@ -167,6 +169,57 @@ class RawShot:
         if found.taken_at is None:
             found = found.or_else(exif.Facts(_libraw_time(self._raw)))
         return found
+
+
+# A bitmap (uncompressed) preview LibRaw would unpack whole into memory: past this, the
+# preview is not used (a DNG whose 144 MP bitmap preview took 2.24 GB). Cameras store
+# previews of a few MP; the same limit as a photo's pixels.
+MAX_PREVIEW_PIXELS = 89_478_485
+_TIFF_SHORT, _TIFF_LONG = 3, 4
+
+
+def _largest_bitmap_preview(head: bytes) -> int:
+    """The pixels of the largest uncompressed reduced-resolution image (NewSubfileType
+    bit 0: a preview, as DNG and TIFF-based RAWs mark them) in a TIFF-structured RAW's
+    IFD 0 and SubIFDs, read from `head`; 0 when there is none or the structure cannot be
+    read."""
+    if head[:4] not in _TIFF or len(head) < 8:
+        return 0
+    order = "<" if head[:2] == b"II" else ">"
+
+    def ifd(at: int) -> dict[int, tuple[int, int, int]]:
+        """tag -> (type, count, value or offset) of the IFD at `at`."""
+        found: dict[int, tuple[int, int, int]] = {}
+        if not 8 <= at <= len(head) - 2:
+            return found
+        (n,) = struct.unpack(order + "H", head[at : at + 2])
+        for i in range(min(n, 512)):
+            entry = head[at + 2 + 12 * i : at + 14 + 12 * i]
+            if len(entry) < 12:
+                break
+            tag, kind, count = struct.unpack(order + "HHI", entry[:8])
+            fmt = "H" if kind == _TIFF_SHORT and count == 1 else "I"
+            (value,) = struct.unpack(order + fmt, entry[8:10] if fmt == "H" else entry[8:12])
+            found[tag] = (kind, count, value)
+        return found
+
+    (first,) = struct.unpack(order + "I", head[4:8])
+    top = ifd(first)
+    subs: list[int] = []
+    if 330 in top:  # SubIFDs: one offset inline, or where the list of them is
+        _, count, value = top[330]
+        if count == 1:
+            subs = [value]
+        else:
+            raw = head[value : value + 4 * min(count, 64)]
+            subs = list(struct.unpack(order + f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+    largest = 0
+    for tags in [top, *(ifd(at) for at in subs)]:
+        reduced = tags.get(254, (0, 0, 0))[2] & 1
+        uncompressed = tags.get(259, (0, 0, 1))[2] == 1
+        if reduced and uncompressed:
+            largest = max(largest, tags.get(256, (0, 0, 0))[2] * tags.get(257, (0, 0, 0))[2])
+    return largest
 
 
 def _why(exc: BaseException) -> str:
