@@ -51,7 +51,7 @@ SHARD_FILES = 64  # files per task: ~4 s of a worker's time, small enough to los
 # How long a run waits with none of its workers alive (a worker restarted by its nanny
 # comes back within seconds, but at another address, which the run's shards are not
 # bound to) before it leaves the rest to a local run.
-WORKERLESS_SECONDS = 20.0
+WORKERLESS_SECONDS = 10.0
 POLL_SECONDS = 0.2
 
 
