@@ -283,7 +283,7 @@ with originals.readable(sys.argv[1]) as data:
 def test_a_raw_with_a_huge_bitmap_preview_is_read_from_its_sensor(tmp_path: Path) -> None:
     """Before: a DNG whose IFD 0 held a 144 MP uncompressed preview made LibRaw unpack it
     whole (2.24 GB). Now a bitmap preview past the pixel limit is not used: the photo is
-    read from its sensor data: 55 MB where it took 879 MB here (the test allows 700 MB
+    read from its sensor data: 55 MiB where it took 879 MiB here (the test allows 700 MB
     of address space)."""
     import struct
 
