@@ -121,7 +121,7 @@ def test_every_page_answers_and_shows_the_library(served: dict[str, Any]) -> Non
     first = albums.text.split('href="/album/')[1].split('"')[0]
     album = client.get(f"/album/{first}")
     assert album.status_code == 200 and album.text.count('href="/photo/') == 6
-    content_hash = album.text.split('href="/photo/')[1].split('"')[0]
+    content_hash = album.text.split('href="/photo/')[1].split('"')[0].split("?")[0]
     photo = client.get(f"/photo/{content_hash}")
     assert photo.status_code == 200 and "Similar photos" in photo.text
     assert f"/preview/{content_hash}.jpg" in photo.text and "/tmp" in photo.text
@@ -129,8 +129,9 @@ def test_every_page_answers_and_shows_the_library(served: dict[str, Any]) -> Non
     assert found.status_code == 200 and found.text.count('href="/photo/') == 18
     title = client.get("/search", params={"q": album.text.split("<h1>")[1].split("<")[0]})
     assert f'href="/album/{first}"' in title.text, "title matches from the full-text index"
-    library = client.get("/library")
-    assert library.status_code == 200 and library.text.count("<circle") == 3
+    moved = client.get("/library", follow_redirects=False)  # replaced by the map
+    assert moved.status_code == 301 and moved.headers["location"] == "/map"
+    assert client.get("/timeline").status_code == 200 and client.get("/map").status_code == 200
     status = client.get("/status")
     assert status.status_code == 200 and "Photos indexed</td><td>18" in status.text
 
@@ -248,7 +249,7 @@ def test_pages_answer_while_the_catalog_is_republished(served: dict[str, Any]) -
 
     def browse() -> None:
         while not done.is_set():
-            for path in ("/", "/library", "/status", "/search?q=beach"):
+            for path in ("/", "/timeline", "/map", "/status", "/search?q=beach"):
                 status = client.get(path).status_code
                 if status != 200:
                     errors.append(status)

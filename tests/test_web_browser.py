@@ -70,7 +70,7 @@ def _shot(driver: Any, name: str) -> None:
     assert driver.save_screenshot(str(SHOTS / f"{name}.png"))
 
 
-def test_albums_album_search_photo_library_status_in_a_browser(
+def test_albums_album_search_photo_timeline_map_status_in_a_browser(
     served: dict[str, Any],  # noqa: F811
     browser: Any,
 ) -> None:
@@ -104,12 +104,12 @@ def test_albums_album_search_photo_library_status_in_a_browser(
     assert all(w > 0 for w in widths)
     _shot(browser, "photo")
 
-    browser.get(base + "/library")
-    circles = browser.find_elements(By.CSS_SELECTOR, "svg circle")
-    assert len(circles) == 3
-    _shot(browser, "library")
-    browser.find_element(By.CSS_SELECTOR, "svg a").click()
-    assert "/album/" in browser.current_url
+    browser.get(base + "/timeline")
+    assert browser.title.startswith("Timeline")
+    _shot(browser, "timeline")
+    browser.get(base + "/map")
+    assert browser.title.startswith("Map")
+    _shot(browser, "map")
 
     browser.get(base + "/status")
     assert "Photos indexed" in browser.page_source

@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import numpy as np
-
-from imageclust_daemon.published import search
 from imageclust_daemon.published.reader import open_catalog
 from imageclust_daemon.state.store import count_statuses
 
@@ -52,6 +49,20 @@ class Photo:
     cluster_id: int | None
     title: str | None
     offline: bool
+    event_id: int | None = None
+    event_title: str | None = None
+    format: str | None = None  # of the original shown (JPEG, HEIF, a RAW, ...)
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    title: str
+    kind: str  # moment, day, trip
+    started_at: str
+    ended_at: str
+    place: str | None
+    size: int
 
 
 @dataclass(frozen=True)
@@ -177,19 +188,44 @@ class Reader:
     def photo(self, content_hash: str) -> Photo | None:
         rows = self.conn.execute(
             "SELECT p.path, p.taken_at, p.place, p.size, p.width, p.height, p.cluster_id, "
-            "c.title, p.offline FROM photos p LEFT JOIN clusters c ON c.id = p.cluster_id "
+            "c.title, p.offline, p.event_id, e.title, p.format FROM photos p "
+            "LEFT JOIN clusters c ON c.id = p.cluster_id LEFT JOIN events e ON e.id = p.event_id "
             "WHERE p.shown_as = ? AND p.status = 'indexed' "
             "ORDER BY p.content_hash != p.shown_as, p.path",  # its own files, then a pair's RAW
             (content_hash,),
         ).fetchall()
         if not rows:
             return None
-        _, taken, place, size, width, height, cluster_id, title, _ = rows[0]
+        _, taken, place, size, width, height, cluster_id, title, _, event, named, kind = rows[0]
         offline = all(r[8] for r in rows)
         paths = [r[0] for r in rows]
         return Photo(
-            content_hash, paths, taken, place, size, width, height, cluster_id, title, offline
+            content_hash,
+            paths,
+            taken,
+            place,
+            size,
+            width,
+            height,
+            cluster_id,
+            title,
+            offline,
+            event,
+            named,
+            kind,
         )
+
+    def original_files(self, content_hash: str) -> list[tuple[bytes, str, str | None]]:
+        """(exact path, path as text, format) of each file of an indexed content, online
+        ones first."""
+        return [
+            (bytes(raw), str(text), kind)
+            for raw, text, kind in self.conn.execute(
+                "SELECT path_bytes, path, format FROM photos "
+                "WHERE content_hash = ? AND status = 'indexed' ORDER BY offline, path",
+                (content_hash,),
+            )
+        ]
 
     def originals(self, content_hash: str) -> list[bytes]:
         """The exact paths of an indexed content, online ones first: only what the catalog
@@ -221,40 +257,74 @@ class Reader:
         except sqlite3.Error:  # a catalog older than the full-text index
             return []
 
-    # -- the library as a picture ----------------------------------------------------------
+    # -- sequences a photo is seen in ---------------------------------------------------------
 
-    def layout(self, snapshot: search.Snapshot) -> list[tuple[int, float, float, int, str | None]]:
-        """Each album at the first two principal components of its photos' mean embedding:
-        (id, x, y, size, title), x and y in [0, 1]."""
+    def album_sequence(self, cluster_id: int) -> list[str]:
+        """An album's photos in the order its page shows them (most typical first)."""
+        return [
+            h
+            for (h,) in self.conn.execute(
+                "SELECT content_hash FROM cluster_members WHERE cluster_id = ? ORDER BY rank",
+                (cluster_id,),
+            )
+        ]
+
+    def event_sequence(self, event_id: int) -> list[str]:
+        """An event's photos in time order (each shown once: a RAW by its JPEG)."""
+        return [
+            h
+            for (h,) in self.conn.execute(
+                "SELECT shown_as FROM photos WHERE event_id = ? AND status = 'indexed' "
+                "GROUP BY shown_as ORDER BY min(taken_at), min(path)",
+                (event_id,),
+            )
+        ]
+
+    # -- events -----------------------------------------------------------------------------
+
+    def events(self) -> list[Event]:
+        """Every event, newest first."""
         rows = self.conn.execute(
-            "SELECT m.cluster_id, m.content_hash FROM cluster_members m ORDER BY m.cluster_id"
+            "SELECT id, title, kind, started_at, ended_at, place, size FROM events "
+            "ORDER BY started_at DESC, id DESC"
         ).fetchall()
-        if not rows or not len(snapshot):
-            return []
-        keys = snapshot.hashes.view(f"S{snapshot.hashes.shape[1]}").ravel()
-        wanted = np.array([bytes.fromhex(h) for _, h in rows], dtype=keys.dtype)
-        at = np.clip(np.searchsorted(keys, wanted), 0, len(snapshot) - 1)
-        found = keys[at] == wanted
-        ids = np.array([c for c, _ in rows])[found]
-        vectors = np.asarray(snapshot.matrix[at[found]], dtype=np.float64)
-        albums, index = np.unique(ids, return_inverse=True)
-        centres = np.zeros((len(albums), snapshot.dim))
-        np.add.at(centres, index, vectors)
-        centres /= np.maximum(np.bincount(index)[:, None], 1)
-        if len(albums) == 1:
-            xy = np.full((1, 2), 0.5)
-        else:
-            centred = centres - centres.mean(axis=0)
-            _, _, vt = np.linalg.svd(centred, full_matrices=False)
-            xy = centred @ vt[:2].T
-            span = xy.max(axis=0) - xy.min(axis=0)
-            xy = (xy - xy.min(axis=0)) / np.where(span > 0, span, 1)
-        info = {i: (n, t) for i, n, t in self.conn.execute("SELECT id, size, title FROM clusters")}
-        out = []
-        for album, (x, y) in zip(albums.tolist(), xy.tolist(), strict=True):
-            size, title = info.get(album, (0, None))
-            out.append((album, x, y, size, title))
+        return [Event(*row) for row in rows]
+
+    def event(self, event_id: int) -> Event | None:
+        row = self.conn.execute(
+            "SELECT id, title, kind, started_at, ended_at, place, size FROM events WHERE id = ?",
+            (event_id,),
+        ).fetchone()
+        return Event(*row) if row else None
+
+    def event_covers(self, ids: list[int], per_event: int = 4) -> dict[int, list[str]]:
+        """A few photos of each event, spread over its time."""
+        out: dict[int, list[str]] = {}
+        for event_id in ids:
+            found = self.event_sequence(event_id)
+            if len(found) > per_event:
+                step = len(found) / per_event
+                found = [found[int(i * step)] for i in range(per_event)]
+            out[event_id] = found
         return out
+
+    def positions(self) -> list[tuple[float, float, str, int | None]]:
+        """Every indexed photo with a position: (lat, lon, content hash, event id)."""
+        return [
+            (float(lat), float(lon), h, e)
+            for lat, lon, h, e in self.conn.execute(
+                "SELECT min(lat), min(lon), shown_as, min(event_id) FROM photos "
+                "WHERE status = 'indexed' AND lat IS NOT NULL AND lon IS NOT NULL "
+                "GROUP BY shown_as"
+            )
+        ]
+
+    def failed_photo(self, path: str) -> tuple[str, str | None] | None:
+        """(path, why) of a photo of the library that failed at indexing."""
+        row = self.conn.execute(
+            "SELECT path, error FROM photos WHERE path = ? AND status = 'failed'", (path,)
+        ).fetchone()
+        return (str(row[0]), row[1]) if row else None
 
     # -- status ----------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from html import escape
 from urllib.parse import urlencode
 
-from imageclust_daemon.gallery.gallery import ALBUMS_PER_PAGE, PHOTOS_PER_PAGE, Album, Photo, Status
+from imageclust_daemon.gallery.gallery import ALBUMS_PER_PAGE, PHOTOS_PER_PAGE, Album, Status
 from imageclust_daemon.published.search import Hit
 
 STYLE = """
@@ -17,30 +17,35 @@ STYLE = """
 * { box-sizing: border-box; }
 body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif;
   color: var(--fg); background: var(--bg); }
-header { display: flex; gap: 1.2rem; align-items: center; padding: .7rem 1.2rem;
-  border-bottom: 1px solid var(--line); background: var(--card); position: sticky; top: 0; }
+header { display: flex; flex-wrap: wrap; gap: .5rem 1.2rem; align-items: center;
+  padding: .6rem 1rem; border-bottom: 1px solid var(--line); background: var(--card);
+  position: sticky; top: 0; z-index: 2; }
 header .brand { font-weight: 650; }
-header nav a { margin-right: .9rem; }
-header form { margin-left: auto; display: flex; gap: .4rem; }
-header input { width: 22rem; max-width: 40vw; padding: .35rem .6rem; border-radius: 6px;
+header nav { display: flex; flex-wrap: wrap; gap: .2rem .9rem; }
+header form { margin-left: auto; display: flex; gap: .4rem; flex: 1 1 14rem; max-width: 26rem; }
+header input { flex: 1; min-width: 0; padding: .35rem .6rem; border-radius: 6px;
   border: 1px solid var(--line); background: var(--bg); color: var(--fg); }
+:focus-visible { outline: 3px solid var(--accent); outline-offset: 2px; }
+td { overflow-wrap: anywhere; }
 a { color: var(--accent); text-decoration: none; }
 a:hover { text-decoration: underline; }
-main { padding: 1.2rem; max-width: 1500px; margin: 0 auto; }
+main { padding: 1rem; max-width: 1500px; margin: 0 auto; overflow-wrap: anywhere; }
 h1 { font-size: 1.5rem; margin: .2rem 0 .3rem; }
 .muted { color: var(--muted); }
-.albums { display: grid; gap: 1rem; grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); }
+.albums { display: grid; gap: 1rem;
+  grid-template-columns: repeat(auto-fill, minmax(min(250px, 42vw), 1fr)); }
 .album { background: var(--card); border: 1px solid var(--line); border-radius: 10px;
   overflow: hidden; color: inherit; display: block; }
 .album:hover { text-decoration: none; border-color: var(--accent); }
-.covers { display: grid; grid-template-columns: 1fr 1fr; gap: 2px; aspect-ratio: 1;
+.covers { display: grid; grid-template: 1fr 1fr / 1fr 1fr; gap: 2px; aspect-ratio: 1;
   background: var(--line); }
-.covers img { width: 100%; height: 100%; object-fit: cover; display: block; }
+.covers img { width: 100%; height: 100%; min-height: 0; object-fit: cover; display: block; }
 .album .text { padding: .55rem .7rem .7rem; }
 .album .title { font-weight: 600; }
 .album .phrase { font-style: italic; color: var(--muted); font-size: .92rem; }
 .album .facts { color: var(--muted); font-size: .85rem; margin-top: .2rem; }
-.photos { display: grid; gap: 6px; grid-template-columns: repeat(auto-fill, minmax(160px, 1fr)); }
+.photos { display: grid; gap: 6px;
+  grid-template-columns: repeat(auto-fill, minmax(min(160px, 30vw), 1fr)); }
 .photos a { display: block; aspect-ratio: 1; background: var(--line); border-radius: 6px;
   overflow: hidden; position: relative; }
 .photos img { width: 100%; height: 100%; object-fit: cover; display: block; }
@@ -49,13 +54,39 @@ h1 { font-size: 1.5rem; margin: .2rem 0 .3rem; }
 .preview img { max-width: 100%; max-height: 78vh; display: block; margin: 0 auto;
   border-radius: 6px; }
 .facts-table td { padding: .15rem .8rem .15rem 0; vertical-align: top; }
+.facts-table td:first-child { white-space: nowrap; overflow-wrap: normal; }
 .pager { margin: 1.2rem 0; display: flex; gap: 1rem; }
 .note { background: var(--card); border: 1px solid var(--line); border-radius: 8px;
   padding: .7rem 1rem; }
-table.list { border-collapse: collapse; }
+table.list { border-collapse: collapse; max-width: 100%; }
+@media (max-width: 600px) { main { padding: .7rem; } h1 { font-size: 1.25rem; }
+  header form { max-width: none; flex-basis: 100%; } }
 table.list td, table.list th { text-align: left; padding: .2rem .9rem .2rem 0;
   border-bottom: 1px solid var(--line); }
 svg a:hover circle { stroke: var(--accent); stroke-width: 3; }
+.event { margin: 0 0 1.1rem; }
+.event h3 { margin: 0; font-size: 1.05rem; }
+.event p { margin: .1rem 0 .35rem; }
+h3.month { margin: 1rem 0 .4rem; color: var(--muted); font-weight: 600; }
+.strip { display: grid; gap: 4px; grid-template-columns: repeat(4, minmax(0, 110px)); }
+.strip a { display: block; aspect-ratio: 1; background: var(--line); border-radius: 5px;
+  overflow: hidden; }
+.strip img { width: 100%; height: 100%; object-fit: cover; display: block; }
+svg.world { width: 100%; height: auto; display: block; border-radius: 8px; }
+svg.world .sea { fill: var(--card); }
+svg.world .land { fill: var(--line); stroke: var(--muted); stroke-width: .15; }
+svg.world .mark { fill: var(--accent); fill-opacity: .55; stroke: var(--fg);
+  stroke-width: .15; }
+svg.world a:hover .mark, svg.world a:focus .mark { fill-opacity: .9; }
+ul.places { columns: 16rem; padding-left: 1.1rem; }
+.viewer-nav { display: flex; flex-wrap: wrap; gap: .4rem 1.2rem; align-items: center;
+  margin: 0 0 .4rem; }
+.actions { display: flex; flex-wrap: wrap; gap: .5rem 1.2rem; align-items: center; }
+.actions button { font: inherit; padding: .25rem .7rem; border-radius: 6px;
+  border: 1px solid var(--line); background: var(--card); color: var(--fg); cursor: pointer; }
+.preview img { cursor: zoom-in; }
+.preview.zoomed { overflow: auto; max-height: 85vh; }
+.preview.zoomed img { max-width: none; max-height: none; cursor: zoom-out; }
 """
 
 
@@ -65,7 +96,8 @@ def page(title: str, body: str, query: str = "") -> str:
         '<meta name=viewport content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)} · imageclust</title><style>{STYLE}</style></head><body>"
         "<header><span class=brand>imageclust</span><nav>"
-        '<a href="/">Albums</a><a href="/library">Library</a><a href="/status">Status</a>'
+        '<a href="/">Albums</a><a href="/timeline">Timeline</a><a href="/map">Map</a>'
+        '<a href="/status">Status</a>'
         '</nav><form action="/search" method=get role=search>'
         f'<input type=search name=q value="{escape(query)}" placeholder="Search: dog on the beach"'
         ' aria-label="Search"><button>Search</button></form></header>'
@@ -73,7 +105,7 @@ def page(title: str, body: str, query: str = "") -> str:
     )
 
 
-def _thumb(content_hash: str, alt: str = "") -> str:
+def thumb(content_hash: str, alt: str = "") -> str:
     return f'<img src="/thumb/{content_hash}.jpg" loading=lazy decoding=async alt="{escape(alt)}">'
 
 
@@ -84,7 +116,7 @@ def _when(first: str | None, last: str | None) -> str:
     return a if a == b else f"{a} – {b}"
 
 
-def _bytes(n: int) -> str:
+def bytes_text(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{max(1, round(n / 1e3))} KB"
 
 
@@ -107,7 +139,7 @@ def _phrase(album: Album, facts: list[str]) -> str:
 
 
 def _album_card(album: Album) -> str:
-    covers = "".join(_thumb(h) for h in album.covers[:4])
+    covers = "".join(thumb(h) for h in album.covers[:4])
     facts = _facts(album)
     title = escape(album.title or f"Album {album.id}")
     text = _phrase(album, facts)
@@ -119,17 +151,26 @@ def _album_card(album: Album) -> str:
     )
 
 
-def _pager(path: str, page_no: int, has_more: bool, **params: str) -> str:
+def pager(path: str, page_no: int, has_more: bool, **params: str) -> str:
     links = []
     if page_no > 0:
         links.append(
-            f'<a href="{path}?{urlencode({**params, "page": page_no - 1})}">← newer page</a>'
+            f'<a rel=prev href="{path}?{urlencode({**params, "page": page_no - 1})}">'
+            "← previous page</a>"
         )
     if has_more:
         links.append(
-            f'<a href="{path}?{urlencode({**params, "page": page_no + 1})}">next page →</a>'
+            f'<a rel=next href="{path}?{urlencode({**params, "page": page_no + 1})}">'
+            "next page →</a>"
         )
-    return f"<div class=pager>{''.join(links)}</div>" if links else ""
+    return f"<nav class=pager aria-label=Pages>{''.join(links)}</nav>" if links else ""
+
+
+def past_the_end(what: str, path: str) -> str:
+    return (
+        f"<p class=note>There is no page {escape(what)} here: "
+        f'<a href="{path}">back to the first page</a>.</p>'
+    )
 
 
 def albums_page(albums: list[Album], total: int, order: str, page_no: int) -> str:
@@ -140,6 +181,8 @@ def albums_page(albums: list[Album], total: int, order: str, page_no: int) -> st
         f"{'biggest' if order != 'new' else 'newest'} first · "
         f'<a href="/?order={other}">{other_name}</a></p>'
     )
+    if not albums and total:  # a page past the last
+        return page("Albums", head + past_the_end(str(page_no), f"/?order={order}"))
     if not albums:
         return page(
             "Albums",
@@ -149,7 +192,7 @@ def albums_page(albums: list[Album], total: int, order: str, page_no: int) -> st
     cards = "".join(_album_card(a) for a in albums)
     more = (page_no + 1) * ALBUMS_PER_PAGE < total
     return page(
-        "Albums", f"{head}<div class=albums>{cards}</div>" + _pager("/", page_no, more, order=order)
+        "Albums", f"{head}<div class=albums>{cards}</div>" + pager("/", page_no, more, order=order)
     )
 
 
@@ -158,55 +201,34 @@ def album_page(album: Album, photos: list[str], page_no: int) -> str:
     facts = _facts(album)
     text = _phrase(album, facts)
     phrase = f"<p><em>{escape(text)}</em></p>" if text else ""
-    grid = "".join(f'<a href="/photo/{h}">{_thumb(h)}</a>' for h in photos)
+    if not photos and page_no > 0:
+        return page(
+            title,
+            f"<h1>{escape(title)}</h1>" + past_the_end(str(page_no), f"/album/{album.id}"),
+        )
+    grid = "".join(
+        f'<a href="/photo/{h}?in=album:{album.id}">{thumb(h, f"photo {i + 1}")}</a>'
+        for i, h in enumerate(photos, start=page_no * PHOTOS_PER_PAGE)
+    )
     more = (page_no + 1) * PHOTOS_PER_PAGE < album.size
     body = (
         f"<h1>{escape(title)}</h1>{phrase}<p class=muted>{escape(' · '.join(facts))} · "
         "most typical first</p>"
-        f"<div class=photos>{grid}</div>" + _pager(f"/album/{album.id}", page_no, more)
+        f"<div class=photos>{grid}</div>" + pager(f"/album/{album.id}", page_no, more)
     )
     return page(title, body)
 
 
-def _hits_grid(hits: list[Hit]) -> str:
+def hits_grid(hits: list[Hit], context: str | None = None) -> str:
     cells = []
     for h in hits:
         label = f"{h.score:.2f}" + (" · offline" if h.offline else "")
+        href = f"/photo/{h.content_hash}" + (f"?{urlencode({'in': context})}" if context else "")
         cells.append(
-            f'<a href="/photo/{h.content_hash}" title="{escape(h.paths[0])}">'
-            f"{_thumb(h.content_hash, h.paths[0])}<span class=score>{label}</span></a>"
+            f'<a href="{escape(href)}" title="{escape(h.paths[0])}">'
+            f"{thumb(h.content_hash, h.paths[0])}<span class=score>{label}</span></a>"
         )
     return f"<div class=photos>{''.join(cells)}</div>"
-
-
-def photo_page(photo: Photo, similar: list[Hit], similar_note: str) -> str:
-    name = photo.paths[0].rsplit("/", 1)[-1]
-    rows = []
-    if photo.taken_at:
-        rows.append(("Taken", escape(photo.taken_at.replace("T", " "))))
-    if photo.place:
-        rows.append(("Place", escape(photo.place)))
-    if photo.width and photo.height:
-        weight = f" · {_bytes(photo.size)}" if photo.size else ""
-        rows.append(("Size", f"{photo.width} × {photo.height}{weight}"))
-    if photo.cluster_id is not None:
-        title = escape(photo.title or f"Album {photo.cluster_id}")
-        rows.append(("Album", f'<a href="/album/{photo.cluster_id}">{title}</a>'))
-    where = "<br>".join(escape(p) for p in photo.paths)
-    rows.append(("Path" if len(photo.paths) == 1 else f"Paths ({len(photo.paths)})", where))
-    if photo.offline:
-        rows.append(("", "offline: its folder is unreachable right now"))
-    table = "".join(f"<tr><td class=muted>{k}</td><td>{v}</td></tr>" for k, v in rows)
-    preview = (
-        f'<div class=preview><img src="/preview/{photo.content_hash}.jpg" alt="{escape(name)}">'
-        "</div>"
-    )
-    more = _hits_grid(similar) if similar else f"<p class=muted>{escape(similar_note)}</p>"
-    body = (
-        f"<h1>{escape(name)}</h1>{preview}<table class=facts-table>{table}</table>"
-        f"<h2>Similar photos</h2>{more}"
-    )
-    return page(name, body)
 
 
 def search_page(query: str, hits: list[Hit], albums: list[Album], note: str) -> str:
@@ -226,42 +248,9 @@ def search_page(query: str, hits: list[Hit], albums: list[Album], note: str) -> 
     parts.append("<h2>Photos</h2>")
     if note:
         parts.append(f"<p class=note>{escape(note)}</p>")
-    parts.append(_hits_grid(hits) if hits else "<p class=muted>No photos found.</p>")
+    grid = hits_grid(hits, f"search:{query}")
+    parts.append(grid if hits else "<p class=muted>No photos found.</p>")
     return page(f"Search: {query}", "".join(parts), query)
-
-
-def library_page(layout: list[tuple[int, float, float, int, str | None]], note: str) -> str:
-    if not layout:
-        return page(
-            "Library", f"<h1>Library</h1><p class=note>{escape(note or 'No albums yet.')}</p>"
-        )
-    width, height, pad = 1200, 760, 60
-    biggest = max(size for *_, size, _ in layout) or 1
-    circles = []
-    for album, x, y, size, title in sorted(layout, key=lambda a: -a[3]):
-        r = 6 + 34 * (size / biggest) ** 0.5
-        cx, cy = pad + x * (width - 2 * pad), pad + y * (height - 2 * pad)
-        name = escape(title or f"Album {album}")
-        circles.append(
-            f'<a href="/album/{album}"><circle cx="{cx:.1f}" cy="{cy:.1f}" r="{r:.1f}" '
-            f'fill="var(--accent)" fill-opacity=".35" stroke="var(--accent)">'
-            f"<title>{name} ({size} photos)</title></circle></a>"
-        )
-        if r > 16:
-            circles.append(
-                f'<text x="{cx:.1f}" y="{cy + r + 13:.1f}" text-anchor=middle font-size=12 '
-                f'fill="currentColor">{name[:28]}</text>'
-            )
-    svg = (
-        f'<svg viewBox="0 0 {width} {height}" width="100%" role=img '
-        f'aria-label="albums by meaning">{"".join(circles)}</svg>'
-    )
-    return page(
-        "Library",
-        "<h1>Library</h1><p class=muted>Each circle is an album, sized by its "
-        "photos; albums close together look alike (the two main directions of their "
-        f"photos' CLIP embeddings).</p>{svg}",
-    )
 
 
 def status_page(status: Status, daemon: dict[str, str]) -> str:
@@ -289,7 +278,9 @@ def status_page(status: Status, daemon: dict[str, str]) -> str:
         f"<tr><td class=muted>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in when
     )
     failed_rows = "".join(
-        f"<tr><td>{escape(p)}</td><td>{escape(e)}</td></tr>" for p, e in status.failed
+        f'<tr><td><a href="/failed?{urlencode({"path": p})}">{escape(p)}</a></td>'
+        f"<td>{escape(e)}</td></tr>"
+        for p, e in status.failed
     )
     more_failed = (
         f"<p class=muted>and {status.failed_total - len(status.failed)} more</p>"

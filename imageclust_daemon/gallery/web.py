@@ -16,23 +16,30 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+from urllib.parse import quote, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imageclust_daemon import activity
 from imageclust_daemon.config import Config, is_loopback, parse_listen
 from imageclust_daemon.errors import ImageclustError
-from imageclust_daemon.gallery import pages
-from imageclust_daemon.gallery.gallery import CatalogMissing, Reader
+from imageclust_daemon.gallery import browse, pages, viewer
+from imageclust_daemon.gallery.gallery import PHOTOS_PER_PAGE, CatalogMissing, Reader
 from imageclust_daemon.gallery.thumbs import ThumbCache, Unavailable
-from imageclust_daemon.index import inflight
+from imageclust_daemon.index import inflight, originals
 from imageclust_daemon.model import models
 from imageclust_daemon.published import search
 
@@ -41,6 +48,18 @@ log = logging.getLogger(__name__)
 _HASH = re.compile(r"[0-9a-f]{64}")
 _PICTURE = re.compile(r"([0-9a-f]{64})\.jpg")
 IMMUTABLE = "public, max-age=31536000, immutable"
+# The media type of an original by the format its bytes were read as.
+MEDIA_TYPES = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+    "HEIF": "image/heif",
+    "AVIF": "image/avif",
+}
 # Shown where a picture cannot be made (original gone, unreadable, not an image).
 PLACEHOLDER = (
     '<svg xmlns="http://www.w3.org/2000/svg" width="256" height="256" viewBox="0 0 256 256">'
@@ -121,6 +140,7 @@ class GalleryPages:
             found = reader.photo(content_hash) if _HASH.fullmatch(content_hash) else None
             if found is None:
                 raise NotFound("No photo of the library has this content (any more).")
+            context = self._context(reader, request.query_params.get("in", ""))
             path = self.cfg.catalog_path
             try:
                 snapshot = search.open_for(path, conn=reader.conn)
@@ -129,9 +149,111 @@ class GalleryPages:
                     similar = search.like_row(path, snapshot, row, 24, conn=reader.conn)
                 else:
                     note = "Not in the search snapshot yet."
+            except search.Republished:
+                raise
             except ImageclustError as exc:
                 note = str(exc)
-        return pages.photo_page(found, similar, note)
+        return viewer.photo_page(found, similar, note, context, found.format)
+
+    def _context(self, reader: Reader, key: str) -> viewer.Context | None:
+        """The photos a photo was opened from (`in`: album:ID, event:ID or search:WORDS),
+        in the order that page shows them; None for anything else."""
+        kind, _, rest = key.partition(":")
+        if kind in ("album", "event") and rest.isdigit() and len(rest) < 19:
+            if kind == "album":
+                album = reader.album(int(rest))
+                if album is None:
+                    return None
+                title = album.title or f"Album {album.id}"
+                return viewer.Context(
+                    key, reader.album_sequence(album.id), f"/album/{album.id}", title
+                )
+            event = reader.event(int(rest))
+            if event is None:
+                return None
+            return viewer.Context(
+                key, reader.event_sequence(event.id), f"/event/{event.id}", event.title
+            )
+        if kind == "search" and rest.strip():
+            try:
+                hits = search.by_words(
+                    self.cfg, rest, 60, words=self.gallery.words, conn=reader.conn
+                )
+            except ImageclustError:
+                return None
+            href = "/search?" + urlencode({"q": rest})
+            return viewer.Context(key, [h.content_hash for h in hits], href, f"Search: {rest}")
+        return None
+
+    def failed(self, request: Request) -> str:
+        path = request.query_params.get("path", "")
+        with self.gallery.reader() as reader:
+            found = reader.failed_photo(path) if path else None
+        if found is None:
+            raise NotFound("No photo of the library failed at this path.")
+        return viewer.failed_page(*found)
+
+    def original(self, request: Request) -> Response:
+        """The original file of an indexed content, as it is on disk (read only, through
+        `originals`); `?download=1` as an attachment."""
+        content_hash = request.path_params["hash"]
+        if not _HASH.fullmatch(content_hash):
+            return HTMLResponse(pages.message_page("Not found", "No such photo."), 404)
+        try:
+            with self.gallery.reader() as reader:
+                files = reader.original_files(content_hash)
+        except CatalogMissing as exc:
+            return HTMLResponse(pages.message_page("Nothing published yet", str(exc)), 503)
+        for raw, text, kind in files:
+            try:
+                f, st = originals.open_regular(raw)
+            except OSError:
+                continue
+            name = text.rsplit("/", 1)[-1]
+            how = "attachment" if request.query_params.get("download") else "inline"
+            headers = {
+                "Content-Disposition": f"{how}; filename*=UTF-8''{quote(name)}",
+                "Content-Length": str(st.st_size),
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+            }
+
+            def chunks(f: BinaryIO = f) -> Iterator[bytes]:
+                with f:
+                    while chunk := f.read(originals.CHUNK):
+                        yield chunk
+
+            media = MEDIA_TYPES.get(kind or "", "application/octet-stream")
+            return StreamingResponse(chunks(), media_type=media, headers=headers)
+        text = "The original of this photo cannot be read now (its folder offline?)."
+        return HTMLResponse(pages.message_page("Not available", text), 404)
+
+    def timeline(self, request: Request) -> str:
+        with self.gallery.reader() as reader:
+            events = reader.events()
+            page_no = _page(request)
+            shown = events[
+                page_no * browse.EVENTS_PER_PAGE : (page_no + 1) * browse.EVENTS_PER_PAGE
+            ]
+            covers = reader.event_covers([e.id for e in shown])
+        return browse.timeline_page(events, covers, page_no)
+
+    def event(self, request: Request) -> str:
+        event_id = request.path_params["id"]
+        with self.gallery.reader() as reader:
+            found = reader.event(event_id) if event_id < 1 << 63 else None
+            if found is None:
+                raise NotFound(f"There is no event {event_id} (any more).")
+            page_no = _page(request)
+            every = reader.event_sequence(found.id)
+        shown = every[page_no * PHOTOS_PER_PAGE : (page_no + 1) * PHOTOS_PER_PAGE]
+        return browse.event_page(found, shown, page_no)
+
+    def world(self, request: Request) -> str:
+        with self.gallery.reader() as reader:
+            positions = reader.positions()
+            events = {e.id: e for e in reader.events()}
+        return browse.map_page(positions, events)
 
     def find(self, request: Request) -> str:
         query = request.query_params.get("q", "")
@@ -148,14 +270,6 @@ class GalleryPages:
             except ImageclustError as exc:
                 note = f"Search by words is not available: {exc}"
         return pages.search_page(query, hits, titled, note)
-
-    def library(self, request: Request) -> str:
-        try:
-            snapshot = search.open_for(self.cfg.catalog_path)
-        except ImageclustError as exc:
-            return pages.library_page([], str(exc))
-        with self.gallery.reader() as reader:
-            return pages.library_page(reader.layout(snapshot), "")
 
     def status(self, request: Request) -> str:
         with self.gallery.reader() as reader:
@@ -203,12 +317,37 @@ def create_app(cfg: Config, listen: str | None = None) -> ASGIApp:
         Route("/album/{id:int}", app.html(app.album)),
         Route("/photo/{hash}", app.html(app.photo)),
         Route("/search", app.html(app.find)),
-        Route("/library", app.html(app.library)),
+        Route("/library", lambda request: RedirectResponse("/map", 301)),
+        Route("/timeline", app.html(app.timeline)),
+        Route("/event/{id:int}", app.html(app.event)),
+        Route("/map", app.html(app.world)),
+        Route("/failed", app.html(app.failed)),
+        Route("/original/{hash}", app.original),
         Route("/status", app.html(app.status)),
         Route("/thumb/{name}", app.picture("thumb")),
         Route("/preview/{name}", app.picture("preview")),
     ]
-    return HostCheck(Starlette(routes=routes), allowed_hosts(cfg, listen or cfg.web.listen))
+    handlers = {404: _not_found, 405: _not_allowed, 500: _failed}
+    return HostCheck(
+        Starlette(routes=routes, exception_handlers=handlers),
+        allowed_hosts(cfg, listen or cfg.web.listen),
+    )
+
+
+# Every answer a person can see is a styled page with its title and language, errors too.
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return HTMLResponse(pages.message_page("Not found", "There is no page at this address."), 404)
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    text = "This address only shows pages (GET); it changes nothing."
+    return HTMLResponse(pages.message_page("Not allowed", text), 405, headers={"Allow": "GET"})
+
+
+async def _failed(request: Request, exc: Exception) -> Response:
+    log.error("the gallery failed on %s: %s", request.url.path, exc, exc_info=exc)
+    text = "This page failed to load; the log says why. The library itself is untouched."
+    return HTMLResponse(pages.message_page("Something went wrong", text), 500)
 
 
 class NotFound(Exception):

@@ -34,18 +34,29 @@ class NotAFile(OSError):
         super().__init__(errno.EINVAL, what)
 
 
-@contextlib.contextmanager
-def opened(path: bytes | str | os.PathLike[str]) -> Iterator[tuple[BinaryIO, os.stat_result]]:
-    """The original at `path` open to read (unbuffered) and its stat, taken from the
-    open file (what is read is what was checked); NotAFile when it is not a regular
-    file, OSError when it cannot be opened."""
+def open_regular(path: bytes | str | os.PathLike[str]) -> tuple[BinaryIO, os.stat_result]:
+    """The original at `path` open to read (unbuffered; the caller closes it) and its
+    stat, taken from the open file (what is read is what was checked); NotAFile when it
+    is not a regular file, OSError when it cannot be opened."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with open(fd, "rb", buffering=0) as f:
+    f = open(fd, "rb", buffering=0)  # noqa: SIM115 (returned open: the caller closes it)
+    try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise NotAFile("a folder")
         if not stat.S_ISREG(st.st_mode):
             raise NotAFile("not a regular file (a FIFO, a device or a socket)")
+    except BaseException:
+        f.close()
+        raise
+    return f, st
+
+
+@contextlib.contextmanager
+def opened(path: bytes | str | os.PathLike[str]) -> Iterator[tuple[BinaryIO, os.stat_result]]:
+    """`open_regular`, closed after."""
+    f, st = open_regular(path)
+    with f:
         yield f, st
 
 
