@@ -314,3 +314,35 @@ def test_the_keyboard_goes_next_previous_and_back(gallery: dict[str, Any], brows
         "return getComputedStyle(a).outlineStyle"
     )
     assert focused != "none", "keyboard focus is visible"
+
+
+def test_no_serious_accessibility_finding_in_light_or_dark(
+    gallery: dict[str, Any],
+    browser: Any,  # noqa: F811
+) -> None:
+    """axe-core (every rule it runs by default) on every page, in the light and the dark
+    colour scheme: no finding of serious or critical impact."""
+    from tests.tools import fetch_axe
+
+    if not fetch_axe.present():
+        pytest.skip("no axe-core here: python -m tests.tools.fetch_axe (needs npm)")
+    script = fetch_axe.DEFAULT_DEST.read_text(encoding="utf-8")
+    browser.set_script_timeout(60)
+    found = {}
+    for scheme in ("light", "dark"):
+        browser.execute_cdp_cmd(
+            "Emulation.setEmulatedMedia",
+            {"features": [{"name": "prefers-color-scheme", "value": scheme}]},
+        )
+        for path in _every_page(gallery):
+            browser.get(gallery["base"] + path)
+            browser.execute_script(script)
+            result = browser.execute_async_script(
+                "var done = arguments[arguments.length - 1];"
+                "axe.run(document).then(function (r) { done(r.violations.map(function (v) {"
+                "  return [v.id, v.impact, v.nodes.length]; })); });"
+            )
+            bad = [v for v in result if v[1] in ("serious", "critical")]
+            if bad:
+                found[f"{scheme} {path}"] = bad
+    assert found == {}

@@ -29,6 +29,7 @@ header input { flex: 1; min-width: 0; padding: .35rem .6rem; border-radius: 6px;
 td { overflow-wrap: anywhere; }
 a { color: var(--accent); text-decoration: none; }
 a:hover { text-decoration: underline; }
+p a, li a, td a { text-decoration: underline; text-underline-offset: 2px; }
 main { padding: 1rem; max-width: 1500px; margin: 0 auto; overflow-wrap: anywhere; }
 h1 { font-size: 1.5rem; margin: .2rem 0 .3rem; }
 .muted { color: var(--muted); }
