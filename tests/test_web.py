@@ -7,6 +7,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -309,10 +310,31 @@ def test_an_album_shows_its_phrase_only_when_it_says_something_new() -> None:
     from imageclust_daemon.gallery.gallery import Album
 
     def card(title: str, phrase: str) -> str:
-        album = Album(1, title, phrase, 6, "2024-06-01", "2024-06-06", "Paris, France", [])
+        album = Album(1, title, phrase, 6, "June 2024", "Paris, France", [])
         return pages.albums_page([album], 1, "size", 0)
 
-    repeated = card("Paris, June 2024", "6 photos · Paris, June 2024")
-    assert "class=phrase" not in repeated and "6 photos · 2024-06-01 – 2024-06-06" in repeated
+    repeated = card("Paris, June 2024", "6 photos · Paris, France · June 2024")
+    assert "class=phrase" not in repeated and "6 photos · June 2024 · Paris, France" in repeated
     written = card("Eiffel Tower at dusk", "The city lights come on")
     assert "<div class=phrase>The city lights come on</div>" in written
+
+
+def test_an_album_card_says_only_what_most_of_its_photos_support() -> None:
+    """Before: a card titled "2001–2016" said "1997-02-02 – 2038-05-05" (two wrong clocks
+    stretched it) and "Poole, United Kingdom" for 1 located photo of 26. The card reads
+    the title rules' own facts now (`gallery.album_facts`)."""
+    from imageclust_daemon.gallery.gallery import album_facts
+    from imageclust_daemon.grouping import label
+    from imageclust_daemon.records import GroupFacts
+
+    dates = [f"{2001 + i % 16}-06-0{1 + i % 9}T12:00:00" for i in range(24)]
+    facts = GroupFacts(
+        26, ("1997-02-02T10:00:00", "2038-05-05T10:00:00", *dates), ((50.72, -1.98),)
+    )
+    when, place = album_facts(facts)
+    assert when == label.album_when(facts, now=datetime.now()) == "2001–2014"  # middle 80%
+    assert place is None  # 1 located photo of 26 is not "most"
+    located = GroupFacts(3, (), ((48.8566, 2.3522), (48.857, 2.35), (48.86, 2.34)))
+    assert album_facts(located)[1] is not None and "Paris" in str(album_facts(located)[1])
+    undated = GroupFacts(10, ("2020-05-01T10:00:00",))
+    assert album_facts(undated)[0] is None  # one date of ten says nothing of the album

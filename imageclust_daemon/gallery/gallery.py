@@ -11,14 +11,32 @@ import os
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
+from imageclust_daemon.grouping import label, places
 from imageclust_daemon.published.reader import open_catalog
+from imageclust_daemon.records import GroupFacts
 from imageclust_daemon.state.store import count_statuses
 
 ALBUMS_PER_PAGE = 60
 PHOTOS_PER_PAGE = 200
+
+
+def album_facts(facts: GroupFacts) -> tuple[str | None, str | None]:
+    """(when, where) an album's card and page say: the title rules' own (`label.album_when`,
+    `label.agreed_position`), so a card never states a date range or a place that most
+    of its photos do not support."""
+    when = label.album_when(facts, now=datetime.now())
+    centre = label.agreed_position(facts)
+    place = places.nearest_place(*centre) if centre is not None else None
+    return when, str(place) if place is not None else None
+
+
+def _tomorrow() -> str:
+    """The first capture time no camera can mean yet (a day of time zones ahead)."""
+    return (datetime.now() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 class CatalogMissing(Exception):
@@ -31,9 +49,8 @@ class Album:
     title: str | None
     phrase: str | None
     size: int
-    first: str | None  # capture times, ISO 8601
-    last: str | None
-    place: str | None
+    when: str | None  # as the title rules say it ("June 2024"): only what most photos support
+    place: str | None  # where most of its photos were taken (label.agreed_position)
     covers: list[str]  # up to 4 content hashes, most typical first
 
 
@@ -114,27 +131,53 @@ class Reader:
                     (ALBUMS_PER_PAGE, ALBUMS_PER_PAGE * max(0, page)),
                 )
             ]
-        by = "c.size DESC, c.id" if order != "new" else "max(p.taken_at) DESC, c.id"
-        where, params = "", []
+        # newest: by the latest capture time a camera could mean (not a clock set to 2038)
+        by = "c.size DESC, c.id" if order != "new" else "newest DESC, c.id"
+        where, params = "", list[object]([_tomorrow()])
         if ids is not None:
             where = f"WHERE c.id IN ({','.join('?' * len(ids))})"
-            params = list(ids)
+            params += list(ids)
             limit = ""
         else:
             limit = f"LIMIT {ALBUMS_PER_PAGE} OFFSET {ALBUMS_PER_PAGE * max(0, page)}"
         rows = self.conn.execute(
-            "SELECT c.id, c.title, c.catchy_phrase, c.size, min(p.taken_at), max(p.taken_at) "
-            f"FROM clusters c LEFT JOIN photos p ON p.cluster_id = c.id {where} "
+            "SELECT c.id, c.title, c.catchy_phrase, c.size, "
+            "max(CASE WHEN p.taken_at >= '1826' AND p.taken_at < ? THEN p.taken_at END) "
+            f"AS newest FROM clusters c LEFT JOIN photos p ON p.cluster_id = c.id {where} "
             f"GROUP BY c.id ORDER BY {by} {limit}",
             params,
         ).fetchall()
         chosen = [r[0] for r in rows]
         covers = self._covers(chosen)
-        places = self._places(chosen)
-        return [
-            Album(i, t, ph, n, first, last, places.get(i), covers.get(i, []))
-            for i, t, ph, n, first, last in rows
-        ]
+        facts = self._facts(chosen)
+        out = []
+        for i, t, ph, n, _ in rows:
+            when, place = album_facts(facts.get(i, GroupFacts(n)))
+            out.append(Album(i, t, ph, n, when, place, covers.get(i, [])))
+        return out
+
+    def _facts(self, ids: list[int]) -> dict[int, GroupFacts]:
+        """What the title rules read of each album: its size, capture times, positions."""
+        if not ids:
+            return {}
+        taken: dict[int, list[str]] = {}
+        where: dict[int, list[tuple[float, float]]] = {}
+        marks = ",".join("?" * len(ids))
+        for cluster_id, taken_at, lat, lon in self.conn.execute(
+            "SELECT cluster_id, min(taken_at), min(lat), min(lon) FROM photos "
+            f"WHERE cluster_id IN ({marks}) AND status = 'indexed' "
+            "GROUP BY cluster_id, shown_as",  # a photo once, as the album counts it
+            ids,
+        ):
+            if taken_at:
+                taken.setdefault(cluster_id, []).append(taken_at)
+            if lat is not None and lon is not None:
+                where.setdefault(cluster_id, []).append((float(lat), float(lon)))
+        sizes = dict(self.conn.execute(f"SELECT id, size FROM clusters WHERE id IN ({marks})", ids))
+        return {
+            i: GroupFacts(int(sizes.get(i, 0)), tuple(taken.get(i, ())), tuple(where.get(i, ())))
+            for i in ids
+        }
 
     def _covers(self, ids: list[int]) -> dict[int, list[str]]:
         out: dict[int, list[str]] = {}
@@ -147,25 +190,6 @@ class Reader:
             ids,
         ):
             out.setdefault(cluster_id, []).append(content_hash)
-        return out
-
-    def _places(self, ids: list[int]) -> dict[int, str]:
-        """Each album's most frequent place, when most of its located photos share it."""
-        if not ids:
-            return {}
-        counts: dict[int, Counter[str]] = {}
-        marks = ",".join("?" * len(ids))
-        for cluster_id, place, n in self.conn.execute(
-            f"SELECT cluster_id, place, count(*) FROM photos WHERE cluster_id IN ({marks}) "
-            "AND place IS NOT NULL GROUP BY cluster_id, place",
-            ids,
-        ):
-            counts.setdefault(cluster_id, Counter())[place] = n
-        out = {}
-        for cluster_id, counter in counts.items():
-            place, n = counter.most_common(1)[0]
-            if n * 2 > sum(counter.values()):
-                out[cluster_id] = place
         return out
 
     def album(self, cluster_id: int) -> Album | None:

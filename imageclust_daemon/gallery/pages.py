@@ -110,21 +110,14 @@ def thumb(content_hash: str, alt: str = "") -> str:
     return f'<img src="/thumb/{content_hash}.jpg" loading=lazy decoding=async alt="{escape(alt)}">'
 
 
-def _when(first: str | None, last: str | None) -> str:
-    a, b = (first or "")[:10], (last or "")[:10]
-    if not a:
-        return ""
-    return a if a == b else f"{a} – {b}"
-
-
 def bytes_text(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{max(1, round(n / 1e3))} KB"
 
 
 def _facts(album: Album) -> list[str]:
     facts = [f"{album.size} photo{'s' if album.size != 1 else ''}"]
-    if when := _when(album.first, album.last):
-        facts.append(when)
+    if album.when:
+        facts.append(album.when)
     if album.place:
         facts.append(album.place)
     return facts
