@@ -346,3 +346,18 @@ def test_no_serious_accessibility_finding_in_light_or_dark(
             if bad:
                 found[f"{scheme} {path}"] = bad
     assert found == {}
+
+
+def test_search_without_a_text_tower_says_what_is_missing(gallery: dict[str, Any]) -> None:
+    """Before: "has no the text tower", no word of the tokenizer, then "No photos found."
+    (nothing had been searched), and the box suggested "dog on the beach"."""
+    client = gallery["client"]
+    found = unescape(client.get("/search", params={"q": "paris"}).text)
+    assert (
+        "Photos were not searched by words: search by words needs a text tower and its "
+        "tokenizer" in found
+    )
+    assert "No photos found" not in found and "has no the" not in found
+    assert "imageclust models download" in found
+    assert "birthday cake" not in client.get("/search").text
+    assert "dog on the beach" not in client.get("/").text

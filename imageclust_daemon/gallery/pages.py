@@ -91,6 +91,9 @@ ul.places { columns: 16rem; padding-left: 1.1rem; }
 """
 
 
+SEARCH_STEP = 60  # photos a search shows, and how many more each "more" adds
+
+
 def page(title: str, body: str, query: str = "") -> str:
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
@@ -100,7 +103,7 @@ def page(title: str, body: str, query: str = "") -> str:
         '<a href="/">Albums</a><a href="/timeline">Timeline</a><a href="/map">Map</a>'
         '<a href="/status">Status</a>'
         '</nav><form action="/search" method=get role=search>'
-        f'<input type=search name=q value="{escape(query)}" placeholder="Search: dog on the beach"'
+        f'<input type=search name=q value="{escape(query)}" placeholder="Search albums and photos"'
         ' aria-label="Search"><button>Search</button></form></header>'
         f"<main>{body}</main></body></html>"
     )
@@ -225,25 +228,49 @@ def hits_grid(hits: list[Hit], context: str | None = None) -> str:
     return f"<div class=photos>{''.join(cells)}</div>"
 
 
-def search_page(query: str, hits: list[Hit], albums: list[Album], note: str) -> str:
+def search_page(
+    query: str,
+    hits: list[Hit],
+    albums: list[Album],
+    note: str,
+    *,
+    words: bool = True,
+    limit: int = 0,
+) -> str:
+    """`note`: why photos were not searched by words (then no photo result is claimed);
+    `words`: whether search by words works here; `limit`: how many hits were asked for
+    (a full page offers more)."""
     if not query.strip():
+        how = (
+            'words ("birthday cake", "snow in the mountains") or an album\'s title'
+            if words
+            else "an album's title (search by words needs the model's text tower and "
+            "tokenizer: imageclust models download)"
+        )
         return page(
-            "Search",
-            "<h1>Search</h1><p class=muted>Type what you look for: "
-            'words ("birthday cake", "snow in the mountains") or an album\'s '
-            "title.</p>",
-            query,
+            "Search", f"<h1>Search</h1><p class=muted>Type what you look for: {how}.</p>", query
         )
     parts = [f"<h1>Search: {escape(query)}</h1>"]
     if albums:
         parts.append(
             f"<h2>Albums</h2><div class=albums>{''.join(_album_card(a) for a in albums)}</div>"
         )
+    elif note:
+        parts.append("<p class=muted>No album title has these words.</p>")
+    if note:  # photos were not searched: say why, and claim nothing about them
+        parts.append(f"<h2>Photos</h2><p class=note>{escape(note)}</p>")
+        return page(f"Search: {query}", "".join(parts), query)
     parts.append("<h2>Photos</h2>")
-    if note:
-        parts.append(f"<p class=note>{escape(note)}</p>")
-    grid = hits_grid(hits, f"search:{query}")
-    parts.append(grid if hits else "<p class=muted>No photos found.</p>")
+    if not hits:
+        parts.append("<p class=muted>No photos found.</p>")
+    else:
+        parts.append(
+            f"<p class=muted>The {len(hits)} photos most like these words, best first</p>"
+            + hits_grid(hits, f"search:{query}")
+        )
+        if limit and len(hits) >= limit:
+            more = urlencode({"q": query, "n": limit + SEARCH_STEP})
+            parts.append(f'<nav class=pager><a href="/search?{more}">more photos →</a></nav>')
     return page(f"Search: {query}", "".join(parts), query)
 
 

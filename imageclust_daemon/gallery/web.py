@@ -42,6 +42,7 @@ from imageclust_daemon.gallery.thumbs import ThumbCache, Unavailable
 from imageclust_daemon.index import inflight, originals
 from imageclust_daemon.model import models
 from imageclust_daemon.published import search
+from imageclust_daemon.records import TEXT, TOKENIZER
 
 log = logging.getLogger(__name__)
 
@@ -257,19 +258,33 @@ class GalleryPages:
 
     def find(self, request: Request) -> str:
         query = request.query_params.get("q", "")
+        words = self._words_here()
         if not query.strip():
-            return pages.search_page(query, [], [], "")
+            return pages.search_page(query, [], [], "", words=words)
+        text = request.query_params.get("n", "")
+        limit = int(text) if text.isdigit() and len(text) < 5 else pages.SEARCH_STEP
+        limit = max(pages.SEARCH_STEP, min(limit, 2000))
         hits: list[search.Hit] = []
         note = ""
         with self.gallery.reader() as reader:  # one read of one catalog for the whole page
             titled = reader.albums(ids=reader.title_matches(query))
             try:
                 hits = search.by_words(
-                    self.cfg, query, 60, words=self.gallery.words, conn=reader.conn
+                    self.cfg, query, limit, words=self.gallery.words, conn=reader.conn
                 )
+            except search.Republished:
+                raise
             except ImageclustError as exc:
-                note = f"Search by words is not available: {exc}"
-        return pages.search_page(query, hits, titled, note)
+                note = f"Photos were not searched by words: {exc}"
+        return pages.search_page(query, hits, titled, note, words=words, limit=limit)
+
+    def _words_here(self) -> bool:
+        """Whether the text tower and tokenizer search by words needs are both on disk."""
+        located = models.locate(self.cfg)
+        return all(
+            located.paths.get(role) is not None and located.paths[role].is_file()
+            for role in (TEXT, TOKENIZER)
+        )
 
     def status(self, request: Request) -> str:
         with self.gallery.reader() as reader:

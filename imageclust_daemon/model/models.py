@@ -28,7 +28,7 @@ from imageclust_daemon.model.embed import (
     open_session,
     text_model_io,
 )
-from imageclust_daemon.model.manifest import CLIP_PROBE, OWN_FILE_KEYS, PURPOSE, load_manifest
+from imageclust_daemon.model.manifest import CLIP_PROBE, OWN_FILE_KEYS, load_manifest
 from imageclust_daemon.records import (
     MERGES,
     ROLES,
@@ -375,18 +375,25 @@ def open_text_model(
 ) -> TextModel:
     """The text tower and tokenizer of `located`, checked to embed into the vision tower's
     `vision_dim` dimensions. ModelError saying what to fetch when a file is missing."""
-    for role in (TEXT, TOKENIZER):
-        path = located.paths.get(role)
-        if path is None:
-            raise ModelError(
-                f"{located.spec.name} has no {PURPOSE[role]} in the manifest; "
-                f"set {OWN_FILE_KEYS[role]} to a file of your own"
-            )
-        if not path.is_file():
-            raise ModelError(
-                f"{PURPOSE[role]} is not at {path}; fetch it with: imageclust models download"
-                + (f" (or set {OWN_FILE_KEYS[role]})" if role in OWN_FILE_KEYS else "")
-            )
+    # Search by words needs both files: say every one that is missing, and how to get it.
+    nouns = {TEXT: "text tower", TOKENIZER: "tokenizer"}
+    unlisted = [r for r in (TEXT, TOKENIZER) if located.paths.get(r) is None]
+    if unlisted:
+        own = " and ".join(OWN_FILE_KEYS[r] for r in unlisted)
+        raise ModelError(
+            f"search by words needs a text tower and its tokenizer; {located.spec.name} has "
+            f"no {' and no '.join(nouns[r] for r in unlisted)} in the manifest: set {own} "
+            "to files of your own"
+        )
+    absent = [r for r in (TEXT, TOKENIZER) if not located.paths[r].is_file()]
+    if absent:
+        where = "; ".join(f"the {nouns[r]} is not at {located.paths[r]}" for r in absent)
+        own = " and ".join(OWN_FILE_KEYS[r] for r in absent if r in OWN_FILE_KEYS)
+        raise ModelError(
+            f"search by words needs a text tower and its tokenizer: {where}; fetch "
+            f"{'it' if len(absent) == 1 else 'them'} with: imageclust models download"
+            + (f" (or set {own})" if own else "")
+        )
     text_path, tok_path = located.paths[TEXT], located.paths[TOKENIZER]
     text_file = located.file(TEXT)
     session = open_session(text_path, threads=threads, providers=providers, what="CLIP text model")
