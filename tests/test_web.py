@@ -3,6 +3,7 @@ indexed by the `imageclust` command. Pages, pictures, and what it refuses."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import time
@@ -338,3 +339,31 @@ def test_an_album_card_says_only_what_most_of_its_photos_support() -> None:
     assert album_facts(located)[1] is not None and "Paris" in str(album_facts(located)[1])
     undated = GroupFacts(10, ("2020-05-01T10:00:00",))
     assert album_facts(undated)[0] is None  # one date of ten says nothing of the album
+
+
+def test_a_broken_original_is_not_decoded_again_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a broken original was decoded again on every view of its page."""
+    from imageclust_daemon.gallery import thumbs
+    from imageclust_daemon.index import sandbox
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a photo")
+    made: list[bytes] = []
+    real = sandbox.picture
+
+    def counted(original: bytes, *args: Any, **kwargs: Any) -> bytes:
+        made.append(original)
+        return real(original, *args, **kwargs)
+
+    monkeypatch.setattr(sandbox, "picture", counted)
+    cache = thumbs.ThumbCache(tmp_path / "cache")
+    for _ in range(3):
+        with pytest.raises(thumbs.Unavailable, match=r"broken\.jpg"):
+            cache.get("ab" * 32, "thumb", [os.fsencode(broken)])
+    assert len(made) == 1
+    os.utime(broken, ns=(1, 2_000_000_000))  # changed (say, repaired): tried again
+    with pytest.raises(thumbs.Unavailable):
+        cache.get("ab" * 32, "thumb", [os.fsencode(broken)])
+    assert len(made) == 2

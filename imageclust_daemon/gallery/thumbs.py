@@ -30,6 +30,22 @@ class Unavailable(Exception):
     """No original of this content can be read now (gone, unreadable, not an image)."""
 
 
+BROKEN_KEPT = 10_000  # pictures remembered as not makeable (then forgotten at once)
+
+
+def _signature(paths: list[bytes]) -> tuple[object, ...]:
+    """The files as they are now (size and modification time; None where not there)."""
+    found: list[object] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            found.append((path, None))
+            continue
+        found.append((path, st.st_size, st.st_mtime_ns))
+    return tuple(found)
+
+
 class ThumbCache:
     def __init__(self, root: Path, workers: int = 2, journal: InFlight | None = None) -> None:
         """`journal`: what the pictures are made under, so that a photo whose picture
@@ -39,6 +55,9 @@ class ThumbCache:
         self._slots = threading.BoundedSemaphore(workers)
         self._making: dict[tuple[str, str], threading.Lock] = {}
         self._lock = threading.Lock()
+        # Pictures that could not be made, with the files as they were then: asked again
+        # for the same files unchanged, the answer is the same without decoding them again.
+        self._broken: dict[tuple[str, str], tuple[tuple[object, ...], str]] = {}
 
     def path(self, content_hash: str, kind: str) -> Path:
         if not _HASH.fullmatch(content_hash) or kind not in SIZES:
@@ -52,11 +71,23 @@ class ThumbCache:
             return dest
         with self._lock:
             lock = self._making.setdefault((content_hash, kind), threading.Lock())
+        paths = list(originals)
+        files = _signature(paths)
         with lock:  # one maker per picture; the others wait for it and find it made
             if dest.is_file():
                 return dest
-            with self._slots:
-                data = self._make(originals, SIZES[kind])
+            known = self._broken.get((content_hash, kind))
+            if known is not None and known[0] == files:
+                raise Unavailable(known[1])
+            try:
+                with self._slots:
+                    data = self._make(paths, SIZES[kind])
+            except Unavailable as exc:
+                with self._lock:
+                    if len(self._broken) >= BROKEN_KEPT:
+                        self._broken.clear()
+                    self._broken[(content_hash, kind)] = (files, str(exc))
+                raise
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             try:
