@@ -238,10 +238,10 @@ def test_a_page_past_the_last_says_so(gallery: dict[str, Any]) -> None:
     assert "newer page" not in first and "previous page" not in first
 
 
-def _phone(driver: Any) -> None:
+def _phone(driver: Any, width: int = 390) -> None:
     driver.execute_cdp_cmd(
         "Emulation.setDeviceMetricsOverride",
-        {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True},
+        {"width": width, "height": 844, "deviceScaleFactor": 2, "mobile": True},
     )
 
 
@@ -268,16 +268,19 @@ def _every_page(gallery: dict[str, Any]) -> list[str]:
 
 
 def test_no_page_scrolls_sideways_on_a_phone(gallery: dict[str, Any], browser: Any) -> None:  # noqa: F811
-    _phone(browser)
+    """Before: every page scrolled sideways at 390 px (pages 570-866 px wide)."""
     wide = {}
-    for path in _every_page(gallery):
-        browser.get(gallery["base"] + path)
-        width, inner = browser.execute_script(
-            "return [document.documentElement.scrollWidth, window.innerWidth]"
-        )
-        if width > inner:
-            wide[path] = width
-    assert inner == 390 and wide == {}
+    for width in (360, 390):
+        _phone(browser, width)
+        for path in _every_page(gallery):
+            browser.get(gallery["base"] + path)
+            scroll, inner = browser.execute_script(
+                "return [document.documentElement.scrollWidth, window.innerWidth]"
+            )
+            assert inner == width
+            if scroll > inner:
+                wide[f"{width} {path}"] = scroll
+    assert wide == {}
 
 
 def test_the_keyboard_goes_next_previous_and_back(gallery: dict[str, Any], browser: Any) -> None:  # noqa: F811

@@ -6,8 +6,10 @@ Fills a state database through the real store (512-dim embeddings, groups from a
 real recluster), publishes it, and serves the gallery with uvicorn on 127.0.0.1.
 Then, side by side in one run, the server time (the `server-timing`-free way: the
 client's time of a keep-alive request on loopback) of: the albums page, an album
-of 200 photos, a page of 50 cached thumbnails (fetched one after another), and a
-cold thumbnail of a 12-MP JPEG (a new content each time). Medians of 7.
+of 200 photos, a page of 50 cached thumbnails (fetched one after another), a cold
+thumbnail of a 12-MP JPEG (a new content each time), the timeline, the biggest event,
+the map (a third of the photos carry a position) and a photo opened from its album.
+Medians of 7.
 """
 
 from __future__ import annotations
@@ -78,6 +80,12 @@ def main() -> None:
         data.mkdir()
         with Store.open(data / "state.sqlite") as store:
             fill(store, args.photos)
+            # a third of the photos with a position, spread over the world, for the map
+            with store.transaction() as conn:
+                conn.execute(
+                    "UPDATE contents SET lat = (rowid * 37) % 140 - 70 + 0.5, "
+                    "lon = (rowid * 91) % 360 - 180 + 0.5 WHERE rowid % 3 = 0"
+                )
             run = regroup.recluster(store, MODEL, min_size=5, max_size=200)
             store.checkpoint()
         catalog.publish(
@@ -113,6 +121,13 @@ def main() -> None:
                     cache.get(h, "thumb", [bytes(originals[0])])
                 albums_ms = median_ms(client, "/")
                 album_ms = median_ms(client, f"/album/{biggest.id}")
+                with reader.__class__(cfg.catalog_path) as again:
+                    events = again.events()
+                    event = max(events, key=lambda e: e.size)
+                timeline_ms = median_ms(client, "/timeline")
+                event_ms = median_ms(client, f"/event/{event.id}")
+                map_ms = median_ms(client, "/map")
+                photo_ms = median_ms(client, f"/photo/{hashes[1]}?in=album:{biggest.id}")
 
                 def fifty() -> float:
                     t0 = time.perf_counter()
@@ -133,7 +148,9 @@ def main() -> None:
             f"{args.photos} photos, {big} albums (the biggest {biggest.size} photos): "
             f"albums page {albums_ms:.0f} ms, album of {min(biggest.size, 200)} photos "
             f"{album_ms:.0f} ms, 50 cached thumbnails {thumbs_ms:.0f} ms, cold thumbnail of a "
-            f"12-MP JPEG {statistics.median(cold):.0f} ms (median of {len(cold)})"
+            f"12-MP JPEG {statistics.median(cold):.0f} ms (median of {len(cold)}); "
+            f"timeline ({len(events)} events) {timeline_ms:.0f} ms, an event of {event.size} "
+            f"photos {event_ms:.0f} ms, map {map_ms:.0f} ms, a photo in its album {photo_ms:.0f} ms"
         )
 
 
