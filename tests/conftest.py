@@ -145,10 +145,32 @@ def fake_ollama() -> Iterator[Any]:
 
 
 def cli_json(config: Path, *args: str) -> Any:
-    """Run `imageclust --config CONFIG ARGS --json`; it must succeed; its parsed output."""
-    result = run_cli("--config", str(config), *args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    """`imageclust --config CONFIG ARGS --json`, run in this process (the command's own
+    `main`, as the console script calls it: a use case tested without a process start);
+    it must succeed; its parsed output. `run_cli` runs the real command in a subprocess,
+    for what only a process shows (exit codes, signals, environment, memory caps)."""
+    import contextlib
+    import io
+    import logging
+
+    import tqdm
+
+    from imageclust_daemon.cli import commands
+
+    tqdm.tqdm.monitor_interval = 0  # no monitor thread outliving the command
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = commands.main(["--config", str(config), *args, "--json"])
+    finally:  # the command configures logging for its process: put this one's back
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+    assert code == 0, err.getvalue()
+    return json.loads(out.getvalue())
 
 
 @pytest.fixture(scope="session")
