@@ -364,3 +364,31 @@ def test_search_without_a_text_tower_says_what_is_missing(gallery: dict[str, Any
     assert "imageclust models download" in found
     assert "birthday cake" not in client.get("/search").text
     assert "dog on the beach" not in client.get("/").text
+
+
+def test_a_swipe_goes_to_the_next_photo(gallery: dict[str, Any], browser: Any) -> None:  # noqa: F811
+    catalog = gallery["catalog"]
+    event = catalog.execute("SELECT id FROM events ORDER BY size DESC LIMIT 1").fetchone()[0]
+    base = gallery["base"]
+    _phone(browser)
+    browser.get(f"{base}/event/{event}")
+    browser.find_element("css selector", ".photos a").click()
+    start = browser.current_url
+
+    def swipe(x0: int, x1: int) -> None:
+        point = {"x": x0, "y": 500}
+        browser.execute_cdp_cmd(
+            "Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [point]}
+        )
+        browser.execute_cdp_cmd(
+            "Input.dispatchTouchEvent",
+            {"type": "touchMove", "touchPoints": [{"x": x1, "y": 500}]},
+        )
+        browser.execute_cdp_cmd("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+
+    swipe(300, 60)  # right to left: the next photo
+    for _ in range(50):
+        if browser.current_url != start:
+            break
+        browser.execute_script("return 1")
+    assert browser.current_url != start and f"?in=event:{event}" in browser.current_url
