@@ -6,13 +6,14 @@ import argparse
 import base64
 import contextlib
 import csv
+import itertools
 import json
 import logging
 import os
 import re
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -367,10 +368,23 @@ def _json_value(value: object) -> object:
 
 
 def cmd_query(args: argparse.Namespace, cfg: config.Config) -> int:
-    limits = catalog.QueryLimits(rows=args.max_rows, bytes=args.max_bytes)
+    asked = args.max_rows  # the rows the user wants: not an error to stop there
+    rows = asked + 1 if asked is not None else catalog.QueryLimits().rows
+    limits = catalog.QueryLimits(rows=rows, bytes=args.max_bytes)
     if hasattr(sys.stdout, "reconfigure"):  # a value the terminal cannot show: escaped, not fatal
         sys.stdout.reconfigure(errors="backslashreplace")
     with catalog.open_query(cfg.catalog_path, args.sql, limits) as result:
+        more = False
+        if asked is not None:
+            every = result.rows
+            kept = itertools.islice(every, asked)
+
+            def first_rows() -> Iterator[tuple[object, ...]]:
+                nonlocal more
+                yield from kept
+                more = next(every, None) is not None
+
+            result = catalog.QueryStream(result.columns, first_rows())
         # Rows are printed as they come: a result never has to fit in memory.
         if args.json:
             sys.stdout.write("[")
@@ -391,6 +405,11 @@ def cmd_query(args: argparse.Namespace, cfg: config.Config) -> int:
                 print(
                     "\t".join("" if v is None else logs.printable(str(_json_value(v))) for v in row)
                 )
+    if more:
+        print(
+            f"imageclust: the first {asked:,} rows, as --max-rows asked; there are more",
+            file=sys.stderr,
+        )
     return 0
 
 

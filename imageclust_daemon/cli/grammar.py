@@ -108,9 +108,10 @@ def _query_commands(sub: Any, command: Command) -> None:
     qy.add_argument(
         "--max-rows",
         type=positive_int,
-        default=defaults.rows,
+        default=None,
         metavar="N",
-        help=f"stop (exit 2) past N rows (default {defaults.rows:,})",
+        help="print at most N rows (then say on stderr that there are more; exit 0); "
+        f"without it a result past {defaults.rows:,} rows is stopped as a runaway (exit 2)",
     )
     qy.add_argument(
         "--max-bytes",
