@@ -196,3 +196,12 @@ def test_a_file_that_is_not_a_tokenizer_names_itself(tmp_path: Path) -> None:
     bad.write_text("{not json", encoding="utf-8")
     with pytest.raises(ModelError, match=r"tokenizer\.json: not a usable tokenizer\.json"):
         ClipTokenizer.from_file(bad)
+
+
+def test_a_path_given_as_a_string_is_read_too(tmp_path: Path, tokenizer: ClipTokenizer) -> None:
+    """Before: from_file("tokenizer.json") failed with "'str' object has no attribute
+    'read_text'", where tokenizers and open_clip take a str."""
+    path = write_tokenizer_json(tmp_path / "tokenizer.json")
+    assert ClipTokenizer.from_file(str(path)).encode("a photo of a cat") == tokenizer.encode(
+        "a photo of a cat"
+    )

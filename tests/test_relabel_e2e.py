@@ -93,3 +93,32 @@ def test_relabel_titles_changed_groups_only_and_falls_back_offline(
     back = cli_json(config, "relabel")
     assert back["groups"] == 1 and back["ollama"] == 1
     assert all(g["label_source"] == "ollama" for g in _groups(config).values())
+
+
+def test_index_says_titles_are_offline_when_ollama_cannot_give_them(
+    tmp_path: Path,
+    make_config,  # type: ignore[no-untyped-def]
+    fake_ollama,  # type: ignore[no-untyped-def]
+) -> None:
+    """Before: "titling 52 albums with gemma3:4b..." was printed while Ollama was down."""
+    from tests.conftest import run_cli
+
+    root = tmp_path / "library"
+    scene_library(root, 2, 5)
+    down = make_config(
+        cluster={"min_size": 4, "max_size": 40},
+        ollama={"host": "http://127.0.0.1:9", "model": "llava", "connect_timeout": 0.2},
+    )
+    done = run_cli("--config", str(down), "index", str(root), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "titling 2 albums offline: Ollama does not answer at http://127.0.0.1:9" in done.stdout
+    assert "with llava" not in done.stdout
+    fake_ollama.models = []  # up, but without the model
+    (tmp_path / "data").rename(tmp_path / "data-before")
+    missing = make_config(
+        cluster={"min_size": 4, "max_size": 40},
+        ollama={"host": fake_ollama.url, "model": "llava", "timeout": 5.0, "attempts": 1},
+    )
+    done = run_cli("--config", str(missing), "index", str(root), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "has no model llava (ollama pull llava)" in done.stdout

@@ -21,8 +21,15 @@ from typing import Any, cast
 
 from imageclust_daemon import config, logs
 from imageclust_daemon.cli import grammar
-from imageclust_daemon.errors import ConfigError, ImageclustError, UsageError, is_disk_full
+from imageclust_daemon.errors import (
+    ConfigError,
+    ImageclustError,
+    OllamaError,
+    UsageError,
+    is_disk_full,
+)
 from imageclust_daemon.grouping import regroup
+from imageclust_daemon.grouping.ollama import OllamaClient
 from imageclust_daemon.index import dask_index, pipeline, scan
 from imageclust_daemon.model import hub, manifest, models
 from imageclust_daemon.model.embed import short_provider
@@ -225,7 +232,7 @@ def _title(args: argparse.Namespace, options: library.Options, store: Store) -> 
     with options.client(os.environ) as client:
         bar = None
         if waiting and not args.json:
-            print(f"titling {_count(waiting, 'album')} with {client.model} at {client.host}...")
+            print(_titling(client, waiting))
             sys.stdout.flush()
             if not args.no_progress:
                 from tqdm import tqdm
@@ -241,6 +248,26 @@ def _title(args: argparse.Namespace, options: library.Options, store: Store) -> 
         finally:
             if bar is not None:
                 bar.close()
+
+
+def _titling(client: OllamaClient, waiting: int) -> str:
+    """What is about to happen to the albums that need titles: only what is true (a look
+    at Ollama first: "titling with gemma3:4b" is not printed while Ollama is down)."""
+    albums = _count(waiting, "album")
+    try:
+        listed = client.has_model()
+    except OllamaError as exc:
+        return (
+            f"titling {albums} offline: Ollama does not answer at {client.host} ({exc.reason}); "
+            "they get titles from their dates, places and subjects, and Ollama's at a later run"
+        )
+    if not listed:
+        return (
+            f"titling {albums} offline: Ollama at {client.host} has no model {client.model} "
+            f"(ollama pull {client.model}); they get titles from their dates, places and "
+            "subjects, and Ollama's at a later run"
+        )
+    return f"titling {albums} with {client.model} at {client.host}..."
 
 
 def _through_bar() -> contextlib.AbstractContextManager[None]:

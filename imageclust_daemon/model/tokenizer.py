@@ -62,11 +62,12 @@ class ClipTokenizer:
         self.context_length = context_length
 
     @classmethod
-    def from_file(cls, path: Path) -> ClipTokenizer:
-        """The tokenizer in `path`, with what a person types read as text: its control
+    def from_file(cls, path: str | os.PathLike[str]) -> ClipTokenizer:
+        """The tokenizer in `path` (a str or a Path, as `tokenizers.Tokenizer.from_file`
+        and open_clip take it), with what a person types read as text: its control
         tokens are not matched inside the text (open_clip matches only its own names for
         them, <start_of_text> and <end_of_text>, which no published tokenizer.json uses)."""
-        return cls(_load_as_text(path))
+        return cls(_load_as_text(Path(path)))
 
     def encode(self, text: str) -> list[int]:
         """One text's ids, start and end tokens included, at most `context_length`."""
