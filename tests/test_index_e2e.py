@@ -458,3 +458,19 @@ def test_status_reads_a_data_dir_it_cannot_write_and_changes_nothing(
         k: v for k, v in original.items() if k != "database"
     }
     assert _manifest(copy) == before  # not a byte written, no file made
+
+
+def test_status_before_the_first_index_names_a_model_file_that_is_there(
+    make_config,  # type: ignore[no-untyped-def]
+    tiny_model: Path,
+    tmp_path: Path,
+) -> None:
+    """Before: with model.path at a file that exists, `status` said the model was
+    "not downloaded (imageclust models download)"."""
+    config = make_config([tmp_path])
+    done = run_cli("--config", str(config), "status")
+    assert done.returncode == 0, done.stderr
+    assert "not downloaded" not in done.stdout
+    assert f"{tiny_model} (not used yet: imageclust index)" in done.stdout
+    gone = make_config([tmp_path], model={"path": str(tmp_path / "nowhere.onnx")})
+    assert "not downloaded" in run_cli("--config", str(gone), "status").stdout

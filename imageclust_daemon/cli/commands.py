@@ -533,7 +533,9 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
         print(json.dumps(counts))
         return 0
     shown: dict[str, Any] = dict(counts)
-    if model_id is None:
+    if model_id is None and path.is_file():  # there, not yet identified: the first index does
+        shown["model"] = f"{located.spec.name}: {path} (not used yet: imageclust index)"
+    elif model_id is None:
         shown["model"] = f"{located.spec.name}: not downloaded (imageclust models download)"
     if counts["clusters"] == 0 and counts["embedded"]:
         shown["clusters"] = "0 (group the photos with: imageclust recluster)"
