@@ -453,11 +453,15 @@ def _transfer_failed(
         if received or answered
         else f"could not reach {host}"
     )
+    # "resume" only where something arrived to resume from; else the same run again starts
+    # from zero, and the network is what to look at
+    again = "run the download again to resume" if received else "nothing was downloaded"
+    resumes = "it resumes" if received else "it starts from the beginning"
     return DownloadError(
         url,
-        f"{what} ({exc or type(exc).__name__}); {kept}run the download again to resume",
+        f"{what} ({exc or type(exc).__name__}); {kept}{again}",
         next_step=f"check the network (or ${ENDPOINT_ENV}, a proxy), then run the "
-        "same command again: it resumes. Without a network here: fetch the file on "
+        f"same command again: {resumes}. Without a network here: fetch the file on "
         "another machine and set model.path (model.text_path, model.tokenizer_path) "
         f"to it, or point ${ENDPOINT_ENV} or --url at a mirror you can reach",
     )

@@ -226,6 +226,23 @@ def test_an_unreachable_server_is_a_download_error_and_keeps_the_part(
     assert hub.part_path(dest).read_bytes() == model_bytes[:10]
 
 
+def test_an_unreachable_server_with_nothing_fetched_says_nothing_was_downloaded(
+    model_bytes: bytes, tmp_path: Path
+) -> None:
+    """Before: "could not reach host.invalid ...; run the download again to resume" when
+    nothing had been transferred."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spec = spec_for(model_bytes, f"http://127.0.0.1:{port}/model.onnx")
+    with pytest.raises(DownloadError) as caught:
+        hub.download(spec, tmp_path / "model.onnx", timeout=5)
+    said = f"{caught.value} {caught.value.next_step}"
+    assert "could not reach 127.0.0.1" in said and "nothing was downloaded" in said
+    assert "resume" not in said and "it starts from the beginning" in said
+    assert no_part(tmp_path / "model.onnx")
+
+
 def test_a_redirect_is_followed_and_keeps_the_range(
     server: FileServer, model_bytes: bytes, tmp_path: Path
 ) -> None:
