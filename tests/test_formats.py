@@ -80,10 +80,11 @@ def test_files_are_read_by_their_bytes_and_counted_by_format_and_kind(
     (root / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
     (root / "IMG_0001.AAE").write_text("<plist/>")
     (root / "true.jpg.xmp").write_text("<x:xmpmeta/>")
+    (root / "GOPR0001.GPR").write_bytes(b"II*\x00" + bytes(64))  # GoPro's RAW: not readable here
     config = make_config([root])
     result = run_cli("--config", str(config), "index", "--no-progress")
     assert result.returncode == 0, result.stderr
-    assert "skipped, not photos: 2 sidecars, 2 videos" in result.stdout
+    assert "skipped (counted, not read): 1 GoPro RAW, 2 sidecars, 2 videos" in result.stdout
 
     conn = sqlite3.connect(f"file:{config.parent / 'data' / 'catalog.sqlite'}?mode=ro", uri=True)
     try:
@@ -102,7 +103,7 @@ def test_files_are_read_by_their_bytes_and_counted_by_format_and_kind(
     assert statuses == {"indexed"}, "videos and sidecars are never photos, never failed"
     status = cli_json(config, "status")
     assert status["formats"] == {"HEIF": 2, "JPEG": 2, "PNG": 1}
-    assert status["skipped"] == {"sidecar": 2, "video": 2}
+    assert status["skipped"] == {"GoPro RAW": 1, "sidecar": 2, "video": 2}
     assert status["failed"] == 0 and status["files"] == 5
     text = run_cli("--config", str(config), "status").stdout
     assert "formats" in text and "JPEG 2" in text and "video 2" in text

@@ -216,7 +216,7 @@ def _print_index_summary(
         )
     if r.skipped:
         kinds = ", ".join(_count(n, kind) for kind, n in sorted(r.skipped.items()))
-        print(f"skipped, not photos: {kinds}")
+        print(f"skipped (counted, not read): {kinds}")
     if failed_now:
         print(
             "failed photos and why: imageclust query "
@@ -545,7 +545,7 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
         found = counts.get(key) or {}
         shown[key] = ", ".join(f"{kind} {n}" for kind, n in found.items()) or "none"
     if counts.get("skipped"):
-        shown["skipped"] += " (not photos: counted, not read)"
+        shown["skipped"] += " (counted, not read)"
     kinds = counts.get("events") or {}
     shown["events"] = (
         f"{sum(kinds.values())} ("

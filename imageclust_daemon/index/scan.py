@@ -45,6 +45,9 @@ SKIPPED_KINDS = {
     b".xmp": "sidecar",
     b".aae": "sidecar",
     b".thm": "sidecar",
+    # GoPro's RAW: a DNG whose image is VC-5 coded, which LibRaw reads only when built
+    # with GoPro's SDK (rawpy's wheels are not): counted by kind, not read.
+    b".gpr": "GoPro RAW",
 }
 
 
