@@ -46,7 +46,8 @@ SKIPPED_KINDS = {
     b".aae": "sidecar",
     b".thm": "sidecar",
     # GoPro's RAW: a DNG whose image is VC-5 coded, which LibRaw reads only when built
-    # with GoPro's SDK (rawpy's wheels are not): counted by kind, not read.
+    # with GoPro's SDK; rawpy 0.28's build lists no such feature (rawpy.flags): counted
+    # by kind, not read.
     b".gpr": "GoPro RAW",
 }
 
