@@ -296,3 +296,33 @@ def test_a_raw_jpeg_pair_is_one_photo_in_albums_and_search(
     rows = _catalog_rows(config)
     assert rows["IMG_0100.DNG"][2] == raw_hash
     assert raw_hash in _members(config) or rows["IMG_0100.DNG"][3] is None
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        ("LibRawIOError", "truncated: the file ends before its image data (the CR3 sensor data"),
+        ("LibRawDataError", "damaged: its image data is corrupt (the CR3 sensor data"),
+        ("LibRawRequestForNonexistentImageError", "it holds no image LibRaw can open"),
+        ("LibRawTooBigError", "its image is larger than LibRaw decodes"),
+        ("LibRawUnspecifiedError", "LibRaw cannot read the CR3 sensor data: "),
+    ],
+)
+def test_each_libraw_failure_is_said_in_words(error: str, said: str) -> None:
+    """Before: a truncated CR3 said "cannot decode the CR3 sensor data: Input/output
+    error", which reads like a failing disk; it is LibRaw's code for data that ends early."""
+    import rawpy
+
+    from imageclust_daemon.index import camera_raw
+
+    reason = camera_raw.libraw_reason(getattr(rawpy, error)("x"), "CR3", "sensor data")
+    assert reason.startswith(said) and "Input/output" not in reason
+
+
+def test_libraw_out_of_memory_is_not_the_photos_fault() -> None:
+    import rawpy
+
+    from imageclust_daemon.index import camera_raw
+
+    with pytest.raises(MemoryError):
+        camera_raw.libraw_reason(rawpy.LibRawUnsufficientMemoryError("x"), "NEF", "file")

@@ -152,8 +152,7 @@ class RawShot:
         try:
             return self._raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
         except rawpy.LibRawError as exc:
-            reason = f"cannot decode the {self.kind} sensor data: {_why(exc)}"
-            raise DecodeError(self._path, reason) from None
+            raise DecodeError(self._path, libraw_reason(exc, self.kind, "sensor data")) from None
 
     def facts(self) -> exif.Facts:
         """Capture time and position: from the RAW's own EXIF, else its preview's, else
@@ -222,6 +221,29 @@ def _largest_bitmap_preview(head: bytes) -> int:
     return largest
 
 
+# LibRaw's failures in words a person can act on, by rawpy's class for each LibRaw error
+# code (libraw_const.h, LibRaw_errors). LIBRAW_IO_ERROR is what LibRaw returns when its
+# data ends early (a read past the end of the file), not a failing disk.
+_LIBRAW_WORDS: tuple[tuple[type[Exception], str], ...] = (
+    (rawpy.LibRawIOError, "truncated: the file ends before its image data"),
+    (rawpy.LibRawDataError, "damaged: its image data is corrupt"),
+    (rawpy.LibRawRequestForNonexistentImageError, "it holds no image LibRaw can open"),
+    (rawpy.LibRawTooBigError, "its image is larger than LibRaw decodes"),
+    (rawpy.LibRawCancelledByCallbackError, "its decode was cancelled"),
+)
+
+
+def libraw_reason(exc: Exception, kind: str, part: str) -> str:
+    """Why LibRaw could not read a RAW's `part` ("file", "sensor data"), for a person.
+    Memory LibRaw could not get says nothing of the photo: MemoryError (retried)."""
+    if isinstance(exc, (rawpy.LibRawUnsufficientMemoryError, rawpy.LibRawMemPoolOverflowError)):
+        raise MemoryError(f"LibRaw: {_why(exc)}") from None
+    for cls, words in _LIBRAW_WORDS:
+        if isinstance(exc, cls):
+            return f"{words} (the {kind} {part}, as LibRaw reads it)"
+    return f"LibRaw cannot read the {kind} {part}: {_why(exc)}"
+
+
 def _why(exc: BaseException) -> str:
     text = exc.args[0] if exc.args else ""
     if isinstance(text, bytes):
@@ -257,7 +279,7 @@ def opened(data: bytes | BinaryIO, kind: str, *, path: str = "") -> Iterator[Raw
                 path, f"not a {kind} file LibRaw can read (unsupported or corrupt)"
             ) from None
         except rawpy.LibRawError as exc:
-            raise DecodeError(path, f"cannot read the {kind} file: {_why(exc)}") from None
+            raise DecodeError(path, libraw_reason(exc, kind, "file")) from None
         yield RawShot(raw, head, kind, path)
     finally:
         raw.close()
