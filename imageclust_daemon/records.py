@@ -160,6 +160,7 @@ class ContentRow:
     decoded: bool = False
     meta: PhotoMeta | None = None
     error: str | None = None  # why it cannot be decoded (only when decoded is True)
+    format: str | None = None  # what its bytes say it is, where it could not be decoded
 
 
 @dataclass(frozen=True, slots=True)

@@ -214,7 +214,7 @@ BAD_FILES: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
     "truncated.jpg": (photos.write_truncated_jpeg, ("truncated",)),
     "notes.jpg": (photos.write_text_as_jpg, ("not an image",)),
     "bomb.png": (photos.write_png_bomb, ("decompression bomb",)),
-    "corrupt.jpg": (photos.write_corrupt_jpeg, ("cannot decode",)),
+    "corrupt.jpg": (photos.write_corrupt_jpeg, ("damaged: its image data is corrupt",)),
 }
 
 
@@ -377,3 +377,43 @@ def test_reduced_jpeg_decode_stays_close_to_the_reference(
 def test_reduced_decode_reports_the_full_displayed_size() -> None:
     meta = decode(_camera_like_jpeg(orientation=6), Preprocessing()).meta
     assert (meta.width, meta.height) == (3000, 2000)
+
+
+def test_a_jpeg_cut_in_half_is_truncated_without_pillows_detail(tmp_path: Path) -> None:
+    """Before: "truncated or incomplete image data (image file is truncated (1 bytes not
+    processed))": Pillow's detail, which is not what happened to the file."""
+    whole = photos.jpeg_bytes(photos.photo_like(4))
+    path = tmp_path / "half.jpg"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DecodeError) as caught:
+        decode_file(path)
+    assert caught.value.reason == "truncated: the file ends before its image data"
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [
+        (b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x00\x00\x10\x03", "JPEG"),  # height 0
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "HEIF"),
+        (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1", "AVIF"),
+        (b"RIFF\x10\x00\x00\x00WEBPVP8 ", "WEBP"),
+    ],
+)
+def test_a_damaged_header_names_the_format_its_bytes_say(
+    head: bytes, kind: str, tmp_path: Path
+) -> None:
+    """Before: a damaged HEIF and a JPEG whose height is 0 were "not an image in a format
+    imageclust reads (JPEG, PNG, ..., HEIF, AVIF)": the very format the file is in."""
+    path = tmp_path / "damaged"
+    path.write_bytes(head + bytes(64))
+    with pytest.raises(DecodeError) as caught:
+        decode_file(path)
+    assert caught.value.reason.startswith(f"a damaged {kind}"), caught.value.reason
+    assert decode_module.format_of(path.read_bytes()) == kind
+
+
+def test_the_formats_named_include_camera_raws(tmp_path: Path) -> None:
+    path = tmp_path / "notes.jpg"
+    path.write_bytes(b"just some text, no picture at all" * 4)
+    with pytest.raises(DecodeError, match="and camera RAWs"):
+        decode_file(path)

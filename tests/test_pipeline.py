@@ -76,6 +76,21 @@ def test_plan_keeps_files_under_unreachable_folders_offline() -> None:
     assert p.online == [returning.path]
 
 
+def test_a_photo_that_fails_keeps_the_format_its_bytes_say(tmp_path: Path) -> None:
+    """Before: failed rows had no `photos.format`, though the bytes were recognised."""
+    whole = photos.jpeg_bytes(photos.photo_like(2))
+    path = tmp_path / "half.jpg"
+    path.write_bytes(whole[: len(whole) // 2])
+    st = os.stat(path)
+    stat = FileStat(os.fsencode(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    done = prepare(stat, Claims(set()), Preprocessing())
+    assert done.content is not None and done.content.error is not None
+    assert done.content.format == "JPEG"
+    with Store.open(tmp_path / "s.sqlite") as store:
+        store.record([done.content], [done.file], [], "m")
+        assert store.conn.execute("SELECT format FROM contents").fetchone() == ("JPEG",)
+
+
 def test_prepare_hashes_decodes_and_reports_vanished_files(tmp_path: Path) -> None:
     path = tmp_path / "a.jpg"
     photos.save_jpeg(photos.photo_like(1), path)

@@ -298,7 +298,8 @@ def decode(
 def _decode(
     data: bytes | BinaryIO, spec: Preprocessing, *, path: str, reduced_decode: bool
 ) -> DecodedPhoto:
-    kind = camera_raw.sniff(_head(data), path)
+    head = _head(data)
+    kind = camera_raw.sniff(head, path)
     if kind is not None:
         try:
             with _reasons(path):
@@ -306,7 +307,10 @@ def _decode(
         except camera_raw.NotRaw:  # a TIFF that is no camera's RAW: read as a TIFF
             pass
     source = io.BytesIO(data) if isinstance(data, bytes) else data
-    with _reasons(path, kind), Image.open(source, formats=allowed_formats()) as image:
+    with (
+        _reasons(path, kind, sniff_format(head[:64])),
+        Image.open(source, formats=allowed_formats()) as image,
+    ):
         # JPEG decodes at 1/2, 1/4 or 1/8 scale in the DCT for a fraction of the cost, kept
         # at >= 1.5x the resize target so the bicubic resize still does the final
         # filtering. A 12 MP photo decodes at 1/8: 39 -> 30 ms and its resize 7 -> 3 ms
@@ -411,15 +415,18 @@ def turned(image: Image.Image, orientation: int) -> Image.Image:
 
 
 @contextmanager
-def _reasons(path: str, refused: str | None = None) -> Iterator[None]:
+def _reasons(path: str, refused: str | None = None, sniffed: str | None = None) -> Iterator[None]:
     """Whatever a decoder raises -> a DecodeError with a reason a person can act on.
-    `refused`: the RAW format the file looked like, which LibRaw did not read."""
+    `refused`: the RAW format the file looked like, which LibRaw did not read; `sniffed`:
+    the format its first bytes say (`sniff_format`)."""
     try:
         yield
     except (DecodeError, camera_raw.NotRaw, MemoryError):
         raise
     except UnidentifiedImageError:
         reason = f"not an image in a format imageclust reads ({_formats()})"
+        if sniffed is not None:  # its bytes say what it is: say that, not "not an image"
+            reason = f"a damaged {sniffed}: its header is not one Pillow can read"
         if refused is not None:
             reason = (
                 f"neither a {refused} that LibRaw reads nor an image in a format imageclust "
@@ -431,13 +438,61 @@ def _reasons(path: str, refused: str | None = None) -> Iterator[None]:
         raise DecodeError(path, f"decompression bomb: {exc}") from None
     except Exception as exc:
         reason = str(exc) or type(exc).__name__
-        if "truncated" in reason:
-            reason = f"truncated or incomplete image data ({reason})"
+        low = reason.lower()
+        if "truncated" in low or "end of file" in low:  # Pillow: "... (N bytes not processed)"
+            raise DecodeError(path, TRUNCATED) from None
+        if "broken data stream" in low or "corrupt" in low:
+            raise DecodeError(path, f"{DAMAGED} ({reason})") from None
+        if sniffed is not None:
+            raise DecodeError(
+                path, f"a damaged {sniffed}: cannot decode its image data ({reason})"
+            ) from None
         raise DecodeError(path, f"cannot decode: {reason}") from None
 
 
 def _formats() -> str:
-    return ", ".join(f for f in allowed_formats() if f != "MPO")
+    return ", ".join(f for f in allowed_formats() if f != "MPO") + " and camera RAWs"
+
+
+TRUNCATED = "truncated: the file ends before its image data"
+DAMAGED = "damaged: its image data is corrupt"
+
+# The first bytes of each format imageclust reads (and of ISO BMFF's HEIF and AVIF, their
+# "ftyp" brand at byte 4): what a file is, even when it is too damaged to open.
+_MAGIC = (
+    (0, b"\xff\xd8\xff", "JPEG"),
+    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
+    (0, b"GIF87a", "GIF"),
+    (0, b"GIF89a", "GIF"),
+    (0, b"BM", "BMP"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+)
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+
+
+def format_of(data: bytes | BinaryIO, path: str = "") -> str | None:
+    """What a file is by its bytes (a camera RAW's kind, or `sniff_format`'s), for the
+    row of a photo that could not be decoded."""
+    head = _head(data)
+    return camera_raw.sniff(head, path) or sniff_format(head[:64])
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The format a file's first bytes (a dozen or more) say, or None."""
+    for at, magic, name in _MAGIC:
+        if head[at : at + len(magic)] == magic:
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _AVIF_BRANDS:
+            return "AVIF"
+        if brand in _HEIF_BRANDS:
+            return "HEIF"
+    return None
 
 
 def thumbnail_jpeg(
@@ -461,7 +516,8 @@ def thumbnail_jpeg(
 
 def _picture(data: bytes | BinaryIO, longest: int, *, path: str) -> Image.Image:
     """The photo upright, its longer side >= `longest` where the photo has it."""
-    kind = camera_raw.sniff(_head(data), path)
+    head = _head(data)
+    kind = camera_raw.sniff(head, path)
     if kind is not None:
         try:
             with camera_raw.opened(data, kind, path=path) as shot:
@@ -475,7 +531,10 @@ def _picture(data: bytes | BinaryIO, longest: int, *, path: str) -> Image.Image:
     if not isinstance(data, bytes):
         data.seek(0)
     source = io.BytesIO(data) if isinstance(data, bytes) else data
-    with _reasons(path, kind), Image.open(source, formats=allowed_formats()) as image:
+    with (
+        _reasons(path, kind, sniff_format(head[:64])),
+        Image.open(source, formats=allowed_formats()) as image,
+    ):
         _load(image, data, longest, path=path)
         small = reduced(image, longest)  # bounded like indexing, before any copy
         return _oriented(small)

@@ -221,8 +221,9 @@ def _read_and_decode(
             if data is None:
                 f.seek(0)
             decoded = decode.decode(data if data is not None else f, spec, path=shown)
-    except DecodeError as exc:
-        content = ContentRow(content_hash, size, decoded=True, error=exc.reason)
+    except DecodeError as exc:  # (its format still recorded: what its bytes say it is)
+        kind = decode.format_of(data if data is not None else f, shown)
+        content = ContentRow(content_hash, size, decoded=True, error=exc.reason, format=kind)
         return Prepared(row, content, bytes_read=size)
     except (MemoryError, OSError) as exc:
         # Not a property of the content: leave it pending, so the next run retries it.

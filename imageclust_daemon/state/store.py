@@ -292,7 +292,7 @@ class Store(GroupTables):
                             m.taken_at if m else None,
                             m.lat if m else None,
                             m.lon if m else None,
-                            m.format if m else None,
+                            m.format if m else c.format,
                             c.error,
                             c.hash,
                         ),
