@@ -326,3 +326,18 @@ def test_libraw_out_of_memory_is_not_the_photos_fault() -> None:
 
     with pytest.raises(MemoryError):
         camera_raw.libraw_reason(rawpy.LibRawUnsufficientMemoryError("x"), "NEF", "file")
+
+
+def test_a_raw_whose_sensor_data_is_blank_fails_saying_so() -> None:
+    """A RAW whose sensor data is all one value (written as zeros, say) and that has no
+    preview is no photo: before, it became a solid black picture in an album."""
+    from PIL import Image
+
+    from imageclust_daemon.errors import DecodeError
+    from imageclust_daemon.index import decode
+    from imageclust_daemon.records import Preprocessing
+    from tests.dng import dng_bytes
+
+    blank = dng_bytes(Image.new("RGB", (320, 240), (0, 0, 0)))
+    with pytest.raises(DecodeError, match="no image data: the DNG's sensor data is blank"):
+        decode.decode(blank, Preprocessing(), path="blank.dng")

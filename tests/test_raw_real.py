@@ -90,13 +90,18 @@ def test_real_camera_files_are_told_by_their_bytes_and_dated_as_exiftool_dates_t
     assert camera_raw.raw_facts(data, kind).taken_at == taken
 
 
-def test_the_iphone_dng_gives_its_position_and_is_turned(samples: Path) -> None:
-    photo = decode.decode((samples / "exiv2_IMG_1361.dng").read_bytes(), SPEC, path="i.dng")
-    assert photo.meta.format == "DNG"
-    assert (photo.meta.width, photo.meta.height) == (3024, 4032), "orientation 6: portrait"
-    assert photo.meta.taken_at == "2020-12-29T14:24:45-05:00"
-    assert photo.meta.lat == pytest.approx(34.0596083, abs=1e-6)
-    assert photo.meta.lon == pytest.approx(-84.681725, abs=1e-6)
+def test_the_iphone_dng_gives_its_position_but_has_no_image_data(samples: Path) -> None:
+    """exiv2's sample keeps an iPhone DNG's metadata with its image data taken out. Before,
+    it was "decoded" (LibRaw demosaiced what was not there) and went into albums; now it
+    fails, saying so. Its EXIF is still read (position, time)."""
+    data = (samples / "exiv2_IMG_1361.dng").read_bytes()
+    with pytest.raises(DecodeError) as failed:
+        decode.decode(data, SPEC, path="i.dng")
+    assert failed.value.reason.startswith("no image data: the DNG has 64,104 bytes for a 12 MP")
+    facts = camera_raw.raw_facts(data, "DNG")
+    assert facts.taken_at == "2020-12-29T14:24:45-05:00"
+    assert facts.lat == pytest.approx(34.0596083, abs=1e-6)
+    assert facts.lon == pytest.approx(-84.681725, abs=1e-6)
 
 
 # Pillow warns while trying the NEF's TIFF structure it cannot decode; the daemon logs it.
@@ -109,9 +114,13 @@ def test_the_iphone_dng_gives_its_position_and_is_turned(samples: Path) -> None:
         "exiv2_Canon-R6-pruned.CR3",
         "exiftool_Nikon.nef",
         "exiftool_FujiFilm.raf",
+        "exiftool_DNG.dng",
+        "exiftool_Panasonic.rw2",
     ],
 )
 def test_a_real_raw_without_its_image_data_is_a_clear_failure(samples: Path, name: str) -> None:
+    """Before: the DNG without its image data became a solid black photo and the RW2 blue
+    noise, both in albums; now every one of these samples fails, saying why."""
     kind = EXIFTOOL_SAYS[name][0]
     with pytest.raises(DecodeError) as failed:
         decode.decode((samples / name).read_bytes(), SPEC, path=name)

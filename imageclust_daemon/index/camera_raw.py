@@ -116,8 +116,11 @@ class Preview:
 class RawShot:
     """One opened RAW: its size as displayed, its orientation, its preview, its sensor data."""
 
-    def __init__(self, raw: rawpy.RawPy, data: bytes, kind: str, path: str) -> None:
+    def __init__(
+        self, raw: rawpy.RawPy, data: bytes, kind: str, path: str, file_bytes: int = 0
+    ) -> None:
         self._raw, self._data, self.kind, self._path = raw, data, kind, path
+        self.file_bytes = file_bytes or len(data)  # the whole file's size
         sizes = raw.sizes
         self.flip = int(sizes.flip)
         self.orientation = _FLIP_TO_ORIENTATION.get(self.flip, 1)
@@ -280,7 +283,8 @@ def opened(data: bytes | BinaryIO, kind: str, *, path: str = "") -> Iterator[Raw
             ) from None
         except rawpy.LibRawError as exc:
             raise DecodeError(path, libraw_reason(exc, kind, "file")) from None
-        yield RawShot(raw, head, kind, path)
+        size = len(data) if isinstance(data, bytes) else os.fstat(data.fileno()).st_size
+        yield RawShot(raw, head, kind, path, size)
     finally:
         raw.close()
 

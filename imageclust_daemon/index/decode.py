@@ -172,6 +172,13 @@ def _count_scans(f: BinaryIO) -> int:
     return count
 
 
+# Sensor data takes at least this many bits a pixel in any camera's RAW: lossless
+# compression keeps 6-12, the lossy kinds (Canon's C-RAW, Sony's compressed ARW) 3-8. A
+# RAW far smaller than that for its sensor lost its image data (a copy cut short, a
+# sample with it removed): LibRaw would "decode" zeros or noise.
+MIN_RAW_BITS = 0.5
+
+
 # Start-of-frame markers of sequential (baseline and extended) Huffman JPEG.
 _SEQUENTIAL = {0xC0, 0xC1}
 # Markers without a length: TEM, RST0-7, SOI (and EOI, where the walk stops).
@@ -393,7 +400,18 @@ def _raw_picture(shot: camera_raw.RawShot, shortest: int, *, path: str) -> Image
             f"a {shot.kind} of {shot.sensor_pixels / 1e6:.0f} MP and no usable preview: over "
             f"the {MAX_PIXELS / 1e6:.0f} MP limit for one photo",
         )
-    return reduced(Image.fromarray(shot.demosaic()), 2 * shortest)  # LibRaw turned it
+    bits = 8 * shot.file_bytes / max(shot.sensor_pixels, 1)
+    if bits < MIN_RAW_BITS:
+        raise DecodeError(
+            path,
+            f"no image data: the {shot.kind} has {shot.file_bytes:,} bytes for a "
+            f"{shot.sensor_pixels / 1e6:.0f} MP sensor and no usable preview: its sensor data "
+            "was removed or cut short",
+        )
+    sensor = shot.demosaic()  # LibRaw turned it
+    if sensor.size and int(sensor.max()) - int(sensor.min()) <= 2:
+        raise DecodeError(path, f"no image data: the {shot.kind}'s sensor data is blank")
+    return reduced(Image.fromarray(sensor), 2 * shortest)
 
 
 # The transpose that shows a picture stored with each EXIF orientation (as
