@@ -44,6 +44,7 @@ class PhotoMeta:
     lat: float | None = None
     lon: float | None = None
     format: str | None = None  # as its bytes say (Pillow's name: "JPEG", "HEIF", "PNG", ...)
+    taken_at_source: str | None = None  # which record gave taken_at (exif.Facts.source)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ CONTRACT = {
         "status",
         "error",
         "offline",
+        "taken_at_source",
     ],
     "clusters": ["id", "title", "catchy_phrase", "size", "label_source", "updated_at"],
     "cluster_members": ["cluster_id", "content_hash", "rank"],

@@ -417,3 +417,75 @@ def test_the_formats_named_include_camera_raws(tmp_path: Path) -> None:
     path.write_bytes(b"just some text, no picture at all" * 4)
     with pytest.raises(DecodeError, match="and camera RAWs"):
         decode_file(path)
+
+
+def _xmp_packet(attributes: str) -> bytes:
+    return (
+        '<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+        '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/" '
+        'xmlns:exif="http://ns.adobe.com/exif/1.0/" xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
+        f'{attributes}/></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+    ).encode()
+
+
+def _iptc_block(date: bytes, time: bytes) -> bytes:
+    """An IPTC-IIM record 2 (Date Created, Time Created) in a Photoshop APP13 block."""
+    records = b"".join(
+        b"\x1c\x02" + bytes([tag]) + len(value).to_bytes(2, "big") + value
+        for tag, value in ((55, date), (60, time))
+    )
+    resource = b"8BIM\x04\x04\x00\x00" + len(records).to_bytes(4, "big") + records
+    if len(records) % 2:
+        resource += b"\x00"
+    body = b"Photoshop 3.0\x00" + resource
+    return b"\xff\xed" + (len(body) + 2).to_bytes(2, "big") + body
+
+
+def _with_app_segment(jpeg: bytes, segment: bytes) -> bytes:
+    return jpeg[:2] + segment + jpeg[2:]  # right after SOI
+
+
+@pytest.mark.parametrize(
+    ("xmp", "iptc", "exif", "taken", "source"),
+    [
+        ('photoshop:DateCreated="2011-05-04T10:11:12+02:00"', None, None,
+         "2011-05-04T10:11:12+02:00", "xmp"),
+        ('exif:DateTimeOriginal="2012-06-07T08:09:10Z" photoshop:DateCreated="2000-01-02T03:04"',
+         None, None, "2012-06-07T08:09:10+00:00", "xmp"),
+        ('xmp:CreateDate="2013-07-08T09:10"', None, None, "2013-07-08T09:10:00", "xmp"),
+        ('photoshop:DateCreated="2014-02-03"', None, None, None, None),  # no time of day
+        (None, (b"20150304", b"101112+0100"), None, "2015-03-04T10:11:12+01:00", "iptc"),
+        # XMP's original beats EXIF's DateTime, which is a modification
+        ('photoshop:DateCreated="2016-01-02T03:04:05"', None, "modified",
+         "2016-01-02T03:04:05", "xmp"),
+        (None, None, "modified", "2020-12-24T18:00:00", "exif-modified"),
+        ('photoshop:DateCreated="2016-01-02T03:04:05"', None, "original",
+         "2019-01-01T12:00:00", "exif"),
+    ],
+)  # fmt: skip
+def test_the_capture_time_comes_from_exif_then_xmp_then_iptc(
+    xmp: str | None,
+    iptc: tuple[bytes, bytes] | None,
+    exif: str | None,
+    taken: str | None,
+    source: str | None,
+    tmp_path: Path,
+) -> None:
+    """Before: a capture time only in XMP or IPTC was NULL (digiKam and Immich find it),
+    and EXIF's ModifyDate was taken where XMP had the original."""
+    image = photos.photo_like(5)
+    out = io.BytesIO()
+    exif_block = Image.Exif()
+    if exif == "modified":
+        exif_block[0x0132] = "2020:12:24 18:00:00"
+    elif exif == "original":
+        exif_block[0x8769] = {0x9003: "2019:01:01 12:00:00"}
+    image.save(out, "JPEG", exif=exif_block, **({"xmp": _xmp_packet(xmp)} if xmp else {}))
+    data = out.getvalue()
+    if iptc is not None:
+        data = _with_app_segment(data, _iptc_block(*iptc))
+    path = tmp_path / "dated.jpg"
+    path.write_bytes(data)
+    meta = decode_file(path).meta
+    assert (meta.taken_at, meta.taken_at_source) == (taken, source)

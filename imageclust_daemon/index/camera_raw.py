@@ -169,7 +169,7 @@ class RawShot:
         ):
             found = found.or_else(_jpeg_facts(preview.jpeg))
         if found.taken_at is None:
-            found = found.or_else(exif.Facts(_libraw_time(self._raw)))
+            found = found.or_else(exif.Facts(_libraw_time(self._raw), source="raw"))
         return found
 
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -63,7 +63,27 @@ def _metadata(image: Image.Image, width: int, height: int) -> PhotoMeta:
         found = exif.facts(image.getexif())
     except Exception:  # broken EXIF must not cost the photo: metadata is optional
         found = exif.NO_FACTS
-    return PhotoMeta(width, height, found.taken_at, found.lat, found.lon, kind)
+    if found.source != "exif":  # no EXIF original: XMP's or IPTC's, where there is one
+        found = exif.with_xmp_and_iptc(found, _xmp(image), _iptc(image))
+    return PhotoMeta(width, height, found.taken_at, found.lat, found.lon, kind, found.source)
+
+
+def _xmp(image: Image.Image) -> Any:
+    """The XMP packet as Pillow parses it (with defusedxml, a dependency: XMP is XML from
+    an untrusted file, and defusedxml refuses entity expansion bombs)."""
+    try:
+        return image.getxmp() if hasattr(image, "getxmp") else {}
+    except Exception:  # a broken packet must not cost the photo
+        return {}
+
+
+def _iptc(image: Image.Image) -> Any:
+    from PIL import IptcImagePlugin
+
+    try:
+        return IptcImagePlugin.getiptcinfo(image) or {}  # type: ignore[arg-type]
+    except Exception:
+        return {}
 
 
 _SWAPS_AXES = frozenset({5, 6, 7, 8})  # EXIF orientations that turn the picture 90 degrees
@@ -379,7 +399,9 @@ def _decode_raw(
     with camera_raw.opened(data, kind, path=path) as shot:
         check_shape(shot.width, shot.height, path=path)
         found = shot.facts()
-        meta = PhotoMeta(shot.width, shot.height, found.taken_at, found.lat, found.lon, kind)
+        meta = PhotoMeta(
+            shot.width, shot.height, found.taken_at, found.lat, found.lon, kind, found.source
+        )
         upright = _raw_picture(shot, spec.resize_shortest, path=path)
         return DecodedPhoto(meta, model_input(upright, spec))
 

@@ -1,5 +1,12 @@
-"""What EXIF says of a photo: when it was taken, where, and how to turn it. Pure: reads
-a Pillow `Image.Exif` (from a JPEG, HEIC, TIFF or a RAW's own TIFF structures), never a file.
+"""What a photo's metadata says: when it was taken (and which record said it), where, and
+how to turn it. Pure: reads what Pillow read (`Image.Exif`, the XMP packet, IPTC), never a
+file.
+
+The capture time is the first of: EXIF DateTimeOriginal; XMP exif:DateTimeOriginal, then
+photoshop:DateCreated, then xmp:CreateDate (Pillow's `getxmp`, parsed with defusedxml);
+IPTC Date Created with Time Created (Pillow's `IptcImagePlugin`); and last EXIF's
+DateTime, which is when the file was last changed. Which one it was is kept
+(`Facts.source`: "exif", "xmp", "iptc", "exif-modified"; a RAW's own: "raw").
 """
 
 from __future__ import annotations
@@ -24,11 +31,14 @@ class Facts:
     taken_at: str | None = None  # ISO 8601 local time, with "+HH:MM" when EXIF has one
     lat: float | None = None
     lon: float | None = None
+    source: str | None = None  # which record gave `taken_at` (see the module's text)
 
     def or_else(self, other: Facts) -> Facts:
         """These facts, with what they lack taken from `other`."""
         lat, lon = (self.lat, self.lon) if self.lat is not None else (other.lat, other.lon)
-        return Facts(self.taken_at or other.taken_at, lat, lon)
+        if self.taken_at is not None:
+            return Facts(self.taken_at, lat, lon, self.source)
+        return Facts(other.taken_at, lat, lon, other.source if other.taken_at else None)
 
 
 NO_FACTS = Facts()
@@ -90,18 +100,109 @@ def capture_time(original: Any, offset: Any) -> str | None:
 def facts(exif: Image.Exif) -> Facts:
     """Capture time and position from an EXIF block; what is broken is left out, as
     metadata is optional and must never cost the photo."""
+    taken, source = None, None
     try:
         sub = exif.get_ifd(EXIF_IFD)
-        taken = capture_time(
-            sub.get(_DATETIME_ORIGINAL) or exif.get(_DATETIME), sub.get(_OFFSET_TIME_ORIGINAL)
-        )
+        taken = capture_time(sub.get(_DATETIME_ORIGINAL), sub.get(_OFFSET_TIME_ORIGINAL))
+        source = "exif" if taken else None
+        if taken is None:  # when the file was last changed: a capture time's last resort
+            taken = capture_time(exif.get(_DATETIME), None)
+            source = "exif-modified" if taken else None
     except Exception:
-        taken = None
+        taken, source = None, None
     try:
         lat, lon = gps_position(dict(exif.get_ifd(GPS_IFD)))
     except Exception:
         lat, lon = None, None
-    return Facts(taken, lat, lon)
+    return Facts(taken, lat, lon, source)
+
+
+def with_xmp_and_iptc(found: Facts, xmp: Any, iptc: Any) -> Facts:
+    """`found` (EXIF's), its capture time taken from XMP, then IPTC, where EXIF has no
+    DateTimeOriginal: an XMP or IPTC original beats EXIF's DateTime (a modification)."""
+    if found.source == "exif":
+        return found
+    for taken, source in ((xmp_capture_time(xmp), "xmp"), (iptc_capture_time(iptc), "iptc")):
+        if taken is not None:
+            return Facts(taken, found.lat, found.lon, source)
+    return found
+
+
+# XMP's capture times, most specific first (namespaces as Pillow's getxmp drops them:
+# exif:DateTimeOriginal, photoshop:DateCreated, xmp:CreateDate).
+_XMP_TIMES = ("DateTimeOriginal", "DateCreated", "CreateDate")
+
+
+def xmp_capture_time(xmp: Any) -> str | None:
+    """The capture time an XMP packet (as `Image.getxmp()` gives it) records, ISO 8601; a
+    value without a time of day is not taken (a time would be made up)."""
+    found: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _XMP_TIMES and isinstance(value, str):
+                    found.setdefault(key, value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(xmp)
+    for key in _XMP_TIMES:
+        taken = _iso_time(found.get(key, ""))
+        if taken is not None:
+            return taken
+    return None
+
+
+def _iso_time(text: str) -> str | None:
+    """An XMP date-time ("2011-05-04T10:11:12", "+02:00" or "Z" optional, seconds and
+    fractions optional) -> ISO 8601 with the offset where given; None without a time."""
+    text = text.strip()
+    for layout in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"):
+        size = len(datetime(2000, 1, 1).strftime(layout))
+        try:
+            when = datetime.strptime(text[:size], layout)
+        except ValueError:
+            continue
+        rest = text[size:]
+        if rest.startswith("."):  # fractions of a second
+            rest = rest.lstrip(".0123456789")
+        iso = when.isoformat()
+        if rest == "Z":
+            return iso + "+00:00"
+        if len(rest) == 6 and rest[0] in "+-" and rest[3] == ":":
+            return iso + rest
+        return iso if rest == "" else None
+    return None
+
+
+_IPTC_DATE, _IPTC_TIME = (2, 55), (2, 60)
+
+
+def iptc_capture_time(iptc: Any) -> str | None:
+    """IPTC's Date Created (CCYYMMDD) with its Time Created (HHMMSS, "+HHMM" offset
+    optional), as `IptcImagePlugin.getiptcinfo` gives them; None without both."""
+    if not isinstance(iptc, dict):
+        return None
+    date, time = iptc.get(_IPTC_DATE), iptc.get(_IPTC_TIME)
+    if isinstance(date, list):
+        date = date[0] if date else None
+    if isinstance(time, list):
+        time = time[0] if time else None
+    if not isinstance(date, bytes) or not isinstance(time, bytes):
+        return None
+    try:
+        when = datetime.strptime(date.decode("ascii") + time.decode("ascii")[:6], "%Y%m%d%H%M%S")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    iso = when.isoformat()
+    offset = time.decode("ascii", "replace")[6:]
+    if len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit():
+        iso += f"{offset[:3]}:{offset[3:]}"
+    return iso
 
 
 def exif_facts(exif: Image.Exif) -> Facts:

@@ -44,7 +44,8 @@ from imageclust_daemon.state.store import EMBEDDED_BY, PHOTO_STATUS, READ_MMAP_B
 #    (title, catchy_phrase); catalog_info names the search snapshot.
 # 3: photos.shown_as: the RAW of a RAW+JPEG pair is shown as (and grouped with) its JPEG.
 # 4: events (moments, days out, trips) and photos.event_id; album titles unique.
-SCHEMA_VERSION = 4
+# 5: photos.taken_at_source.
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE photos (
@@ -65,7 +66,9 @@ CREATE TABLE photos (
     event_id      INTEGER,                 -- NULL without a capture time (a pair's RAW: its JPEG's)
     status        TEXT NOT NULL CHECK (status IN ('indexed', 'pending', 'failed')),
     error         TEXT,                    -- why, when status is 'failed'
-    offline       INTEGER NOT NULL DEFAULT 0  -- 1: its folder is unreachable right now
+    offline       INTEGER NOT NULL DEFAULT 0,  -- 1: its folder is unreachable right now
+    taken_at_source TEXT                   -- which record gave taken_at: exif, xmp, iptc,
+                                           -- exif-modified (the file's last change) or raw
 );
 CREATE TABLE clusters (
     id            INTEGER PRIMARY KEY,     -- stable across runs, never reused
@@ -343,14 +346,15 @@ def _fill_photos(
     conn.create_function("place_of", 2, lambda lat, lon: named.get((lat, lon)), deterministic=True)
     conn.execute(
         "INSERT INTO photos (path, path_bytes, content_hash, size, width, height, taken_at, "
-        "lat, lon, place, format, shown_as, cluster_id, event_id, status, error, offline) "
+        "lat, lon, place, format, shown_as, cluster_id, event_id, status, error, offline, "
+        "taken_at_source) "
         # (a function call only where it can answer: few paths are not UTF-8, few
         # photos have a position, few are a RAW shown by its JPEG)
         f"SELECT {text_sql}, p.path, p.content_hash, p.size, p.width, p.height, "
         "p.taken_at, p.lat, p.lon, "
         "CASE WHEN p.lat IS NULL THEN NULL ELSE place_of(p.lat, p.lon) END, p.format, "
         f"{shown_sql}, m.cluster_id, v.event_id, {PHOTO_STATUS}, "
-        "p.error, p.offline FROM state.published_files p "
+        "p.error, p.offline, p.taken_at_source FROM state.published_files p "
         + EMBEDDED_BY.format(schema="state.")
         + f"LEFT JOIN cluster_members m ON m.content_hash = {shown_sql} "
         f"LEFT JOIN state.published_event_members v ON v.content_hash = {shown_sql} "

@@ -284,12 +284,14 @@ class Store(GroupTables):
                 if c.decoded:
                     m = c.meta
                     conn.execute(
-                        "UPDATE contents SET width = ?, height = ?, taken_at = ?, lat = ?, "
-                        "lon = ?, format = ?, error = ? WHERE hash = ?",
+                        "UPDATE contents SET width = ?, height = ?, taken_at = ?, "
+                        "taken_at_source = ?, lat = ?, lon = ?, format = ?, error = ? "
+                        "WHERE hash = ?",
                         (
                             m.width if m else None,
                             m.height if m else None,
                             m.taken_at if m else None,
+                            m.taken_at_source if m and m.taken_at else None,
                             m.lat if m else None,
                             m.lon if m else None,
                             m.format if m else c.format,
