@@ -607,3 +607,52 @@ def test_a_stop_during_the_walk_returns_at_once_and_changes_nothing(
         assert store.status(loaded.id) == before
         again = _index_in_process(store, loaded, [root])
         assert not again.stopped and (again.gone, again.embedded) == (5, 2)
+
+
+def test_a_library_indexed_before_gets_its_xmp_dates_without_a_new_embedding(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """Contents read before the XMP and IPTC readers (state migration 11 marks them unread)
+    are read again once, headers only: an XMP original replaces EXIF's DateTime, an
+    XMP-only date appears, each with its source; nothing is embedded again."""
+    from tests.test_decode import _xmp_packet
+
+    root = tmp_path / "Photos"
+    root.mkdir()
+    only_xmp = photos.photo_like(1)
+    only_xmp.save(
+        root / "xmp.jpg", "JPEG", xmp=_xmp_packet('photoshop:DateCreated="2011-05-04T10:11:12"')
+    )
+    modified = Image.Exif()
+    modified[0x0132] = "2020:12:24 18:00:00"
+    photos.photo_like(2).save(
+        root / "both.jpg",
+        "JPEG",
+        exif=modified,
+        xmp=_xmp_packet('exif:DateTimeOriginal="2016-01-02T03:04:05"'),
+    )
+    spec = manifest.load_manifest()["clip-vit-b32"]
+    with Store.open(tmp_path / "state.sqlite") as store:
+        loaded = models.load_model(spec, tiny_model, store)
+        assert _index_in_process(store, loaded, [root]).embedded == 2
+        with store.transaction() as conn:  # as an index before the readers left them
+            conn.execute("UPDATE contents SET taken_at = NULL, taken_at_source = NULL")
+            conn.execute(
+                "UPDATE contents SET taken_at = '2020-12-24T18:00:00' WHERE hash IN "
+                "(SELECT content_hash FROM files WHERE path LIKE '%both.jpg')"
+            )
+            conn.execute("UPDATE contents SET dates_read = 0")
+        again = _index_in_process(store, loaded, [root])
+        assert again.embedded == 0 and again.hashed == 0
+        dates = dict(
+            store.conn.execute(
+                "SELECT f.path, c.taken_at || ' ' || c.taken_at_source FROM files f "
+                "JOIN contents c ON c.hash = f.content_hash"
+            ).fetchall()
+        )
+        named = {os.path.basename(os.fsdecode(p)): d for p, d in dates.items()}
+        assert named == {
+            "xmp.jpg": "2011-05-04T10:11:12 xmp",
+            "both.jpg": "2016-01-02T03:04:05 xmp",
+        }
+        assert store.dates_unread(10) == []  # read once

@@ -512,6 +512,22 @@ _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b
 _AVIF_BRANDS = {b"avif", b"avis"}
 
 
+def read_dates(data: bytes | BinaryIO, path: str = "") -> exif.Facts:
+    """What a photo's metadata says of when it was taken (and where), read without
+    decoding its pixels: a RAW's own structures, or what Pillow reads of its header."""
+    head = _head(data)
+    kind = camera_raw.sniff(head, path)
+    if kind is not None:
+        return camera_raw.raw_facts(head, kind)
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        with Image.open(source, formats=allowed_formats()) as image:
+            meta = _metadata(image, *image.size)
+    except Exception:  # metadata is optional: a file Pillow cannot open has none here
+        return exif.NO_FACTS
+    return exif.Facts(meta.taken_at, meta.lat, meta.lon, meta.taken_at_source)
+
+
 def format_of(data: bytes | BinaryIO, path: str = "") -> str | None:
     """What a file is by its bytes (a camera RAW's kind, or `sniff_format`'s), for the
     row of a photo that could not be decoded."""

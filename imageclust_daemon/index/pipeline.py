@@ -34,7 +34,7 @@ import numpy as np
 
 from imageclust_daemon.config import Config
 from imageclust_daemon.errors import DecodeError, of_this_process
-from imageclust_daemon.index import decode, originals, presence, scan
+from imageclust_daemon.index import decode, exif, originals, presence, scan
 from imageclust_daemon.index.inflight import InFlight
 from imageclust_daemon.index.sandbox import decode_in_child
 from imageclust_daemon.records import (
@@ -236,6 +236,34 @@ def _read_and_decode(
             journal.end(content_hash)  # reached only if the process lived through it
     content = ContentRow(content_hash, size, decoded=True, meta=decoded.meta)
     return Prepared(row, content, decoded.pixels, bytes_read=size)
+
+
+DATES_PER_RUN = 20_000  # metadata reads (headers only, a few ms each) a run spends at most
+
+
+def refresh_dates(
+    store: Store, *, limit: int = DATES_PER_RUN, stop: threading.Event | None = None
+) -> int:
+    """Read the capture time of contents indexed before the current metadata readers
+    (XMP, IPTC, and the source of each), from their headers alone (no decode, no new
+    embedding); each is read once. Returns how many have a capture time."""
+    found: list[tuple[str, str | None, str | None]] = []
+    for content_hash, path in store.dates_unread(limit):
+        if stop is not None and stop.is_set():
+            break
+        facts = exif.NO_FACTS
+        try:
+            with originals.readable(path) as data:
+                facts = decode.read_dates(data, display_path(path))
+        except OSError as exc:
+            if of_this_process(exc):
+                raise
+            continue  # unreadable now: tried again next run
+        found.append((content_hash, facts.taken_at, facts.source))
+    dated = store.set_dates(found) if found else 0
+    if dated:
+        log.info("read the capture times of %d photos indexed before (EXIF, XMP, IPTC)", dated)
+    return dated
 
 
 def ordered_map(
@@ -606,6 +634,8 @@ def index(
     tally = reader(to_read, store=store, model=model, options=options, stop=stop, progress=progress)
     if tally.vanished:
         gone += store.mark_gone(tally.vanished, reason="vanished while being indexed")
+    if not (stop is not None and stop.is_set()):
+        refresh_dates(store, stop=stop)
     if seen.skipped is not None and whole_library:
         store.set_skipped(seen.skipped)
     store.checkpoint()

@@ -285,8 +285,8 @@ class Store(GroupTables):
                     m = c.meta
                     conn.execute(
                         "UPDATE contents SET width = ?, height = ?, taken_at = ?, "
-                        "taken_at_source = ?, lat = ?, lon = ?, format = ?, error = ? "
-                        "WHERE hash = ?",
+                        "taken_at_source = ?, lat = ?, lon = ?, format = ?, error = ?, "
+                        "dates_read = 1 WHERE hash = ?",
                         (
                             m.width if m else None,
                             m.height if m else None,
@@ -400,6 +400,32 @@ class Store(GroupTables):
             ):
                 pending.setdefault(content_hash, path)
         return pending
+
+    def dates_unread(self, limit: int) -> list[tuple[str, bytes]]:
+        """Contents that decode but whose metadata has not been read for a capture time by
+        the current readers (indexed before them), with a live path each: at most `limit`."""
+        return [
+            (str(h), bytes(p))
+            for h, p in self.conn.execute(
+                "SELECT c.hash, (SELECT min(f.path) FROM files f WHERE f.content_hash = c.hash "
+                "AND f.state = 'live' AND f.offline_since IS NULL) AS path FROM contents c "
+                "WHERE c.dates_read = 0 AND c.error IS NULL AND path IS NOT NULL LIMIT ?",
+                (limit,),
+            )
+        ]
+
+    def set_dates(self, found: Iterable[tuple[str, str | None, str | None]]) -> int:
+        """Record what the metadata of these contents says: (hash, capture time or None,
+        its source); each is marked read. Returns how many got a capture time."""
+        rows = list(found)
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE contents SET taken_at = coalesce(?, taken_at), "
+                "taken_at_source = CASE WHEN ? IS NULL THEN taken_at_source ELSE ? END, "
+                "dates_read = 1 WHERE hash = ?",
+                [(taken, taken, source, h) for h, taken, source in rows],
+            )
+        return sum(1 for _, taken, _ in rows if taken is not None)
 
     def embedding(self, content_hash: str, model_id: str) -> np.ndarray | None:
         row = self.conn.execute(
