@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -204,6 +205,32 @@ def _count(data_dir: Path, sql: str) -> int:
         return 0  # not created yet, or mid-migration
 
 
+def _index_killing_a_worker(
+    tmp_path: Path, root: Path, tiny_model: Path, cluster: LocalDask, pid: int, wait: float
+) -> tuple[Path, dict[str, Any], str]:
+    """`index --dask` on `cluster`, the worker of `pid` SIGKILLed once the first batch is
+    recorded; it must end within `wait` seconds with exit 0: (config, report, stderr)."""
+    config = _config(tmp_path, "data", root, tiny_model)
+    command = [sys.executable, "-m", "imageclust_daemon", "--config", str(config)]
+    run = subprocess.Popen(
+        [*command, "index", "--no-group", "--json", "--dask", cluster.address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while _count(tmp_path / "data", "SELECT count(*) FROM files") == 0:
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.02)
+    assert run.poll() is None, "the run ended before a worker could be killed"
+    os.kill(pid, signal.SIGKILL)  # mid-run: it holds shards being read and queued
+    killed = time.monotonic()
+    out, err = run.communicate(timeout=wait)
+    assert time.monotonic() - killed < wait
+    assert run.returncode == 0, err
+    return config, json.loads(out), err
+
+
 def test_a_worker_killed_mid_run_loses_nothing(tmp_path: Path, tiny_model: Path) -> None:
     root = tmp_path / "Photos"
     n = 600
@@ -211,23 +238,7 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path: Path, tiny_model: Path)
     cluster = LocalDask(workers=2)
     try:
         victim, pid = sorted(cluster.worker_pids().items())[0]
-        config = _config(tmp_path, "data", root, tiny_model)
-        command = [sys.executable, "-m", "imageclust_daemon", "--config", str(config)]
-        run = subprocess.Popen(
-            [*command, "index", "--no-group", "--json", "--dask", cluster.address],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 120
-        while _count(tmp_path / "data", "SELECT count(*) FROM files") == 0:
-            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
-            time.sleep(0.02)
-        assert run.poll() is None, "the run ended before a worker could be killed"
-        os.kill(pid, signal.SIGKILL)  # mid-run: it holds shards being read and queued
-        out, err = run.communicate(timeout=300)
-        assert run.returncode == 0, err
-        report = json.loads(out)
+        _, report, _ = _index_killing_a_worker(tmp_path, root, tiny_model, cluster, pid, 300)
         assert report["embedded"] == n and report["left"] == 0 and report["failed"] == 0
         assert _count(tmp_path / "data", "SELECT count(*) FROM embeddings") == n
         assert victim not in cluster.worker_pids() or cluster.worker_pids()[victim] != pid
@@ -248,25 +259,10 @@ def test_the_only_worker_killed_mid_run_ends_the_run_with_what_was_done(
     cluster = LocalDask(workers=1)
     try:
         [(_, pid)] = cluster.worker_pids().items()
-        config = _config(tmp_path, "data", root, tiny_model)
-        command = [sys.executable, "-m", "imageclust_daemon", "--config", str(config)]
-        run = subprocess.Popen(
-            [*command, "index", "--no-group", "--json", "--dask", cluster.address],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        wait = dask_index.WORKERLESS_SECONDS + 120
+        config, report, err = _index_killing_a_worker(
+            tmp_path, root, tiny_model, cluster, pid, wait
         )
-        deadline = time.monotonic() + 120
-        while _count(tmp_path / "data", "SELECT count(*) FROM files") == 0:
-            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
-            time.sleep(0.02)
-        assert run.poll() is None, "the run ended before its worker could be killed"
-        os.kill(pid, signal.SIGKILL)
-        killed = time.monotonic()
-        out, err = run.communicate(timeout=dask_index.WORKERLESS_SECONDS + 120)
-        assert time.monotonic() - killed < dask_index.WORKERLESS_SECONDS + 120
-        assert run.returncode == 0, err
-        report = json.loads(out)
         assert 0 < report["embedded"] < n and report["left"] > 0, report
         assert "every worker this run started with is gone" in err
     finally:

@@ -9,8 +9,8 @@ import math
 from collections import Counter
 from html import escape
 
-from imageclust_daemon.gallery.gallery import PHOTOS_PER_PAGE, Event
-from imageclust_daemon.gallery.pages import page, pager, past_the_end, thumb
+from imageclust_daemon.gallery.gallery import Event
+from imageclust_daemon.gallery.pages import page, pager, past_the_end, photos_page, thumb
 from imageclust_daemon.resources import data_path
 
 EVENTS_PER_PAGE = 40
@@ -83,23 +83,18 @@ def event_page(event: Event, photos: list[str], page_no: int) -> str:
     facts = [_dates(event), KINDS.get(event.kind, event.kind), _photos(event.size)]
     if event.place:
         facts.insert(1, event.place)
-    if not photos and page_no > 0:
-        return page(
-            event.title,
-            f"<h1>{escape(event.title)}</h1>" + past_the_end(str(page_no), f"/event/{event.id}"),
-        )
-    grid = "".join(
-        f'<a href="/photo/{h}?in=event:{event.id}">{thumb(h, f"photo {i + 1}")}</a>'
-        for i, h in enumerate(photos, start=page_no * PHOTOS_PER_PAGE)
+    intro = f"<p class=muted>{escape(' · '.join(facts))} · in the order they were taken</p>"
+    up = '<nav class=viewer-nav><a rel=up href="/timeline">↑ Timeline</a></nav>'
+    return photos_page(
+        event.title,
+        intro,
+        photos,
+        event.size,
+        page_no,
+        f"/event/{event.id}",
+        f"event:{event.id}",
+        above=up,
     )
-    more = (page_no + 1) * PHOTOS_PER_PAGE < event.size
-    body = (
-        f'<nav class=viewer-nav><a rel=up href="/timeline">↑ Timeline</a></nav>'
-        f"<h1>{escape(event.title)}</h1><p class=muted>{escape(' · '.join(facts))} · "
-        "in the order they were taken</p>"
-        f"<div class=photos>{grid}</div>" + pager(f"/event/{event.id}", page_no, more)
-    )
-    return page(event.title, body)
 
 
 # -- the map ---------------------------------------------------------------------------------

@@ -198,20 +198,34 @@ def album_page(album: Album, photos: list[str], page_no: int) -> str:
     facts = _facts(album)
     text = _phrase(album, facts)
     phrase = f"<p><em>{escape(text)}</em></p>" if text else ""
+    intro = f"{phrase}<p class=muted>{escape(' · '.join(facts))} · most typical first</p>"
+    return photos_page(
+        title, intro, photos, album.size, page_no, f"/album/{album.id}", f"album:{album.id}"
+    )
+
+
+def photos_page(
+    title: str,
+    intro: str,
+    photos: list[str],
+    total: int,
+    page_no: int,
+    path: str,
+    context: str,
+    above: str = "",
+) -> str:
+    """A page of a list of photos (an album's, an event's): its heading, `intro` (HTML),
+    the page's thumbnails opening each photo in `context`, and the pager; or, past the
+    last page, that there is none."""
     if not photos and page_no > 0:
-        return page(
-            title,
-            f"<h1>{escape(title)}</h1>" + past_the_end(str(page_no), f"/album/{album.id}"),
-        )
+        return page(title, f"{above}<h1>{escape(title)}</h1>" + past_the_end(str(page_no), path))
     grid = "".join(
-        f'<a href="/photo/{h}?in=album:{album.id}">{thumb(h, f"photo {i + 1}")}</a>'
+        f'<a href="/photo/{h}?in={context}">{thumb(h, f"photo {i + 1}")}</a>'
         for i, h in enumerate(photos, start=page_no * PHOTOS_PER_PAGE)
     )
-    more = (page_no + 1) * PHOTOS_PER_PAGE < album.size
-    body = (
-        f"<h1>{escape(title)}</h1>{phrase}<p class=muted>{escape(' · '.join(facts))} · "
-        "most typical first</p>"
-        f"<div class=photos>{grid}</div>" + pager(f"/album/{album.id}", page_no, more)
+    more = (page_no + 1) * PHOTOS_PER_PAGE < total
+    body = f"{above}<h1>{escape(title)}</h1>{intro}<div class=photos>{grid}</div>" + pager(
+        path, page_no, more
     )
     return page(title, body)
 

@@ -28,6 +28,8 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
+from imageclust_daemon.durable import process_alive
+
 # Rewrite the file with only what is still open after this many appended lines, so a
 # first index of a million photos does not leave a 130 MB journal behind.
 COMPACT_EVERY = 8192
@@ -134,20 +136,10 @@ def per_process(folder: Path, name: str) -> InFlight:
         pid = other[len(prefix) : -len(".journal")]
         if not (other.startswith(prefix) and other.endswith(".journal") and pid.isdigit()):
             continue
-        if other != mine and _alive(int(pid)):
+        if other != mine and process_alive(int(pid)):
             continue
         inherited |= read(folder / other)
         if other != mine:
             with contextlib.suppress(OSError):
                 (folder / other).unlink()
     return InFlight(folder / mine, frozenset(inherited))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):  # another user's, or not a pid
-        return True
-    return True

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from imageclust_daemon.durable import fsync_dir
+from imageclust_daemon.durable import fsync_dir, process_alive
 from imageclust_daemon.durable import sqlite_uri as uri
 from imageclust_daemon.errors import DatabaseError, QueryRefused
 from imageclust_daemon.grouping import label, places
@@ -179,7 +179,7 @@ def publish(
     remove_dead_temps(dest)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
-    before = _named_snapshot(dest)
+    before = search.named_snapshot(dest)
     try:
         snapshot = _build(
             state_db,
@@ -223,7 +223,7 @@ def remove_dead_temps(dest: Path) -> list[Path]:
         if not (pid_text.isascii() and pid_text.isdigit() and len(pid_text) <= 9):
             continue  # not one of ours (PIDs fit in 9 digits: Linux's limit is 4,194,304)
         pid = int(pid_text)
-        if pid == os.getpid() or _alive(pid):
+        if pid == os.getpid() or process_alive(pid):
             continue
         try:
             (dest.parent / name).unlink()
@@ -231,28 +231,6 @@ def remove_dead_temps(dest: Path) -> list[Path]:
             continue
         removed.append(dest.parent / name)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):  # another user's, or not a pid
-        return True
-    return True
-
-
-def _named_snapshot(catalog_path: Path) -> str | None:
-    """The snapshot file the catalog at `catalog_path` names, if it can be read."""
-    try:
-        with reading(catalog_path) as conn:
-            row = conn.execute(
-                "SELECT value FROM catalog_info WHERE key = 'search_snapshot'"
-            ).fetchone()
-    except sqlite3.Error:
-        return None
-    return str(row[0]) if row and row[0] else None
 
 
 def _build(

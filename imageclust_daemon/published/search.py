@@ -354,7 +354,7 @@ def open_for(catalog_path: Path, *, conn: sqlite3.Connection | None = None) -> S
     try:
         snapshot = read(catalog_path.parent / name)
     except SearchError as exc:
-        if not (catalog_path.parent / name).exists() and _named_now(catalog_path) != name:
+        if not (catalog_path.parent / name).exists() and named_snapshot(catalog_path) != name:
             # A publish (or two) since this read of the catalog began: its snapshot is
             # gone with it; the catalog now names another. Read the new one.
             raise Republished(f"{catalog_path} was published again while it was read") from None
@@ -377,8 +377,9 @@ def retrying(read: Callable[[], T], tries: int = 3) -> T:
     return read()
 
 
-def _named_now(catalog_path: Path) -> str | None:
-    """The snapshot the catalog at `catalog_path` names now (a fresh read)."""
+def named_snapshot(catalog_path: Path) -> str | None:
+    """The snapshot the catalog at `catalog_path` names now (a fresh read); None when it
+    cannot be read."""
     try:
         with reading(catalog_path) as db:
             row = db.execute(

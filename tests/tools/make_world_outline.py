@@ -3,11 +3,14 @@
     python -m tests.tools.make_world_outline path/to/land-110m.json
 
 The input is `land-110m.json` of the npm package world-atlas 2.0.2 (ISC, Mike Bostock:
-Natural Earth 4.1.0's 1:110m land, public domain; `npm pack world-atlas@2.0.2`, tarball
-sha256 032e7765f2ce00edaeafec23ff22bc3b77e42987c257da944cc585b452c05b97, the file
-sha256 ead5f68119c49a9250902e7da303bcb209341bbb8fefe7369a439b48b704658a, both checked
-here). The TopoJSON arcs are decoded (delta-encoded, quantized) into rings of longitude
-and latitude, written in an equirectangular projection (x = longitude, y = -latitude,
+Natural Earth 4.1.0's 1:110m land, public domain). Both checksums were computed here
+with sha256sum on 2026-12-07 from what the npm registry served for `npm pack
+world-atlas@2.0.2`: the tarball 032e7765f2ce00edaeafec23ff22bc3b77e42987c257da944cc585b452c05b97,
+its package/land-110m.json ead5f68119c49a9250902e7da303bcb209341bbb8fefe7369a439b48b704658a
+(the file is checked again before it is converted).
+
+The TopoJSON arcs are decoded (delta-encoded, quantized) into rings of longitude and
+latitude, written in an equirectangular projection (x = longitude, y = -latitude,
 viewBox -180 -90 360 180) to 0.1 degree; rings that cross the 180th meridian are kept
 continuous past it (`_unwrapped`).
 """
