@@ -446,7 +446,12 @@ def test_sighup_switches_the_model_and_refuses_a_bad_one(
             for row in catalog_rows(data, sql)
         )
 
-    wait_until(lambda: catalog_rows(data, "SELECT count(*) FROM clusters") == [(2,)], TIMEOUT, "2")
+    try:
+        wait_until(
+            lambda: catalog_rows(data, "SELECT count(*) FROM clusters") == [(2,)], TIMEOUT, "2"
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the daemon's log: {daemon}") from None
     old_model = model_and_indexed()[0]
 
     other = build_tiny_clip(tmp_path / "other.onnx", dim=24, seed=7)
