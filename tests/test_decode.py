@@ -489,3 +489,108 @@ def test_the_capture_time_comes_from_exif_then_xmp_then_iptc(
     path.write_bytes(data)
     meta = decode_file(path).meta
     assert (meta.taken_at, meta.taken_at_source) == (taken, source)
+
+
+def _box(kind: bytes, body: bytes) -> bytes:
+    return (8 + len(body)).to_bytes(4, "big") + kind + body
+
+
+def _iloc(version: int, items: list[tuple[int, int, int, list[tuple[int, int]]]]) -> bytes:
+    """An `iloc` body (ISO/IEC 14496-12 8.11.3): 4-byte offsets and lengths and base
+    offsets, no extent index; items as (id, construction method, base, [(offset, length)])."""
+    id_size = 4 if version == 2 else 2
+    body = bytes([version, 0, 0, 0, 0x44, 0x40]) + len(items).to_bytes(id_size, "big")
+    for item, method, base, extents in items:
+        body += item.to_bytes(id_size, "big")
+        if version in (1, 2):
+            body += method.to_bytes(2, "big")
+        body += bytes(2) + base.to_bytes(4, "big") + len(extents).to_bytes(2, "big")
+        for offset, length in extents:
+            body += offset.to_bytes(4, "big") + length.to_bytes(4, "big")
+    return body
+
+
+@pytest.mark.parametrize("version", [0, 1, 2])
+def test_iloc_gives_each_items_place_in_the_file(version: int) -> None:
+    from imageclust_daemon.index import isobmff
+
+    items = [(1, 0, 0, [(100, 50)]), (2, 0, 1000, [(10, 20), (40, 5)]), (3, 0, 0, [(7, 0)])]
+    if version:
+        items.append((4, 1, 0, [(0, 99_999)]))  # kept in `idat`: no file offset
+    extents = isobmff.parse_iloc(_iloc(version, items))
+    assert [(e.item, e.offset, e.length) for e in extents] == [
+        (1, 100, 50),
+        (2, 1010, 20),
+        (2, 1040, 5),
+    ]  # item 3's length 0 means "to the end": nothing to check
+    with pytest.raises(ValueError):
+        isobmff.parse_iloc(_iloc(version, items)[:-3])
+
+
+def test_a_heif_whose_items_run_past_its_end_is_told_from_its_boxes() -> None:
+    from imageclust_daemon.index import isobmff
+
+    data = bytes(64)
+    head = _box(b"ftyp", b"heic\0\0\0\0mif1heic")
+    iloc = _iloc(1, [(1, 0, 0, [(0, len(data))])])  # its size, to place the data after it
+    meta = _box(b"meta", bytes(4) + _box(b"hdlr", bytes(24)) + _box(b"iloc", iloc))
+    start = len(head) + len(meta) + 8  # after mdat's header
+    iloc = _iloc(1, [(1, 0, 0, [(start, len(data))])])
+    meta = _box(b"meta", bytes(4) + _box(b"hdlr", bytes(24)) + _box(b"iloc", iloc))
+    whole = head + meta + _box(b"mdat", data)
+    assert isobmff.missing(io.BytesIO(whole)) is None
+    assert isobmff.missing(io.BytesIO(whole[:-10])) == (len(whole) - 10, len(whole))
+    # the same with its mdat's size saying "to the end of the file": the items tell
+    to_end = head + meta + bytes(4) + b"mdat" + data
+    assert isobmff.missing(io.BytesIO(to_end[:-10])) == (len(whole) - 10, len(whole))
+    assert isobmff.missing(io.BytesIO(head + b"junk" * 10)) is None  # not one it can read
+
+
+def test_a_heic_cut_short_is_truncated_by_the_bytes_its_images_take(tmp_path: Path) -> None:
+    whole = photos.save_heic(photos.photo_like(5, (1024, 768)), tmp_path / "whole.heic")
+    decode_file(whole)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.heic"
+    cut.write_bytes(data[: len(data) * 3 // 4])
+    with pytest.raises(DecodeError) as caught:
+        decode_file(cut)
+    assert caught.value.reason == (
+        f"truncated: the file ends before its image data (it has {len(data) * 3 // 4:,} "
+        f"bytes; its image data runs to byte {len(data):,})"
+    )
+
+
+def _wiped_scan(jpeg: bytes) -> bytes:
+    """The JPEG with its entropy-coded data zeroed, its markers and size kept."""
+    start = jpeg.rfind(b"\xff\xda")
+    start += 2 + int.from_bytes(jpeg[start + 2 : start + 4], "big")
+    return jpeg[:start] + bytes(len(jpeg) - 2 - start) + jpeg[-2:]
+
+
+def test_a_jpeg_whose_image_data_was_wiped_is_damaged_not_a_grey_photo(tmp_path: Path) -> None:
+    """Before: it decoded to flat mid-grey and was indexed as a photo."""
+    rng = np.random.default_rng(3)
+    detail = photos.photo_like(3, (3000, 2000))
+    noisy = np.asarray(detail, np.int16) + rng.normal(0, 12, (2000, 3000, 3)).astype(np.int16)
+    jpeg = photos.jpeg_bytes(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)))
+    assert 8 * len(jpeg) / 6e6 > 1.5  # a camera's: 2-4 bits a pixel
+    path = tmp_path / "wiped.jpg"
+    path.write_bytes(_wiped_scan(jpeg))
+    with pytest.raises(DecodeError) as caught:
+        decode_file(path)
+    assert caught.value.reason.startswith("damaged: it decodes to one flat colour, where its ")
+
+
+@pytest.mark.parametrize("kind", ["flat q100", "lens cap"])
+def test_a_picture_that_is_flat_or_nearly_is_still_a_photo(kind: str, tmp_path: Path) -> None:
+    """A flat picture in a compressed format is small (Pillow's JPEG at quality 100,
+    4:4:4: 0.22 bits a pixel); a dark frame with a sensor's noise is not flat."""
+    size = (4032, 3024)
+    if kind == "flat q100":
+        image = Image.new("RGB", size, (30, 140, 60))
+    else:
+        noise = np.random.default_rng(4).normal(4, 2, (size[1], size[0], 3))
+        image = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8))
+    path = tmp_path / "frame.jpg"
+    image.save(path, quality=100, subsampling=0)
+    assert decode_file(path).meta.width == size[0]

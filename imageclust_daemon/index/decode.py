@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from imageclust_daemon.errors import DecodeError
-from imageclust_daemon.index import camera_raw, exif, scan
+from imageclust_daemon.index import camera_raw, exif, isobmff, scan
 from imageclust_daemon.index.preprocess import model_input, to_rgb, wide_to_8bit
 from imageclust_daemon.logs import DECODING
 from imageclust_daemon.records import PhotoMeta, Preprocessing
@@ -80,8 +80,10 @@ def _xmp(image: Image.Image) -> Any:
 def _iptc(image: Image.Image) -> Any:
     from PIL import IptcImagePlugin
 
+    if not isinstance(image, ImageFile.ImageFile):  # a picture made in memory: no IPTC
+        return {}
     try:
-        return IptcImagePlugin.getiptcinfo(image) or {}  # type: ignore[arg-type]
+        return IptcImagePlugin.getiptcinfo(image) or {}
     except Exception:
         return {}
 
@@ -197,6 +199,59 @@ def _count_scans(f: BinaryIO) -> int:
 # RAW far smaller than that for its sensor lost its image data (a copy cut short, a
 # sample with it removed): LibRaw would "decode" zeros or noise.
 MIN_RAW_BITS = 0.5
+
+
+# A picture of one flat colour takes little room in a compressed format: Pillow's
+# JPEG at quality 100 (4:4:4) 0.22 bits a pixel, PNG and WebP under 0.03. A file that
+# decodes to one colour while holding more than this, past 256 KiB of headers, Exif
+# thumbnails and colour profiles, lost its image data: a JPEG whose scan was wiped
+# decodes to flat grey, with its bytes all there. Formats that may be stored
+# uncompressed (TIFF, BMP) are not judged.
+MIN_FLAT_BITS = 0.5
+_FLAT_ALLOWANCE = 256 << 10
+_COMPRESSED = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "HEIF", "AVIF"})
+
+
+def check_items(data: bytes | BinaryIO, *, path: str = "") -> None:
+    """Refuse a HEIF or AVIF whose items' data runs past the end of the file (see
+    `isobmff`): libheif decodes the missing tiles as a flat colour, without an error."""
+    f = io.BytesIO(data) if isinstance(data, bytes) else data
+    cut = isobmff.missing(f)
+    if cut is not None:
+        size, needed = cut
+        raise DecodeError(
+            path, f"{TRUNCATED} (it has {size:,} bytes; its image data runs to byte {needed:,})"
+        )
+
+
+def check_not_flat(
+    image: Image.Image, kind: str | None, file_bytes: int, pixels: int, *, path: str = ""
+) -> None:
+    """Refuse a picture of one flat colour from a file that holds far more than such a
+    picture needs (`MIN_FLAT_BITS`). `image`: the decoded picture, reduced or not;
+    `pixels`: the photo's full size."""
+    if kind not in _COMPRESSED or pixels <= 0:
+        return
+    if 8 * (file_bytes - _FLAT_ALLOWANCE) / pixels <= MIN_FLAT_BITS:
+        return
+    extrema = image.getextrema()
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    if all(float(high) - float(low) <= 1 for low, high in bands):
+        raise DecodeError(
+            path,
+            f"damaged: it decodes to one flat colour, where its {file_bytes:,} bytes hold "
+            "far more than one colour needs",
+        )
+
+
+def _size(data: bytes | BinaryIO) -> int:
+    if isinstance(data, bytes):
+        return len(data)
+    where = data.tell()
+    try:
+        return data.seek(0, 2)
+    finally:
+        data.seek(where)
 
 
 # Start-of-frame markers of sequential (baseline and extended) Huffman JPEG.
@@ -334,8 +389,11 @@ def _decode(
         except camera_raw.NotRaw:  # a TIFF that is no camera's RAW: read as a TIFF
             pass
     source = io.BytesIO(data) if isinstance(data, bytes) else data
+    sniffed = sniff_format(head[:64])
+    if sniffed in ("HEIF", "AVIF"):
+        check_items(data, path=path)
     with (
-        _reasons(path, kind, sniff_format(head[:64])),
+        _reasons(path, kind, sniffed),
         Image.open(source, formats=allowed_formats()) as image,
     ):
         # JPEG decodes at 1/2, 1/4 or 1/8 scale in the DCT for a fraction of the cost, kept
@@ -355,6 +413,7 @@ def _decode(
         shown = (height, width) if orientation in _SWAPS_AXES else (width, height)
         meta = _metadata(image, *shown)
         small = reduced(image, target) if reduced_decode else image
+        check_not_flat(small, image.format, _size(data), width * height, path=path)
         # exif_transpose copies the image even when there is nothing to turn
         upright = _oriented(small) if orientation != 1 else small
         pixels = model_input(upright, spec)
@@ -587,8 +646,11 @@ def _picture(data: bytes | BinaryIO, longest: int, *, path: str) -> Image.Image:
     if not isinstance(data, bytes):
         data.seek(0)
     source = io.BytesIO(data) if isinstance(data, bytes) else data
+    sniffed = sniff_format(head[:64])
+    if sniffed in ("HEIF", "AVIF"):
+        check_items(data, path=path)
     with (
-        _reasons(path, kind, sniff_format(head[:64])),
+        _reasons(path, kind, sniffed),
         Image.open(source, formats=allowed_formats()) as image,
     ):
         _load(image, data, longest, path=path)
