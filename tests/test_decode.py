@@ -581,16 +581,20 @@ def test_a_jpeg_whose_image_data_was_wiped_is_damaged_not_a_grey_photo(tmp_path:
     assert caught.value.reason.startswith("damaged: it decodes to one flat colour, where its ")
 
 
-@pytest.mark.parametrize("kind", ["flat q100", "lens cap"])
+@pytest.mark.parametrize("kind", ["flat q100", "flat with a video after it", "lens cap"])
 def test_a_picture_that_is_flat_or_nearly_is_still_a_photo(kind: str, tmp_path: Path) -> None:
-    """A flat picture in a compressed format is small (Pillow's JPEG at quality 100,
-    4:4:4: 0.22 bits a pixel); a dark frame with a sensor's noise is not flat."""
+    """A flat picture in a JPEG is small (Pillow's at quality 100, 4:4:4: 0.22 bits a
+    pixel); what follows its end (a Motion Photo's video) is not its image data; a dark
+    frame with a sensor's noise is not flat."""
     size = (4032, 3024)
-    if kind == "flat q100":
+    if kind.startswith("flat"):
         image = Image.new("RGB", size, (30, 140, 60))
     else:
         noise = np.random.default_rng(4).normal(4, 2, (size[1], size[0], 3))
         image = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8))
     path = tmp_path / "frame.jpg"
     image.save(path, quality=100, subsampling=0)
+    if kind == "flat with a video after it":
+        with open(path, "ab") as f:
+            f.write(np.random.default_rng(5).bytes(3 << 20))
     assert decode_file(path).meta.width == size[0]

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from imageclust_daemon import native_output
 from imageclust_daemon.errors import DecodeError
 from imageclust_daemon.index import camera_raw, exif, isobmff, scan
 from imageclust_daemon.index.preprocess import model_input, to_rgb, wide_to_8bit
@@ -201,15 +202,15 @@ def _count_scans(f: BinaryIO) -> int:
 MIN_RAW_BITS = 0.5
 
 
-# A picture of one flat colour takes little room in a compressed format: Pillow's
-# JPEG at quality 100 (4:4:4) 0.22 bits a pixel, PNG and WebP under 0.03. A file that
-# decodes to one colour while holding more than this, past 256 KiB of headers, Exif
-# thumbnails and colour profiles, lost its image data: a JPEG whose scan was wiped
-# decodes to flat grey, with its bytes all there. Formats that may be stored
-# uncompressed (TIFF, BMP) are not judged.
+# A picture of one flat colour takes little room in a JPEG: Pillow's at quality 100,
+# 4:4:4, 0.22 bits a pixel of scan data at 12 MP. A JPEG that decodes to one colour
+# while its scan data holds more than this, past 1 KiB, lost its image data: a JPEG
+# whose scan was wiped decodes to flat grey, with its bytes all there. (Other formats
+# fail to decode such damage: PNG and WebP check their data, HEIF items cut short are
+# told by `check_items`.) What follows the image (a Motion Photo's video, an MPO's
+# second picture) is not counted.
 MIN_FLAT_BITS = 0.5
-_FLAT_ALLOWANCE = 256 << 10
-_COMPRESSED = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "HEIF", "AVIF"})
+_FLAT_ALLOWANCE = 1 << 10
 
 
 def check_items(data: bytes | BinaryIO, *, path: str = "") -> None:
@@ -225,33 +226,41 @@ def check_items(data: bytes | BinaryIO, *, path: str = "") -> None:
 
 
 def check_not_flat(
-    image: Image.Image, kind: str | None, file_bytes: int, pixels: int, *, path: str = ""
+    image: Image.Image, data: bytes | BinaryIO, pixels: int, *, path: str = ""
 ) -> None:
-    """Refuse a picture of one flat colour from a file that holds far more than such a
-    picture needs (`MIN_FLAT_BITS`). `image`: the decoded picture, reduced or not;
-    `pixels`: the photo's full size."""
-    if kind not in _COMPRESSED or pixels <= 0:
-        return
-    if 8 * (file_bytes - _FLAT_ALLOWANCE) / pixels <= MIN_FLAT_BITS:
+    """Refuse a JPEG whose picture is one flat colour while its scan data holds far
+    more than such a picture needs (`MIN_FLAT_BITS`). `image`: the decoded picture,
+    reduced or not; `pixels`: the photo's full size."""
+    scan = _scan_bytes(data) if isinstance(data, bytes) else None
+    if scan is None or pixels <= 0 or 8 * (scan - _FLAT_ALLOWANCE) / pixels <= MIN_FLAT_BITS:
         return
     extrema = image.getextrema()
     bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
     if all(float(high) - float(low) <= 1 for low, high in bands):
         raise DecodeError(
             path,
-            f"damaged: it decodes to one flat colour, where its {file_bytes:,} bytes hold "
-            "far more than one colour needs",
+            f"damaged: it decodes to one flat colour, where its {scan:,} bytes of image data "
+            "hold far more than one colour needs",
         )
 
 
-def _size(data: bytes | BinaryIO) -> int:
-    if isinstance(data, bytes):
-        return len(data)
-    where = data.tell()
-    try:
-        return data.seek(0, 2)
-    finally:
-        data.seek(where)
+def _scan_bytes(data: bytes) -> int | None:
+    """The bytes from a JPEG's first scan to its end of image (EOI), or None where its
+    markers cannot be walked. Inside scan data every 0xFF is followed by 0x00 or a
+    restart marker, so the first 0xFFD9 after the scan starts is its end."""
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF or marker in _STANDALONE:
+            at += 1 if marker == 0xFF else 2
+            continue
+        if marker == 0xDA:
+            end = data.find(b"\xff\xd9", at)
+            return (end if end > 0 else len(data)) - at
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return None
 
 
 # Start-of-frame markers of sequential (baseline and extended) Huffman JPEG.
@@ -372,7 +381,8 @@ def decode(
         raise DecodeError(path, "empty file (0 bytes)")
     token = DECODING.set(path)
     try:
-        return _decode(data, spec, path=path, reduced_decode=reduced_decode)
+        with native_output.reading(path):
+            return _decode(data, spec, path=path, reduced_decode=reduced_decode)
     finally:
         DECODING.reset(token)
 
@@ -413,7 +423,8 @@ def _decode(
         shown = (height, width) if orientation in _SWAPS_AXES else (width, height)
         meta = _metadata(image, *shown)
         small = reduced(image, target) if reduced_decode else image
-        check_not_flat(small, image.format, _size(data), width * height, path=path)
+        if image.format in ("JPEG", "MPO"):
+            check_not_flat(small, data, width * height, path=path)
         # exif_transpose copies the image even when there is nothing to turn
         upright = _oriented(small) if orientation != 1 else small
         pixels = model_input(upright, spec)
@@ -435,7 +446,18 @@ def _load(image: Image.Image, data: bytes | BinaryIO, target: int | None, *, pat
     if target is not None and image.format in ("JPEG", "MPO"):
         image.draft(None, (target, target))
     check_cost(image, path=path)
-    image.load()
+    try:
+        image.load()
+    except OSError as exc:
+        compression = image.info.get("compression") if image.format == "TIFF" else None
+        if compression and "decoder error" in str(exc):
+            # libtiff's own codec failed: a codec this build lacks (libtiff says so on
+            # stderr: native_output), or damaged data; which, Pillow does not tell
+            named = str(compression).removeprefix("tiff_").replace("_", " ")
+            raise DecodeError(
+                path, f"cannot decode this TIFF's {named}-compressed image data ({exc})"
+            ) from None
+        raise
 
 
 # Of a file too large to hold, what is read to tell a RAW by (signatures, and a TIFF's
@@ -617,7 +639,7 @@ def thumbnail_jpeg(
     of KB, not megabytes); a RAW's from its preview where that is large enough. `data`:
     the photo's bytes, or its open file (`originals.contents`), read as the decoder asks."""
     try:
-        with _reasons(path):
+        with native_output.reading(path), _reasons(path):
             rgb = to_rgb(_picture(data, longest, path=path))
             rgb.thumbnail((longest, longest), Image.Resampling.LANCZOS)
             out = io.BytesIO()
