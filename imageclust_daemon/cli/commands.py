@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-from imageclust_daemon import config, logs
+from imageclust_daemon import config, logs, native_output
 from imageclust_daemon.cli import grammar
 from imageclust_daemon.errors import (
     ConfigError,
@@ -662,6 +662,7 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
+        native_output.hand_on()  # what went to the capture meanwhile, this stop included
         os._exit(code)
     return code
 
@@ -731,16 +732,33 @@ def _json_text(value: Any) -> str:
     )
 
 
+# The commands that decode many photos: what C libraries write to stderr meanwhile
+# becomes log lines naming the photo (native_output).
+DECODERS = {"index", "relabel", "run", "serve"}
+
+
+@contextlib.contextmanager
+def _native_output(command: str, cfg: config.Config) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        if command in DECODERS:
+            # a data folder it cannot write: C libraries' lines go out as they are
+            with contextlib.suppress(OSError):
+                cfg.data_dir.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(native_output.captured(cfg.data_dir))
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = grammar.parser().parse_args(argv)
     logs.configure_logging(args.log_level or ("INFO" if args.command == "run" else "WARNING"))
     cfg: config.Config | None = None
     try:
         cfg = _load_config(args)
-        if args.command not in WRITERS:
-            return COMMANDS[args.command](args, cfg)
-        with InstanceLock(cfg.data_dir / "daemon.lock", args.command):
-            return COMMANDS[args.command](args, cfg)
+        with _native_output(args.command, cfg):
+            if args.command not in WRITERS:
+                return COMMANDS[args.command](args, cfg)
+            with InstanceLock(cfg.data_dir / "daemon.lock", args.command):
+                return COMMANDS[args.command](args, cfg)
     except (OSError, sqlite3.Error, ImageclustError) as exc:
         if isinstance(exc, BrokenPipeError):  # `imageclust query ... | head`: all it wants
             with contextlib.suppress(OSError):

@@ -1,0 +1,198 @@
+"""What C libraries write to stderr while a photo is read, as log lines naming the photo.
+
+LibRaw ("unknown file: data corrupted at 1378"), libtiff ("tempfile.tif: WEBP
+compression support is not configured.") and libjpeg write to the process's stderr
+(file descriptor 2) themselves; rawpy and Pillow offer no hook for it. So while a photo
+is decoded (`reading`), descriptor 2 points at a file of this process's own in the data
+folder, `stderr.<pid>.capture`, and when the decode ends what was written meanwhile is
+read back: a line that is already a log line (another thread's, written meanwhile) goes
+out as it was; any other line becomes a log line naming the photo or photos whose
+decode was under way while it was written (their windows in the file are known by
+offset, so two decodes at once are named both, never wrongly one). During a long
+decode, what was written is handed on every 0.2 s.
+
+A process that dies inside a decode leaves its last words in that file, not lost; the
+next run that captures in the same folder logs them (the decoding journal names the
+photo). Outside decodes, descriptor 2 is left as it was: a crash elsewhere prints as
+ever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from imageclust_daemon.durable import process_alive
+
+log = logging.getLogger("imageclust.libraries")
+
+# A line our own formatter wrote (logs.configure_logging): "2026-12-07 06:01:02,345 INFO x: y"
+_LOG_LINE = re.compile(rb"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+_PATTERN = "stderr.*.capture"
+FORWARD_SECONDS = 0.2
+
+
+@dataclass
+class _Window:
+    photo: str
+    start: int  # offset in the capture file
+    end: int | None = None  # None while the decode runs
+
+
+class Capture:
+    """Descriptor 2 turned to `<folder>/stderr.<pid>.capture` during decodes."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / f"stderr.{os.getpid()}.capture"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+        self._fd = os.open(self.path, flags, 0o600)
+        self._reader = open(self.path, "rb")  # noqa: SIM115 (closed in close())
+        self._real = os.dup(2)
+        self._lock = threading.Lock()
+        self._windows: list[_Window] = []
+        self._read = 0  # offset up to which lines were handed on
+        self._pending = b""
+        # While a decode runs (one may take minutes, or hang), what other threads log
+        # goes to the file too: it is handed on every FORWARD_SECONDS, not at the end.
+        self._closed = threading.Event()
+        self._forwarder = threading.Thread(target=self._forward, name="native-output", daemon=True)
+        self._forwarder.start()
+
+    def enter(self, photo: str) -> _Window:
+        with self._lock:
+            if not self._open():
+                _flush_python_stderr()
+                os.dup2(self._fd, 2)
+            window = _Window(photo, os.fstat(self._fd).st_size)
+            self._windows.append(window)
+            return window
+
+    def leave(self, window: _Window) -> None:
+        with self._lock:
+            window.end = os.fstat(self._fd).st_size
+            if not self._open():
+                _flush_python_stderr()
+                os.dup2(self._real, 2)
+            self._drain(final=not self._open())
+
+    def _forward(self) -> None:
+        while not self._closed.wait(FORWARD_SECONDS):
+            self.hand_on()
+
+    def hand_on(self) -> None:
+        with self._lock:
+            if self._open():
+                self._drain(final=False)
+
+    def _open(self) -> bool:
+        return any(w.end is None for w in self._windows)
+
+    def _drain(self, *, final: bool) -> None:
+        at = self._read - len(self._pending)  # where `data` starts in the file
+        data = self._pending + self._reader.read()
+        self._read = at + len(data)
+        lines = data.split(b"\n")
+        self._pending = b"" if final else lines.pop()
+        for line in lines:
+            start, at = at, at + len(line) + 1
+            if line.strip():
+                self._hand_on(line, start, at)
+        unread = self._read - len(self._pending)
+        self._windows = [w for w in self._windows if w.end is None or w.end > unread]
+
+    def _hand_on(self, line: bytes, start: int, end: int) -> None:
+        if _LOG_LINE.match(line):
+            os.write(self._real, line + b"\n")
+            return
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        photos = sorted(
+            {w.photo for w in self._windows if w.start < end and (w.end is None or w.end > start)}
+        )
+        if photos:  # a detail of that photo's reading, like Pillow's warnings (logs)
+            log.info("%s: a library wrote: %s", " or ".join(photos), text)
+        else:
+            log.warning("a library wrote: %s", text)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._forwarder.join()
+        with self._lock:
+            if self._open():
+                os.dup2(self._real, 2)
+                for window in self._windows:
+                    window.end = window.end or os.fstat(self._fd).st_size
+            self._drain(final=True)
+            os.close(self._fd)
+            os.close(self._real)
+            self._reader.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def _flush_python_stderr() -> None:
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+
+
+_active: Capture | None = None
+
+
+@contextlib.contextmanager
+def captured(folder: Path) -> Iterator[Capture]:
+    """Capture C libraries' stderr during decodes in this process, for its duration;
+    first log what processes that died in a decode left in `folder`."""
+    global _active
+    leftovers(folder)
+    capture = Capture(folder)
+    _active = capture
+    try:
+        yield capture
+    finally:
+        _active = None
+        capture.close()
+
+
+@contextlib.contextmanager
+def reading(photo: str) -> Iterator[None]:
+    """A decode of `photo`: what C libraries write to stderr meanwhile names it. Does
+    nothing where no capture is on (a test, a decode's child process, `similar`)."""
+    capture = _active
+    if capture is None:
+        yield
+        return
+    window = capture.enter(photo)
+    try:
+        yield
+    finally:
+        capture.leave(window)
+
+
+def hand_on() -> None:
+    """Hand on what was captured so far now, not at the next tick: before a process ends
+    without unwinding (os._exit, with a decode still running)."""
+    capture = _active
+    if capture is not None:
+        capture.hand_on()
+
+
+def leftovers(folder: Path) -> None:
+    """Log, once, what a process that died during a decode had captured; remove it."""
+    for path in sorted(folder.glob(_PATTERN)):
+        pid = path.name.split(".")[1]
+        if not pid.isdigit() or int(pid) == os.getpid() or process_alive(int(pid)):
+            continue
+        try:
+            text = path.read_bytes()[-8192:].decode("utf-8", "replace")
+            path.unlink()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.strip():
+                log.warning("process %s ended during a decode; it had written: %s", pid, line)
