@@ -263,7 +263,7 @@ def test_png_bomb_is_rejected_without_allocating_its_pixels(
         tracemalloc.stop()
     assert peak < 50 * 2**20, f"peak {peak / 2**20:.0f} MiB"
     assert loads == []  # the pixel data was never decoded
-    assert "60000x60000" in caught.value.reason or "3600000000" in caught.value.reason
+    assert "60000x60000" in caught.value.reason or "3,600 MP" in caught.value.reason
 
 
 def test_image_over_the_limit_but_under_pillows_error_is_rejected_by_size(

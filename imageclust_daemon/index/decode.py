@@ -9,6 +9,7 @@ while decoding is caught here and nowhere else.
 from __future__ import annotations
 
 import io
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -556,7 +557,15 @@ def _reasons(path: str, refused: str | None = None, sniffed: str | None = None) 
         raise DecodeError(path, reason) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # (the warning is raised when warnings are errors)
-        raise DecodeError(path, f"decompression bomb: {exc}") from None
+        # its header says more pixels than imageclust decodes: a crafted file, or a real
+        # photo that large (a phone's 200 MP mode); which, the header cannot tell
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        much = f"{int(size.group(1)) / 1e6:,.0f} MP" if size else "more pixels"
+        raise DecodeError(
+            path,
+            f"image of {much}, over the {MAX_PIXELS / 1e6:.0f} MP limit for one photo: a "
+            "decompression bomb, or a photo larger than imageclust reads",
+        ) from None
     except Exception as exc:
         reason = str(exc) or type(exc).__name__
         low = reason.lower()
