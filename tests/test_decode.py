@@ -598,3 +598,57 @@ def test_a_picture_that_is_flat_or_nearly_is_still_a_photo(kind: str, tmp_path: 
         with open(path, "ab") as f:
             f.write(np.random.default_rng(5).bytes(3 << 20))
     assert decode_file(path).meta.width == size[0]
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [  # libheif's "<code>: <subcode>[: <detail>]" (its error.cc), one row per code
+        (
+            "Invalid input: Unexpected end of file: Extent in iloc box references data "
+            "outside of file bounds (points to file position 52224)",
+            "truncated: the file ends before its image data (Extent in iloc box references "
+            "data outside of file bounds (points to file position 52224))",
+        ),
+        (
+            "Decoder plugin generated an error: Unexpected end of file",
+            "truncated: the file ends before its image data",
+        ),
+        (
+            "Invalid input: Unspecified: File size too small.",
+            "a damaged HEIF: File size too small.",
+        ),
+        ("Invalid input: No 'ftyp' box", "a damaged HEIF: No 'ftyp' box"),
+        (
+            "Usage error: Non-existing item ID referenced",
+            "a damaged HEIF: Non-existing item ID referenced",
+        ),
+        (
+            "Decoder plugin generated an error: Unspecified: libde265 error",
+            "a damaged HEIF: its image data does not decode (libde265 error)",
+        ),
+        (
+            "Unsupported file-type: Unspecified: Unsupported brand",
+            "a kind of HEIF that libheif does not read (Unsupported brand)",
+        ),
+        (
+            "Unsupported feature: Unsupported codec",
+            "a HEIF using what this build of libheif does not read (Unsupported codec)",
+        ),
+        (
+            "Memory allocation error: Security limit exceeded: too many tiles",
+            "over libheif's memory and security limits (Security limit exceeded: too many tiles)",
+        ),
+        (
+            "Color profile does not exist: Unspecified",
+            "a HEIF whose colour profile is missing (Unspecified)",
+        ),
+        (
+            "Error while loading plugin: No decoding plugin installed for this compression format",
+            "libheif could not load its decoder (No decoding plugin installed for this "
+            "compression format)",
+        ),
+        ("cannot identify image file", None),
+    ],
+)
+def test_libheifs_errors_in_words(message: str, reason: str | None) -> None:
+    assert decode_module.heif_reason(message) == reason

@@ -404,7 +404,7 @@ def _decode(
     if sniffed in ("HEIF", "AVIF"):
         check_items(data, path=path)
     with (
-        _reasons(path, kind, sniffed),
+        _reasons(path, kind, sniffed, data),
         Image.open(source, formats=allowed_formats()) as image,
     ):
         # JPEG decodes at 1/2, 1/4 or 1/8 scale in the DCT for a fraction of the cost, kept
@@ -537,10 +537,16 @@ def turned(image: Image.Image, orientation: int) -> Image.Image:
 
 
 @contextmanager
-def _reasons(path: str, refused: str | None = None, sniffed: str | None = None) -> Iterator[None]:
+def _reasons(
+    path: str,
+    refused: str | None = None,
+    sniffed: str | None = None,
+    data: bytes | BinaryIO | None = None,
+) -> Iterator[None]:
     """Whatever a decoder raises -> a DecodeError with a reason a person can act on.
     `refused`: the RAW format the file looked like, which LibRaw did not read; `sniffed`:
-    the format its first bytes say (`sniff_format`)."""
+    the format its first bytes say (`sniff_format`); `data`: the file, for libheif to
+    say what is wrong with a HEIF that Pillow could not open."""
     try:
         yield
     except (DecodeError, camera_raw.NotRaw, MemoryError):
@@ -549,6 +555,8 @@ def _reasons(path: str, refused: str | None = None, sniffed: str | None = None) 
         reason = f"not an image in a format imageclust reads ({_formats()})"
         if sniffed is not None:  # its bytes say what it is: say that, not "not an image"
             reason = f"a damaged {sniffed}: its header is not one Pillow can read"
+        if sniffed == "HEIF" and data is not None:  # Pillow hides libheif's words
+            reason = _libheif_reason(data) or reason
         if refused is not None:
             reason = (
                 f"neither a {refused} that LibRaw reads nor an image in a format imageclust "
@@ -568,6 +576,8 @@ def _reasons(path: str, refused: str | None = None, sniffed: str | None = None) 
         ) from None
     except Exception as exc:
         reason = str(exc) or type(exc).__name__
+        if sniffed == "HEIF" and (words := heif_reason(reason)) is not None:
+            raise DecodeError(path, words) from None
         low = reason.lower()
         if "truncated" in low or "end of file" in low:  # Pillow: "... (N bytes not processed)"
             raise DecodeError(path, TRUNCATED) from None
@@ -578,6 +588,51 @@ def _reasons(path: str, refused: str | None = None, sniffed: str | None = None) 
                 path, f"a damaged {sniffed}: cannot decode its image data ({reason})"
             ) from None
         raise DecodeError(path, f"cannot decode: {reason}") from None
+
+
+# libheif's errors read "<code>: <subcode>[: <detail>]" (libheif's error.cc,
+# Error::get_error_string and error_struct); pi-heif raises them with that message. The
+# code's words -> what the photo's failure says ({} is the rest of libheif's message).
+_LIBHEIF = {
+    "Invalid input": "a damaged HEIF: {}",
+    "Usage error": "a damaged HEIF: {}",
+    "Decoder plugin generated an error": "a damaged HEIF: its image data does not decode ({})",
+    "Unsupported file-type": "a kind of HEIF that libheif does not read ({})",
+    "Unsupported feature": "a HEIF using what this build of libheif does not read ({})",
+    "Memory allocation error": "over libheif's memory and security limits ({})",
+    "Color profile does not exist": "a HEIF whose colour profile is missing ({})",
+    "Error while loading plugin": "libheif could not load its decoder ({})",
+}
+# libheif's subcode for data that ends early (heif_suberror_End_of_data)
+_LIBHEIF_END = "Unexpected end of file"
+
+
+def heif_reason(message: str) -> str | None:
+    """A libheif error message in words for a person; None where it is not one."""
+    code, _, rest = message.partition(": ")
+    words = _LIBHEIF.get(code)
+    if words is None:
+        return None
+    subcode, _, detail = rest.partition(": ")
+    if subcode == _LIBHEIF_END:
+        return f"{TRUNCATED} ({detail})" if detail else TRUNCATED
+    said = detail if subcode == "Unspecified" and detail else rest
+    return words.format(said or code)
+
+
+def _libheif_reason(data: bytes | BinaryIO) -> str | None:
+    """What libheif itself says of a HEIF Pillow could not open (Pillow turns the
+    plugin's error into "cannot identify image file")."""
+    plugin = scan.heif_plugin()
+    if plugin is None:
+        return None
+    if not isinstance(data, bytes):
+        data.seek(0)
+    try:
+        __import__(plugin).open_heif(data, convert_hdr_to_8bit=True)
+    except Exception as exc:
+        return heif_reason(str(exc))
+    return None
 
 
 def _formats() -> str:
@@ -681,7 +736,7 @@ def _picture(data: bytes | BinaryIO, longest: int, *, path: str) -> Image.Image:
     if sniffed in ("HEIF", "AVIF"):
         check_items(data, path=path)
     with (
-        _reasons(path, kind, sniffed),
+        _reasons(path, kind, sniffed, data),
         Image.open(source, formats=allowed_formats()) as image,
     ):
         _load(image, data, longest, path=path)

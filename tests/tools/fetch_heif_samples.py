@@ -5,8 +5,9 @@
 pillow-heif keeps real devices' photos as its own test files (BSD-3-Clause, in its
 source distribution): an iPhone 8 Plus's tiled HEIC with a 240x320 thumbnail, an
 iPhone 13 Pro's, an Apple Vision Pro's, a Xiaomi's, a Galaxy S25 Ultra's with a 512-px
-thumbnail, and two Sony cameras' HIF with 1616- and 320-px thumbnails. The tiled ones
-are what a phone writes: a grid of 512x512 HEVC tiles.
+thumbnail, and two Sony cameras' HIF with 1616- and 320-px thumbnails; a Galaxy's
+200 MP photo; two files damaged on purpose. The tiled ones are what a phone writes: a
+grid of 512x512 HEVC tiles.
 
 The files are not copied into this repository; they are fetched with pip (PyPI is the
 one package index reachable here), the sdist checked by sha256 (`--require-hashes`),
@@ -59,6 +60,20 @@ MEMBERS = {
     f"{_IMAGES}/heif_special/guitar_cw90.hif": (
         "sony_a7m4_guitar.hif",
         "f0d5e88be07b9d70a3715218ca612ccf45b126e5b4b42172dce14a62d2099932",
+    ),
+    # a Galaxy's 200 MP photo (12240x16320) with a 384x512 thumbnail
+    f"{_IMAGES}/heif_special/200MP.heic": (
+        "galaxy_200mp.heic",
+        "4dd7209010986a50b1049e54de47ae2188faef6d548213a9799e11fae1a317c6",
+    ),
+    # damaged on purpose (pillow-heif's own tests of libheif's errors)
+    f"{_IMAGES}/heif_corrupted/corrupted.heic": (
+        "damaged_corrupted.heic",
+        "a3a2cc3c5367fb61e02f52330cab9568c469cc8e08f909ad24b7993add1f630e",
+    ),
+    f"{_IMAGES}/heif_special/L_8__29(255)x100.heif": (
+        "damaged_wrong_size.heif",
+        "86f84ab1b1cd28186ad1bdb4dc5e3890d655bc050c3d4b97a09a3ab5db307d4b",
     ),
 }
 
