@@ -396,13 +396,17 @@ def save_heic(
     taken_at: str | None = None,
     offset: str | None = None,
     gps: tuple[float, float] | None = None,
+    thumbnails: tuple[int, ...] = (),
 ) -> Path:
     """Write `img` as HEIC with the given EXIF tags, with pillow-heif's encoder (a test
     dependency: imageclust itself only decodes, with pi-heif). Its opener is not
-    registered, so what reads the file in the tests is imageclust's own."""
+    registered, so what reads the file in the tests is imageclust's own. `thumbnails`:
+    the longer sides of the thumbnails stored beside the image, as phones store one."""
     import pillow_heif
 
     exif = make_exif(orientation=orientation, taken_at=taken_at, offset=offset, gps=gps)
     heif = pillow_heif.from_pillow(img.convert("RGB"))
+    if thumbnails:
+        heif[0].info["thumbnails"] = list(thumbnails)
     heif.save(str(path), quality=quality, exif=exif.tobytes())
     return Path(path)

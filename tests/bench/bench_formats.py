@@ -15,7 +15,9 @@ Decode, side by side, medians of 5, each for the model's input:
 
 Index (`--model`, an ONNX vision model such as tests/tools/make_vit_model.py's ViT-B/32):
 `pipeline.index` end to end over N photos, JPEG only, then a mixed library of the same
-size (half JPEG, a quarter HEIC, a quarter RAW), photos/s and the ratio.
+size (half JPEG, a quarter HEIC, a quarter RAW), then the same pictures as HEIC with a
+320-px and a 640-px embedded thumbnail (`heif-enc --thumb N`, where heif-enc is
+installed): photos/s and each one's ratio to JPEG only.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,7 +60,19 @@ def picture(seed: int = 1) -> Image.Image:
 
 
 def encoded(img: Image.Image, kind: str) -> bytes:
+    """`img` as `kind`: JPEG, HEIC (pillow-heif's encoder), or HEIC+N: libheif's
+    `heif-enc --thumb N` (Debian's libheif-examples), a HEIC with an N-px thumbnail."""
     out = io.BytesIO()
+    if kind.startswith("HEIC+"):
+        with tempfile.TemporaryDirectory() as tmp:
+            source, target = Path(tmp) / "in.png", Path(tmp) / "out.heic"
+            img.save(source)
+            subprocess.run(
+                ["heif-enc", "--thumb", kind[5:], "-o", str(target), str(source)],
+                check=True,
+                capture_output=True,
+            )
+            return target.read_bytes()
     if kind == "JPEG":
         img.save(out, "JPEG", quality=90)
     else:
@@ -84,9 +100,13 @@ def median_ms(fn: Callable[[], object], n: int = 5) -> float:
     return statistics.median(spent) * 1000
 
 
+# HEIC with an embedded thumbnail, where heif-enc is there
+THUMBED = ("HEIC+320", "HEIC+640") if shutil.which("heif-enc") else ()
+
+
 def decode_costs() -> None:
     img = picture()
-    for kind in ("JPEG", "HEIC"):
+    for kind in ("JPEG", "HEIC", *THUMBED):
         data = encoded(img, kind)
         ms = median_ms(lambda data=data, kind=kind: decode.decode(data, SPEC, path=kind))
         print(f"12-MP {kind} ({len(data) / 1e6:.1f} MB): {ms:.0f} ms per photo")
@@ -109,18 +129,19 @@ def decode_costs() -> None:
     print(f"  full AHD demosaic              {full:6.0f} ms   ({full / preview:.1f}x the preview)")
 
 
-def make_library(folder: Path, n: int, mixed: bool) -> None:
+def make_library(folder: Path, n: int, mixed: bool, heic: str = "") -> None:
     """n distinct files: 4 pictures, each file with its own bytes appended where its
     format ignores them (after a JPEG's end-of-image marker, after a TIFF's data, in a
-    HEIF "free" box), so every file hashes differently and is embedded."""
+    HEIF "free" box), so every file hashes differently and is embedded. `heic`: every
+    file a HEIC of that kind (`encoded`) instead."""
     folder.mkdir(parents=True, exist_ok=True)
     _, raw = a_raw()
     bases = [picture(seed) for seed in range(4)]
     jpegs = [encoded(b, "JPEG") for b in bases]
-    heics = [encoded(b, "HEIC") for b in bases] if mixed else []
+    heics = [encoded(b, heic or "HEIC") for b in bases] if mixed or heic else []
     for i in range(n):
         mark = i.to_bytes(4, "big") * 4
-        if mixed and i % 4 == 1:
+        if heic or (mixed and i % 4 == 1):
             name, data = f"IMG_{i:04d}.heic", heics[i % 4] + struct.pack(">I4s", 24, b"free") + mark
         elif mixed and i % 4 == 3:
             name, data = f"IMG_{i:04d}.dng", raw + mark
@@ -146,13 +167,19 @@ def main() -> None:
         jpeg_only, mixed = Path(tmp) / "jpeg", Path(tmp) / "mixed"
         make_library(jpeg_only, args.photos, mixed=False)
         make_library(mixed, args.photos, mixed=True)
+        for kind in THUMBED:
+            make_library(Path(tmp) / kind, args.photos, mixed=False, heic=kind)
         a = index_rate(args.model, jpeg_only, args.batch)
         b = index_rate(args.model, mixed, args.batch)
+        thumbed = {kind: index_rate(args.model, Path(tmp) / kind, args.batch) for kind in THUMBED}
         a2 = index_rate(args.model, jpeg_only, args.batch)  # again: the machine drifts
+    jpeg = (a + a2) / 2
     print(f"index, {args.photos} photos of 12 MP, {args.model.name}, {os.cpu_count()} cores:")
-    print(f"  JPEG only                          {(a + a2) / 2:6.2f} photos/s ({a:.2f}, {a2:.2f})")
-    print(f"  mixed (1/2 JPEG, 1/4 HEIC, 1/4 RAW) {b:6.2f} photos/s")
-    print(f"  mixed / JPEG only = {b / ((a + a2) / 2):.2f}")
+    print(f"  JPEG only                          {jpeg:6.2f} photos/s ({a:.2f}, {a2:.2f})")
+    print(f"  mixed (1/2 JPEG, 1/4 HEIC, 1/4 RAW) {b:6.2f} photos/s   {b / jpeg:.2f} of JPEG")
+    for kind, rate in thumbed.items():
+        what = f"HEIC, {kind[5:]}-px thumbnail (heif-enc)"
+        print(f"  {what:<35}{rate:6.2f} photos/s   {rate / jpeg:.2f} of JPEG")
 
 
 if __name__ == "__main__":
