@@ -441,9 +441,11 @@ def test_a_reader_sees_only_complete_snapshots_while_publishing_50_times(
         text=True,
     )
     try:
-        for _ in range(50):
-            report = catalog.publish(published["state"], dest, model_id=None, daemon_version="test")
-            assert report.photos == expected
+        for i in range(50):  # a version of its own each time: built and swapped in anew
+            report = catalog.publish(
+                published["state"], dest, model_id=None, daemon_version=f"test {i}"
+            )
+            assert report.photos == expected and not report.unchanged
     finally:
         stop.touch()
         out, err = reader.communicate(timeout=60)
@@ -587,3 +589,48 @@ def test_the_datasette_recipe_follows_publishes(tmp_path: Path, tiny_model: Path
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_publish_with_nothing_changed_leaves_the_catalog_as_it_is(
+    published: dict[str, Any], tmp_path: Path
+) -> None:
+    """Nothing changed -> nothing published: the same file (inode), untouched; a write
+    to what the catalog shows, through any code, publishes anew."""
+    state = tmp_path / "state.sqlite"
+    shutil.copyfile(published["state"], state)
+    dest = tmp_path / "catalog.sqlite"
+    first = catalog.publish(state, dest, model_id=None, daemon_version="test")
+    before = dest.stat()
+    again = catalog.publish(state, dest, model_id=None, daemon_version="test")
+    assert again.unchanged and (again.photos, again.clusters) == (first.photos, first.clusters)
+    after = dest.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    # another model, another version of imageclust: built anew
+    assert not catalog.publish(state, dest, model_id="m", daemon_version="test").unchanged
+    assert catalog.publish(state, dest, model_id="m", daemon_version="test").unchanged
+    with sqlite3.connect(state) as conn:  # a write that shows nothing: still unchanged
+        conn.execute("UPDATE files SET updated_at = updated_at + 1")
+        conn.execute("UPDATE clusters SET title = title")
+    assert catalog.publish(state, dest, model_id="m", daemon_version="test").unchanged
+    with sqlite3.connect(state) as conn:  # a title changed by hand
+        conn.execute(
+            "UPDATE clusters SET title = 'Renamed' WHERE id = (SELECT min(id) FROM clusters "
+            "WHERE state = 'active')"
+        )
+    renamed = catalog.publish(state, dest, model_id="m", daemon_version="test")
+    assert not renamed.unchanged
+    assert _ro(dest).execute("SELECT count(*) FROM clusters WHERE title = 'Renamed'").fetchone()
+    search.open_for(dest).path.unlink()  # its search snapshot lost: built anew
+    assert not catalog.publish(state, dest, model_id="m", daemon_version="test").unchanged
+
+
+def test_a_second_index_of_an_unchanged_library_publishes_nothing(
+    published: dict[str, Any],
+) -> None:
+    dest = published["catalog"]
+    before = dest.stat()
+    done = run_cli("--config", str(published["config"]), "--log-level", "INFO", "index")
+    assert done.returncode == 0, done.stderr
+    assert "is up to date: nothing to publish" in done.stderr
+    after = dest.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)

@@ -66,6 +66,9 @@ def _human_bytes(n: float) -> str:
 
 def _publish(options: library.Options, model_id: str | None) -> None:
     report = library.publish(None, model_id, options)
+    if report.unchanged:
+        log.info("the catalog %s is up to date: nothing to publish", report.path)
+        return
     log.info(
         "published %s: %d photos, %d groups, %d bytes in %.2f s",
         report.path,

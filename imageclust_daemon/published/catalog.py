@@ -32,7 +32,7 @@ from pathlib import Path
 
 from imageclust_daemon.durable import fsync_dir, process_alive
 from imageclust_daemon.durable import sqlite_uri as uri
-from imageclust_daemon.errors import DatabaseError, QueryRefused
+from imageclust_daemon.errors import DatabaseError, ImageclustError, QueryRefused
 from imageclust_daemon.grouping import label, places
 from imageclust_daemon.index import pairs
 from imageclust_daemon.published import search
@@ -159,6 +159,7 @@ class PublishReport:
     clusters: int
     bytes: int
     seconds: float
+    unchanged: bool = False  # built from these very inputs before: left as it was
 
 
 def _iso(ts: float | None) -> str:
@@ -173,10 +174,20 @@ def publish(
     daemon_version: str,
     pair_raw_jpeg: bool = True,
 ) -> PublishReport:
-    """Build the catalog from `state_db` and swap it in at `dest` atomically."""
+    """Build the catalog from `state_db` and swap it in at `dest` atomically; where the
+    catalog there was built from the very same inputs (`inputs`), leave it as it is."""
     started = time.monotonic()
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(dest)
+    settings = _settings(model_id, daemon_version, pair_raw_jpeg)
+    built = _built_from(dest)
+    if built is not None and built == inputs(state_db, settings):
+        with reading(dest) as conn:
+            photos = conn.execute("SELECT count(*) FROM photos").fetchone()[0]
+            clusters = conn.execute("SELECT count(*) FROM clusters").fetchone()[0]
+        return PublishReport(
+            dest, photos, clusters, dest.stat().st_size, time.monotonic() - started, True
+        )
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     before = search.named_snapshot(dest)
@@ -188,6 +199,7 @@ def publish(
             model_id=model_id,
             daemon_version=daemon_version,
             pair_raw_jpeg=pair_raw_jpeg,
+            settings=settings,
         )
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -204,6 +216,42 @@ def publish(
         photos = conn.execute("SELECT count(*) FROM photos").fetchone()[0]
         clusters = conn.execute("SELECT count(*) FROM clusters").fetchone()[0]
     return PublishReport(dest, photos, clusters, dest.stat().st_size, time.monotonic() - started)
+
+
+def _settings(model_id: str | None, daemon_version: str, pair_raw_jpeg: bool) -> str:
+    """What besides the state a catalog's content depends on."""
+    return f"schema {SCHEMA_VERSION}; model {model_id or ''}; imageclust {daemon_version}; " + (
+        f"pairs {int(pair_raw_jpeg)}"
+    )
+
+
+def inputs(state_db: Path, settings: str) -> str | None:
+    """The inputs a catalog built now would have: the state's published version (moved
+    by every write the catalog would show, state migration 12) and the settings; None
+    where the state cannot tell (a database before that migration)."""
+    try:
+        conn = sqlite3.connect(uri(state_db, mode="ro"), uri=True)
+        try:
+            row = conn.execute("SELECT version FROM published_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return f"{row[0]}; {settings}" if row else None
+
+
+def _built_from(dest: Path) -> str | None:
+    """The inputs the catalog at `dest` was built from, where it is whole: readable, and
+    its search snapshot there."""
+    try:
+        with reading(dest) as conn:
+            info = dict(conn.execute("SELECT key, value FROM catalog_info"))
+    except (OSError, sqlite3.Error, ImageclustError):
+        return None
+    snapshot = info.get("search_snapshot")
+    if not snapshot or not (dest.parent / snapshot).is_file():
+        return None
+    return info.get("inputs")
 
 
 def remove_dead_temps(dest: Path) -> list[Path]:
@@ -241,6 +289,7 @@ def _build(
     model_id: str | None,
     daemon_version: str,
     pair_raw_jpeg: bool,
+    settings: str,
 ) -> str:
     """Build the catalog in `tmp` and its search snapshot beside `dest`; returns the
     snapshot's file name."""
@@ -259,6 +308,8 @@ def _build(
         conn.execute("BEGIN")  # one read snapshot of the state for the whole build
         for statement in statements(SCHEMA):
             conn.execute(statement)
+        version = conn.execute("SELECT version FROM state.published_version").fetchone()
+        built_from = f"{version[0]}; {settings}" if version else ""
         # The state is read through its published_* views (migration 9), never its tables.
         conn.execute(
             "INSERT INTO cluster_members (cluster_id, content_hash, rank) "
@@ -293,7 +344,13 @@ def _build(
             try:
                 _fill_photos(conn, texts, shown, model_id)
                 snapshot = search.plan(search.catalog_rows(conn), dest.parent, dest.name, model_id)
-                _finish(conn, snapshot, model_id=model_id, daemon_version=daemon_version)
+                _finish(
+                    conn,
+                    snapshot,
+                    model_id=model_id,
+                    daemon_version=daemon_version,
+                    built_from=built_from,
+                )
                 written = early.result()
             except BaseException:
                 cancel.set()
@@ -392,7 +449,12 @@ def _write_snapshot(
 
 
 def _finish(
-    conn: sqlite3.Connection, snapshot: search.Plan, *, model_id: str | None, daemon_version: str
+    conn: sqlite3.Connection,
+    snapshot: search.Plan,
+    *,
+    model_id: str | None,
+    daemon_version: str,
+    built_from: str,
 ) -> None:
     """The build's rest once `photos` is filled: its indexes, catalog_info, the commit,
     and the full-text indexes."""
@@ -405,6 +467,7 @@ def _finish(
         "daemon_version": daemon_version,
         "search_snapshot": snapshot.name,
         "search_token": snapshot.token,
+        "inputs": built_from,  # the state's published version and the settings
     }
     conn.executemany("INSERT INTO catalog_info (key, value) VALUES (?, ?)", info.items())
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -17,7 +17,9 @@ def publish(
     organize_dir: Path | None,
     pair_raw_jpeg: bool = True,
 ) -> catalog.PublishReport:
-    """State -> catalog (atomic swap) -> organized folder of symlinks (if configured)."""
+    """State -> catalog (atomic swap) -> organized folder of symlinks (if configured).
+    A catalog built from the same inputs is left as it is, and so is its organized view
+    (built only where it is missing or older than the catalog)."""
     report = catalog.publish(
         state_db,
         catalog_path,
@@ -25,7 +27,9 @@ def publish(
         daemon_version=__version__,
         pair_raw_jpeg=pair_raw_jpeg,
     )
-    if organize_dir is not None:
+    if report.unchanged:
+        refresh_view(catalog_path, organize_dir)
+    elif organize_dir is not None:
         organize.build(organize.groups_from_catalog(catalog_path), organize_dir)
     return report
 

@@ -451,7 +451,10 @@ class Jobs:
             raise
         activity.record(self.cfg.data_dir, last_publish=activity.now())
         _return_freed_memory()
-        log.info("published the catalog: %d photos, %d groups", report.photos, report.clusters)
+        if report.unchanged:
+            log.info("the catalog is up to date: nothing to publish")
+        else:
+            log.info("published the catalog: %d photos, %d groups", report.photos, report.clusters)
 
     def maintenance(self) -> None:
         files, contents = self.store.collect_garbage(self.cfg.maintenance.gc_days)
