@@ -174,6 +174,8 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
                 f"the Dask cluster at {scheduler}"
                 if scheduler
                 else short_provider(model.embedder.provider)
+                if model.embedder.is_open
+                else ""  # nothing embedded here: the model was never opened
             )
             _print_index_summary(report, len(roots), failed_now, spec.name, where)
         grouped: ClusterRun | None = None
@@ -182,7 +184,8 @@ def cmd_index(args: argparse.Namespace, cfg: config.Config) -> int:
             grouped = library.regroup(store, model.id, options)
             titled = _title(args, options, store)
     if args.json:
-        out: dict[str, Any] = {**asdict(report), "provider": model.embedder.provider}
+        provider = model.embedder.provider if model.embedder.is_open else None
+        out: dict[str, Any] = {**asdict(report), "provider": provider}
         if grouped is not None and titled is not None:
             out["groups"] = asdict(grouped)
             out["titles"] = asdict(titled)
