@@ -25,7 +25,7 @@ from imageclust_daemon.records import (
     FileRow,
     KnownFile,
 )
-from imageclust_daemon.state import migrate
+from imageclust_daemon.state import migrate, pages
 from imageclust_daemon.state.groups import GroupTables, blob_to_vector, vector_to_blob
 
 log = logging.getLogger(__name__)
@@ -151,10 +151,12 @@ class Store(GroupTables):
             found = migrate.current_version(conn)
             if shipped and found > shipped[-1].version:
                 raise SchemaTooNewError(str(path), found, shipped[-1].version)
+            pages.prepare_new(conn)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across app crashes
             conn.execute("PRAGMA foreign_keys = ON")
             migrate.apply(conn, shipped, path=str(path))
+            pages.rewrite_if_small(conn, path)
             edited = migrate.changed_since_applied(conn, shipped)
             if edited:
                 log.warning("%s: migrations %s changed after they were applied", path, edited)
