@@ -432,3 +432,38 @@ def test_albums_get_the_word_most_of_their_photos_are_closest_to(
             members = [h for (h,) in found]
             x = np.array([store.embedding(h, model_id) for h in members])
             assert subject == subjects.subject_of(x, vectors, subjects.SUBJECTS)
+
+
+def _snapshot_rows(path: Path) -> tuple[bytes, bytes, bytes]:
+    snap = search.read(path)
+    return snap.hashes.tobytes(), snap.offline.tobytes(), np.asarray(snap.matrix).tobytes()
+
+
+@pytest.mark.parametrize("added", [40, 400])
+def test_a_snapshot_after_a_few_changes_is_written_from_the_one_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, added: int
+) -> None:
+    """Rows of unchanged contents are copied from the snapshot before, and only the new
+    ones read from the state, where at most KEEP_SHARE of the rows are new (40 of 1,040);
+    past that (400 of 1,400) it is read whole from the state. Either way the file is the
+    one a publish from scratch writes."""
+    from tests.bench.bench_catalog import MODEL, fill
+
+    state = tmp_path / "state.sqlite"
+    with Store.open(state) as store:
+        fill(store, 1000)
+    dest = tmp_path / "catalog.sqlite"
+    catalog.publish(state, dest, model_id=MODEL, daemon_version="test")
+    with Store.open(state) as store:  # `added` more photos, the first 1,000 as they were
+        fill(store, 1000 + added)
+    whole, merged = search._vectors, search._merged
+    incremental = added <= search.KEEP_SHARE * (1000 + added)
+    monkeypatch.setattr(search, "_vectors" if incremental else "_merged", None)  # unused
+    catalog.publish(state, dest, model_id=MODEL, daemon_version="test")
+    monkeypatch.setattr(search, "_vectors", whole)
+    monkeypatch.setattr(search, "_merged", merged)
+    fresh = tmp_path / "fresh" / "catalog.sqlite"
+    catalog.publish(state, fresh, model_id=MODEL, daemon_version="test")
+    assert search.open_for(dest).token == search.open_for(fresh).token
+    assert _snapshot_rows(search.open_for(dest).path) == _snapshot_rows(search.open_for(fresh).path)
+    assert len(search.open_for(dest)) == 1000 + added

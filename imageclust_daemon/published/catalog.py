@@ -242,14 +242,19 @@ def inputs(state_db: Path, settings: str) -> str | None:
 
 def _built_from(dest: Path) -> str | None:
     """The inputs the catalog at `dest` was built from, where it is whole: readable, and
-    its search snapshot there."""
+    the search snapshot it names there, whole, and the one it was built with."""
     try:
         with reading(dest) as conn:
             info = dict(conn.execute("SELECT key, value FROM catalog_info"))
     except (OSError, sqlite3.Error, ImageclustError):
         return None
     snapshot = info.get("search_snapshot")
-    if not snapshot or not (dest.parent / snapshot).is_file():
+    if not snapshot:
+        return None
+    try:
+        if search.read(dest.parent / snapshot).token != info.get("search_token"):
+            return None
+    except search.SearchError:
         return None
     return info.get("inputs")
 
@@ -359,7 +364,7 @@ def _build(
             # The state database changed between the two reads (no writer runs beside a
             # publish, so not expected): the snapshot the catalog names, written now.
             with closing(_open_state(state_db)) as state:
-                search.write(snapshot, state, dest.parent, dest.name, cancel)
+                search.write(snapshot, state, dest.parent, dest.name, cancel, _previous(dest))
     finally:
         conn.close()
     return snapshot.name
@@ -444,8 +449,14 @@ def _write_snapshot(
         )
         rows = ((h, away) for h, away in found if shown.get(h, h) == h)
         snapshot = search.plan(rows, dest.parent, dest.name, model_id)
-        search.write(snapshot, state, dest.parent, dest.name, cancel)
+        search.write(snapshot, state, dest.parent, dest.name, cancel, _previous(dest))
         return snapshot
+
+
+def _previous(dest: Path) -> Path | None:
+    """The search snapshot the catalog at `dest` names now, to write the next one from."""
+    name = search.named_snapshot(dest)
+    return dest.parent / name if name else None
 
 
 def _finish(

@@ -182,18 +182,23 @@ def write(
     folder: Path,
     catalog_name: str,
     cancel: threading.Event,
+    previous: Path | None = None,
 ) -> None:
     """Write the planned snapshot into `folder` unless it is there, the embeddings read
     on `state` (a connection to the state database: it may run on a thread of its own,
-    beside the catalog's build; SQLite and file writes let go of the GIL). A missing
-    embedding is a SearchError. Stops with Cancelled, leaving nothing, once `cancel` is
-    set."""
+    beside the catalog's build; SQLite and file writes let go of the GIL). `previous`:
+    the snapshot written before; where at most `KEEP_SHARE` of the rows are new to it,
+    the others' embeddings are copied from it and only the new ones read from the state.
+    A missing embedding is a SearchError. Stops with Cancelled, leaving nothing, once
+    `cancel` is set."""
     if plan.there:
         return
+    kept = _kept_rows(previous, plan)
+    vectors = _vectors(state, plan) if kept is None else _merged(state, plan, *kept)
     tmp = folder / f".{catalog_name}.{os.getpid()}.search.tmp"
     try:
         with open(tmp, "wb") as out:
-            _write_file(out, _vectors(state, plan), plan, cancel)
+            _write_file(out, vectors, plan, cancel)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o444)
@@ -202,9 +207,13 @@ def write(
         tmp.unlink(missing_ok=True)
 
 
-def _vectors(state: sqlite3.Connection, plan: Plan) -> Iterator[bytes]:
-    """The embedding of each of the plan's rows, in its order: one pass over the model's
-    embeddings in content-hash order, the rows' hashes picked out as they come."""
+_RUN = 4096  # rows read, checked and written at once (one write a row: 5.7 s at 1M)
+
+
+def _vectors(state: sqlite3.Connection, plan: Plan) -> Iterator[np.ndarray]:
+    """The embeddings of the plan's rows, in its order, in blocks of up to `_RUN` rows
+    (float32 [k, D]): one pass over the model's embeddings in content-hash order, the
+    rows' hashes picked out as they come."""
     if plan.model_id is None or not len(plan):
         return
     found = state.execute(
@@ -212,12 +221,77 @@ def _vectors(state: sqlite3.Connection, plan: Plan) -> Iterator[bytes]:
         "ORDER BY content_hash",
         (plan.model_id,),
     )
-    for row in range(len(plan)):
-        wanted = plan.hashes[row * _HASH_BYTES : (row + 1) * _HASH_BYTES].hex()
-        vector = _seek(found, wanted)
-        if vector is None:
-            raise SearchError(f"snapshot: no embedding of {wanted} by {plan.model_id}")
-        yield vector
+    every = plan.hashes.hex()
+    for start in range(0, len(plan), _RUN):
+        run: list[bytes] = []
+        for row in range(start, min(len(plan), start + _RUN)):
+            wanted = every[row * 2 * _HASH_BYTES : (row + 1) * 2 * _HASH_BYTES]
+            vector = _seek(found, wanted)
+            if vector is None:
+                raise SearchError(f"snapshot: no embedding of {wanted} by {plan.model_id}")
+            run.append(vector)
+        yield _block(run, plan)
+
+
+def _block(run: list[bytes], plan: Plan) -> np.ndarray:
+    if any(len(blob) != len(run[0]) or not blob for blob in run):
+        raise SearchError(f"embeddings of {plan.model_id} differ in length; cannot snapshot")
+    return np.frombuffer(b"".join(run), dtype="<f4").reshape(len(run), -1)
+
+
+# A snapshot is written from the one before it where at most this share of its rows is
+# new to it: their embeddings are read one by one from the state, the others copied from
+# the file before (tests/bench/bench_search_update.py measures both ways).
+KEEP_SHARE = 0.1
+
+
+def _kept_rows(previous: Path | None, plan: Plan) -> tuple[Snapshot, np.ndarray] | None:
+    """The snapshot before and, for each of the plan's rows, its row there (-1 where new),
+    where that snapshot is readable, of the same model, and at most `KEEP_SHARE` of the
+    plan's rows are new to it; else None (the snapshot is written from the state)."""
+    if previous is None or plan.model_id is None or not len(plan):
+        return None
+    try:
+        before = read(previous)
+    except SearchError:
+        return None
+    if before.model != plan.model_id or not len(before):
+        return None
+    keys = before.hashes.view(f"S{_HASH_BYTES}").ravel()
+    wanted = np.frombuffer(plan.hashes, dtype=f"S{_HASH_BYTES}")
+    rows = np.searchsorted(keys, wanted)
+    rows[rows >= len(keys)] = 0
+    found = keys[rows] == wanted
+    if (len(plan) - int(found.sum())) > KEEP_SHARE * len(plan):
+        return None
+    return before, np.where(found, rows, -1)
+
+
+def _merged(
+    state: sqlite3.Connection, plan: Plan, before: Snapshot, rows: np.ndarray
+) -> Iterator[np.ndarray]:
+    """The embeddings of the plan's rows, in its order and in blocks like `_vectors`:
+    copied from `before` where `rows` has its row there, else read from the state."""
+    for start in range(0, len(plan), _RUN):
+        where = rows[start : start + _RUN]
+        block = np.empty((len(where), before.dim), dtype="<f4")
+        kept = where >= 0
+        block[kept] = before.matrix[where[kept]]
+        for i in np.flatnonzero(~kept).tolist():
+            row = start + i
+            wanted = plan.hashes[row * _HASH_BYTES : (row + 1) * _HASH_BYTES].hex()
+            found = state.execute(
+                "SELECT vector FROM published_embeddings WHERE content_hash = ? AND model_id = ?",
+                (wanted, plan.model_id),
+            ).fetchone()
+            if found is None:
+                raise SearchError(f"snapshot: no embedding of {wanted} by {plan.model_id}")
+            if len(found[0]) != 4 * before.dim:
+                raise SearchError(
+                    f"embeddings of {plan.model_id} differ in length; cannot snapshot"
+                )
+            block[i] = np.frombuffer(found[0], dtype="<f4")
+        yield block
 
 
 def _seek(found: Iterator[tuple[str, bytes]], wanted: str) -> bytes | None:
@@ -231,10 +305,10 @@ def _seek(found: Iterator[tuple[str, bytes]], wanted: str) -> bytes | None:
 
 
 def _write_file(
-    out: IO[bytes], vectors: Iterator[bytes], plan: Plan, cancel: threading.Event
+    out: IO[bytes], blocks: Iterator[np.ndarray], plan: Plan, cancel: threading.Event
 ) -> None:
-    first = next(vectors, None)
-    dim = len(first) // 4 if first is not None else 0
+    first = next(blocks, None)
+    dim = int(first.shape[1]) if first is not None else 0
     n = len(plan) if first is not None else 0
     header = {
         "format": FORMAT,
@@ -260,17 +334,12 @@ def _write_file(
     if n:
         out.write(plan.offline)
     _pad_to(out, matrix_at)
-    if first is not None:  # _vectors gives one a row, or raises
-        # In runs of 4,096 rows, one write each (one write a row cost 5.7 s at 1M photos).
-        rest = itertools.chain([first], vectors)
-        while run := list(itertools.islice(rest, 4096)):
-            if cancel.is_set():
-                raise Cancelled
-            if any(len(blob) != dim * 4 for blob in run):
-                raise SearchError(
-                    f"embeddings of {plan.model_id} differ in length; cannot snapshot"
-                )
-            out.write(b"".join(run))
+    for block in itertools.chain([first], blocks) if first is not None else ():
+        if cancel.is_set():
+            raise Cancelled
+        if block.shape[1] != dim:
+            raise SearchError(f"embeddings of {plan.model_id} differ in length; cannot snapshot")
+        out.write(block.tobytes())
 
 
 def _aligned(offset: int) -> int:
