@@ -232,17 +232,35 @@ def check_not_flat(
     """Refuse a JPEG whose picture is one flat colour while its scan data holds far
     more than such a picture needs (`MIN_FLAT_BITS`). `image`: the decoded picture,
     reduced or not; `pixels`: the photo's full size."""
-    scan = _scan_bytes(data) if isinstance(data, bytes) else None
-    if scan is None or pixels <= 0 or 8 * (scan - _FLAT_ALLOWANCE) / pixels <= MIN_FLAT_BITS:
+    # Cheapest first (a photo is told in ~20 us, its scan's length costs 2 ms at 12 MP):
+    # 25 pixels, then every pixel, then the scan.
+    if not isinstance(data, bytes) or pixels <= 0 or not _flat(_sampled(image)):
         return
-    extrema = image.getextrema()
-    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
-    if all(float(high) - float(low) <= 1 for low, high in bands):
+    if not _flat(image.getextrema()):
+        return
+    scan = _scan_bytes(data)
+    if scan is not None and 8 * (scan - _FLAT_ALLOWANCE) / pixels > MIN_FLAT_BITS:
         raise DecodeError(
             path,
             f"damaged: it decodes to one flat colour, where its {scan:,} bytes of image data "
             "hold far more than one colour needs",
         )
+
+
+def _sampled(image: Image.Image) -> list[tuple[float, float]]:
+    """Each band's (min, max) over a 5x5 grid of the image's pixels."""
+    w, h = image.size
+    points = [
+        image.getpixel((x * (w - 1) // 4, y * (h - 1) // 4)) for x in range(5) for y in range(5)
+    ]
+    rows = [p if isinstance(p, tuple) else (p,) for p in points]
+    return [(min(band), max(band)) for band in zip(*rows, strict=True)]
+
+
+def _flat(extrema: Any) -> bool:
+    """Whether each band's (min, max) lie within one level."""
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    return all(float(high) - float(low) <= 1 for low, high in bands)
 
 
 def _scan_bytes(data: bytes) -> int | None:
