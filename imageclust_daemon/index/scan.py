@@ -140,9 +140,12 @@ def walk(
         lost.add(root)
         return
     visited = {(top.st_dev, top.st_ino)}
-    stack = [root]
+    # each folder with its path relative to `base`, as exclude patterns see it (built
+    # by joining names: os.path.relpath a file cost 0.25 s of a 0.6 s unchanged index)
+    start = os.fsdecode(os.path.relpath(root, base))
+    stack = [(root, "" if start == "." else start)]
     while stack:
-        folder = stack.pop()
+        folder, inside = stack.pop()
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name, reverse=True)
@@ -156,8 +159,9 @@ def walk(
             name = entry.name
             if name.startswith(b"."):
                 continue
-            relative = os.fsdecode(os.path.relpath(entry.path, base))
-            if excluder.excluded(os.fsdecode(name), relative):
+            shown = os.fsdecode(name)
+            relative = f"{inside}/{shown}" if inside else shown
+            if excluder.excluded(shown, relative):
                 continue
             try:
                 st = entry.stat(follow_symlinks=True)
@@ -172,7 +176,7 @@ def walk(
             if stat.S_ISDIR(st.st_mode):
                 if (st.st_dev, st.st_ino) not in visited:
                     visited.add((st.st_dev, st.st_ino))
-                    stack.append(entry.path)
+                    stack.append((entry.path, relative))
             elif (ext := os.path.splitext(name)[1].lower()) in extensions:
                 yield _found(entry.path, st)
             elif unread is not None and ext in HEIF_EXTENSIONS:
