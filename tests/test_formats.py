@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from imageclust_daemon.errors import DecodeError
 from imageclust_daemon.index import decode, heif_thumbs
@@ -146,3 +147,29 @@ def test_the_thumbnail_read_is_the_one_the_model_gets(tmp_path: Path) -> None:
     assert np.array_equal(decode.decode(data, SPEC).pixels, model_input(thumb, SPEC))
     gallery = heif_thumbs.picture(data, 0, 1000)
     assert gallery is not None and gallery.size == (1024, 768)
+
+
+@pytest.mark.parametrize("past", ["the budget", "Pillow's limit"])
+def test_a_heic_too_large_to_decode_is_read_through_its_thumbnail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, past: str
+) -> None:
+    """A phone's 200 MP photo (12240x16320) is past the pixel limit: rather than fail, it
+    is read through a thumbnail that reaches the model's input, even one short of the
+    2x reserve; without one it fails as before. Made small here by lowering the limits:
+    past imageclust's budget (checked at decode), or past Pillow's own (at open)."""
+    monkeypatch.setattr(decode, "MAX_PIXELS", 1_000_000)
+    if past == "Pillow's limit":
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500_000)
+    img = photos.photo_like(10, (1600, 1200))
+    data = photos.save_heic(img, tmp_path / "big.heic", thumbnails=(320,)).read_bytes()
+    thumb = heif_thumbs.picture(data, SPEC.resize_shortest)
+    assert thumb is not None and thumb.size == (320, 240)
+    from imageclust_daemon.index.preprocess import model_input
+
+    photo = decode.decode(data, SPEC, path="big.heic")
+    assert (photo.meta.width, photo.meta.height) == (1600, 1200)
+    assert np.array_equal(photo.pixels, model_input(thumb, SPEC))
+    assert decode.thumbnail_jpeg(data, path="big.heic")  # the gallery's picture too
+    bare = photos.save_heic(img, tmp_path / "bare.heic").read_bytes()
+    with pytest.raises(DecodeError, match=r"over the 1 MP limit"):
+        decode.decode(bare, SPEC, path="bare.heic")

@@ -81,3 +81,14 @@ def test_a_damaged_heif_says_what_libheif_found(name: str, reason: str, samples:
     with pytest.raises(DecodeError) as caught:
         decode.decode((samples / name).read_bytes(), SPEC, path=name)
     assert caught.value.reason == reason
+
+
+def test_a_galaxys_200_mp_photo_is_read_through_its_thumbnail(samples: Path) -> None:
+    """12240x16320, past the pixel limit: read through its 384x512 thumbnail (it failed
+    as "a decompression bomb" before)."""
+    data = (samples / "galaxy_200mp.heic").read_bytes()
+    photo = decode.decode(data, SPEC, path="galaxy_200mp.heic")
+    assert (photo.meta.width, photo.meta.height) == (12240, 16320)
+    assert photo.meta.taken_at == "2025-01-19T14:53:27+03:00"
+    assert float(np.ptp(photo.pixels)) > 0.5
+    assert decode.thumbnail_jpeg(data, path="galaxy_200mp.heic")

@@ -423,7 +423,7 @@ def _decode(
         check_items(data, path=path)
     with (
         _reasons(path, kind, sniffed, data),
-        Image.open(source, formats=allowed_formats()) as image,
+        _opened(source, sniffed) as image,
     ):
         # JPEG decodes at 1/2, 1/4 or 1/8 scale in the DCT for a fraction of the cost, kept
         # at >= 1.5x the resize target so the bicubic resize still does the final
@@ -445,6 +445,10 @@ def _decode(
         # with the 320-px ones phones store (shorter 240) 0.9646, and 0.93-0.96 on an
         # iPhone's and a Galaxy's own: too far, so those are decoded in full.
         thumb = _heif_thumbnail(image, data, target, 0, path=path)
+        if thumb is None and width * height > MAX_PIXELS:
+            # too large to decode in full (a phone's 200 MP mode): a thumbnail that
+            # reaches the model's input is better than no photo at all
+            thumb = _heif_thumbnail(image, data, spec.resize_shortest, 0, path=path)
         if thumb is None or not reduced_decode:
             thumb = None
             _load(image, data, _draft_target(spec) if reduced_decode else None, path=path)
@@ -460,16 +464,36 @@ def _decode(
     return DecodedPhoto(meta, pixels)
 
 
+def _opened(source: BinaryIO, sniffed: str | None) -> Image.Image:
+    """The image opened (its header read, nothing decoded). A HEIF whose header passes
+    Pillow's pixel limit is opened all the same: it may be read through its thumbnail
+    (the decode budget still applies to whatever is decoded)."""
+    try:
+        return Image.open(source, formats=allowed_formats())
+    except Image.DecompressionBombError:
+        if sniffed != "HEIF" or "HEIF" not in Image.OPEN:
+            raise
+        source.seek(0)
+        factory = Image.OPEN["HEIF"][0]  # the plugin's own class: no size check at open
+        return factory(source, "")
+
+
 def _heif_thumbnail(
-    image: Image.Image, data: bytes | BinaryIO, shortest: int, longest: int, *, path: str
+    image: Image.Image,
+    data: bytes | BinaryIO,
+    shortest: int,
+    longest: int,
+    *,
+    path: str,
+    largest: bool = False,
 ) -> Image.Image | None:
     """The HEIF's embedded thumbnail where it will do (`heif_thumbs.picture`), after the
-    checks the full decode would pass; None for any other photo."""
+    checks the full decode would pass but its size; None for any other photo."""
     if image.format != "HEIF" or not isinstance(data, bytes):
         return None
     check_shape(*image.size, path=path)
     check_layout(image, path=path)
-    return heif_thumbs.picture(data, shortest, longest)
+    return heif_thumbs.picture(data, shortest, longest, largest=largest)
 
 
 def _draft_target(spec: Preprocessing) -> int:
@@ -777,9 +801,11 @@ def _picture(data: bytes | BinaryIO, longest: int, *, path: str) -> Image.Image:
         check_items(data, path=path)
     with (
         _reasons(path, kind, sniffed, data),
-        Image.open(source, formats=allowed_formats()) as image,
+        _opened(source, sniffed) as image,
     ):
         thumb = _heif_thumbnail(image, data, 0, int(longest * 0.98), path=path)
+        if thumb is None and image.size[0] * image.size[1] > MAX_PIXELS:
+            thumb = _heif_thumbnail(image, data, 0, 0, path=path, largest=True)
         if thumb is not None:
             return _oriented(thumb)
         _load(image, data, longest, path=path)

@@ -108,11 +108,14 @@ def available() -> bool:
     return _load() is not None
 
 
-def picture(data: bytes, shortest: int = 0, longest: int = 0) -> Image.Image | None:
-    """The smallest embedded thumbnail of the primary image that is a scaled copy of it
-    with its shorter side >= `shortest` and its longer side >= `longest`, decoded (RGB,
-    8 bits, the item's rotation and mirroring applied); None where there is none, the
-    photo has an alpha channel, or libheif cannot be reached or fails."""
+def picture(
+    data: bytes, shortest: int = 0, longest: int = 0, *, largest: bool = False
+) -> Image.Image | None:
+    """The smallest (`largest`: the largest) embedded thumbnail of the primary image that
+    is a scaled copy of it with its shorter side >= `shortest` and its longer side >=
+    `longest`, decoded (RGB, 8 bits, the item's rotation and mirroring applied); None
+    where there is none, the photo has an alpha channel, or libheif cannot be reached or
+    fails."""
     lib = _load()
     if lib is None:
         return None
@@ -126,7 +129,7 @@ def picture(data: bytes, shortest: int = 0, longest: int = 0) -> Image.Image | N
             return None
         if lib.heif_context_get_primary_image_handle(context, ctypes.byref(primary)).code:
             return None
-        return _best_thumbnail(lib, primary, shortest, longest)
+        return _best_thumbnail(lib, primary, shortest, longest, largest)
     finally:
         if primary:
             lib.heif_image_handle_release(primary)
@@ -134,7 +137,7 @@ def picture(data: bytes, shortest: int = 0, longest: int = 0) -> Image.Image | N
 
 
 def _best_thumbnail(
-    lib: ctypes.CDLL, primary: ctypes.c_void_p, shortest: int, longest: int
+    lib: ctypes.CDLL, primary: ctypes.c_void_p, shortest: int, longest: int, largest: bool
 ) -> Image.Image | None:
     if lib.heif_image_handle_has_alpha_channel(primary):
         return None
@@ -165,7 +168,7 @@ def _best_thumbnail(
             fits.append((w * h, item))
     if not fits:
         return None
-    return _decoded(lib, primary, min(fits)[1])
+    return _decoded(lib, primary, (max(fits) if largest else min(fits))[1])
 
 
 def _decoded(lib: ctypes.CDLL, primary: ctypes.c_void_p, item: int) -> Image.Image | None:
