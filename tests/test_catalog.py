@@ -620,8 +620,20 @@ def test_a_publish_with_nothing_changed_leaves_the_catalog_as_it_is(
     renamed = catalog.publish(state, dest, model_id="m", daemon_version="test")
     assert not renamed.unchanged
     assert _ro(dest).execute("SELECT count(*) FROM clusters WHERE title = 'Renamed'").fetchone()
+    with sqlite3.connect(state) as conn:  # an album's subject (its distinct title uses it)
+        conn.execute(
+            "UPDATE clusters SET subject = 'kites' WHERE id = (SELECT min(id) FROM clusters "
+            "WHERE state = 'active')"
+        )
+    assert not catalog.publish(state, dest, model_id="m", daemon_version="test").unchanged
     search.open_for(dest).path.unlink()  # its search snapshot lost: built anew
     assert not catalog.publish(state, dest, model_id="m", daemon_version="test").unchanged
+    # another state database at the very same version: not taken for this one
+    other = tmp_path / "other.sqlite"
+    shutil.copyfile(state, other)
+    with sqlite3.connect(other) as conn:
+        conn.execute("UPDATE published_inputs SET database_id = 'another'")
+    assert not catalog.publish(other, dest, model_id="m", daemon_version="test").unchanged
 
 
 def test_a_second_index_of_an_unchanged_library_publishes_nothing(

@@ -173,3 +173,11 @@ def test_a_heic_too_large_to_decode_is_read_through_its_thumbnail(
     bare = photos.save_heic(img, tmp_path / "bare.heic").read_bytes()
     with pytest.raises(DecodeError, match=r"over the 1 MP limit"):
         decode.decode(bare, SPEC, path="bare.heic")
+
+
+def test_a_thumbnail_past_the_pixel_budget_is_not_decoded(tmp_path: Path) -> None:
+    """A crafted HEIF whose 'thumbnail' is itself huge gets no way round the budget."""
+    img = photos.photo_like(11, (1600, 1200))
+    data = photos.save_heic(img, tmp_path / "a.heic", thumbnails=(320,)).read_bytes()
+    assert heif_thumbs.picture(data, 224, max_pixels=320 * 240) is not None
+    assert heif_thumbs.picture(data, 224, max_pixels=320 * 240 - 1) is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -140,3 +141,52 @@ def test_index_stderr_holds_only_log_lines_and_names_the_photo(
         "--config", str(cfg), "query", "SELECT error FROM photos WHERE status = 'failed'"
     )
     assert "cannot decode this TIFF's webp-compressed image data" in failed.stdout, failed
+
+
+CHILD = """
+import ctypes, logging, sys, tempfile
+from pathlib import Path
+from imageclust_daemon import logs, native_output
+logs.configure_logging(sys.argv[1])
+with native_output.captured(Path(tempfile.mkdtemp())) as capture:
+    with native_output.reading("/photos/IMG_2.CR2"):
+        logging.getLogger("imageclust.jobs").warning("a warning of ours, mid-decode")
+        sys.stderr.write("\\rindexing:  40%|####      | 4/10\\r")
+        ctypes.CDLL(None).write(2, b"unknown file: data corrupted at 99\\n", 35)
+    print(capture.path.stat().st_size)
+"""
+
+
+@pytest.mark.parametrize("level", ["WARNING", "INFO"])
+def test_pythons_own_writes_during_a_decode_are_not_taken_for_a_librarys(level: str) -> None:
+    """Before: a warning logged (or a progress bar drawn) while a decode ran went to the
+    capture file too, came back as INFO 'a library wrote: ...' and was hidden at the
+    default level."""
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, level], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    ours = [line for line in lines if "a warning of ours" in line]
+    assert len(ours) == 1 and "a library wrote" not in ours[0], done.stderr
+    assert any(line.startswith("indexing:") for line in lines)  # the bar, as drawn
+    library = [line for line in lines if "a library wrote" in line]
+    if level == "INFO":
+        assert (
+            len(library) == 1 and "/photos/IMG_2.CR2: a library wrote: unknown file" in (library[0])
+        )
+    else:
+        assert library == []
+    assert done.stdout.strip() == "0"  # nothing in flight: the file starts again empty
+
+
+def test_a_decode_that_outlives_the_capture_changes_nothing(tmp_path: Path) -> None:
+    with native_output.captured(tmp_path) as capture:
+        window = capture.enter("late.jpg")
+        # the capture closes while that decode is still under way (a daemon thread)
+    before = os.fstat(2)
+    capture.leave(window)
+    after = os.fstat(2)
+    assert (before.st_ino, before.st_dev) == (after.st_ino, after.st_dev)
+    with native_output.reading("after.jpg"):  # no capture on: nothing happens
+        c_stderr("")

@@ -444,18 +444,21 @@ def _decode(
         # 0.9745) with 640-px thumbnails (shorter side 480); with 480-px ones 0.9850, and
         # with the 320-px ones phones store (shorter 240) 0.9646, and 0.93-0.96 on an
         # iPhone's and a Galaxy's own: too far, so those are decoded in full.
-        thumb = _heif_thumbnail(image, data, target, 0, path=path)
+        thumb = None
+        if reduced_decode:
+            thumb = _heif_thumbnail(image, data, target, 0, path=path)
         if thumb is None and width * height > MAX_PIXELS:
             # too large to decode in full (a phone's 200 MP mode): a thumbnail that
             # reaches the model's input is better than no photo at all
             thumb = _heif_thumbnail(image, data, spec.resize_shortest, 0, path=path)
-        if thumb is None or not reduced_decode:
-            thumb = None
+        if thumb is None:
             _load(image, data, _draft_target(spec) if reduced_decode else None, path=path)
         orientation = _orientation(image)
         shown = (height, width) if orientation in _SWAPS_AXES else (width, height)
         meta = _metadata(image, *shown)
-        small = thumb or (reduced(image, target) if reduced_decode else image)
+        small = (
+            thumb if thumb is not None else (reduced(image, target) if reduced_decode else image)
+        )
         if image.format in ("JPEG", "MPO"):
             check_not_flat(small, data, width * height, path=path)
         # exif_transpose copies the image even when there is nothing to turn
@@ -493,7 +496,7 @@ def _heif_thumbnail(
         return None
     check_shape(*image.size, path=path)
     check_layout(image, path=path)
-    return heif_thumbs.picture(data, shortest, longest, largest=largest)
+    return heif_thumbs.picture(data, shortest, longest, largest=largest, max_pixels=MAX_PIXELS)
 
 
 def _draft_target(spec: Preprocessing) -> int:

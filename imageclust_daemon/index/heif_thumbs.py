@@ -109,13 +109,18 @@ def available() -> bool:
 
 
 def picture(
-    data: bytes, shortest: int = 0, longest: int = 0, *, largest: bool = False
+    data: bytes,
+    shortest: int = 0,
+    longest: int = 0,
+    *,
+    largest: bool = False,
+    max_pixels: int = 0,
 ) -> Image.Image | None:
     """The smallest (`largest`: the largest) embedded thumbnail of the primary image that
     is a scaled copy of it with its shorter side >= `shortest` and its longer side >=
-    `longest`, decoded (RGB, 8 bits, the item's rotation and mirroring applied); None
-    where there is none, the photo has an alpha channel, or libheif cannot be reached or
-    fails."""
+    `longest`, and (`max_pixels` > 0) at most that many pixels, decoded (RGB, 8 bits,
+    the item's rotation and mirroring applied); None where there is none, the photo has
+    an alpha channel, or libheif cannot be reached or fails."""
     lib = _load()
     if lib is None:
         return None
@@ -129,7 +134,7 @@ def picture(
             return None
         if lib.heif_context_get_primary_image_handle(context, ctypes.byref(primary)).code:
             return None
-        return _best_thumbnail(lib, primary, shortest, longest, largest)
+        return _best_thumbnail(lib, primary, shortest, longest, largest, max_pixels)
     finally:
         if primary:
             lib.heif_image_handle_release(primary)
@@ -137,7 +142,12 @@ def picture(
 
 
 def _best_thumbnail(
-    lib: ctypes.CDLL, primary: ctypes.c_void_p, shortest: int, longest: int, largest: bool
+    lib: ctypes.CDLL,
+    primary: ctypes.c_void_p,
+    shortest: int,
+    longest: int,
+    largest: bool,
+    max_pixels: int,
 ) -> Image.Image | None:
     if lib.heif_image_handle_has_alpha_channel(primary):
         return None
@@ -164,7 +174,8 @@ def _best_thumbnail(
             or abs(w * height - h * width) > ASPECT_TOLERANCE * (width * h)
         ):
             continue
-        if min(w, h) >= shortest and max(w, h) >= longest:
+        too_many = max_pixels > 0 and w * h > max_pixels  # a thumbnail is no way round it
+        if min(w, h) >= shortest and max(w, h) >= longest and not too_many:
             fits.append((w * h, item))
     if not fits:
         return None
