@@ -41,6 +41,7 @@ _KIND_TYPES = {
     "url?": "str",
     "listen": "str",
     "scheduler": "str",
+    "heif_thumbnails": "str",
 }
 
 
@@ -90,6 +91,8 @@ def test_the_typed_sections_hold_exactly_the_keys_of_the_table() -> None:
         ({"web": {"listen": "0.0.0.0:8765"}}, "web.listen", "web.allow_remote = true"),
         ({"index": {"dask_scheduler": "cluster:8786"}}, "index.dask_scheduler", "tcp://HOST"),
         ({"index": {"dask_scheduler": "http://h:8786"}}, "index.dask_scheduler", "tcp://HOST"),
+        ({"index": {"heif_thumbnails": "fast"}}, "index.heif_thumbnails", "'speed'"),
+        ({"index": {"heif_thumbnails": True}}, "index.heif_thumbnails", "got True"),
     ],
 )
 def test_bad_values_name_the_key_and_the_problem(

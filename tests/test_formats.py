@@ -137,6 +137,57 @@ def test_a_heic_with_a_small_thumbnail_is_decoded_in_full(tmp_path: Path) -> Non
     assert np.abs(decode.decode(data, SPEC).pixels - full.pixels).mean() < 0.02
 
 
+def test_heif_thumbnails_setting_says_which_thumbnail_stands_for_the_photo(
+    tmp_path: Path,
+) -> None:
+    """`index.heif_thumbnails`: "speed" takes a phone's 320-px thumbnail, "fidelity" (the
+    default) decodes that photo in full, "never" decodes even one with a 640-px one in
+    full."""
+    from imageclust_daemon.index.preprocess import model_input
+
+    img = photos.photo_like(8, (1600, 1200))
+    small = photos.save_heic(img, tmp_path / "small.heic", thumbnails=(320,))
+    large = photos.save_heic(img, tmp_path / "large.heic", thumbnails=(640,))
+    thumb_320 = heif_thumbs.picture(small.read_bytes(), SPEC.resize_shortest)
+    thumb_640 = heif_thumbs.picture(large.read_bytes(), 2 * SPEC.resize_shortest)
+    assert thumb_320 is not None and thumb_640 is not None
+    via_320, via_640 = model_input(thumb_320, SPEC), model_input(thumb_640, SPEC)
+
+    def pixels(data: bytes, setting: str) -> np.ndarray:
+        return decode.decode(data, SPEC, heif_thumbnails=setting).pixels
+
+    assert np.array_equal(pixels(small.read_bytes(), "speed"), via_320)
+    assert not np.array_equal(pixels(small.read_bytes(), "fidelity"), via_320)
+    assert np.array_equal(pixels(large.read_bytes(), "fidelity"), via_640)
+    assert np.array_equal(pixels(large.read_bytes(), "speed"), via_640)  # the smallest
+    never = pixels(large.read_bytes(), "never")
+    assert not np.array_equal(never, via_640)
+    with pytest.raises(KeyError):
+        pixels(small.read_bytes(), "fast")
+
+    # the same through the pipeline, in this process and in a child (`sandbox`)
+    from imageclust_daemon.index.pipeline import Claims, prepare
+    from imageclust_daemon.index.sandbox import decode_in_child
+    from imageclust_daemon.records import FileStat
+
+    st = small.stat()
+    stat = FileStat(bytes(small), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    done = prepare(stat, Claims(set()), SPEC, heif_thumbnails="speed")
+    assert done.pixels is not None and np.array_equal(done.pixels, via_320)
+    done = prepare(stat, Claims(set()), SPEC)
+    assert done.pixels is not None and not np.array_equal(done.pixels, via_320)
+    child = decode_in_child(small.read_bytes(), SPEC, path="small.heic", heif_thumbnails="speed")
+    assert np.array_equal(child.pixels, via_320)
+
+    from imageclust_daemon import config
+    from imageclust_daemon.index.pipeline import IndexOptions
+    from tests.conftest import write_config
+
+    cfg = config.load(write_config(tmp_path / "c.toml", index={"heif_thumbnails": "speed"}))
+    assert IndexOptions.from_config(cfg).heif_thumbnails == "speed"
+    assert IndexOptions.from_config(config.load(None)).heif_thumbnails == "fidelity"
+
+
 def test_the_thumbnail_read_is_the_one_the_model_gets(tmp_path: Path) -> None:
     img = photos.photo_like(9, (2400, 1800))
     data = photos.save_heic(img, tmp_path / "a.heic", thumbnails=(1024, 640, 320)).read_bytes()

@@ -122,6 +122,7 @@ def embed_shard(
     sha256: str,
     batch_size: int,
     threads: int = 0,
+    heif_thumbnails: str = "fidelity",
 ) -> list[pipeline.Prepared]:
     """One shard, on a worker: each file as `pipeline.prepare` reads it, the pixels
     replaced by their embedding. What `settled` holds is hashed, not decoded."""
@@ -132,7 +133,9 @@ def embed_shard(
     waiting: list[int] = []
     with ThreadPoolExecutor(workers, thread_name_prefix="imageclust-shard") as pool:
         # As a local index does: the next files decode while a batch is embedded.
-        read = lambda f: pipeline.prepare(f, claims, spec.preprocessing)  # noqa: E731
+        read = lambda f: pipeline.prepare(  # noqa: E731
+            f, claims, spec.preprocessing, heif_thumbnails=heif_thumbnails
+        )
         for item in pipeline.ordered_map(pool, read, files, 2 * batch_size + workers):
             out.append(item)
             if item.pixels is not None:
@@ -248,6 +251,7 @@ class Cluster:
                 str(self.model_path),
                 self.sha256,
                 options.batch_size,
+                heif_thumbnails=options.heif_thumbnails,
                 workers=workers,
                 allow_other_workers=False,
                 retries=1,

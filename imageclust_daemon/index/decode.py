@@ -388,26 +388,47 @@ def decode(
     *,
     path: str = "",
     reduced_decode: bool = True,
+    heif_thumbnails: str = "fidelity",
 ) -> DecodedPhoto:
     """Decode fully (a truncated file passes `verify()` but fails here) and preprocess.
 
     `data` is the file's bytes, or the open file for one too large to hold in memory.
     `reduced_decode`: let a large JPEG decode at a reduced scale (see below); False gives
-    exactly CLIP's reference path. MemoryError is left to the caller: it says nothing
-    about the photo.
+    exactly CLIP's reference path. `heif_thumbnails`: when a HEIF's embedded thumbnail
+    stands for the full decode (`HEIF_THUMBNAIL_SCALE`; the `index.heif_thumbnails`
+    setting). MemoryError is left to the caller: it says nothing about the photo.
     """
+    scale = HEIF_THUMBNAIL_SCALE[heif_thumbnails]  # an unknown name is a caller's bug
     if isinstance(data, bytes) and not data:
         raise DecodeError(path, "empty file (0 bytes)")
     token = DECODING.set(path)
     try:
         with native_output.reading(path):
-            return _decode(data, spec, path=path, reduced_decode=reduced_decode)
+            return _decode(
+                data, spec, path=path, reduced_decode=reduced_decode, heif_thumbnail_scale=scale
+            )
     finally:
         DECODING.reset(token)
 
 
+# The shorter side a HEIF's embedded thumbnail needs to stand for the full decode, in
+# multiples of the model's resize, for each `index.heif_thumbnails` (0: none does). Real
+# features (EfficientNet-Lite0) of 16 real photographs made into HEIC by heif-enc keep a
+# cosine to the full decode's of median 0.9927 (min 0.9745) with 640-px thumbnails
+# (shorter side 480, 2x); with 480-px ones 0.9850, and with the 320-px ones phones store
+# (shorter 240, 1x) 0.9646, and 0.93-0.96 on an iPhone's and a Galaxy's own
+# (tests/tools/heif_fidelity_check.py). "fidelity" keeps the 2x reserve `reduced` keeps
+# for every other format; "speed" takes the phones' own.
+HEIF_THUMBNAIL_SCALE = {"fidelity": 2, "speed": 1, "never": 0}
+
+
 def _decode(
-    data: bytes | BinaryIO, spec: Preprocessing, *, path: str, reduced_decode: bool
+    data: bytes | BinaryIO,
+    spec: Preprocessing,
+    *,
+    path: str,
+    reduced_decode: bool,
+    heif_thumbnail_scale: int = 2,
 ) -> DecodedPhoto:
     head = _head(data)
     kind = camera_raw.sniff(head, path)
@@ -438,15 +459,11 @@ def _decode(
         target = 2 * spec.resize_shortest
         width, height = image.size
         # A HEIF's embedded thumbnail stands for the full decode where it is a scaled copy
-        # with twice the resize's shorter side, the reserve `reduced` keeps for every
-        # other format. Real features (EfficientNet-Lite0) of 16 real photographs made
-        # into HEIC by heif-enc keep a cosine to the full decode's of median 0.9927 (min
-        # 0.9745) with 640-px thumbnails (shorter side 480); with 480-px ones 0.9850, and
-        # with the 320-px ones phones store (shorter 240) 0.9646, and 0.93-0.96 on an
-        # iPhone's and a Galaxy's own: too far, so those are decoded in full.
+        # whose shorter side reaches HEIF_THUMBNAIL_SCALE resizes.
         thumb = None
-        if reduced_decode:
-            thumb = _heif_thumbnail(image, data, target, 0, path=path)
+        if reduced_decode and heif_thumbnail_scale:
+            shortest = heif_thumbnail_scale * spec.resize_shortest
+            thumb = _heif_thumbnail(image, data, shortest, 0, path=path)
         if thumb is None and width * height > MAX_PIXELS:
             # too large to decode in full (a phone's 200 MP mode): a thumbnail that
             # reaches the model's input is better than no photo at all

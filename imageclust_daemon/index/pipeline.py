@@ -160,9 +160,15 @@ FUTURE_SLACK_NS = 2_000_000_000  # mtimes this far ahead of the clock still coun
 
 
 def prepare(
-    stat: FileStat, claims: Claims, spec: Preprocessing, journal: InFlight | None = None
+    stat: FileStat,
+    claims: Claims,
+    spec: Preprocessing,
+    journal: InFlight | None = None,
+    *,
+    heif_thumbnails: str = "fidelity",
 ) -> Prepared:
     """Read, hash and (if its content is new) decode one file. Never raises for a bad file.
+    `heif_thumbnails`: `decode.decode`'s, the `index.heif_thumbnails` setting.
 
     With a `journal`, each decode is recorded before it starts and after it ends, and a
     content an earlier run left in flight (it may have killed that process) is decoded in
@@ -173,7 +179,7 @@ def prepare(
         return Prepared(FileRow(stat, None, f"not a regular file ({stat.kind})"))
     try:
         with originals.opened(stat.path) as (f, st):
-            return _read_and_decode(stat, f, st, claims, spec, journal, shown)
+            return _read_and_decode(stat, f, st, claims, spec, journal, shown, heif_thumbnails)
     except originals.NotAFile:
         return Prepared(FileRow(stat, None, "not a regular file any more"))
     except FileNotFoundError:
@@ -192,6 +198,7 @@ def _read_and_decode(
     spec: Preprocessing,
     journal: InFlight | None,
     shown: str,
+    heif_thumbnails: str,
 ) -> Prepared:
     """`prepare` of the open original `f`: OSError while reading is the caller's."""
     current = FileStat(stat.path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
@@ -216,11 +223,13 @@ def _read_and_decode(
         if journal is not None and content_hash in journal.suspects:
             log.warning("%s: decoding it alone in a child process (see the log above)", shown)
             source = data if data is not None else os.fsdecode(stat.path)
-            decoded = decode_in_child(source, spec, path=shown)
+            decoded = decode_in_child(source, spec, path=shown, heif_thumbnails=heif_thumbnails)
         else:
             if data is None:
                 f.seek(0)
-            decoded = decode.decode(data if data is not None else f, spec, path=shown)
+            decoded = decode.decode(
+                data if data is not None else f, spec, path=shown, heif_thumbnails=heif_thumbnails
+            )
     except DecodeError as exc:  # (its format still recorded: what its bytes say it is)
         kind = decode.format_of(data if data is not None else f, shown)
         content = ContentRow(content_hash, size, decoded=True, error=exc.reason, format=kind)
@@ -305,6 +314,7 @@ class IndexOptions:
     # The file that records what is being decoded (`inflight`), so a photo that killed an
     # earlier run is decoded in a child process instead of killing this one.
     journal: Path | None = None
+    heif_thumbnails: str = "fidelity"  # decode.HEIF_THUMBNAIL_SCALE
 
     @classmethod
     def from_config(cls, cfg: Config, *, settle: bool = False) -> IndexOptions:
@@ -314,6 +324,7 @@ class IndexOptions:
             batch_size=cfg.model.batch_size,
             settle_seconds=cfg.library.settle_seconds if settle else 0.0,
             journal=cfg.journal_path,
+            heif_thumbnails=cfg.index.heif_thumbnails,
         )
 
 
@@ -558,7 +569,9 @@ def read_and_embed(
     ):
         if journal is not None:
             cleanup.callback(journal.close)
-        work_fn = lambda f: prepare(f, claims, preprocessing, journal)  # noqa: E731
+        work_fn = lambda f: prepare(  # noqa: E731
+            f, claims, preprocessing, journal, heif_thumbnails=options.heif_thumbnails
+        )
         ahead = 2 * options.batch_size + threads
         for done, item in enumerate(ordered_map(pool, work_fn, to_read, ahead), start=1):
             if stop is not None and stop.is_set():

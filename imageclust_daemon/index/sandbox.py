@@ -56,9 +56,9 @@ def _child(conn: Connection, job: tuple[Any, ...], path: str, log_level: str) ->
                 result: Any = decode.thumbnail_jpeg(read, arg, path=path)
         elif isinstance(data, str):
             with originals.readable(data) as read:  # never a FIFO, never the whole file
-                result = decode.decode(read, arg, path=path)
+                result = decode.decode(read, arg[0], path=path, heif_thumbnails=arg[1])
         else:
-            result = decode.decode(data, arg, path=path)
+            result = decode.decode(data, arg[0], path=path, heif_thumbnails=arg[1])
     except DecodeError as exc:
         result = ("refused", exc.reason)
     except MemoryError:
@@ -70,14 +70,19 @@ def _child(conn: Connection, job: tuple[Any, ...], path: str, log_level: str) ->
 
 
 def decode_in_child(
-    data: bytes | str, spec: Preprocessing, *, path: str, seconds: float = CHILD_SECONDS
+    data: bytes | str,
+    spec: Preprocessing,
+    *,
+    path: str,
+    heif_thumbnails: str = "fidelity",
+    seconds: float = CHILD_SECONDS,
 ) -> Any:
     """`decode.decode(data, spec)` in a child process: its DecodedPhoto, or DecodeError when
     the photo is refused, kills the child (a signal) or runs past `seconds`; OSError
     (retried next run) when the child fails for a reason that is not the photo's.
     `data` is the file's bytes, or its path for a file too large to pass whole."""
     with _one_at_a_time:
-        return _in_child(("decode", data, spec), path=path, seconds=seconds)
+        return _in_child(("decode", data, (spec, heif_thumbnails)), path=path, seconds=seconds)
 
 
 def thumbnail_in_child(

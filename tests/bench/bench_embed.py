@@ -99,6 +99,7 @@ def end_to_end(
     spec: models.ModelSpec,
     batch: int,
     reader_for: ReaderFor = here,
+    heif_thumbnails: str = "fidelity",
 ) -> float:
     """`pipeline.index` over `library` into a fresh state database: photos/s."""
     with (
@@ -112,7 +113,7 @@ def end_to_end(
                 [os.fsencode(library)],
                 store=store,
                 model=loaded,
-                options=pipeline.IndexOptions(batch_size=batch),
+                options=pipeline.IndexOptions(batch_size=batch, heif_thumbnails=heif_thumbnails),
                 reader=reader,
             )
         assert report.embedded == report.scanned and not report.left, report

@@ -17,7 +17,8 @@ Index (`--model`, an ONNX vision model such as tests/tools/make_vit_model.py's V
 `pipeline.index` end to end over N photos, JPEG only, then a mixed library of the same
 size (half JPEG, a quarter HEIC, a quarter RAW), then the same pictures as HEIC with a
 320-px and a 640-px embedded thumbnail (`heif-enc --thumb N`, where heif-enc is
-installed): photos/s and each one's ratio to JPEG only.
+installed), the 320-px ones also with `index.heif_thumbnails = "speed"` (the default,
+"fidelity", decodes them in full): photos/s and each one's ratio to JPEG only.
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ def decode_costs() -> None:
         data = encoded(img, kind)
         ms = median_ms(lambda data=data, kind=kind: decode.decode(data, SPEC, path=kind))
         print(f"12-MP {kind} ({len(data) / 1e6:.1f} MB): {ms:.0f} ms per photo")
+        if kind == "HEIC+320":
+            ms = median_ms(lambda data=data: decode.decode(data, SPEC, heif_thumbnails="speed"))
+            print(f"12-MP {kind}, heif_thumbnails = speed: {ms:.0f} ms per photo")
     what, raw = a_raw()
 
     def demosaiced(half: bool) -> np.ndarray:
@@ -150,8 +154,11 @@ def make_library(folder: Path, n: int, mixed: bool, heic: str = "") -> None:
         (folder / name).write_bytes(data)
 
 
-def index_rate(model_path: Path, library: Path, batch: int) -> float:
-    return end_to_end(model_path, library, manifest.load_manifest()["clip-vit-b32"], batch)
+def index_rate(
+    model_path: Path, library: Path, batch: int, heif_thumbnails: str = "fidelity"
+) -> float:
+    spec = manifest.load_manifest()["clip-vit-b32"]
+    return end_to_end(model_path, library, spec, batch, heif_thumbnails=heif_thumbnails)
 
 
 def main() -> None:
@@ -172,13 +179,17 @@ def main() -> None:
         a = index_rate(args.model, jpeg_only, args.batch)
         b = index_rate(args.model, mixed, args.batch)
         thumbed = {kind: index_rate(args.model, Path(tmp) / kind, args.batch) for kind in THUMBED}
+        if "HEIC+320" in THUMBED:
+            library = Path(tmp) / "HEIC+320"
+            thumbed["HEIC+320 speed"] = index_rate(args.model, library, args.batch, "speed")
         a2 = index_rate(args.model, jpeg_only, args.batch)  # again: the machine drifts
     jpeg = (a + a2) / 2
     print(f"index, {args.photos} photos of 12 MP, {args.model.name}, {os.cpu_count()} cores:")
     print(f"  JPEG only                          {jpeg:6.2f} photos/s ({a:.2f}, {a2:.2f})")
     print(f"  mixed (1/2 JPEG, 1/4 HEIC, 1/4 RAW) {b:6.2f} photos/s   {b / jpeg:.2f} of JPEG")
     for kind, rate in thumbed.items():
-        what = f"HEIC, {kind[5:]}-px thumbnail (heif-enc)"
+        px, _, setting = kind[5:].partition(" ")
+        what = f"HEIC, {px}-px thumbnail (heif-enc)" + (f", {setting}" if setting else "")
         print(f"  {what:<35}{rate:6.2f} photos/s   {rate / jpeg:.2f} of JPEG")
 
 
