@@ -542,7 +542,12 @@ def test_the_datasette_recipe_follows_publishes(tmp_path: Path, tiny_model: Path
 
     import httpx
 
-    datasette = os.environ.get("DATASETTE") or shutil.which("datasette")
+    beside = Path(sys.executable).parent / "datasette"  # the test extra's, venv not activated
+    datasette = (
+        os.environ.get("DATASETTE")
+        or shutil.which("datasette")
+        or (str(beside) if beside.exists() else None)
+    )
     if not datasette:
         pytest.skip("Datasette is not installed here (pip install datasette)")
     root = tmp_path / "lib"
