@@ -4,6 +4,7 @@ with pillow-heif's encoder; what reads them is imageclust's own decoder."""
 
 from __future__ import annotations
 
+import io
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imageclust_daemon import config
 from imageclust_daemon.errors import DecodeError
 from imageclust_daemon.index import decode, heif_thumbs
 from imageclust_daemon.records import Preprocessing
@@ -160,8 +162,18 @@ def test_heif_thumbnails_setting_says_which_thumbnail_stands_for_the_photo(
     assert not np.array_equal(pixels(small.read_bytes(), "fidelity"), via_320)
     assert np.array_equal(pixels(large.read_bytes(), "fidelity"), via_640)
     assert np.array_equal(pixels(large.read_bytes(), "speed"), via_640)  # the smallest
+
+    # decoded in full: exactly what the full decode and `reduced` make of the picture
+    def full_decode(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as whole:
+            whole.load()
+            return model_input(decode.reduced(whole, 2 * SPEC.resize_shortest), SPEC)
+
+    assert np.array_equal(pixels(small.read_bytes(), "fidelity"), full_decode(small.read_bytes()))
     never = pixels(large.read_bytes(), "never")
     assert not np.array_equal(never, via_640)
+    assert np.array_equal(never, full_decode(large.read_bytes()))
+    assert set(decode.HEIF_THUMBNAIL_SCALE) == set(config.HEIF_THUMBNAILS)  # one list
     with pytest.raises(KeyError):
         pixels(small.read_bytes(), "fast")
 
@@ -179,7 +191,6 @@ def test_heif_thumbnails_setting_says_which_thumbnail_stands_for_the_photo(
     child = decode_in_child(small.read_bytes(), SPEC, path="small.heic", heif_thumbnails="speed")
     assert np.array_equal(child.pixels, via_320)
 
-    from imageclust_daemon import config
     from imageclust_daemon.index.pipeline import IndexOptions
     from tests.conftest import write_config
 

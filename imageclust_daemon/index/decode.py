@@ -428,7 +428,7 @@ def _decode(
     *,
     path: str,
     reduced_decode: bool,
-    heif_thumbnail_scale: int = 2,
+    heif_thumbnail_scale: int,
 ) -> DecodedPhoto:
     head = _head(data)
     kind = camera_raw.sniff(head, path)

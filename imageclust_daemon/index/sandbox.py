@@ -55,10 +55,12 @@ def _child(conn: Connection, job: tuple[Any, ...], path: str, log_level: str) ->
             with originals.readable(data) as read:
                 result: Any = decode.thumbnail_jpeg(read, arg, path=path)
         elif isinstance(data, str):
+            spec, heif_thumbnails = arg
             with originals.readable(data) as read:  # never a FIFO, never the whole file
-                result = decode.decode(read, arg[0], path=path, heif_thumbnails=arg[1])
+                result = decode.decode(read, spec, path=path, heif_thumbnails=heif_thumbnails)
         else:
-            result = decode.decode(data, arg[0], path=path, heif_thumbnails=arg[1])
+            spec, heif_thumbnails = arg
+            result = decode.decode(data, spec, path=path, heif_thumbnails=heif_thumbnails)
     except DecodeError as exc:
         result = ("refused", exc.reason)
     except MemoryError:

@@ -235,7 +235,10 @@ def _vectors(state: sqlite3.Connection, plan: Plan) -> Iterator[np.ndarray]:
 
 def _block(run: list[bytes], plan: Plan) -> np.ndarray:
     if len(run[0]) % 4 or any(len(blob) != len(run[0]) or not blob for blob in run):
-        raise SearchError(f"embeddings of {plan.model_id} differ in length; cannot snapshot")
+        raise SearchError(
+            f"embeddings of {plan.model_id} differ in length or are not whole float32 "
+            "vectors; cannot snapshot"
+        )
     return np.frombuffer(b"".join(run), dtype="<f4").reshape(len(run), -1)
 
 
