@@ -112,6 +112,7 @@ def test_index_says_titles_are_offline_when_ollama_cannot_give_them(
     done = run_cli("--config", str(down), "index", str(root), "--no-progress")
     assert done.returncode == 0, done.stderr
     assert "titling 2 albums offline: Ollama does not answer at http://127.0.0.1:9" in done.stdout
+    assert "; they get titles from their dates, places and subjects" in done.stdout
     assert "with llava" not in done.stdout
     fake_ollama.models = []  # up, but without the model
     (tmp_path / "data").rename(tmp_path / "data-before")
@@ -122,3 +123,18 @@ def test_index_says_titles_are_offline_when_ollama_cannot_give_them(
     done = run_cli("--config", str(missing), "index", str(root), "--no-progress")
     assert done.returncode == 0, done.stderr
     assert "has no model llava (ollama pull llava)" in done.stdout
+
+
+def test_one_album_titled_offline_is_one_album() -> None:
+    """Before: "titling 1 album offline: ...; they get titles from their dates"."""
+    from imageclust_daemon.cli.commands import _titling
+    from imageclust_daemon.grouping.ollama import OllamaClient, RetryPolicy
+
+    with OllamaClient(
+        "http://127.0.0.1:9", "llava", connect_timeout=0.2, retry=RetryPolicy(attempts=1)
+    ) as down:
+        line = _titling(down, 1)
+    assert line.startswith("titling 1 album offline: Ollama does not answer"), line
+    assert line.endswith(
+        "; it gets a title from its dates, places and subjects, and Ollama's at a later run"
+    ), line

@@ -262,18 +262,22 @@ def _titling(client: OllamaClient, waiting: int) -> str:
     """What is about to happen to the albums that need titles: only what is true (a look
     at Ollama first: "titling with gemma3:4b" is not printed while Ollama is down)."""
     albums = _count(waiting, "album")
+    gets = (
+        "it gets a title from its dates, places and subjects"
+        if waiting == 1
+        else "they get titles from their dates, places and subjects"
+    ) + ", and Ollama's at a later run"
     try:
         listed = client.has_model()
     except OllamaError as exc:
         return (
             f"titling {albums} offline: Ollama does not answer at {client.host} ({exc.reason}); "
-            "they get titles from their dates, places and subjects, and Ollama's at a later run"
+            + gets
         )
     if not listed:
         return (
             f"titling {albums} offline: Ollama at {client.host} has no model {client.model} "
-            f"(ollama pull {client.model}); they get titles from their dates, places and "
-            "subjects, and Ollama's at a later run"
+            f"(ollama pull {client.model}); " + gets
         )
     return f"titling {albums} with {client.model} at {client.host}..."
 
